@@ -65,7 +65,10 @@ impl RootContext for CanaryRoot {
         let router = match Router::from_json(&bytes) {
             Ok(r) => r,
             Err(e) => {
-                log(LogLevel::Error, &format!("{NAME}: invalid configuration: {e}"));
+                log(
+                    LogLevel::Error,
+                    &format!("{NAME}: invalid configuration: {e}"),
+                );
                 return false;
             }
         };
@@ -135,7 +138,8 @@ impl HttpContext for CanaryStream {
         let decision = router.decide(&HostHeaders, self.random);
         let Some(target) = router.targets().get(decision.target) else {
             // Unreachable by construction; never let a client-chosen cluster through.
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, router.cluster_header());
+            let _ =
+                hostcalls::remove_map_value(MapType::HttpRequestHeaders, router.cluster_header());
             return Action::Continue;
         };
         // Replaces any value the client sent: clients must not pick clusters themselves.
@@ -146,7 +150,8 @@ impl HttpContext for CanaryStream {
         )
         .is_err()
         {
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, router.cluster_header());
+            let _ =
+                hostcalls::remove_map_value(MapType::HttpRequestHeaders, router.cluster_header());
         }
         let _ = hostcalls::set_map_value(
             MapType::HttpRequestHeaders,

@@ -286,17 +286,29 @@ impl CompiledRule {
             }
             let query = path.split_once('?').map_or("", |(_, q)| q);
             let query = query.split_once('#').map_or(query, |(q, _)| q);
-            if !self.query.iter().all(|m| m.eval(query_param(query, &m.name))) {
+            if !self
+                .query
+                .iter()
+                .all(|m| m.eval(query_param(query, &m.name)))
+            {
                 return false;
             }
         }
-        if !self.headers.iter().all(|m| m.eval(req.header(&m.name).as_deref())) {
+        if !self
+            .headers
+            .iter()
+            .all(|m| m.eval(req.header(&m.name).as_deref()))
+        {
             return false;
         }
         if !self.cookies.is_empty() {
             let cookies = req.header("cookie");
             let cookies = cookies.as_deref().unwrap_or("");
-            if !self.cookies.iter().all(|m| m.eval(cookie(cookies, &m.name))) {
+            if !self
+                .cookies
+                .iter()
+                .all(|m| m.eval(cookie(cookies, &m.name)))
+            {
                 return false;
             }
         }
@@ -310,7 +322,8 @@ impl Matcher {
     fn eval(&self, value: Option<&str>) -> bool {
         let Some(v) = value else {
             return match self.kind {
-                Kind::Present(want) => !want != self.invert,
+                // Absent: `present: want` matched iff !want; inverted iff invert.
+                Kind::Present(want) => want == self.invert,
                 _ => false,
             };
         };
@@ -344,10 +357,12 @@ fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 
 /// The raw (not percent-decoded) value of query parameter `name`; `""` for `?name`.
 fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| match pair.split_once('=') {
-        Some((k, v)) => (k == name).then_some(v),
-        None => (pair == name).then_some(""),
-    })
+    query
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((k, v)) => (k == name).then_some(v),
+            None => (pair == name).then_some(""),
+        })
 }
 
 #[cfg(test)]
@@ -417,13 +432,19 @@ mod tests {
             (r#"{"present": true}"#, "", true),
         ];
         for (m, value, want) in cases {
-            let r = rule_router(&format!(r#"{{"headers": [{{"name": "X-Test", "match": {m}}}]}}"#));
+            let r = rule_router(&format!(
+                r#"{{"headers": [{{"name": "X-Test", "match": {m}}}]}}"#
+            ));
             assert_eq!(hits(&r, &[("x-test", value)]), *want, "{m} on {value:?}");
             assert!(!hits(&r, &[("other", value)]), "{m} with the header absent");
             let inv = rule_router(&format!(
                 r#"{{"headers": [{{"name": "x-test", "invert": true, "match": {m}}}]}}"#
             ));
-            assert_eq!(hits(&inv, &[("x-test", value)]), !*want, "inverted {m} on {value:?}");
+            assert_eq!(
+                hits(&inv, &[("x-test", value)]),
+                !*want,
+                "inverted {m} on {value:?}"
+            );
         }
     }
 
@@ -435,12 +456,14 @@ mod tests {
         let absent_inv = rule_router(r#"{"headers": [{"name": "x-beta", "invert": true}]}"#);
         assert!(hits(&absent_inv, &[]));
         assert!(!hits(&absent_inv, &[("x-beta", "1")]));
-        let absent = rule_router(r#"{"headers": [{"name": "x-beta", "match": {"present": false}}]}"#);
+        let absent =
+            rule_router(r#"{"headers": [{"name": "x-beta", "match": {"present": false}}]}"#);
         assert!(hits(&absent, &[]));
         assert!(!hits(&absent, &[("x-beta", "1")]));
         // Envoy: an inverted exact match on a missing header does not match.
-        let inv_exact =
-            rule_router(r#"{"headers": [{"name": "x-beta", "invert": true, "match": {"exact": "1"}}]}"#);
+        let inv_exact = rule_router(
+            r#"{"headers": [{"name": "x-beta", "invert": true, "match": {"exact": "1"}}]}"#,
+        );
         assert!(!hits(&inv_exact, &[]));
     }
 
@@ -478,7 +501,11 @@ mod tests {
                                          {"name": "x-u", "match": {"exact": "1"}}]}, "target": "b"},
                   {"match": {"headers": [{"name": "x-t"}]}, "target": "c"}]}"#,
         );
-        let d = |pairs: &[(&str, &str)]| r.targets()[r.decide(&Req::new(pairs), 0).target].name.clone();
+        let d = |pairs: &[(&str, &str)]| {
+            r.targets()[r.decide(&Req::new(pairs), 0).target]
+                .name
+                .clone()
+        };
         assert_eq!(d(&[("x-t", "1"), ("x-u", "1")]), "b");
         assert_eq!(d(&[("x-t", "1"), ("x-u", "2")]), "c");
         assert_eq!(d(&[("x-u", "1")]), "a");
@@ -524,13 +551,20 @@ mod tests {
             let b = before.decide(&req, 0).target;
             if b == 1 {
                 assert_eq!(after.decide(&req, 0).target, 1, "user {u} left the canary");
-                assert_eq!(relative.decide(&req, 0).target, 1, "user {u} left the canary");
+                assert_eq!(
+                    relative.decide(&req, 0).target,
+                    1,
+                    "user {u} left the canary"
+                );
             } else if after.decide(&req, 0).target == 1 {
                 moved_on += 1;
             }
         }
         // About a tenth of all users join the canary.
-        assert!((1_600..2_400).contains(&moved_on), "{moved_on} users moved on");
+        assert!(
+            (1_600..2_400).contains(&moved_on),
+            "{moved_on} users moved on"
+        );
     }
 
     #[test]
@@ -558,8 +592,9 @@ mod tests {
 
     #[test]
     fn bad_config_is_refused() {
-        let err = Router::from_json(br#"{"targets": [{"name": "a", "cluster": "c", "weight": 0}]}"#)
-            .unwrap_err();
+        let err =
+            Router::from_json(br#"{"targets": [{"name": "a", "cluster": "c", "weight": 0}]}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("weights sum to 0"), "{err}");
     }
 }

@@ -214,10 +214,16 @@ impl CanaryConfig {
 
         check_header_name(&mut v, "clusterHeader", &self.cluster_header);
         check_header_name(&mut v, "variantHeader", &self.variant_header);
-        if self.cluster_header.eq_ignore_ascii_case(&self.variant_header) {
+        if self
+            .cluster_header
+            .eq_ignore_ascii_case(&self.variant_header)
+        {
             v.error(
                 "variantHeader",
-                format!("must differ from clusterHeader, both are {}", quoted(&self.variant_header)),
+                format!(
+                    "must differ from clusterHeader, both are {}",
+                    quoted(&self.variant_header)
+                ),
             );
         }
 
@@ -233,7 +239,10 @@ impl CanaryConfig {
             let path = format!("targets[{i}]");
             if t.name.is_empty()
                 || t.name.len() > MAX_TARGET_NAME_LEN
-                || !t.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || !t
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
                 v.error(
                     format!("{path}.name"),
@@ -243,7 +252,10 @@ impl CanaryConfig {
                     ),
                 );
             } else if self.targets[..i].iter().any(|o| o.name == t.name) {
-                v.error(format!("{path}.name"), format!("duplicate target name {}", quoted(&t.name)));
+                v.error(
+                    format!("{path}.name"),
+                    format!("duplicate target name {}", quoted(&t.name)),
+                );
             }
             if t.cluster.is_empty()
                 || t.cluster.len() > MAX_CLUSTER_NAME_LEN
@@ -265,7 +277,10 @@ impl CanaryConfig {
             }
         }
         if !self.targets.is_empty() && self.targets.iter().all(|t| t.weight == 0) {
-            v.error("targets", "the weights sum to 0: at least one target needs a weight above 0");
+            v.error(
+                "targets",
+                "the weights sum to 0: at least one target needs a weight above 0",
+            );
         }
 
         match &self.sticky {
@@ -275,7 +290,10 @@ impl CanaryConfig {
         }
 
         if self.rules.len() > MAX_RULES {
-            v.error("rules", format!("at most {MAX_RULES} rules, got {}", self.rules.len()));
+            v.error(
+                "rules",
+                format!("at most {MAX_RULES} rules, got {}", self.rules.len()),
+            );
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let path = format!("rules[{i}]");
@@ -309,7 +327,10 @@ fn check_request_match(v: &mut Validator, path: &str, m: &RequestMatch) {
         if !prefix.starts_with('/') || prefix.len() > MAX_MATCH_VALUE_LEN {
             v.error(
                 format!("{path}.prefix"),
-                format!("must start with '/' and be at most {MAX_MATCH_VALUE_LEN} bytes, got {}", quoted(prefix)),
+                format!(
+                    "must start with '/' and be at most {MAX_MATCH_VALUE_LEN} bytes, got {}",
+                    quoted(prefix)
+                ),
             );
         }
     }
@@ -357,7 +378,10 @@ fn check_match_method(v: &mut Validator, path: &str, m: &MatchMethod) {
             if s.is_empty() || s.len() > MAX_MATCH_VALUE_LEN {
                 v.error(
                     format!("{path}.{kind}"),
-                    format!("must be 1 to {MAX_MATCH_VALUE_LEN} bytes, got {} bytes", s.len()),
+                    format!(
+                        "must be 1 to {MAX_MATCH_VALUE_LEN} bytes, got {} bytes",
+                        s.len()
+                    ),
                 );
             }
         }
@@ -365,17 +389,26 @@ fn check_match_method(v: &mut Validator, path: &str, m: &MatchMethod) {
             if re.is_empty() || re.len() > MAX_MATCH_VALUE_LEN {
                 v.error(
                     format!("{path}.regex"),
-                    format!("must be 1 to {MAX_MATCH_VALUE_LEN} bytes, got {} bytes", re.len()),
+                    format!(
+                        "must be 1 to {MAX_MATCH_VALUE_LEN} bytes, got {} bytes",
+                        re.len()
+                    ),
                 );
             } else if let Err(e) = compile_full_match(re) {
-                v.error(format!("{path}.regex"), format!("invalid regex {}: {e}", quoted(re)));
+                v.error(
+                    format!("{path}.regex"),
+                    format!("invalid regex {}: {e}", quoted(re)),
+                );
             }
         }
         MatchMethod::Range(r) => {
             if r.start >= r.end {
                 v.error(
                     format!("{path}.range"),
-                    format!("start must be below end, got start {} end {}", r.start, r.end),
+                    format!(
+                        "start must be below end, got start {} end {}",
+                        r.start, r.end
+                    ),
                 );
             }
         }
@@ -400,16 +433,18 @@ fn quoted(s: &str) -> String {
 /// RFC 9110 token characters: what header, cookie and query parameter names are made of.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn check_token(v: &mut Validator, path: &str, name: &str) {
     if !is_token(name) || name.len() > MAX_MATCH_VALUE_LEN {
         v.error(
             path,
-            format!("must be a non-empty name without spaces or separators, got {}", quoted(name)),
+            format!(
+                "must be a non-empty name without spaces or separators, got {}",
+                quoted(name)
+            ),
         );
     }
 }
@@ -418,7 +453,10 @@ fn check_header_name(v: &mut Validator, path: &str, name: &str) {
     if !is_token(name) || name.len() > MAX_MATCH_VALUE_LEN {
         v.error(
             path,
-            format!("must be a header name (letters, digits, '-', no ':' pseudo-headers), got {}", quoted(name)),
+            format!(
+                "must be a header name (letters, digits, '-', no ':' pseudo-headers), got {}",
+                quoted(name)
+            ),
         );
     }
 }
@@ -472,8 +510,9 @@ mod tests {
         #[cfg(feature = "field-paths")]
         assert!(err.starts_with("rules[0].match.headers[0].match"), "{err}");
 
-        let err = parse(r#"{"targets": [{"name": "a", "cluster": "c", "weight": 1, "colour": 2}]}"#)
-            .unwrap_err();
+        let err =
+            parse(r#"{"targets": [{"name": "a", "cluster": "c", "weight": 1, "colour": 2}]}"#)
+                .unwrap_err();
         assert!(err.contains("unknown field `colour`"), "{err}");
         #[cfg(feature = "field-paths")]
         assert!(err.starts_with("targets[0]"), "{err}");
@@ -486,7 +525,10 @@ mod tests {
                 "rules": [{"match": {"headers": [{"name": "x", "match": {"regex": "(unclosed"}}]}, "target": "a"}]}"#,
         )
         .unwrap_err();
-        assert!(err.starts_with("rules[0].match.headers[0].match.regex: invalid regex"), "{err}");
+        assert!(
+            err.starts_with("rules[0].match.headers[0].match.regex: invalid regex"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -548,9 +590,15 @@ mod tests {
             r#"{"targets": [{"name": "a", "cluster": "c", "weight": 1}, {"name": "a", "cluster": "d", "weight": 1}]}"#,
         )
         .unwrap_err();
-        assert!(err.contains("targets[1].name: duplicate target name"), "{err}");
+        assert!(
+            err.contains("targets[1].name: duplicate target name"),
+            "{err}"
+        );
         let err = parse(r#"{"targets": []}"#).unwrap_err();
-        assert!(err.contains("targets: at least one target is required"), "{err}");
+        assert!(
+            err.contains("targets: at least one target is required"),
+            "{err}"
+        );
         let err = parse(r#"{"rules": []}"#).unwrap_err();
         assert!(err.contains("missing field `targets`"), "{err}");
     }

@@ -1,0 +1,67 @@
+# Shell helpers shared by demo.sh and bench/filters.sh: Envoy processes from templates,
+# readiness waits, cleanup. Source it; it defines functions only.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ENVOY=${MAILLE_ENVOY:-$ROOT/.venv/bin/envoy}
+RUN_DIR=${RUN_DIR:-$(mktemp -d -t maille.XXXXXX)}
+PIDS=()
+
+# render TEMPLATE OUT: fill the template's placeholders from exported variables of the same
+# names; fails if one is unset.
+render() {
+  local template=$1 out=$2 vars
+  vars=$(grep -o '\${[A-Z_]*}' "$template" | sort -u)
+  for v in $vars; do
+    v=${v#\$\{}; v=${v%\}}
+    [ -n "${!v+x}" ] || { echo "render: $template needs \$$v" >&2; return 1; }
+  done
+  envsubst "$(echo $vars)" < "$template" > "$out"
+}
+
+# start_envoy NAME CONFIG ADMIN_PORT [extra envoy args]: starts Envoy with one worker, waits
+# until /ready answers LIVE (60 s at most), logs to $RUN_DIR/NAME.log.
+start_envoy() {
+  local name=$1 config=$2 admin=$3; shift 3
+  "$ENVOY" -c "$config" --concurrency 1 --use-dynamic-base-id -l info \
+    --log-path "$RUN_DIR/$name.log" "$@" >/dev/null 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  eval "PID_$name=$pid"
+  local i
+  for i in $(seq 1 600); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "envoy '$name' exited while starting; its log ($RUN_DIR/$name.log):" >&2
+      grep -E 'error|critical' "$RUN_DIR/$name.log" | tail -5 >&2
+      return 1
+    fi
+    [ "$(curl -s "http://127.0.0.1:$admin/ready" 2>/dev/null)" = "LIVE" ] && return 0
+    sleep 0.1
+  done
+  echo "envoy '$name' not ready after 60 s; log: $RUN_DIR/$name.log" >&2
+  return 1
+}
+
+# stop_envoy NAME: stops one Envoy started by start_envoy.
+stop_envoy() {
+  local var="PID_$1"
+  local pid=${!var:-}
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# free_port: a port on 127.0.0.1 that was free a moment ago.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# one_line_json FILE: the JSON on one line, ready for a single-quoted YAML scalar.
+one_line_json() {
+  python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))).replace("'"'"'", "'"''"'"))' "$1"
+}

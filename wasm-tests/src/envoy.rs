@@ -1,0 +1,248 @@
+//! Real Envoy processes for end-to-end tests.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long Envoy may take to become ready (V8 compiles the modules at start).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The repository root (the workspace folder).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("wasm-tests sits inside the workspace")
+        .to_path_buf()
+}
+
+/// The Envoy binary: `$MAILLE_ENVOY`, else `.venv/bin/envoy` (installed by `make setup`).
+pub fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MAILLE_ENVOY") {
+        return p.into();
+    }
+    let p = repo_root().join(".venv/bin/envoy");
+    assert!(
+        p.exists(),
+        "Envoy not found at {}: run `make setup` (or set MAILLE_ENVOY)",
+        p.display()
+    );
+    p
+}
+
+/// A built filter module, `target/filters/<name>.wasm`; fails the test if it is missing.
+pub fn filter_wasm(name: &str) -> PathBuf {
+    let p = repo_root()
+        .join("target/filters")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `make filters` first",
+        p.display()
+    );
+    p
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// Fills `${NAME}` placeholders of a template file from `vars`; every placeholder must be
+/// given, so a renamed variable fails loudly instead of reaching Envoy.
+pub fn render(template: &Path, vars: &[(&str, &str)]) -> String {
+    let text = std::fs::read_to_string(template)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", template.display()));
+    let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .unwrap_or_else(|| panic!("unclosed ${{ in {}", template.display()));
+        let name = &after[..end];
+        let value = vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{} needs ${{{name}}}", template.display()));
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// How a process that should not have started ended.
+#[derive(Debug)]
+pub struct EnvoyExit {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it logged.
+    pub log: String,
+}
+
+/// A running Envoy, killed on drop.
+#[derive(Debug)]
+pub struct Envoy {
+    child: Child,
+    admin_port: u16,
+    dir: tempfile::TempDir,
+    agent: ureq::Agent,
+}
+
+static STARTED: AtomicU32 = AtomicU32::new(0);
+
+impl Envoy {
+    /// Starts Envoy with `config` (YAML) and one worker, and waits until its admin `/ready`
+    /// says LIVE. `admin_port` must be the port the config gives the admin listener.
+    /// Returns how it ended if it exits before it is ready.
+    pub fn start(config: &str, admin_port: u16) -> Result<Envoy, EnvoyExit> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let config_path = dir.path().join(format!("envoy-{n}.yaml"));
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("envoy.log");
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", "1", "--use-dynamic-base-id", "-l", "info"])
+            .arg("--log-path")
+            .arg(&log_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn envoy");
+        let agent = agent();
+        let mut envoy = Envoy {
+            child,
+            admin_port,
+            dir,
+            agent,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = envoy.child.try_wait().expect("wait envoy") {
+                return Err(EnvoyExit {
+                    status,
+                    log: envoy.log(),
+                });
+            }
+            if let Ok(body) = envoy.admin_get("/ready") {
+                if body.trim() == "LIVE" {
+                    return Ok(envoy);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy was not ready within {READY_TIMEOUT:?}; its log:\n{}",
+                envoy.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything Envoy has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// GET on the admin interface; the body.
+    pub fn admin_get(&self, path: &str) -> Result<String, ureq::Error> {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        self.agent.get(&url).call()?.body_mut().read_to_string()
+    }
+
+    /// Counters and gauges whose names contain `filter`, from `/stats`.
+    pub fn stats(&self, filter: &str) -> HashMap<String, u64> {
+        let body = self
+            .admin_get(&format!("/stats?filter={filter}"))
+            .expect("admin /stats");
+        body.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.to_owned(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for tests: keep-alive, statuses as values, bounded timeouts.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// The two upstream services of `deploy/envoy/upstreams.yaml`, `stable` and `canary`, which
+/// answer with their own name.
+#[derive(Debug)]
+pub struct Upstreams {
+    /// Port of `stable`.
+    pub stable_port: u16,
+    /// Port of `canary`.
+    pub canary_port: u16,
+    _envoy: Envoy,
+}
+
+impl Upstreams {
+    /// Starts them on free ports.
+    pub fn start() -> Upstreams {
+        let admin = free_port();
+        let stable_port = free_port();
+        let canary_port = free_port();
+        let config = render(
+            &repo_root().join("deploy/envoy/upstreams.yaml"),
+            &[
+                ("ADMIN_PORT", &admin.to_string()),
+                ("STABLE_PORT", &stable_port.to_string()),
+                ("CANARY_PORT", &canary_port.to_string()),
+            ],
+        );
+        let envoy = Envoy::start(&config, admin)
+            .unwrap_or_else(|e| panic!("upstreams did not start: {}\n{}", e.status, e.log));
+        Upstreams {
+            stable_port,
+            canary_port,
+            _envoy: envoy,
+        }
+    }
+}
+
+/// Front Envoy of `deploy/envoy/canary.yaml` with the canary filter configured by `config`
+/// (JSON), routing to `up`. Returns the Envoy and its listener port, or how it failed.
+pub fn start_canary(up: &Upstreams, config: &str) -> Result<(Envoy, u16), EnvoyExit> {
+    let admin = free_port();
+    let listener = free_port();
+    let wasm = filter_wasm("canary");
+    // The config goes into a single-quoted YAML scalar: one line, quotes doubled.
+    let one_line = config.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    let quoted = one_line.replace('\'', "''");
+    let yaml = render(
+        &repo_root().join("deploy/envoy/canary.yaml"),
+        &[
+            ("ADMIN_PORT", &admin.to_string()),
+            ("LISTENER_PORT", &listener.to_string()),
+            ("STABLE_PORT", &up.stable_port.to_string()),
+            ("CANARY_PORT", &up.canary_port.to_string()),
+            ("CANARY_WASM", &wasm.display().to_string()),
+            ("CANARY_CONFIG", &quoted),
+        ],
+    );
+    Envoy::start(&yaml, admin).map(|e| (e, listener))
+}
