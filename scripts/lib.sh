@@ -5,11 +5,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ENVOY=${MAILLE_ENVOY:-$ROOT/.venv/bin/envoy}
 RUN_DIR=${RUN_DIR:-$(mktemp -d -t maille.XXXXXX)}
 PIDS=()
+ENVOY_WRAP=()   # a command to run Envoy under, such as (taskset -c 0)
 
 # render TEMPLATE OUT: fill the template's placeholders from exported variables of the same
 # names; fails if one is unset.
 render() {
-  local template=$1 out=$2 vars
+  local template=$1 out=$2 vars v
   vars=$(grep -o '\${[A-Z_]*}' "$template" | sort -u)
   for v in $vars; do
     v=${v#\$\{}; v=${v%\}}
@@ -22,7 +23,7 @@ render() {
 # until /ready answers LIVE (60 s at most), logs to $RUN_DIR/NAME.log.
 start_envoy() {
   local name=$1 config=$2 admin=$3; shift 3
-  "$ENVOY" -c "$config" --concurrency 1 --use-dynamic-base-id -l info \
+  "${ENVOY_WRAP[@]}" "$ENVOY" -c "$config" --concurrency 1 --use-dynamic-base-id -l info \
     --log-path "$RUN_DIR/$name.log" "$@" >/dev/null 2>&1 &
   local pid=$!
   PIDS+=("$pid")

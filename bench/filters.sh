@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# make bench-filters: Envoy requests/s and latency with the routing choice made three ways,
+# measured in the same run on this machine:
+#   native  Envoy's route table (header match + weighted clusters), no filter
+#   canary  target/filters/canary.wasm on V8, config deploy/examples/canary.json
+#   lua     Envoy's Lua filter making the same choice (bench/envoy-lua.yaml)
+# Each front Envoy has one worker, pinned to CPU 0; wrk (1 thread, 16 connections) and the
+# upstream Envoy share CPU 1. Two scenarios: a header rule matches (x-canary: always), and
+# the sticky split (x-user-id). ROUNDS rounds of SECONDS_PER_RUN s each, variants interleaved;
+# the table gives medians and ratios to native.
+# Environment: ROUNDS (default 3), SECONDS_PER_RUN (default 10), CONNECTIONS (default 16).
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+trap cleanup EXIT
+
+ROUNDS=${ROUNDS:-3}
+SECS=${SECONDS_PER_RUN:-10}
+CONNS=${CONNECTIONS:-16}
+command -v wrk >/dev/null || { echo "wrk missing: run make setup" >&2; exit 1; }
+PIN_FRONT=(taskset -c 0); PIN_LOAD=(taskset -c 1)
+[ "$(nproc)" -ge 2 ] || { PIN_FRONT=(); PIN_LOAD=(); }
+
+export STABLE_PORT=$(free_port) CANARY_PORT=$(free_port)
+( export ADMIN_PORT=$(free_port); render "$ROOT/deploy/envoy/upstreams.yaml" "$RUN_DIR/up.yaml"; echo "$ADMIN_PORT" > "$RUN_DIR/up.admin" )
+ENVOY_WRAP=("${PIN_LOAD[@]}"); start_envoy upstreams "$RUN_DIR/up.yaml" "$(cat "$RUN_DIR/up.admin")"
+
+export CANARY_WASM=$ROOT/target/filters/canary.wasm
+CANARY_CONFIG=$(one_line_json "$ROOT/deploy/examples/canary.json"); export CANARY_CONFIG
+declare -A PORT
+ENVOY_WRAP=("${PIN_FRONT[@]}")
+for v in native canary lua; do
+  case $v in
+    native) tpl=$ROOT/bench/envoy-native.yaml ;;
+    canary) tpl=$ROOT/deploy/envoy/canary.yaml ;;
+    lua) tpl=$ROOT/bench/envoy-lua.yaml ;;
+  esac
+  export ADMIN_PORT=$(free_port) LISTENER_PORT=$(free_port)
+  render "$tpl" "$RUN_DIR/$v.yaml"
+  start_envoy "$v" "$RUN_DIR/$v.yaml" "$ADMIN_PORT"
+  PORT[$v]=$LISTENER_PORT
+done
+
+# Every variant must route the scenarios as intended before it is measured.
+for v in native canary lua; do
+  got=$(curl -s -H 'x-canary: always' "http://127.0.0.1:${PORT[$v]}/")
+  [ "$got" = canary ] || { echo "$v: x-canary: always went to '$got'" >&2; exit 1; }
+done
+
+echo "Envoy $("$ENVOY" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/' | tr -d /), wrk -t1 -c$CONNS -d${SECS}s, $ROUNDS rounds, front Envoy --concurrency 1 on CPU 0" >&2
+results=$RUN_DIR/results.tsv
+: > "$results"
+for scenario in rule sticky; do
+  case $scenario in
+    rule) hdr='x-canary: always' ;;
+    sticky) hdr='x-user-id: user-4242' ;;
+  esac
+  for r in $(seq 1 "$ROUNDS"); do
+    for v in native canary lua; do
+      url="http://127.0.0.1:${PORT[$v]}/"
+      "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s -H "$hdr" "$url" >/dev/null   # warm-up
+      out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$hdr" "$url")
+      printf '%s\t%s\t%s\t%s\n' "$scenario" "$v" "$r" "$(echo "$out" | tr '\n' '|')" >> "$results"
+      echo "  $scenario round $r $v: $(echo "$out" | grep Requests/sec)" >&2
+    done
+  done
+done
+
+python3 - "$results" <<'PY'
+import re, statistics, sys
+def ms(s):
+    m = re.match(r'([\d.]+)(us|ms|s)', s)
+    v = float(m.group(1))
+    return v / 1000 if m.group(2) == 'us' else v * 1000 if m.group(2) == 's' else v
+rows = {}
+for line in open(sys.argv[1]):
+    scen, var, rnd, out = line.rstrip('\n').split('\t')
+    rps = float(re.search(r'Requests/sec:\s+([\d.]+)', out).group(1))
+    p50 = ms(re.search(r'\|\s+50%\s+(\S+)', out).group(1))
+    p99 = ms(re.search(r'\|\s+99%\s+(\S+)', out).group(1))
+    non2xx = re.search(r'Non-2xx or 3xx responses:\s+(\d+)', out)
+    if non2xx:
+        sys.exit(f'{scen}/{var}: {non2xx.group(1)} non-2xx responses')
+    rows.setdefault((scen, var), []).append((rps, p50, p99))
+print()
+print(f"{'scenario':<8} {'variant':<7} {'req/s':>9} {'x native':>9} {'p50 ms':>8} {'p99 ms':>8}   (medians; runs req/s)")
+for scen in ('rule', 'sticky'):
+    base = statistics.median(r[0] for r in rows[(scen, 'native')])
+    for var in ('native', 'canary', 'lua'):
+        rs = rows[(scen, var)]
+        rps = statistics.median(r[0] for r in rs)
+        print(f"{scen:<8} {var:<7} {rps:>9.0f} {rps / base:>9.3f} {statistics.median(r[1] for r in rs):>8.3f} "
+              f"{statistics.median(r[2] for r in rs):>8.3f}   ({', '.join(f'{r[0]:.0f}' for r in rs)})")
+PY
