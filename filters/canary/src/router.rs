@@ -8,6 +8,11 @@ use xxhash_rust::xxh64::xxh64;
 
 /// Read access to the request being routed. Header names are passed lowercase, including
 /// the pseudo-headers `:path` and `:method`; the first value of a repeated header is enough.
+///
+/// A header whose value is empty counts as absent: Envoy hands an empty value to a wasm
+/// module as a null pointer, which the Rust SDK reports as "no such header", so the filter
+/// cannot tell the two apart in Envoy. The router treats them alike everywhere so that what
+/// is tested natively is what runs there.
 pub trait Request {
     /// The value of request header `name`, if present.
     fn header(&self, name: &str) -> Option<Cow<'_, str>>;
@@ -110,6 +115,11 @@ enum Kind {
     Present(bool),
 }
 
+/// A request header, an empty value counting as absent (see [`Request`]).
+fn header<'r, R: Request + ?Sized>(req: &'r R, name: &str) -> Option<Cow<'r, str>> {
+    req.header(name).filter(|v| !v.is_empty())
+}
+
 // === impl Router ===
 
 impl Router {
@@ -180,9 +190,8 @@ impl Router {
             }
         }
         let key = match &self.sticky {
-            Some(Sticky::Header(name)) => req.header(name),
-            Some(Sticky::Cookie(name)) => req
-                .header("cookie")
+            Some(Sticky::Header(name)) => header(req, name),
+            Some(Sticky::Cookie(name)) => header(req, "cookie")
                 .and_then(|c| cookie(&c, name).map(|v| Cow::Owned(v.to_owned()))),
             None => None,
         };
@@ -272,12 +281,12 @@ fn compile_match(m: &RequestMatch) -> CompiledRule {
 impl CompiledRule {
     fn matches<R: Request + ?Sized>(&self, req: &R) -> bool {
         if let Some(method) = &self.method {
-            if req.header(":method").as_deref() != Some(method.as_str()) {
+            if header(req, ":method").as_deref() != Some(method.as_str()) {
                 return false;
             }
         }
         if self.prefix.is_some() || !self.query.is_empty() {
-            let path = req.header(":path");
+            let path = header(req, ":path");
             let path = path.as_deref().unwrap_or("");
             if let Some(prefix) = &self.prefix {
                 if !path.starts_with(prefix.as_str()) {
@@ -297,12 +306,12 @@ impl CompiledRule {
         if !self
             .headers
             .iter()
-            .all(|m| m.eval(req.header(&m.name).as_deref()))
+            .all(|m| m.eval(header(req, &m.name).as_deref()))
         {
             return false;
         }
         if !self.cookies.is_empty() {
-            let cookies = req.header("cookie");
+            let cookies = header(req, "cookie");
             let cookies = cookies.as_deref().unwrap_or("");
             if !self
                 .cookies
@@ -429,7 +438,7 @@ mod tests {
             (r#"{"range": {"start": 10, "end": 20}}"#, "19", true),
             (r#"{"range": {"start": 10, "end": 20}}"#, "20", false),
             (r#"{"range": {"start": 10, "end": 20}}"#, "ten", false),
-            (r#"{"present": true}"#, "", true),
+            (r#"{"present": true}"#, "any", true),
         ];
         for (m, value, want) in cases {
             let r = rule_router(&format!(
@@ -451,7 +460,9 @@ mod tests {
     #[test]
     fn presence_and_absence() {
         let present = rule_router(r#"{"headers": [{"name": "x-beta"}]}"#);
-        assert!(hits(&present, &[("x-beta", "")]));
+        assert!(hits(&present, &[("x-beta", "1")]));
+        // An empty value is absent, as the filter sees it in Envoy.
+        assert!(!hits(&present, &[("x-beta", "")]));
         assert!(!hits(&present, &[]));
         let absent_inv = rule_router(r#"{"headers": [{"name": "x-beta", "invert": true}]}"#);
         assert!(hits(&absent_inv, &[]));
