@@ -174,7 +174,7 @@ fn random_configs_are_refused_or_accepted_as_native_validation_says_and_route_al
     let host = Host::new();
     let wasm = filter_wasm("canary");
     let mut runner = TestRunner::new(Config {
-        cases: 400,
+        cases: 800,
         ..Config::default()
     });
     let strategy = (config(), prop::collection::vec(request(), 16));
@@ -231,17 +231,17 @@ fn random_configs_are_refused_or_accepted_as_native_validation_says_and_route_al
         .unwrap();
     // The test must exercise routing, not only refusals.
     eprintln!(
-        "{} of 400 configs accepted, {} decisions compared",
+        "{} of 800 configs accepted, {} decisions compared",
         accepted.get(),
         compared.get()
     );
     assert!(
-        accepted.get() >= 80,
+        accepted.get() >= 160,
         "only {} configs were valid",
         accepted.get()
     );
     assert!(
-        compared.get() >= 500,
+        compared.get() >= 800,
         "only {} decisions compared",
         compared.get()
     );
