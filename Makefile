@@ -1,6 +1,6 @@
 # Maille: the two commands a newcomer runs are `make demo` and `make test`. Each installs
 # what it needs first (`make setup`, quick when everything is there).
-.PHONY: setup filters test unit e2e lint demo bench-filters clean
+.PHONY: setup filters test lint demo bench-filters bench-host clean
 
 CARGO ?= cargo
 
@@ -26,6 +26,10 @@ demo: filters
 ## Envoy requests/s and latency: native routing vs canary.wasm vs Lua (a few minutes).
 bench-filters: filters
 	@bench/filters.sh
+
+## Time per request through canary.wasm in the wasmtime host vs the native decision.
+bench-host: filters
+	@bench/host.sh
 
 clean:
 	$(CARGO) clean
