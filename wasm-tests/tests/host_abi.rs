@@ -353,3 +353,39 @@ fn wasi_modules_load_and_write_to_the_log() {
     let err = vm.request(&[]).unwrap_err().to_string();
     assert!(err.contains("proc_exit(3)"), "{err}");
 }
+
+#[test]
+fn response_code_and_request_duration_properties_follow_envoy() {
+    // On response headers, copy two properties into shared data for the test to read.
+    let wat = module(
+        &[
+            ("proxy_get_property", "(param i32 i32 i32 i32) (result i32)"),
+            ("proxy_set_shared_data", I5),
+        ],
+        r#"(data (i32.const 1024) "response\00code\00")
+           (data (i32.const 1040) "request\00duration\00")
+           (data (i32.const 1060) "code")
+           (data (i32.const 1070) "duration")
+           (func (export "proxy_on_context_create") (param i32 i32))
+           (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+             (drop (call $proxy_get_property (i32.const 1024) (i32.const 14) (i32.const 3000) (i32.const 3004)))
+             (drop (call $proxy_set_shared_data (i32.const 1060) (i32.const 4)
+               (i32.load (i32.const 3000)) (i32.load (i32.const 3004)) (i32.const 0)))
+             (drop (call $proxy_get_property (i32.const 1040) (i32.const 17) (i32.const 3000) (i32.const 3004)))
+             (drop (call $proxy_set_shared_data (i32.const 1070) (i32.const 8)
+               (i32.load (i32.const 3000)) (i32.load (i32.const 3004)) (i32.const 0)))
+             (i32.const 0))"#,
+    );
+    let host = Host::new();
+    let mut vm = configured(&host, &wat);
+    let mut s = vm.stream();
+    s.request_headers(&[(":path", "/")], true).unwrap();
+    host.advance(Duration::from_millis(250));
+    s.response_headers(&[(":status", "503")], true).unwrap();
+    drop(s);
+    assert_eq!(host.shared_data("code").unwrap().0, 503i64.to_le_bytes());
+    assert_eq!(
+        host.shared_data("duration").unwrap().0,
+        250_000_000i64.to_le_bytes()
+    );
+}

@@ -24,13 +24,19 @@ fn routes_beta_users_to_the_canary() -> Result<(), Error> {
     // Step by step, with a property, and a second worker sharing the host.
     let mut s = vm.stream();
     s.set_upstream_cluster("svc-blue");
-    assert_eq!(s.request_headers(&[(":path", "/")], true)?, Action::Continue);
+    assert_eq!(
+        s.request_headers(&[(":path", "/")], true)?,
+        Action::Continue
+    );
     s.response_headers(&[(":status", "503")], true)?;
     assert!(s.local_response().is_none());
     drop(s);
     let mut worker2 = host.load(filter_wasm("canary"))?;
     worker2.configure(br#"{"targets": [{"name": "stable", "cluster": "v1", "weight": 1}]}"#)?;
     assert_eq!(vm.advance(Duration::from_secs(5))?, 0); // canary sets no timer
-    assert_eq!(host.metric("maille_canary.decisions.stable.random"), Some(1));
+    assert_eq!(
+        host.metric("maille_canary.decisions.stable.random"),
+        Some(1)
+    );
     Ok(())
 }

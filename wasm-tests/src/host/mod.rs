@@ -609,6 +609,7 @@ impl Vm {
         Stream {
             vm: self,
             id,
+            started: now,
             created: false,
             finished: false,
         }
@@ -798,6 +799,7 @@ fn refused(store: &Store<State>, callback: &str) -> Error {
 pub struct Stream<'a> {
     vm: &'a mut Vm,
     id: u32,
+    started: u64,
     created: bool,
     finished: bool,
 }
@@ -878,6 +880,11 @@ impl Stream<'_> {
         self
     }
 
+    /// An integer property, as Envoy serialises them (8 bytes, little-endian).
+    pub fn set_int_property(&mut self, path: &[&str], value: i64) -> &mut Self {
+        self.set_property(path, value.to_le_bytes())
+    }
+
     /// The upstream cluster, as Envoy's `cluster_name` property.
     pub fn set_upstream_cluster(&mut self, cluster: &str) -> &mut Self {
         self.set_property(&["cluster_name"], cluster)
@@ -921,15 +928,28 @@ impl Stream<'_> {
     }
 
     /// Response headers arrive from upstream: `proxy_on_response_headers`. Sets the
-    /// `response.code` property from `:status`, as Envoy does.
+    /// `response.code` property from `:status` and `request.duration` (nanoseconds since
+    /// the stream began, on the host clock), as Envoy does; a test may override either.
     pub fn response_headers(
         &mut self,
         headers: &[(&str, &str)],
         end_of_stream: bool,
     ) -> Result<Action, Error> {
         let headers = to_headers(headers);
-        if let Some(code) = find(&headers, ":status").and_then(|s| s.parse::<i64>().ok()) {
-            self.set_property(&["response", "code"], code.to_le_bytes());
+        let code_key = vec!["response".to_owned(), "code".to_owned()];
+        if !self.data().properties.contains_key(&code_key) {
+            if let Some(code) = find(&headers, ":status").and_then(|s| s.parse::<i64>().ok()) {
+                self.set_property(&["response", "code"], code.to_le_bytes());
+            }
+        }
+        let duration_key = vec!["request".to_owned(), "duration".to_owned()];
+        if !self.data().properties.contains_key(&duration_key) {
+            let now = self.vm.store.data().host.now_nanos();
+            let start = self.started;
+            self.set_property(
+                &["request", "duration"],
+                ((now - start) as i64).to_le_bytes(),
+            );
         }
         let n = headers.len() as i32;
         self.data_mut().response_headers = headers;
