@@ -2,7 +2,7 @@
 //!
 //! Each filter reads its configuration as JSON (Envoy's `configuration` of the wasm plugin,
 //! a `google.protobuf.StringValue`). The types here are that JSON: the filters parse and
-//! validate it with [`canary::CanaryConfig::from_json`], and the control server builds the
+//! validate it with [`canary::CanaryConfig::from_json`] or [`breaker::BreakerConfig::from_json`], and the control server builds the
 //! same types and serialises them, so it can only produce configs the filters accept.
 //!
 //! Errors name the field path of the bad input (`rules[1].match.headers[0].match.regex`), so
@@ -11,6 +11,7 @@
 //! This crate does no request processing; the decisions are made in the filter crates.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod canary;
 mod error;
 

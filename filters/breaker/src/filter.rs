@@ -1,0 +1,417 @@
+//! The proxy-wasm glue: shared records with CAS, local answers, metrics and signals.
+//!
+//! Host calls go through `proxy_wasm::hostcalls` and their errors are handled here: the
+//! SDK's convenience methods unwrap them, and a panic would kill the VM.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use maille_filter_config::breaker::BreakerConfig;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+
+use crate::{signal_body, Admission, Circuit, Outcome, Record, State, Transition};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(BreakerRoot::default()));
+}}
+
+/// Prefix of log lines and metrics.
+const NAME: &str = "maille_breaker";
+/// Shared-data key prefix; the cluster name follows.
+const KEY_PREFIX: &str = "maille_breaker/";
+/// How often queued signals are sent.
+const SIGNAL_TICK: Duration = Duration::from_millis(100);
+/// Compare-and-swap attempts before an update is given up (and logged).
+const CAS_ATTEMPTS: usize = 64;
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Metric ids of one cluster.
+#[derive(Clone, Copy)]
+struct ClusterMetrics {
+    requests: Option<u32>,
+    failures: Option<u32>,
+    rejections: Option<u32>,
+    trips: Option<u32>,
+    state: Option<u32>,
+}
+
+impl ClusterMetrics {
+    fn define(cluster: &str) -> ClusterMetrics {
+        let def = |kind, what: &str| {
+            hostcalls::define_metric(kind, &format!("{NAME}.{cluster}.{what}")).ok()
+        };
+        ClusterMetrics {
+            requests: def(MetricType::Counter, "requests"),
+            failures: def(MetricType::Counter, "failures"),
+            rejections: def(MetricType::Counter, "rejections"),
+            trips: def(MetricType::Counter, "trips"),
+            state: def(MetricType::Gauge, "state"),
+        }
+    }
+}
+
+fn bump(id: Option<u32>) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+/// What the root context and its streams share.
+struct Plugin {
+    circuit: Circuit,
+    metrics: RefCell<HashMap<String, ClusterMetrics>>,
+    /// State changes this worker made, waiting to be sent by the root context.
+    signals: RefCell<VecDeque<(String, Transition)>>,
+}
+
+impl Plugin {
+    fn metrics(&self, cluster: &str) -> ClusterMetrics {
+        *self
+            .metrics
+            .borrow_mut()
+            .entry(cluster.to_owned())
+            .or_insert_with(|| ClusterMetrics::define(cluster))
+    }
+
+    /// Reads the cluster's record, applies `update`, and writes it back with CAS, retrying
+    /// when another worker got there first. `update` returns whether the record changed
+    /// and a value to hand back.
+    fn update<T>(
+        &self,
+        cluster: &str,
+        mut update: impl FnMut(&mut Record) -> (bool, T),
+    ) -> Option<T> {
+        let key = format!("{KEY_PREFIX}{cluster}");
+        for _ in 0..CAS_ATTEMPTS {
+            let (bytes, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+            let mut rec = bytes
+                .as_deref()
+                .and_then(Record::decode)
+                .unwrap_or_default();
+            let (changed, out) = update(&mut rec);
+            if !changed {
+                return Some(out);
+            }
+            // A missing key has no CAS: the first write per cluster is unconditional (the
+            // ABI offers no create-if-absent); every later one is compare-and-swap.
+            match hostcalls::set_shared_data(&key, Some(&rec.encode()), cas) {
+                Ok(()) => return Some(out),
+                Err(Status::CasMismatch) => continue,
+                Err(status) => {
+                    log(
+                        LogLevel::Error,
+                        &format!("{NAME}: cluster {cluster}: shared data write failed: {status:?}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        log(
+            LogLevel::Warn,
+            &format!("{NAME}: cluster {cluster}: gave up after {CAS_ATTEMPTS} CAS conflicts"),
+        );
+        None
+    }
+
+    fn transitioned(&self, cluster: &str, t: Transition) {
+        let m = self.metrics(cluster);
+        if let Some(id) = m.state {
+            let _ = hostcalls::record_metric(id, t.to as u64);
+        }
+        if t.to == State::Open {
+            bump(m.trips);
+        }
+        log(
+            LogLevel::Info,
+            &format!(
+                "{NAME}: cluster {cluster}: {} -> {} (failure ratio {:.2}: {} of {} requests in the window, {} in a row)",
+                t.from.as_str(),
+                t.to.as_str(),
+                t.failure_ratio(),
+                t.failures,
+                t.requests,
+                t.consecutive
+            ),
+        );
+        if self.circuit.config().signal.is_some() {
+            self.signals.borrow_mut().push_back((cluster.to_owned(), t));
+        }
+    }
+}
+
+#[derive(Default)]
+struct BreakerRoot {
+    plugin: Option<Rc<Plugin>>,
+}
+
+impl Context for BreakerRoot {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        match status.as_deref() {
+            Some(s) if s.starts_with('2') => {}
+            Some(s) => log(
+                LogLevel::Warn,
+                &format!("{NAME}: signal call {token} answered {s}"),
+            ),
+            None if num_headers == 0 => log(
+                LogLevel::Warn,
+                &format!("{NAME}: signal call {token} failed (endpoint unreachable or timed out)"),
+            ),
+            None => log(
+                LogLevel::Warn,
+                &format!("{NAME}: signal call {token}: no status"),
+            ),
+        }
+    }
+}
+
+impl RootContext for BreakerRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        // An absent configuration means all defaults.
+        let bytes = if bytes.is_empty() {
+            b"{}".to_vec()
+        } else {
+            bytes
+        };
+        let config = match BreakerConfig::from_json(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("{NAME}: invalid configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        if config.signal.is_some() && hostcalls::set_tick_period(SIGNAL_TICK).is_err() {
+            log(
+                LogLevel::Error,
+                &format!("{NAME}: could not set the signal timer"),
+            );
+            return false;
+        }
+        log(
+            LogLevel::Info,
+            &format!(
+                "{NAME}: configured: window {} ms, min {} requests, ratio {}, {} in a row, open {} ms, {} probes",
+                config.window_millis,
+                config.min_requests,
+                config.failure_ratio,
+                config.consecutive_failures,
+                config.open_millis,
+                config.half_open_probes
+            ),
+        );
+        self.plugin = Some(Rc::new(Plugin {
+            circuit: Circuit::new(config),
+            metrics: RefCell::new(HashMap::new()),
+            signals: RefCell::new(VecDeque::new()),
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(plugin) = &self.plugin else { return };
+        let Some(signal) = plugin.circuit.config().signal.clone() else {
+            return;
+        };
+        loop {
+            let next = plugin.signals.borrow_mut().pop_front();
+            let Some((cluster, t)) = next else { break };
+            let body = signal_body(&cluster, &t);
+            let headers = vec![
+                (":method", "POST"),
+                (":path", signal.path.as_str()),
+                (":authority", signal.authority.as_str()),
+                ("content-type", "application/json"),
+            ];
+            if let Err(status) = hostcalls::dispatch_http_call(
+                &signal.cluster,
+                headers,
+                Some(body.as_bytes()),
+                vec![],
+                Duration::from_millis(signal.timeout_millis),
+            ) {
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "{NAME}: signal for {cluster} ({} -> {}) not sent: {status:?}",
+                        t.from.as_str(),
+                        t.to.as_str()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(BreakerStream {
+            plugin: self.plugin.clone(),
+            cluster: None,
+            probe: false,
+            answered_locally: false,
+            start_ms: 0,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct BreakerStream {
+    plugin: Option<Rc<Plugin>>,
+    /// The upstream cluster, once known.
+    cluster: Option<String>,
+    /// Admitted as a half-open probe.
+    probe: bool,
+    /// The 503 was ours: not an upstream outcome.
+    answered_locally: bool,
+    start_ms: u64,
+}
+
+impl Context for BreakerStream {}
+
+impl BreakerStream {
+    fn upstream_cluster(plugin: &Plugin) -> Option<String> {
+        let header = &plugin.circuit.config().cluster_header;
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, header)
+            .ok()
+            .flatten()
+            .filter(|v| !v.is_empty())
+            .or_else(|| {
+                hostcalls::get_property(vec!["cluster_name"])
+                    .ok()
+                    .flatten()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .filter(|v| !v.is_empty())
+            })
+    }
+}
+
+impl HttpContext for BreakerStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(plugin) = self.plugin.clone() else {
+            return Action::Continue;
+        };
+        let Some(cluster) = Self::upstream_cluster(&plugin) else {
+            return Action::Continue;
+        };
+        let now = now_ms();
+        self.start_ms = now;
+        let circuit = &plugin.circuit;
+        let mut transition = None;
+        let admission = plugin.update(&cluster, |rec| {
+            let (a, changed, t) = circuit.admit(rec, now);
+            transition = t;
+            (changed, a)
+        });
+        if let Some(t) = transition {
+            plugin.transitioned(&cluster, t);
+        }
+        let m = plugin.metrics(&cluster);
+        match admission.unwrap_or(Admission::Allow) {
+            Admission::Allow => {}
+            Admission::Probe => self.probe = true,
+            Admission::Reject { retry_after_ms } => {
+                bump(m.rejections);
+                self.answered_locally = true;
+                let retry = retry_after_ms.div_ceil(1000).max(1).to_string();
+                let marker = format!("open; cluster={cluster}");
+                let body = format!("circuit open for upstream cluster {cluster}\n");
+                let sent = hostcalls::send_http_response(
+                    503,
+                    vec![
+                        ("retry-after", retry.as_str()),
+                        (
+                            plugin.circuit.config().circuit_header.as_str(),
+                            marker.as_str(),
+                        ),
+                        ("content-type", "text/plain"),
+                    ],
+                    Some(body.as_bytes()),
+                );
+                if sent.is_ok() {
+                    return Action::Pause;
+                }
+                // Could not answer locally: let the request through rather than hang it.
+                self.answered_locally = false;
+            }
+        }
+        bump(m.requests);
+        self.cluster = Some(cluster);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.answered_locally {
+            return Action::Continue;
+        }
+        let (Some(plugin), Some(cluster)) = (self.plugin.clone(), self.cluster.take()) else {
+            return Action::Continue;
+        };
+        let circuit = &plugin.circuit;
+        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(0);
+        // Only a 5xx can carry Envoy's reset details: skip the property lookup otherwise.
+        let reset = circuit.config().failure_on.resets
+            && status >= 500
+            && hostcalls::get_property(vec!["response", "code_details"])
+                .ok()
+                .flatten()
+                .is_some_and(|d| {
+                    d.starts_with(b"upstream_reset") || d.starts_with(b"no_healthy_upstream")
+                });
+        let now = now_ms();
+        let outcome = Outcome {
+            status,
+            reset,
+            latency_ms: now.saturating_sub(self.start_ms),
+        };
+        let failed = circuit.is_failure(&outcome);
+        if failed {
+            bump(plugin.metrics(&cluster).failures);
+        }
+        let probe = self.probe;
+        let mut transition = None;
+        plugin.update(&cluster, |rec| {
+            let before = rec.clone();
+            transition = circuit.record(rec, now, failed, probe);
+            (*rec != before, ())
+        });
+        if let Some(t) = transition {
+            plugin.transitioned(&cluster, t);
+        }
+        Action::Continue
+    }
+}
