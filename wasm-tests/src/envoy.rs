@@ -112,6 +112,8 @@ impl Envoy {
             .arg("-c")
             .arg(&config_path)
             .args(["--concurrency", "1", "--use-dynamic-base-id", "-l", "info"])
+            // Flush the log file often: tests read it while Envoy runs.
+            .args(["--file-flush-interval-msec", "50"])
             .arg("--log-path")
             .arg(&log_path)
             .stdin(Stdio::null())
@@ -146,6 +148,26 @@ impl Envoy {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts Envoy from a template of `deploy/envoy/` (relative to the repository root)
+    /// filled with `vars`; `admin_port` must be the value given for `ADMIN_PORT`.
+    pub fn from_template(
+        template: &str,
+        vars: &[(&str, &str)],
+        admin_port: u16,
+    ) -> Result<Envoy, EnvoyExit> {
+        Envoy::start(&render(&repo_root().join(template), vars), admin_port)
+    }
+
+    /// POST on the admin interface (e.g. `/runtime_modify?key=value`); the body.
+    pub fn admin_post(&self, path: &str) -> Result<String, ureq::Error> {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        self.agent
+            .post(&url)
+            .send_empty()?
+            .body_mut()
+            .read_to_string()
     }
 
     /// Everything Envoy has logged so far.
@@ -224,6 +246,12 @@ impl Upstreams {
     }
 }
 
+/// A JSON document as the content of a single-quoted YAML scalar: one line, quotes doubled.
+pub fn yaml_single_quoted(json: &str) -> String {
+    let one_line = json.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    one_line.replace('\'', "''")
+}
+
 /// Front Envoy of `deploy/envoy/canary.yaml` with the canary filter configured by `config`
 /// (JSON), routing to `up`. Returns the Envoy and its listener port, or how it failed.
 pub fn start_canary(up: &Upstreams, config: &str) -> Result<(Envoy, u16), EnvoyExit> {
@@ -231,8 +259,7 @@ pub fn start_canary(up: &Upstreams, config: &str) -> Result<(Envoy, u16), EnvoyE
     let listener = free_port();
     let wasm = filter_wasm("canary");
     // The config goes into a single-quoted YAML scalar: one line, quotes doubled.
-    let one_line = config.lines().map(str::trim).collect::<Vec<_>>().join(" ");
-    let quoted = one_line.replace('\'', "''");
+    let quoted = yaml_single_quoted(config);
     let yaml = render(
         &repo_root().join("deploy/envoy/canary.yaml"),
         &[
@@ -245,4 +272,130 @@ pub fn start_canary(up: &Upstreams, config: &str) -> Result<(Envoy, u16), EnvoyE
         ],
     );
     Envoy::start(&yaml, admin).map(|e| (e, listener))
+}
+
+/// One request a [`RecordingServer`] received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Request method.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+    /// Request body.
+    pub body: String,
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1 that answers every request `200` and records it:
+/// the control endpoint of end-to-end tests. Stops on drop.
+#[derive(Debug)]
+pub struct RecordingServer {
+    /// Its port.
+    pub port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RecordingServer {
+    /// Starts it on a free port.
+    pub fn start() -> RecordingServer {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind recording server");
+        let port = listener.local_addr().expect("addr").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (reqs, stopping) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let reqs = reqs.clone();
+                std::thread::spawn(move || {
+                    let mut writer = match conn.try_clone() {
+                        Ok(w) => w,
+                        Err(_) => return,
+                    };
+                    let mut reader = BufReader::new(conn);
+                    // One request after another on a kept-alive connection, until EOF.
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut parts = line.split_whitespace();
+                        let method = parts.next().unwrap_or_default().to_owned();
+                        let path = parts.next().unwrap_or_default().to_owned();
+                        let mut length = 0usize;
+                        loop {
+                            let mut h = String::new();
+                            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':') {
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    length = v.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        reqs.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Recorded {
+                                method,
+                                path,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                            });
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if writer.write_all(ok).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RecordingServer {
+            port,
+            requests,
+            stop,
+        }
+    }
+
+    /// The requests received so far, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits (at most `timeout`) until `n` requests have arrived; returns them.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.requests();
+            if got.len() >= n || Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RecordingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
 }

@@ -170,7 +170,7 @@ fn a_failed_probe_opens_the_circuit_again() {
 }
 
 #[test]
-fn state_changes_are_signalled_in_order_and_a_dead_endpoint_changes_nothing() {
+fn state_changes_are_signalled_in_order_one_call_at_a_time() {
     let host = Host::new();
     let mut vm = breaker(
         &host,
@@ -183,55 +183,64 @@ fn state_changes_are_signalled_in_order_and_a_dead_endpoint_changes_nothing() {
         vm.http_calls().is_empty(),
         "signals are sent by the timer, off the request path"
     );
-    vm.advance(Duration::from_millis(100)).unwrap();
-    vm.advance(Duration::from_millis(900)).unwrap();
-    call(&mut vm, 200); // open -> half_open (probe), then half_open -> closed
+    vm.advance(Duration::from_millis(1_000)).unwrap();
+    call(&mut vm, 200); // open -> half_open (the probe), then half_open -> closed
     vm.advance(Duration::from_millis(100)).unwrap();
 
-    let calls = vm.http_calls().to_vec();
-    let steps: Vec<(String, String)> = calls
+    // One call at a time: the next goes when the previous one is answered, even by a failure.
+    let mut bodies = Vec::new();
+    let mut answers = [HttpCallResponse::default(), ok(), ok()].into_iter();
+    while let Some(c) = vm.http_calls().first().cloned() {
+        assert_eq!(vm.http_calls().len(), 1, "more than one signal in flight");
+        assert_eq!(c.upstream, "control");
+        assert_eq!(c.header(":method"), Some("POST"));
+        assert_eq!(c.header(":path"), Some("/v1/signals/breaker"));
+        assert_eq!(c.header("content-type"), Some("application/json"));
+        assert_eq!(c.timeout, Duration::from_millis(200));
+        bodies.push(serde_json::from_slice::<serde_json::Value>(&c.body).unwrap());
+        vm.respond(c.token, answers.next().expect("at most three signals"))
+            .unwrap();
+    }
+    let steps: Vec<(&str, &str, u64)> = bodies
         .iter()
-        .map(|c| {
-            assert_eq!(c.upstream, "control");
-            assert_eq!(c.header(":method"), Some("POST"));
-            assert_eq!(c.header(":path"), Some("/v1/signals/breaker"));
-            assert_eq!(c.header("content-type"), Some("application/json"));
-            assert_eq!(c.timeout, Duration::from_millis(200));
-            let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+        .map(|v| {
             assert_eq!(v["cluster"], "svc");
             (
-                v["from"].as_str().unwrap().to_owned(),
-                v["to"].as_str().unwrap().to_owned(),
+                v["from"].as_str().unwrap(),
+                v["to"].as_str().unwrap(),
+                v["generation"].as_u64().unwrap(),
             )
         })
         .collect();
     assert_eq!(
         steps,
         [
-            ("closed".into(), "open".into()),
-            ("open".into(), "half_open".into()),
-            ("half_open".into(), "closed".into())
+            ("closed", "open", 1),
+            ("open", "half_open", 2),
+            ("half_open", "closed", 3)
         ]
     );
-    let first: serde_json::Value = serde_json::from_slice(&calls[0].body).unwrap();
     assert_eq!(
         (
-            first["requests"].as_u64(),
-            first["failures"].as_u64(),
-            first["failureRatio"].as_f64()
+            bodies[0]["requests"].as_u64(),
+            bodies[0]["failures"].as_u64(),
+            bodies[0]["failureRatio"].as_f64()
         ),
         (Some(2), Some(2), Some(1.0))
     );
-
-    // The endpoint fails every call: traffic is not affected, the failure is logged.
-    for c in &calls {
-        vm.respond(c.token, HttpCallResponse::default()).unwrap();
-    }
-    assert_eq!(call(&mut vm, 200), Seen::Upstream);
+    // The failed first call was logged; traffic never waited for any of it.
     assert!(vm
         .log_lines(maille_wasm_tests::LogLevel::Warn)
         .iter()
         .any(|l| l.contains("signal call") && l.contains("failed")));
+    assert_eq!(call(&mut vm, 200), Seen::Upstream);
+}
+
+fn ok() -> HttpCallResponse {
+    HttpCallResponse {
+        headers: vec![(":status".into(), "204".into())],
+        ..Default::default()
+    }
 }
 
 #[test]

@@ -59,12 +59,14 @@ pub struct Record {
     pub probe_successes: u32,
     /// Failures in a row (closed).
     pub consecutive: u32,
+    /// Count of state changes so far: orders signals from different workers.
+    pub generation: u32,
     /// The sliding window.
     pub buckets: [Bucket; BUCKETS],
 }
 
 /// Bytes of an encoded [`Record`].
-pub const RECORD_LEN: usize = 1 + 8 + 4 + 4 + 4 + BUCKETS * 16;
+pub const RECORD_LEN: usize = 1 + 8 + 4 + 4 + 4 + 4 + BUCKETS * 16;
 
 impl Default for Record {
     fn default() -> Self {
@@ -74,6 +76,7 @@ impl Default for Record {
             probes_admitted: 0,
             probe_successes: 0,
             consecutive: 0,
+            generation: 0,
             buckets: [Bucket::default(); BUCKETS],
         }
     }
@@ -88,8 +91,9 @@ impl Record {
         out[9..13].copy_from_slice(&self.probes_admitted.to_le_bytes());
         out[13..17].copy_from_slice(&self.probe_successes.to_le_bytes());
         out[17..21].copy_from_slice(&self.consecutive.to_le_bytes());
+        out[21..25].copy_from_slice(&self.generation.to_le_bytes());
         for (i, b) in self.buckets.iter().enumerate() {
-            let at = 21 + i * 16;
+            let at = 25 + i * 16;
             out[at..at + 8].copy_from_slice(&b.start_ms.to_le_bytes());
             out[at + 8..at + 12].copy_from_slice(&b.total.to_le_bytes());
             out[at + 12..at + 16].copy_from_slice(&b.failures.to_le_bytes());
@@ -108,7 +112,7 @@ impl Record {
             |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
         let mut buckets = [Bucket::default(); BUCKETS];
         for (i, b) in buckets.iter_mut().enumerate() {
-            let at = 21 + i * 16;
+            let at = 25 + i * 16;
             *b = Bucket {
                 start_ms: u64_at(at),
                 total: u32_at(at + 8),
@@ -121,6 +125,7 @@ impl Record {
             probes_admitted: u32_at(9),
             probe_successes: u32_at(13),
             consecutive: u32_at(17),
+            generation: u32_at(21),
             buckets,
         })
     }
@@ -149,6 +154,8 @@ pub struct Transition {
     pub failures: u32,
     /// Failures in a row at the change.
     pub consecutive: u32,
+    /// The record's generation after the change (1 for the first change, and so on).
+    pub generation: u32,
 }
 
 impl Transition {
@@ -329,6 +336,7 @@ impl Circuit {
 
     fn transition(&self, rec: &mut Record, to: State, now_ms: u64) -> Transition {
         let (requests, failures) = rec.window(now_ms, self.config.window_millis);
+        rec.generation = rec.generation.wrapping_add(1);
         let t = Transition {
             from: rec.state,
             to,
@@ -336,6 +344,7 @@ impl Circuit {
             requests,
             failures,
             consecutive: rec.consecutive,
+            generation: rec.generation,
         };
         rec.state = to;
         rec.since_ms = now_ms;
@@ -472,7 +481,10 @@ mod tests {
         assert_eq!(c.record(&mut r, 5_103, false, false), None);
         assert_eq!(c.record(&mut r, 5_200, false, true), None);
         let t = c.record(&mut r, 5_300, false, true).expect("closed");
-        assert_eq!((t.from, t.to), (State::HalfOpen, State::Closed));
+        assert_eq!(
+            (t.from, t.to, t.generation),
+            (State::HalfOpen, State::Closed, 3)
+        );
         assert_eq!(
             r.window(5_300, 10_000),
             (0, 0),

@@ -28,6 +28,8 @@ const KEY_PREFIX: &str = "maille_breaker/";
 const SIGNAL_TICK: Duration = Duration::from_millis(100);
 /// Compare-and-swap attempts before an update is given up (and logged).
 const CAS_ATTEMPTS: usize = 64;
+/// Signals waiting to be sent, at most; beyond, the oldest are dropped (and logged).
+const MAX_PENDING_SIGNALS: usize = 256;
 
 fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
@@ -149,7 +151,20 @@ impl Plugin {
             ),
         );
         if self.circuit.config().signal.is_some() {
-            self.signals.borrow_mut().push_back((cluster.to_owned(), t));
+            let mut q = self.signals.borrow_mut();
+            if q.len() >= MAX_PENDING_SIGNALS {
+                if let Some((c, old)) = q.pop_front() {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "{NAME}: signal queue full: dropped {c} {} -> {}",
+                            old.from.as_str(),
+                            old.to.as_str()
+                        ),
+                    );
+                }
+            }
+            q.push_back((cluster.to_owned(), t));
         }
     }
 }
@@ -157,6 +172,52 @@ impl Plugin {
 #[derive(Default)]
 struct BreakerRoot {
     plugin: Option<Rc<Plugin>>,
+    /// The signal call under way: one at a time, so that they arrive in order.
+    in_flight: Option<u32>,
+}
+
+impl BreakerRoot {
+    /// Sends the next queued signal unless one is under way.
+    fn send_next(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Some(plugin) = &self.plugin else { return };
+        let Some(signal) = plugin.circuit.config().signal.clone() else {
+            return;
+        };
+        loop {
+            let next = plugin.signals.borrow_mut().pop_front();
+            let Some((cluster, t)) = next else { return };
+            let body = signal_body(&cluster, &t);
+            let headers = vec![
+                (":method", "POST"),
+                (":path", signal.path.as_str()),
+                (":authority", signal.authority.as_str()),
+                ("content-type", "application/json"),
+            ];
+            match hostcalls::dispatch_http_call(
+                &signal.cluster,
+                headers,
+                Some(body.as_bytes()),
+                vec![],
+                Duration::from_millis(signal.timeout_millis),
+            ) {
+                Ok(token) => {
+                    self.in_flight = Some(token);
+                    return;
+                }
+                Err(status) => log(
+                    LogLevel::Warn,
+                    &format!(
+                        "{NAME}: signal for {cluster} ({} -> {}) not sent: {status:?}",
+                        t.from.as_str(),
+                        t.to.as_str()
+                    ),
+                ),
+            }
+        }
+    }
 }
 
 impl Context for BreakerRoot {
@@ -167,6 +228,9 @@ impl Context for BreakerRoot {
         _body: usize,
         _trailers: usize,
     ) {
+        if self.in_flight == Some(token) {
+            self.in_flight = None;
+        }
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten();
@@ -185,6 +249,7 @@ impl Context for BreakerRoot {
                 &format!("{NAME}: signal call {token}: no status"),
             ),
         }
+        self.send_next();
     }
 }
 
@@ -238,37 +303,7 @@ impl RootContext for BreakerRoot {
     }
 
     fn on_tick(&mut self) {
-        let Some(plugin) = &self.plugin else { return };
-        let Some(signal) = plugin.circuit.config().signal.clone() else {
-            return;
-        };
-        loop {
-            let next = plugin.signals.borrow_mut().pop_front();
-            let Some((cluster, t)) = next else { break };
-            let body = signal_body(&cluster, &t);
-            let headers = vec![
-                (":method", "POST"),
-                (":path", signal.path.as_str()),
-                (":authority", signal.authority.as_str()),
-                ("content-type", "application/json"),
-            ];
-            if let Err(status) = hostcalls::dispatch_http_call(
-                &signal.cluster,
-                headers,
-                Some(body.as_bytes()),
-                vec![],
-                Duration::from_millis(signal.timeout_millis),
-            ) {
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "{NAME}: signal for {cluster} ({} -> {}) not sent: {status:?}",
-                        t.from.as_str(),
-                        t.to.as_str()
-                    ),
-                );
-            }
-        }
+        self.send_next();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -307,11 +342,17 @@ impl BreakerStream {
             .flatten()
             .filter(|v| !v.is_empty())
             .or_else(|| {
-                hostcalls::get_property(vec!["cluster_name"])
-                    .ok()
-                    .flatten()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .filter(|v| !v.is_empty())
+                // At request headers Envoy 1.40 knows the route's cluster as
+                // `xds.cluster_name`; `cluster_name` only once an upstream is chosen.
+                [vec!["xds", "cluster_name"], vec!["cluster_name"]]
+                    .into_iter()
+                    .find_map(|path| {
+                        hostcalls::get_property(path)
+                            .ok()
+                            .flatten()
+                            .and_then(|b| String::from_utf8(b).ok())
+                            .filter(|v| !v.is_empty())
+                    })
             })
     }
 }

@@ -26,13 +26,15 @@ pub use circuit::{
     Admission, Bucket, Circuit, Outcome, Record, State, Transition, BUCKETS, RECORD_LEN,
 };
 
-/// The JSON body of a state-change signal.
+/// The JSON body of a state-change signal. `generation` counts the cluster's state changes
+/// (shared by all workers): a receiver orders signals by it.
 pub fn signal_body(cluster: &str, t: &Transition) -> String {
     format!(
-        r#"{{"cluster":{},"from":"{}","to":"{}","failureRatio":{:.4},"requests":{},"failures":{},"consecutiveFailures":{},"atMillis":{}}}"#,
+        r#"{{"cluster":{},"from":"{}","to":"{}","generation":{},"failureRatio":{:.4},"requests":{},"failures":{},"consecutiveFailures":{},"atMillis":{}}}"#,
         serde_json::to_string(cluster).unwrap_or_default(),
         t.from.as_str(),
         t.to.as_str(),
+        t.generation,
         t.failure_ratio(),
         t.requests,
         t.failures,
@@ -54,12 +56,14 @@ mod tests {
             requests: 40,
             failures: 25,
             consecutive: 3,
+            generation: 5,
         };
         let body = signal_body("svc \"blue\"", &t);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["cluster"], "svc \"blue\"");
         assert_eq!(v["from"], "closed");
         assert_eq!(v["to"], "open");
+        assert_eq!(v["generation"], 5);
         assert_eq!(v["failureRatio"], 0.625);
         assert_eq!(v["requests"], 40);
         assert_eq!(v["failures"], 25);

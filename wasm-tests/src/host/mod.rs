@@ -885,8 +885,10 @@ impl Stream<'_> {
         self.set_property(path, value.to_le_bytes())
     }
 
-    /// The upstream cluster, as Envoy's `cluster_name` property.
+    /// The upstream cluster, as Envoy's `xds.cluster_name` (known from the route at request
+    /// headers) and `cluster_name` properties.
     pub fn set_upstream_cluster(&mut self, cluster: &str) -> &mut Self {
+        self.set_property(&["xds", "cluster_name"], cluster);
         self.set_property(&["cluster_name"], cluster)
     }
 
