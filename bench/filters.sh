@@ -9,6 +9,8 @@
 #           (in the sticky scenario it still routes to canary: compare it on the rule row)
 #   canary  target/filters/canary.wasm on V8, config deploy/examples/canary.json
 #   lua     Envoy's Lua filter making the same choice (bench/envoy-lua.yaml)
+#   breaker native routing plus target/filters/breaker.wasm (closed circuit, default config)
+#   canary_breaker  canary.wasm then breaker.wasm (the breaker reads x-maille-cluster)
 # Each front Envoy has one worker, pinned to CPU 0; wrk (1 thread, 16 connections) and the
 # upstream Envoy share CPU 1. Two scenarios: a header rule matches (x-canary: always), and
 # the sticky split (x-user-id). ROUNDS rounds of SECONDS_PER_RUN s each, variants interleaved;
@@ -22,6 +24,7 @@ ROUNDS=${ROUNDS:-3}
 SECS=${SECONDS_PER_RUN:-10}
 CONNS=${CONNECTIONS:-16}
 command -v wrk >/dev/null || { echo "wrk missing: run make setup" >&2; exit 1; }
+[ -f "$ROOT/target/filters/breaker.wasm" ] || { echo "run make filters" >&2; exit 1; }
 wat2wasm "$ROOT/bench/empty.wat" -o "$RUN_DIR/empty.wasm"
 wat2wasm "$ROOT/bench/bare.wat" -o "$RUN_DIR/bare.wasm"
 PIN_FRONT=(taskset -c 0); PIN_LOAD=(taskset -c 1)
@@ -35,8 +38,13 @@ export CANARY_WASM
 CANARY_CONFIG=$(one_line_json "$ROOT/deploy/examples/canary.json"); export CANARY_CONFIG
 declare -A PORT
 ENVOY_WRAP=("${PIN_FRONT[@]}")
+# A wasm filter entry for the HTTP filter list: name, module path, JSON configuration.
+wasm_filter() {
+  printf '\n          - name: %s\n            typed_config:\n              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:\n                name: %s\n                root_id: %s\n                vm_config:\n                  vm_id: %s\n                  runtime: envoy.wasm.runtime.v8\n                  code: { local: { filename: "%s" } }\n                configuration:\n                  "@type": type.googleapis.com/google.protobuf.StringValue\n                  value: '"'"'%s'"'"'' "$1" "$1" "$1" "$1" "$2" "$3"
+}
+BREAKER_WASM=$ROOT/target/filters/breaker.wasm
 export WASM_FILTER=""
-for v in native empty bare canary lua; do
+for v in native empty bare canary lua breaker canary_breaker; do
   case $v in
     native) tpl=$ROOT/bench/envoy-native.yaml ;;
     empty) tpl=$ROOT/bench/envoy-native.yaml
@@ -50,17 +58,30 @@ for v in native empty bare canary lua; do
                   code: { local: { filename: \"$RUN_DIR/empty.wasm\" } }" ;;
     bare) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$RUN_DIR/bare.wasm ;;
     canary) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$ROOT/target/filters/canary.wasm ;;
+    breaker) tpl=$ROOT/bench/envoy-native.yaml; WASM_FILTER=$(wasm_filter maille_breaker "$BREAKER_WASM" '{}') ;;
+    canary_breaker) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$ROOT/target/filters/canary.wasm ;;
     lua) tpl=$ROOT/bench/envoy-lua.yaml ;;
   esac
   export ADMIN_PORT=$(free_port) LISTENER_PORT=$(free_port)
   render "$tpl" "$RUN_DIR/$v.yaml"
+  if [ "$v" = canary_breaker ]; then
+    # The breaker goes after the canary filter, before the router.
+    python3 - "$RUN_DIR/$v.yaml" "$(wasm_filter maille_breaker "$BREAKER_WASM" '{}')" <<'PY'
+import sys
+path, entry = sys.argv[1], sys.argv[2]
+text = open(path).read()
+marker = "\n          - name: envoy.filters.http.router"
+assert marker in text
+open(path, "w").write(text.replace(marker, entry + marker, 1))
+PY
+  fi
   start_envoy "$v" "$RUN_DIR/$v.yaml" "$ADMIN_PORT"
   PORT[$v]=$LISTENER_PORT
   WASM_FILTER=""
 done
 
 # Every variant must route the scenarios as intended before it is measured.
-for v in native empty bare canary lua; do
+for v in native empty bare canary lua breaker canary_breaker; do
   got=$(curl -s -H 'x-canary: always' "http://127.0.0.1:${PORT[$v]}/")
   [ "$got" = canary ] || { echo "$v: x-canary: always went to '$got'" >&2; exit 1; }
 done
@@ -74,7 +95,7 @@ for scenario in rule sticky; do
     sticky) hdr='x-user-id: user-4242' ;;
   esac
   for r in $(seq 1 "$ROUNDS"); do
-    for v in native empty bare canary lua; do
+    for v in native empty bare canary lua breaker canary_breaker; do
       url="http://127.0.0.1:${PORT[$v]}/"
       "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s -H "$hdr" "$url" >/dev/null   # warm-up
       out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$hdr" "$url")
@@ -101,12 +122,12 @@ for line in open(sys.argv[1]):
         sys.exit(f'{scen}/{var}: {non2xx.group(1)} non-2xx responses')
     rows.setdefault((scen, var), []).append((rps, p50, p99))
 print()
-print(f"{'scenario':<8} {'variant':<7} {'req/s':>9} {'x native':>9} {'p50 ms':>8} {'p99 ms':>8}   (medians; runs req/s)")
+print(f"{'scenario':<8} {'variant':<14} {'req/s':>9} {'x native':>9} {'p50 ms':>8} {'p99 ms':>8}   (medians; runs req/s)")
 for scen in ('rule', 'sticky'):
     base = statistics.median(r[0] for r in rows[(scen, 'native')])
-    for var in ('native', 'empty', 'bare', 'canary', 'lua'):
+    for var in ('native', 'empty', 'bare', 'canary', 'lua', 'breaker', 'canary_breaker'):
         rs = rows[(scen, var)]
         rps = statistics.median(r[0] for r in rs)
-        print(f"{scen:<8} {var:<7} {rps:>9.0f} {rps / base:>9.3f} {statistics.median(r[1] for r in rs):>8.3f} "
+        print(f"{scen:<8} {var:<14} {rps:>9.0f} {rps / base:>9.3f} {statistics.median(r[1] for r in rs):>8.3f} "
               f"{statistics.median(r[2] for r in rs):>8.3f}   ({', '.join(f'{r[0]:.0f}' for r in rs)})")
 PY

@@ -109,7 +109,13 @@ fn trips_on_consecutive_failures_and_successes_reset_the_streak() {
     for _ in 0..20 {
         assert_eq!(call(&mut vm, 404), Seen::Upstream);
     }
-    assert_eq!(record(&host).state, State::Closed);
+    // Successes are batched by the worker and merged by its timer.
+    assert!(host.shared_data("maille_breaker/svc").is_none());
+    vm.advance(Duration::from_millis(50)).unwrap();
+    let rec = record(&host);
+    assert_eq!(rec.state, State::Closed);
+    assert_eq!(rec.window(host.now_nanos() / 1_000_000, 10_000), (20, 0));
+    assert_eq!(host.metric("maille_breaker.svc.requests"), Some(20));
 }
 
 #[test]
@@ -258,6 +264,8 @@ fn two_workers_racing_on_shared_state_lose_no_update_and_no_transition() {
                 for i in 0..per_worker {
                     call(&mut vm, if (i + w) % 4 == 0 { 500 } else { 200 });
                 }
+                // Successes are batched per worker; the timer merges the last batch.
+                vm.advance(Duration::from_millis(50)).unwrap();
             })
         })
         .collect();

@@ -306,7 +306,26 @@ impl Circuit {
         }
     }
 
+    /// Counts `n` successes of requests that were not probes (a worker's batch): they go
+    /// into the window and end any run of failures. A batch can trip the circuit too: it may
+    /// bring the window up to the minimum of requests while the ratio is above the limit.
+    pub fn record_successes(&self, rec: &mut Record, now_ms: u64, n: u32) -> Option<Transition> {
+        if n == 0 || rec.state != State::Closed {
+            return None;
+        }
+        self.count_many(rec, now_ms, n, 0);
+        rec.consecutive = 0;
+        let (total, failures) = rec.window(now_ms, self.config.window_millis);
+        (total >= self.config.min_requests
+            && f64::from(failures) > self.config.failure_ratio * f64::from(total))
+        .then(|| self.transition(rec, State::Open, now_ms))
+    }
+
     fn count(&self, rec: &mut Record, now_ms: u64, failed: bool) {
+        self.count_many(rec, now_ms, 1, u32::from(failed));
+    }
+
+    fn count_many(&self, rec: &mut Record, now_ms: u64, total: u32, failures: u32) {
         let start = now_ms - now_ms % self.bucket_ms;
         let i = match rec
             .buckets
@@ -330,8 +349,8 @@ impl Circuit {
                 i
             }
         };
-        rec.buckets[i].total += 1;
-        rec.buckets[i].failures += u32::from(failed);
+        rec.buckets[i].total += total;
+        rec.buckets[i].failures += failures;
     }
 
     fn transition(&self, rec: &mut Record, to: State, now_ms: u64) -> Transition {
@@ -512,6 +531,35 @@ mod tests {
         assert_eq!(c.admit(&mut r, 2_050).0, Admission::Probe);
         assert!(matches!(c.admit(&mut r, 2_500).0, Admission::Reject { .. }));
         assert_eq!(c.admit(&mut r, 3_050).0, Admission::Probe);
+    }
+
+    #[test]
+    fn batched_successes_count_end_streaks_and_can_trip() {
+        let c = circuit(r#"{"minRequests": 10, "failureRatio": 0.5, "consecutiveFailures": 3}"#);
+        let mut r = Record::default();
+        for i in 0..2 {
+            assert_eq!(drive(&c, &mut r, 100 + i, true), None);
+        }
+        assert_eq!(c.record_successes(&mut r, 110, 1), None);
+        assert_eq!(r.consecutive, 0, "a success ends the run of failures");
+        assert_eq!(r.window(110, 10_000), (3, 2));
+        // 6 failures in a row would trip by streak; keep them at 2 with successes between.
+        for i in 0..4 {
+            drive(&c, &mut r, 120 + i, true);
+            if i % 2 == 1 {
+                c.record_successes(&mut r, 125, 1);
+            }
+        }
+        assert_eq!(r.state, State::Closed);
+        assert_eq!(r.window(130, 10_000), (9, 6));
+        // One more success brings the window to the minimum with 6 of 10 failing: trips.
+        let t = c.record_successes(&mut r, 130, 1).expect("trip");
+        assert_eq!((t.requests, t.failures), (10, 6));
+        assert_eq!(
+            c.record_successes(&mut r, 131, 5),
+            None,
+            "ignored while open"
+        );
     }
 
     #[test]

@@ -24,8 +24,9 @@ proxy_wasm::main! {{
 const NAME: &str = "maille_breaker";
 /// Shared-data key prefix; the cluster name follows.
 const KEY_PREFIX: &str = "maille_breaker/";
-/// How often queued signals are sent.
-const SIGNAL_TICK: Duration = Duration::from_millis(100);
+/// How often a worker merges its batched successes into the shared records and sends
+/// queued signals.
+const TICK: Duration = Duration::from_millis(50);
 /// Compare-and-swap attempts before an update is given up (and logged).
 const CAS_ATTEMPTS: usize = 64;
 /// Signals waiting to be sent, at most; beyond, the oldest are dropped (and logged).
@@ -79,6 +80,16 @@ struct Plugin {
     metrics: RefCell<HashMap<String, ClusterMetrics>>,
     /// State changes this worker made, waiting to be sent by the root context.
     signals: RefCell<VecDeque<(String, Transition)>>,
+    /// Per cluster, what this worker has not merged into shared data and metrics yet.
+    pending: RefCell<HashMap<String, Pending>>,
+}
+
+/// A worker's batch for one cluster. Healthy traffic costs no shared-data write per
+/// request: successes are merged on the timer; a failure merges the batch at once.
+#[derive(Default, Clone, Copy)]
+struct Pending {
+    successes: u32,
+    requests: i64,
 }
 
 impl Plugin {
@@ -128,6 +139,60 @@ impl Plugin {
             &format!("{NAME}: cluster {cluster}: gave up after {CAS_ATTEMPTS} CAS conflicts"),
         );
         None
+    }
+
+    fn take_pending(&self, cluster: &str) -> Pending {
+        self.pending
+            .borrow_mut()
+            .get_mut(cluster)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Merges a cluster's batched successes, then `failure` if any (an outcome at `now`),
+    /// into the shared record in one compare-and-swap; signals what changed.
+    fn merge(&self, cluster: &str, now: u64, failure: Option<bool>) {
+        let batch = self.take_pending(cluster);
+        if batch.requests > 0 {
+            if let Some(id) = self.metrics(cluster).requests {
+                let _ = hostcalls::increment_metric(id, batch.requests);
+            }
+        }
+        if batch.successes == 0 && failure.is_none() {
+            return;
+        }
+        let circuit = &self.circuit;
+        let mut changes = Vec::new();
+        self.update(cluster, |rec| {
+            changes.clear();
+            let before = rec.clone();
+            changes.extend(circuit.record_successes(rec, now, batch.successes));
+            if let Some(probe) = failure {
+                changes.extend(circuit.record(rec, now, true, probe));
+            }
+            (*rec != before, ())
+        });
+        for t in changes {
+            self.transitioned(cluster, t);
+        }
+    }
+
+    /// Merges every cluster's batch (the timer).
+    fn merge_all(&self) {
+        let clusters: Vec<String> = self
+            .pending
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.successes > 0 || p.requests > 0)
+            .map(|(c, _)| c.clone())
+            .collect();
+        if clusters.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        for c in clusters {
+            self.merge(&c, now, None);
+        }
     }
 
     fn transitioned(&self, cluster: &str, t: Transition) {
@@ -275,11 +340,8 @@ impl RootContext for BreakerRoot {
                 return false;
             }
         };
-        if config.signal.is_some() && hostcalls::set_tick_period(SIGNAL_TICK).is_err() {
-            log(
-                LogLevel::Error,
-                &format!("{NAME}: could not set the signal timer"),
-            );
+        if hostcalls::set_tick_period(TICK).is_err() {
+            log(LogLevel::Error, &format!("{NAME}: could not set the timer"));
             return false;
         }
         log(
@@ -298,11 +360,15 @@ impl RootContext for BreakerRoot {
             circuit: Circuit::new(config),
             metrics: RefCell::new(HashMap::new()),
             signals: RefCell::new(VecDeque::new()),
+            pending: RefCell::new(HashMap::new()),
         }));
         true
     }
 
     fn on_tick(&mut self) {
+        if let Some(plugin) = &self.plugin {
+            plugin.merge_all();
+        }
         self.send_next();
     }
 
@@ -365,24 +431,28 @@ impl HttpContext for BreakerStream {
         let Some(cluster) = Self::upstream_cluster(&plugin) else {
             return Action::Continue;
         };
-        let now = now_ms();
-        self.start_ms = now;
         let circuit = &plugin.circuit;
+        if circuit.config().failure_on.latency_millis.is_some() {
+            self.start_ms = now_ms();
+        }
         let mut transition = None;
         let admission = plugin.update(&cluster, |rec| {
-            let (a, changed, t) = circuit.admit(rec, now);
+            if rec.state == State::Closed {
+                // The healthy path: no clock, no write.
+                return (false, Admission::Allow);
+            }
+            let (a, changed, t) = circuit.admit(rec, now_ms());
             transition = t;
             (changed, a)
         });
         if let Some(t) = transition {
             plugin.transitioned(&cluster, t);
         }
-        let m = plugin.metrics(&cluster);
         match admission.unwrap_or(Admission::Allow) {
             Admission::Allow => {}
             Admission::Probe => self.probe = true,
             Admission::Reject { retry_after_ms } => {
-                bump(m.rejections);
+                bump(plugin.metrics(&cluster).rejections);
                 self.answered_locally = true;
                 let retry = retry_after_ms.div_ceil(1000).max(1).to_string();
                 let marker = format!("open; cluster={cluster}");
@@ -391,10 +461,7 @@ impl HttpContext for BreakerStream {
                     503,
                     vec![
                         ("retry-after", retry.as_str()),
-                        (
-                            plugin.circuit.config().circuit_header.as_str(),
-                            marker.as_str(),
-                        ),
+                        (circuit.config().circuit_header.as_str(), marker.as_str()),
                         ("content-type", "text/plain"),
                     ],
                     Some(body.as_bytes()),
@@ -406,7 +473,12 @@ impl HttpContext for BreakerStream {
                 self.answered_locally = false;
             }
         }
-        bump(m.requests);
+        plugin
+            .pending
+            .borrow_mut()
+            .entry(cluster.clone())
+            .or_default()
+            .requests += 1;
         self.cluster = Some(cluster);
         Action::Continue
     }
@@ -433,25 +505,36 @@ impl HttpContext for BreakerStream {
                 .is_some_and(|d| {
                     d.starts_with(b"upstream_reset") || d.starts_with(b"no_healthy_upstream")
                 });
-        let now = now_ms();
-        let outcome = Outcome {
+        let latency_ms = match circuit.config().failure_on.latency_millis {
+            Some(_) => now_ms().saturating_sub(self.start_ms),
+            None => 0,
+        };
+        let failed = circuit.is_failure(&Outcome {
             status,
             reset,
-            latency_ms: now.saturating_sub(self.start_ms),
-        };
-        let failed = circuit.is_failure(&outcome);
+            latency_ms,
+        });
         if failed {
             bump(plugin.metrics(&cluster).failures);
-        }
-        let probe = self.probe;
-        let mut transition = None;
-        plugin.update(&cluster, |rec| {
-            let before = rec.clone();
-            transition = circuit.record(rec, now, failed, probe);
-            (*rec != before, ())
-        });
-        if let Some(t) = transition {
-            plugin.transitioned(&cluster, t);
+            plugin.merge(&cluster, now_ms(), Some(self.probe));
+        } else if self.probe {
+            let now = now_ms();
+            let mut transition = None;
+            plugin.update(&cluster, |rec| {
+                let before = rec.clone();
+                transition = circuit.record(rec, now, false, true);
+                (*rec != before, ())
+            });
+            if let Some(t) = transition {
+                plugin.transitioned(&cluster, t);
+            }
+        } else {
+            plugin
+                .pending
+                .borrow_mut()
+                .entry(cluster)
+                .or_default()
+                .successes += 1;
         }
         Action::Continue
     }
