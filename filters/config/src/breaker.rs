@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{parse_json, Validator};
+use crate::error::{check_header_name, parse_json, quoted, Validator};
 use crate::ConfigError;
 
 /// Response header set on requests answered locally while the circuit is open:
@@ -187,7 +187,7 @@ impl BreakerConfig {
             if !s.path.starts_with('/') || !s.path.bytes().all(|b| b.is_ascii_graphic()) {
                 v.error(
                     "signal.path",
-                    format!("must start with '/', got \"{}\"", s.path.escape_default()),
+                    format!("must start with '/', got {}", quoted(&s.path)),
                 );
             }
             if s.authority.is_empty() || !s.authority.bytes().all(|b| b.is_ascii_graphic()) {
@@ -200,21 +200,8 @@ impl BreakerConfig {
                 SIGNAL_TIMEOUT_MILLIS,
             );
         }
-        for (path, name) in [
-            ("circuitHeader", &self.circuit_header),
-            ("clusterHeader", &self.cluster_header),
-        ] {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-            {
-                v.error(
-                    path,
-                    format!("must be a header name, got \"{}\"", name.escape_default()),
-                );
-            }
-        }
+        check_header_name(&mut v, "circuitHeader", &self.circuit_header);
+        check_header_name(&mut v, "clusterHeader", &self.cluster_header);
         v.finish()
     }
 

@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{parse_json, Validator};
+use crate::error::{check_header_name, check_token, parse_json, quoted, Validator};
 use crate::ConfigError;
 
 /// Request header the filter writes the chosen Envoy cluster into, unless configured.
@@ -422,43 +422,6 @@ pub fn compile_full_match(re: &str) -> Result<regex_lite::Regex, regex_lite::Err
     regex_lite::RegexBuilder::new(&format!("^(?:{re})$"))
         .size_limit(MAX_REGEX_SIZE)
         .build()
-}
-
-/// `"value"` with non-printable and non-ASCII characters escaped. Written out rather than
-/// `{:?}` because the filters are built with `-Zfmt-debug=none`, which blanks Debug output.
-fn quoted(s: &str) -> String {
-    format!("\"{}\"", s.escape_default())
-}
-
-/// RFC 9110 token characters: what header, cookie and query parameter names are made of.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-fn check_token(v: &mut Validator, path: &str, name: &str) {
-    if !is_token(name) || name.len() > MAX_MATCH_VALUE_LEN {
-        v.error(
-            path,
-            format!(
-                "must be a non-empty name without spaces or separators, got {}",
-                quoted(name)
-            ),
-        );
-    }
-}
-
-fn check_header_name(v: &mut Validator, path: &str, name: &str) {
-    if !is_token(name) || name.len() > MAX_MATCH_VALUE_LEN {
-        v.error(
-            path,
-            format!(
-                "must be a header name (letters, digits, '-', no ':' pseudo-headers), got {}",
-                quoted(name)
-            ),
-        );
-    }
 }
 
 #[cfg(test)]

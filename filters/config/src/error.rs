@@ -75,6 +75,48 @@ impl Validator {
     }
 }
 
+// === checks shared by the filters' configs ===
+
+/// Longest header, cookie or query parameter name accepted.
+const MAX_NAME_LEN: usize = 255;
+
+/// `"value"` with non-printable and non-ASCII characters escaped. Written out rather than
+/// `{:?}` because the filters are built with `-Zfmt-debug=none`, which blanks Debug output.
+pub(crate) fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.escape_default())
+}
+
+/// RFC 9110 token characters: what header, cookie and query parameter names are made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+pub(crate) fn check_token(v: &mut Validator, path: &str, name: &str) {
+    if !is_token(name) || name.len() > MAX_NAME_LEN {
+        v.error(
+            path,
+            format!(
+                "must be a non-empty name without spaces or separators, got {}",
+                quoted(name)
+            ),
+        );
+    }
+}
+
+pub(crate) fn check_header_name(v: &mut Validator, path: &str, name: &str) {
+    if !is_token(name) || name.len() > MAX_NAME_LEN {
+        v.error(
+            path,
+            format!(
+                "must be a header name (letters, digits, '-', no ':' pseudo-headers), got {}",
+                quoted(name)
+            ),
+        );
+    }
+}
+
 /// Parses JSON into `T`. With the `field-paths` feature the error names the field path
 /// (unknown field, wrong type, ...); without it, serde_json's message names the field and
 /// gives line and column.

@@ -873,6 +873,23 @@ impl Stream<'_> {
         }
     }
 
+    fn call2(
+        &mut self,
+        name: &str,
+        f: Option<TypedFunc<(i32, i32), i32>>,
+        a: i32,
+    ) -> Result<Action, Error> {
+        self.ensure_created()?;
+        self.vm.enter(self.id);
+        match f {
+            Some(f) => f
+                .call(&mut self.vm.store, (self.id as i32, a))
+                .map(action)
+                .map_err(|e| trap_error(&self.vm.store, name, e)),
+            None => Ok(Action::Continue),
+        }
+    }
+
     /// Sets a property of this stream (`["cluster_name"]`, `["response", "code"]`, ...).
     pub fn set_property(&mut self, path: &[&str], value: impl Into<Vec<u8>>) -> &mut Self {
         let key = path.iter().map(|s| s.to_string()).collect();
@@ -918,15 +935,8 @@ impl Stream<'_> {
         let t = to_headers(trailers);
         let n = t.len() as i32;
         self.data_mut().request_trailers = t;
-        self.ensure_created()?;
-        self.vm.enter(self.id);
-        match self.vm.callbacks.request_trailers.clone() {
-            Some(f) => f
-                .call(&mut self.vm.store, (self.id as i32, n))
-                .map(action)
-                .map_err(|e| trap_error(&self.vm.store, "proxy_on_request_trailers", e)),
-            None => Ok(Action::Continue),
-        }
+        let f = self.vm.callbacks.request_trailers.clone();
+        self.call2("proxy_on_request_trailers", f, n)
     }
 
     /// Response headers arrive from upstream: `proxy_on_response_headers`. Sets the
@@ -972,15 +982,8 @@ impl Stream<'_> {
         let t = to_headers(trailers);
         let n = t.len() as i32;
         self.data_mut().response_trailers = t;
-        self.ensure_created()?;
-        self.vm.enter(self.id);
-        match self.vm.callbacks.response_trailers.clone() {
-            Some(f) => f
-                .call(&mut self.vm.store, (self.id as i32, n))
-                .map(action)
-                .map_err(|e| trap_error(&self.vm.store, "proxy_on_response_trailers", e)),
-            None => Ok(Action::Continue),
-        }
+        let f = self.vm.callbacks.response_trailers.clone();
+        self.call2("proxy_on_response_trailers", f, n)
     }
 
     /// Ends the stream as Envoy does: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
