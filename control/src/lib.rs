@@ -1,8 +1,21 @@
-//! Maille's control server: turns App Mesh-shaped specs (Mesh, VirtualNode, VirtualRouter,
-//! Route, VirtualService) and Maille's Filter and Rollout resources into Envoy v3 resources
-//! and serves them over ADS.
+//! Maille's control server: takes App Mesh-shaped specs (Mesh, VirtualNode, VirtualRouter,
+//! Route, VirtualService) and Maille's Filter, as App Mesh API JSON, CloudFormation or
+//! Terraform, validates them with errors that name the field path, turns them into Envoy v3
+//! resources plus Maille's wasm filters, and serves them to every Envoy over ADS.
 //!
-//! Not built yet: this crate holds its place in the workspace. The filter configs it will
-//! generate are the types of `maille-filter-config`, so it can only produce configs the
-//! filters accept.
+//! It does not run the data path: Envoy does, with the filters of `filters/`. The canary
+//! filter configs it writes are the types of `maille-filter-config`, so it can only produce
+//! configs the filter accepts.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod bootstrap;
+pub mod import;
+pub mod names;
+pub mod server;
+pub mod spec;
+pub mod state;
+pub mod store;
+pub mod translate;
+pub mod validate;
+pub mod xds;

@@ -1,0 +1,450 @@
+//! `maillectl`: the command line of Maille's control server.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use maille_control::import::{import_paths, Params};
+use maille_control::spec::{Key, Kind, Resource};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Drive Maille's control server: apply App Mesh specs (API JSON, CloudFormation, Terraform),
+/// inspect what is served, see which Envoys acknowledged it, and make Envoy bootstraps.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The control server's admin API.
+    #[arg(
+        long,
+        global = true,
+        env = "MAILLE_SERVER",
+        default_value = "http://127.0.0.1:18080"
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or replace the resources in files or folders (any supported format).
+    Apply {
+        /// Files or folders (.json, .yaml, .yml, .tf).
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// A CloudFormation parameter or Terraform variable: NAME=VALUE (repeatable).
+        #[arg(short = 'p', long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// Check and report, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until every connected Envoy has acknowledged the new version, and report the
+        /// time from apply to the last ACK.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Show what App Mesh definitions become, as Maille resources (API JSON), without applying.
+    Import {
+        /// Files or folders.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// NAME=VALUE (repeatable).
+        #[arg(short = 'p', long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+    },
+    /// List resources.
+    Get {
+        /// mesh, virtual-node, virtual-router, route, virtual-service or filter; all when absent.
+        kind: Option<String>,
+        /// Only this mesh.
+        #[arg(long)]
+        mesh: Option<String>,
+        /// `table` or `json`.
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// Delete one resource.
+    Delete {
+        /// Its kind.
+        kind: String,
+        /// Its name (a route: ROUTER/ROUTE; a mesh: the mesh's name).
+        name: String,
+        /// Its mesh (not needed for a mesh).
+        #[arg(long)]
+        mesh: Option<String>,
+        /// Check, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// What applying these files would change.
+    Diff {
+        /// Files or folders.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// NAME=VALUE (repeatable).
+        #[arg(short = 'p', long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+    },
+    /// Connected Envoys: node, version acknowledged per resource type, last NACK.
+    Status {
+        /// `table` or `json`.
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// Print an Envoy bootstrap for a virtual node's proxy that points at this server.
+    Bootstrap {
+        /// The virtual node: `mesh/<mesh>/virtualNode/<name>`, or `<mesh>/<name>`.
+        #[arg(long)]
+        node: String,
+        /// Envoy's admin port.
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+        /// Envoy port of the (first) ingress listener.
+        #[arg(long, default_value_t = 15000)]
+        ingress_port: u16,
+        /// Envoy port of the egress listener (the application calls its backends here).
+        #[arg(long, default_value_t = 15001)]
+        egress_port: u16,
+        /// Address Envoy's listeners bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        listen_address: String,
+        /// Address of the local application.
+        #[arg(long, default_value = "127.0.0.1")]
+        app_address: String,
+    },
+    /// Breaker state changes received from the breaker filters.
+    Signals,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
+}
+
+struct Api {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn new(base: &str) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_owned(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .into(),
+        }
+    }
+
+    fn check(&self, path: &str, mut resp: ureq::http::Response<ureq::Body>) -> Result<Value> {
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading the answer of {}{path}", self.base))?;
+        let v: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or(Value::String(body))
+        };
+        if status.is_success() {
+            return Ok(v);
+        }
+        let mut msg = v
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string());
+        if let Some(errs) = v.get("errors").and_then(Value::as_array) {
+            for e in errs {
+                let path = e["path"].as_str().unwrap_or("");
+                msg.push_str(&format!(
+                    "\n  {}: {}{}",
+                    e["resource"].as_str().unwrap_or(""),
+                    if path.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{path}: ")
+                    },
+                    e["message"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        bail!("{msg}")
+    }
+
+    fn get(&self, path: &str) -> Result<Value> {
+        let resp = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .with_context(|| format!("cannot reach the control server at {}", self.base))?;
+        self.check(path, resp)
+    }
+
+    fn get_text(&self, path: &str) -> Result<String> {
+        let mut resp = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .with_context(|| format!("cannot reach the control server at {}", self.base))?;
+        if !resp.status().is_success() {
+            return self.check(path, resp).map(|v| v.to_string());
+        }
+        Ok(resp.body_mut().read_to_string()?)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        let resp = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .send_json(body)
+            .with_context(|| format!("cannot reach the control server at {}", self.base))?;
+        self.check(path, resp)
+    }
+}
+
+fn read(files: &[PathBuf], params: Vec<(String, String)>) -> Result<Vec<Resource>> {
+    let params: Params = params.into_iter().collect();
+    match import_paths(files, &params) {
+        Ok(i) => {
+            for w in &i.warnings {
+                eprintln!("warning: {w}");
+            }
+            if i.resources.is_empty() {
+                bail!("no App Mesh resources found in {files:?}");
+            }
+            Ok(i.resources)
+        }
+        Err(errs) => {
+            let lines: Vec<String> = errs.iter().map(|e| format!("  {e}")).collect();
+            bail!("cannot read the definitions:\n{}", lines.join("\n"))
+        }
+    }
+}
+
+fn print_report(r: &Value, dry_run: bool) {
+    let verb = if dry_run { "would be " } else { "" };
+    for (field, label) in [
+        ("created", "created"),
+        ("updated", "updated"),
+        ("deleted", "deleted"),
+        ("unchanged", "unchanged"),
+    ] {
+        for k in r[field].as_array().into_iter().flatten() {
+            let label = if field == "unchanged" {
+                label.to_owned()
+            } else {
+                format!("{verb}{label}")
+            };
+            println!("{} {label}", k.as_str().unwrap_or(""));
+        }
+    }
+    for w in r["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or(""));
+    }
+    if !dry_run {
+        println!("version {}", r["version"]);
+    }
+}
+
+fn wait_synced(api: &Api, version: u64, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let s = api.get("/v1/status")?;
+        let clients = s["clients"].as_array().cloned().unwrap_or_default();
+        let behind: Vec<&Value> = clients
+            .iter()
+            .filter(|c| c["syncedVersion"].as_u64().unwrap_or(0) < version)
+            .collect();
+        if behind.is_empty() {
+            let worst = clients
+                .iter()
+                .filter_map(|c| c["syncMillis"].as_f64())
+                .fold(0.0_f64, f64::max);
+            println!(
+                "{} Envoy(s) acknowledged version {version}; apply to last ACK: {worst:.0} ms",
+                clients.len()
+            );
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            let mut msg = format!(
+                "{} Envoy(s) have not acknowledged version {version}:",
+                behind.len()
+            );
+            for c in behind {
+                msg.push_str(&format!("\n  {}", c["node"].as_str().unwrap_or("?")));
+                for (t, st) in c["types"].as_object().into_iter().flatten() {
+                    if let Some(n) = st.get("lastNack").filter(|n| !n.is_null()) {
+                        msg.push_str(&format!(
+                            "\n    {t} refused {}: {}",
+                            n["version"].as_str().unwrap_or(""),
+                            n["message"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
+            }
+            bail!("{msg}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let api = Api::new(&cli.server);
+    match cli.command {
+        Command::Apply {
+            files,
+            params,
+            dry_run,
+            wait,
+            timeout,
+        } => {
+            let resources = read(&files, params)?;
+            let r = api.post(
+                "/v1/apply",
+                &json!({ "resources": resources, "dryRun": dry_run }),
+            )?;
+            print_report(&r, dry_run);
+            if wait && !dry_run {
+                wait_synced(
+                    &api,
+                    r["version"].as_u64().unwrap_or(0),
+                    Duration::from_secs(timeout),
+                )?;
+            }
+        }
+        Command::Import { files, params } => {
+            let resources = read(&files, params)?;
+            let docs: Vec<Value> = resources.iter().map(|r| json!(r)).collect();
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        }
+        Command::Diff { files, params } => {
+            let resources = read(&files, params)?;
+            let r = api.post(
+                "/v1/apply",
+                &json!({ "resources": resources, "dryRun": true }),
+            )?;
+            print_report(&r, true);
+        }
+        Command::Get { kind, mesh, output } => {
+            let mut q = Vec::new();
+            if let Some(k) = &kind {
+                q.push(format!("kind={k}"));
+            }
+            if let Some(m) = &mesh {
+                q.push(format!("mesh={m}"));
+            }
+            let v = api.get(&format!("/v1/resources?{}", q.join("&")))?;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&v["resources"])?);
+            } else {
+                println!("{:<16} {:<20} NAME", "KIND", "MESH");
+                for r in v["resources"].as_array().into_iter().flatten() {
+                    let r: Resource = serde_json::from_value(r.clone())?;
+                    let k = r.key();
+                    println!("{:<16} {:<20} {}", k.kind.to_string(), k.mesh, k.name);
+                }
+            }
+        }
+        Command::Delete {
+            kind,
+            name,
+            mesh,
+            dry_run,
+        } => {
+            let kind = Kind::parse(&kind).with_context(|| {
+                format!("unknown kind {kind:?}: use mesh, virtual-node, virtual-router, route, virtual-service or filter")
+            })?;
+            let mesh = match (kind, mesh) {
+                (Kind::Mesh, _) => name.clone(),
+                (_, Some(m)) => m,
+                (_, None) => bail!("--mesh is required to delete a {kind}"),
+            };
+            let key = Key { kind, mesh, name };
+            let r = api.post("/v1/delete", &json!({ "keys": [key], "dryRun": dry_run }))?;
+            print_report(&r, dry_run);
+        }
+        Command::Status { output } => {
+            let v = api.get("/v1/status")?;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("served version {}", v["version"]);
+            let clients = v["clients"].as_array().cloned().unwrap_or_default();
+            if clients.is_empty() {
+                println!("no Envoy connected");
+            }
+            for c in clients {
+                println!(
+                    "{}  ({})  synced to version {}",
+                    c["node"].as_str().unwrap_or("?"),
+                    c["peer"].as_str().unwrap_or(""),
+                    c["syncedVersion"]
+                );
+                for (t, st) in c["types"].as_object().into_iter().flatten() {
+                    let acked = st["acked"].as_str().unwrap_or("-");
+                    println!(
+                        "  {t:<5} sent {:<22} acked {acked}",
+                        st["sent"].as_str().unwrap_or("")
+                    );
+                    if let Some(n) = st.get("lastNack").filter(|n| !n.is_null()) {
+                        println!(
+                            "        NACK of {}: {}",
+                            n["version"].as_str().unwrap_or(""),
+                            n["message"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                for w in c["warnings"].as_array().into_iter().flatten() {
+                    println!("  warning: {}", w.as_str().unwrap_or(""));
+                }
+            }
+        }
+        Command::Bootstrap {
+            node,
+            admin_port,
+            ingress_port,
+            egress_port,
+            listen_address,
+            app_address,
+        } => {
+            let node = if node.starts_with("mesh/") {
+                node
+            } else if let Some((m, n)) = node.split_once('/') {
+                maille_control::names::node_id(m, n)
+            } else {
+                bail!(
+                    "--node must be mesh/<mesh>/virtualNode/<name> or <mesh>/<name>, got {node:?}"
+                );
+            };
+            let text = api.get_text(&format!(
+                "/v1/bootstrap?node={node}&adminPort={admin_port}&ingressPort={ingress_port}&egressPort={egress_port}&listenAddress={listen_address}&appAddress={app_address}"
+            ))?;
+            print!("{text}");
+        }
+        Command::Signals => {
+            let v = api.get("/v1/signals")?;
+            for s in v["signals"].as_array().into_iter().flatten() {
+                println!("{s}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Names of the Envoy resources generated for each mesh resource: the one place that says how
+//! a listener, route, cluster or filter seen in Envoy's logs and `/stats` maps back to the
+//! spec. Each Envoy serves one virtual node; its node id says which.
+
+/// Envoy node id of a virtual node's proxy, as App Mesh wrote it.
+pub fn node_id(mesh: &str, virtual_node: &str) -> String {
+    format!("mesh/{mesh}/virtualNode/{virtual_node}")
+}
+
+/// Parses [`node_id`]: `(mesh, virtual node)`.
+pub fn parse_node_id(id: &str) -> Option<(&str, &str)> {
+    let rest = id.strip_prefix("mesh/")?;
+    let (mesh, node) = rest.split_once("/virtualNode/")?;
+    (!mesh.is_empty() && !node.is_empty() && !node.contains('/')).then_some((mesh, node))
+}
+
+/// Inbound listener for the node's listener on application port `port`; also the name of its
+/// route configuration.
+pub fn ingress(port: u32) -> String {
+    format!("ingress/{port}")
+}
+
+/// Cluster of the local application behind the ingress listener on `port`.
+pub fn local_cluster(port: u32) -> String {
+    format!("local/{port}")
+}
+
+/// The outbound listener, and its route configuration: one virtual host per backend.
+pub const EGRESS: &str = "egress";
+
+/// Virtual host of a backend virtual service in the egress route configuration.
+pub fn service_host(virtual_service: &str) -> String {
+    format!("vs/{virtual_service}")
+}
+
+/// Envoy route for an App Mesh route.
+pub fn route(router: &str, route: &str) -> String {
+    format!("route/{router}/{route}")
+}
+
+/// Cluster that reaches virtual node `node` on its listener port `port`.
+pub fn node_cluster(node: &str, port: u32) -> String {
+    format!("node/{node}/{port}")
+}
+
+/// ECDS name of the canary filter instance of one route (weighted targets, sticky split and
+/// the variant marker).
+pub fn canary_filter(router: &str, route: &str) -> String {
+    format!("filter/canary/{router}/{route}")
+}
+
+/// ECDS name of a Maille `Filter` resource.
+pub fn filter(name: &str) -> String {
+    format!("filter/{name}")
+}
+
+/// Static cluster (in the bootstrap) of the control server's gRPC xDS port.
+pub const XDS_CLUSTER: &str = "maille_xds";
+/// Static cluster (in the bootstrap) of the control server's HTTP port: wasm modules and the
+/// breaker's signal endpoint.
+pub const CONTROL_CLUSTER: &str = "maille_control";
+/// Path of the breaker's signal endpoint on the control server.
+pub const SIGNAL_PATH: &str = "/v1/signals/breaker";
