@@ -91,3 +91,126 @@ static_resources:
         ),
     )
 }
+
+/// A self-contained Envoy bootstrap (binary protobuf, for `envoy --mode validate -c x.pb`)
+/// holding everything one node would get over ADS: routes inlined into their listeners,
+/// ECDS filters inlined into their HTTP filter chains with the module read from
+/// `module_file(name)`, EDS assignments inlined into their clusters. Envoy's full validation
+/// of this file is a check of what the server generates.
+pub fn static_bootstrap(
+    node_id: &str,
+    cfg: &crate::translate::NodeConfig,
+    module_file: impl Fn(&str) -> Option<String>,
+) -> Vec<u8> {
+    use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
+    use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::config::listener::v3 as listener;
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3 as wasm_filter;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::{Message, Name};
+
+    let inline_filter = |name: &str| -> Option<Any> {
+        let ext = cfg.filters.iter().find(|f| f.name == name)?;
+        let mut w = wasm_filter::Wasm::decode(ext.typed_config.as_ref()?.value.as_slice()).ok()?;
+        if let Some(envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm::VmConfig(vm)) =
+            w.config.as_mut().and_then(|c| c.vm.as_mut())
+        {
+            let module = vm.vm_id.split('_').nth(1).unwrap_or_default().to_owned();
+            vm.code = Some(core::AsyncDataSource {
+                specifier: Some(core::async_data_source::Specifier::Local(
+                    core::DataSource {
+                        specifier: module_file(&module).map(core::data_source::Specifier::Filename),
+                        ..Default::default()
+                    },
+                )),
+            });
+        }
+        Some(Any {
+            type_url: wasm_filter::Wasm::type_url(),
+            value: w.encode_to_vec(),
+        })
+    };
+
+    let listeners = cfg
+        .listeners
+        .iter()
+        .cloned()
+        .map(|mut l| {
+            for chain in &mut l.filter_chains {
+                for f in &mut chain.filters {
+                    let Some(listener::filter::ConfigType::TypedConfig(any)) = &mut f.config_type
+                    else {
+                        continue;
+                    };
+                    if any.type_url != hcm::HttpConnectionManager::type_url() {
+                        continue;
+                    }
+                    let Ok(mut m) = hcm::HttpConnectionManager::decode(any.value.as_slice()) else {
+                        continue;
+                    };
+                    if let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) =
+                        &m.route_specifier
+                    {
+                        if let Some(rc) =
+                            cfg.routes.iter().find(|r| r.name == rds.route_config_name)
+                        {
+                            m.route_specifier =
+                                Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                                    rc.clone(),
+                                ));
+                        }
+                    }
+                    for hf in &mut m.http_filters {
+                        if let Some(hcm::http_filter::ConfigType::ConfigDiscovery(_)) =
+                            hf.config_type
+                        {
+                            if let Some(a) = inline_filter(&hf.name) {
+                                hf.config_type = Some(hcm::http_filter::ConfigType::TypedConfig(a));
+                            }
+                        }
+                    }
+                    *any = Any {
+                        type_url: hcm::HttpConnectionManager::type_url(),
+                        value: m.encode_to_vec(),
+                    };
+                }
+            }
+            l
+        })
+        .collect();
+    let clusters = cfg
+        .clusters
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            if c.eds_cluster_config.is_some() {
+                c.eds_cluster_config = None;
+                c.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
+                    cluster::cluster::DiscoveryType::Static as i32,
+                ));
+                c.load_assignment = cfg
+                    .endpoints
+                    .iter()
+                    .find(|e| e.cluster_name == c.name)
+                    .cloned();
+            }
+            c
+        })
+        .collect();
+    bootstrap::Bootstrap {
+        node: Some(core::Node {
+            id: node_id.to_owned(),
+            cluster: "maille-validate".into(),
+            ..Default::default()
+        }),
+        static_resources: Some(bootstrap::bootstrap::StaticResources {
+            listeners,
+            clusters,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}

@@ -571,6 +571,15 @@ fn warnings_of(
     out
 }
 
+/// The modules of `dir` as the server would serve them from `http_base`.
+pub fn modules_in(dir: &std::path::Path, http_base: &str) -> BTreeMap<String, Module> {
+    read_modules(&ControlConfig {
+        modules_dir: Some(dir.to_path_buf()),
+        http_base: http_base.to_owned(),
+    })
+    .0
+}
+
 fn read_modules(config: &ControlConfig) -> ModuleSet {
     let mut modules = BTreeMap::new();
     let mut bytes = BTreeMap::new();

@@ -117,6 +117,22 @@ enum Command {
     },
     /// Breaker state changes received from the breaker filters.
     Signals,
+    /// Offline: check definitions, translate every virtual node, and have Envoy validate each
+    /// node's configuration (`envoy --mode validate`). Needs no server.
+    Validate {
+        /// Files or folders.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// NAME=VALUE (repeatable).
+        #[arg(short = 'p', long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// The Envoy binary.
+        #[arg(long, env = "MAILLE_ENVOY", default_value = "envoy")]
+        envoy: PathBuf,
+        /// Folder of the filter modules.
+        #[arg(long, default_value = "target/filters")]
+        modules: PathBuf,
+    },
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -439,12 +455,102 @@ fn run(cli: Cli) -> Result<()> {
             ))?;
             print!("{text}");
         }
+        Command::Validate {
+            files,
+            params,
+            envoy,
+            modules,
+        } => validate(&files, params, &envoy, &modules)?,
         Command::Signals => {
             let v = api.get("/v1/signals")?;
             for s in v["signals"].as_array().into_iter().flatten() {
                 println!("{s}");
             }
         }
+    }
+    Ok(())
+}
+
+fn validate(
+    files: &[PathBuf],
+    params: Vec<(String, String)>,
+    envoy: &std::path::Path,
+    modules_dir: &std::path::Path,
+) -> Result<()> {
+    use maille_control::translate::{node_config, NodeOptions, World};
+    let resources = read(files, params)?;
+    let map: std::collections::BTreeMap<Key, Resource> =
+        resources.into_iter().map(|r| (r.key(), r)).collect();
+    if let Err(e) = maille_control::validate::check_all(&map) {
+        bail!("the definitions are invalid:\n{e}");
+    }
+    let modules = maille_control::state::modules_in(modules_dir, "http://127.0.0.1:18080");
+    let world = World {
+        resources: &map,
+        modules: &modules,
+    };
+    let dir = std::env::temp_dir().join(format!("maillectl-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut failed = 0;
+    let mut checked = 0;
+    for r in map.values() {
+        let Resource::VirtualNode(n) = r else {
+            continue;
+        };
+        let cfg = node_config(
+            &world,
+            &n.mesh_name,
+            &n.virtual_node_name,
+            &NodeOptions::default(),
+        );
+        for w in &cfg.warnings {
+            eprintln!("warning: {}: {w}", r.key());
+        }
+        let id = maille_control::names::node_id(&n.mesh_name, &n.virtual_node_name);
+        let pb = maille_control::bootstrap::static_bootstrap(&id, &cfg, |m| {
+            let p = modules_dir.join(format!("{m}.wasm"));
+            p.exists()
+                .then(|| std::fs::canonicalize(&p).ok())
+                .flatten()
+                .map(|p| p.display().to_string())
+        });
+        let file = dir.join(format!("{}-{}.pb", n.mesh_name, n.virtual_node_name));
+        std::fs::write(&file, pb)?;
+        let out = std::process::Command::new(envoy)
+            .args([
+                "--mode",
+                "validate",
+                "--use-dynamic-base-id",
+                "-l",
+                "error",
+                "-c",
+            ])
+            .arg(&file)
+            .output()
+            .with_context(|| format!("running {}", envoy.display()))?;
+        checked += 1;
+        if out.status.success() {
+            println!(
+                "{id}: valid ({} listeners, {} clusters, {} filters)",
+                cfg.listeners.len(),
+                cfg.clusters.len(),
+                cfg.filters.len()
+            );
+        } else {
+            failed += 1;
+            println!(
+                "{id}: REFUSED by Envoy:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if failed > 0 {
+        bail!("{failed} of {checked} node configurations refused by Envoy");
+    }
+    if checked == 0 {
+        bail!("no virtual nodes to validate");
     }
     Ok(())
 }

@@ -1,0 +1,195 @@
+//! The control server against real Envoy 1.40: Envoy starts from a generated bootstrap only,
+//! gets everything over ADS, routes as the spec says, follows `maillectl apply`, keeps its
+//! last good config when it refuses a version, and survives the server's restart.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn write_spec(dir: &std::path::Path, name: &str, spec: &Value) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_string_pretty(spec).unwrap()).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn envoy_routes_by_spec_follows_weights_and_keeps_last_good_on_nack() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    let apps = Apps::start(&rt, &["white", "black"]);
+
+    // 100/0: everything to white.
+    let f = write_spec(
+        dir.path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 100), ("black", 0)]),
+    );
+    let (ok, out, err) = control.ctl(&["apply", "-f", &f]);
+    assert!(ok, "apply failed: {err}");
+    assert!(
+        out.contains("route/demo/colorteller/color created"),
+        "{out}"
+    );
+
+    let (envoy, egress) = control.envoy("demo", "gateway");
+    let first = eventually(
+        "Envoy routes colorteller.local",
+        Duration::from_secs(30),
+        || {
+            let t = tally(egress, 20);
+            (t.get("white") == Some(&20), t)
+        },
+    );
+    assert_eq!(first.get("white"), Some(&20));
+    let before_black = apps.hits["black"].load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(before_black, 0, "black must get nothing at weight 0");
+
+    // 50/50 with `maillectl apply --wait`: the split shows in real traffic.
+    let f = write_spec(
+        dir.path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 50), ("black", 50)]),
+    );
+    let (ok, out, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
+    assert!(ok, "apply --wait failed: {out}{err}");
+    assert!(
+        out.contains("route/demo/colorteller/color updated"),
+        "{out}"
+    );
+    let ack_line = out
+        .lines()
+        .find(|l| l.contains("apply to last ACK"))
+        .unwrap_or_else(|| panic!("no ACK time reported: {out}"));
+    eprintln!("50/50: {ack_line}");
+    // Envoy acknowledges the canary filter's config before it has fetched the module; the
+    // route answers once the module is in.
+    let fetched = std::time::Instant::now();
+    eventually("the split route answers", Duration::from_secs(30), || {
+        let t = tally(egress, 10);
+        (
+            t.keys().all(|k| k == "white" || k == "black"),
+            (t, envoy.log()),
+        )
+    });
+    eprintln!(
+        "module fetched and running {:?} after the ACK",
+        fetched.elapsed()
+    );
+    let t = tally(egress, 400);
+    let (w, b) = (
+        t.get("white").copied().unwrap_or(0),
+        t.get("black").copied().unwrap_or(0),
+    );
+    assert_eq!(w + b, 400, "every request answered by a colour: {t:?}");
+    // 400 fair coin flips: outside 140..=260 has probability below 1e-9.
+    assert!((140..=260).contains(&w), "50/50 split gave {t:?}");
+    // The canary filter made those choices and counted them.
+    let stats = envoy.stats("maille_canary.decisions");
+    let decided: u64 = stats.values().sum();
+    assert!(
+        decided >= 400,
+        "canary filter decisions in /stats: {stats:?}"
+    );
+
+    // A version Envoy refuses (RE2 program too large for Envoy's limit) leaves the last good
+    // routes serving, and `maillectl status` shows Envoy's error.
+    let mut bad = colorteller(&apps, &[("white", 50), ("black", 50)]);
+    for d in bad.as_array_mut().unwrap() {
+        if d.get("routeName").is_some() {
+            d["spec"]["httpRoute"]["match"] =
+                serde_json::json!({"path": {"regex": "/(a+b+c+d+e+f+g+h+i+j+){12}"}});
+        }
+    }
+    let f = write_spec(dir.path(), "bad.json", &bad);
+    let (ok, out, err) = control.ctl(&["apply", "-f", &f, "--wait", "--timeout", "5"]);
+    assert!(!ok, "apply --wait must fail when Envoy refuses: {out}");
+    assert!(
+        err.contains("RDS refused") && err.contains("RE2"),
+        "refusal reported: {err}"
+    );
+    let (ok, status, _) = control.ctl(&["status"]);
+    assert!(ok);
+    assert!(
+        status.contains("NACK of") && status.contains("program size"),
+        "{status}"
+    );
+    let t = tally(egress, 40);
+    assert_eq!(
+        t.get("white").copied().unwrap_or(0) + t.get("black").copied().unwrap_or(0),
+        40,
+        "the last good routes keep serving after the NACK: {t:?}"
+    );
+
+    // A fixed version is acknowledged and clears the error.
+    let f = write_spec(
+        dir.path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 0), ("black", 100)]),
+    );
+    let (ok, out, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
+    assert!(ok, "{out}{err}");
+    let t = tally(egress, 20);
+    assert_eq!(t.get("black"), Some(&20), "{t:?}");
+    let (_, status, _) = control.ctl(&["status"]);
+    assert!(!status.contains("NACK of"), "{status}");
+    drop(envoy);
+}
+
+#[test]
+fn envoy_keeps_serving_while_the_server_is_down_and_reconnects_to_restored_state() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.redb");
+    let mut control = Control::start(&rt, &state, None);
+    let ports = (control.xds_port, control.http_port);
+    let apps = Apps::start(&rt, &["white", "black"]);
+    let f = write_spec(
+        dir.path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 100), ("black", 0)]),
+    );
+    let (ok, _, err) = control.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{err}");
+    let (_envoy, egress) = control.envoy("demo", "gateway");
+    eventually("Envoy routes", Duration::from_secs(30), || {
+        let t = tally(egress, 10);
+        (t.get("white") == Some(&10), t)
+    });
+
+    // Server stopped: Envoy keeps its config and keeps routing.
+    control.stop(&rt);
+    let t = tally(egress, 20);
+    assert_eq!(
+        t.get("white"),
+        Some(&20),
+        "Envoy serves without its server: {t:?}"
+    );
+
+    // Restarted on the same ports from the same state file: the mesh is back and Envoy
+    // reconnects on its own.
+    let control = Control::start(&rt, &state, Some(ports));
+    let resources = control.get("/v1/resources");
+    assert_eq!(
+        resources["resources"].as_array().map(Vec::len),
+        Some(7),
+        "{resources}"
+    );
+    eventually("Envoy reconnects", Duration::from_secs(60), || {
+        let s = control.get("/v1/status");
+        let n = s["clients"].as_array().map(Vec::len).unwrap_or(0);
+        (n == 1, s)
+    });
+    // And follows changes made after the restart.
+    let f = write_spec(
+        dir.path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 0), ("black", 100)]),
+    );
+    let (ok, out, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
+    assert!(ok, "{out}{err}");
+    let t = tally(egress, 20);
+    assert_eq!(t.get("black"), Some(&20), "{t:?}");
+}
