@@ -194,13 +194,31 @@ pub(crate) fn camel_keys(v: serde_json::Value) -> serde_json::Value {
 }
 
 fn camel(k: &str) -> String {
-    // `HTTP2Route` style keys do not occur in App Mesh's CloudFormation schema; `Http2Route`
-    // does, and becomes `http2Route`.
-    let mut c = k.chars();
-    match c.next() {
-        Some(f) => f.to_ascii_lowercase().to_string() + c.as_str(),
-        None => String::new(),
-    }
+    // A leading run of capitals is an acronym: `DNS` -> `dns`, `HTTP2` -> `http2`,
+    // `AWSCloudMap` -> `awsCloudMap`; otherwise only the first letter drops: `PortMapping`.
+    let chars: Vec<char> = k.chars().collect();
+    let run = chars
+        .iter()
+        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        .count();
+    let lower_to = if run == chars.len() {
+        run
+    } else if run > 1 {
+        run - 1
+    } else {
+        run.min(1)
+    };
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i < lower_to {
+                c.to_ascii_lowercase()
+            } else {
+                *c
+            }
+        })
+        .collect()
 }
 
 /// snake_case (Terraform) to camelCase.
