@@ -179,12 +179,14 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
             let k = a.key.as_str();
             let ap = format!("{path}.{k}");
             match k {
-                "count" | "for_each" => return Err(err(
-                    &ap,
-                    format!(
+                "count" | "for_each" => {
+                    return Err(err(
+                        &ap,
+                        format!(
                         "{k} is not supported by Maille's import: write one resource per instance"
                     ),
-                )),
+                    ))
+                }
                 "depends_on" | "provider" => continue,
                 "tags" | "tags_all" | "mesh_owner" => {
                     out.warnings.push(format!(
