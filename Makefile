@@ -1,6 +1,6 @@
 # Maille: the two commands a newcomer runs are `make demo` and `make test`. Each installs
 # what it needs first (`make setup`, quick when everything is there).
-.PHONY: setup filters test lint demo bench-filters bench-host clean
+.PHONY: setup filters test lint demo bench-filters bench-host bench-control clean
 
 CARGO ?= cargo
 
@@ -22,6 +22,10 @@ lint:
 ## Envoy with the canary filter and two upstreams; prints what to try. Ctrl-C stops it.
 demo: filters
 	@scripts/demo.sh
+
+## ADS fan-out: 1,000 / 5,000 / 10,000 simulated Envoys, apply-to-ACK p50/p99, memory per client.
+bench-control: filters
+	$(CARGO) bench -p maille-control --bench ads_fanout
 
 ## Envoy requests/s and latency: native routing vs canary.wasm vs Lua (a few minutes).
 bench-filters: filters

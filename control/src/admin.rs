@@ -245,11 +245,14 @@ async fn module(State(s): State<AppState>, Path(file): Path<String>) -> Response
         );
     };
     match s.control.module(name) {
-        Some(bytes) => (
-            [(header::CONTENT_TYPE, "application/wasm")],
-            bytes.as_ref().clone(),
-        )
-            .into_response(),
+        Some(bytes) => {
+            tracing::info!(module = name, bytes = bytes.len(), "module download");
+            (
+                [(header::CONTENT_TYPE, "application/wasm")],
+                bytes.as_ref().clone(),
+            )
+                .into_response()
+        }
         None => error(StatusCode::NOT_FOUND, format!("no module {name:?}")),
     }
 }

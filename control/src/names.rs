@@ -54,6 +54,14 @@ pub fn filter(name: &str) -> String {
     format!("filter/{name}")
 }
 
+/// An ECDS filter name with its module's version: `<name>@<first 12 hex of sha256>`. A new
+/// module build therefore arrives as a new filter (a listener update), which makes Envoy
+/// fetch it: Envoy 1.40 does not fetch remote code again when an existing ECDS resource's
+/// module changes.
+pub fn versioned(name: &str, sha256: &str) -> String {
+    format!("{name}@{}", &sha256[..sha256.len().min(12)])
+}
+
 /// Static cluster (in the bootstrap) of the control server's gRPC xDS port.
 pub const XDS_CLUSTER: &str = "maille_xds";
 /// Static cluster (in the bootstrap) of the control server's HTTP port: wasm modules and the

@@ -510,7 +510,7 @@ fn egress(out: &mut NodeConfig, world: &World<'_>, vn: &VirtualNode, opts: &Node
             ));
             continue;
         };
-        let name = names::filter(&f.filter_name);
+        let name = names::versioned(&names::filter(&f.filter_name), &module.sha256);
         out.filters.push(wasm_extension(
             &name,
             module,
@@ -949,7 +949,10 @@ fn envoy_route(
                 "{id}: splits traffic but the canary module is not served (skipped)"
             ));
         };
-        let name = names::canary_filter(&rt.virtual_router_name, &rt.route_name);
+        let name = names::versioned(
+            &names::canary_filter(&rt.virtual_router_name, &rt.route_name),
+            &module.sha256,
+        );
         out.filters
             .push(wasm_extension(&name, module, "canary", &config.to_json()));
         filter = Some(ecds_filter(&name, true));

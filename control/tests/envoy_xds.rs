@@ -193,3 +193,83 @@ fn envoy_keeps_serving_while_the_server_is_down_and_reconnects_to_restored_state
     let t = tally(egress, 20);
     assert_eq!(t.get("black"), Some(&20), "{t:?}");
 }
+
+#[test]
+fn a_new_module_build_reaches_envoy_without_a_restart() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let modules = dir.path().join("modules");
+    std::fs::create_dir(&modules).unwrap();
+    let wasm = std::fs::read(maille_wasm_tests::envoy::filter_wasm("canary")).unwrap();
+    std::fs::write(modules.join("canary.wasm"), &wasm).unwrap();
+    let control = Control::start_with_modules(&rt, &dir.path().join("state.redb"), None, &modules);
+    let apps = Apps::start(&rt, &["white", "black"]);
+    let f = write_spec(
+        dir.path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 50), ("black", 50)]),
+    );
+    let (ok, _, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
+    assert!(ok, "{err}");
+    let (envoy, egress) = control.envoy("demo", "gateway");
+    let sha_before = control.get("/v1/status")["modules"]["canary"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually("the split answers", Duration::from_secs(30), || {
+        let t = tally(egress, 20);
+        (
+            t.len() == 2 && t.keys().all(|k| k == "white" || k == "black"),
+            t,
+        )
+    });
+    assert!(envoy
+        .log()
+        .contains(&format!("maille_canary_{}", &sha_before[..12])));
+
+    // A new build of the module: the same code with a custom section appended (a valid
+    // module with a new sha256).
+    let mut next = wasm.clone();
+    let name = b"maille-build";
+    let payload = b"2";
+    next.push(0); // custom section
+    next.push((1 + name.len() + payload.len()) as u8);
+    next.push(name.len() as u8);
+    next.extend_from_slice(name);
+    next.extend_from_slice(payload);
+    std::fs::write(modules.join("canary.wasm"), &next).unwrap();
+
+    let sha_after = eventually(
+        "the server serves the new module",
+        Duration::from_secs(20),
+        || {
+            let s = control.get("/v1/status")["modules"]["canary"]["sha256"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (s != sha_before, s)
+        },
+    );
+    // Envoy fetches it by its new sha256 and runs it, with no restart.
+    eventually("Envoy runs the new module", Duration::from_secs(30), || {
+        let _ = tally(egress, 5);
+        let log = envoy.log();
+        let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+        (
+            log.contains(&format!("maille_canary_{}", &sha_after[..12])),
+            (
+                sha_after.clone(),
+                tail,
+                envoy.stats("wasm"),
+                envoy.stats("extension_config_discovery"),
+            ),
+        )
+    });
+    eventually("the split keeps answering", Duration::from_secs(30), || {
+        let t = tally(egress, 40);
+        (
+            t.len() == 2 && t.keys().all(|k| k == "white" || k == "black"),
+            t,
+        )
+    });
+}

@@ -31,6 +31,15 @@ pub struct Control {
 
 impl Control {
     pub fn start(rt: &tokio::runtime::Runtime, state: &Path, ports: Option<(u16, u16)>) -> Control {
+        Control::start_with_modules(rt, state, ports, &repo_root().join("target/filters"))
+    }
+
+    pub fn start_with_modules(
+        rt: &tokio::runtime::Runtime,
+        state: &Path,
+        ports: Option<(u16, u16)>,
+        modules: &Path,
+    ) -> Control {
         let (xds, http) = ports.unwrap_or_else(|| (free_port(), free_port()));
         let running = rt
             .block_on(start(ServerConfig {
@@ -38,7 +47,7 @@ impl Control {
                 http_addr: format!("127.0.0.1:{http}").parse().unwrap(),
                 advertise_address: "127.0.0.1".into(),
                 state_path: Some(state.to_path_buf()),
-                modules_dir: Some(repo_root().join("target/filters")),
+                modules_dir: Some(modules.to_path_buf()),
             }))
             .expect("control server starts");
         Control {
