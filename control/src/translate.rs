@@ -496,6 +496,9 @@ fn egress(out: &mut NodeConfig, world: &World<'_>, vn: &VirtualNode, opts: &Node
     let mesh = vn.mesh_name.as_str();
     let mut hosts = Vec::new();
     let mut http_filters = Vec::new();
+    // Maille `Filter`s run after the canary filters: the breaker reads the cluster the
+    // canary chose from `x-maille-cluster`.
+    let mut node_filters = Vec::new();
 
     // Maille Filters attached to this node, in name order.
     for r in world.resources.values() {
@@ -517,7 +520,7 @@ fn egress(out: &mut NodeConfig, world: &World<'_>, vn: &VirtualNode, opts: &Node
             &f.spec.module,
             &f.spec.config.to_string(),
         ));
-        http_filters.push(ecds_filter(&name, false));
+        node_filters.push(ecds_filter(&name, false));
     }
 
     for b in &vn.spec.backends {
@@ -604,7 +607,10 @@ fn egress(out: &mut NodeConfig, world: &World<'_>, vn: &VirtualNode, opts: &Node
         address: Some(socket(&opts.listen_address, u32::from(opts.egress_port))),
         traffic_direction: core::TrafficDirection::Outbound as i32,
         filter_chains: vec![listener::FilterChain {
-            filters: vec![http_connection_manager(names::EGRESS, http_filters)],
+            filters: vec![http_connection_manager(names::EGRESS, {
+                http_filters.extend(node_filters);
+                http_filters
+            })],
             ..Default::default()
         }],
         ..Default::default()

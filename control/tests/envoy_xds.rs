@@ -273,3 +273,74 @@ fn a_new_module_build_reaches_envoy_without_a_restart() {
         )
     });
 }
+
+#[test]
+fn a_breaker_filter_resource_trips_and_signals_the_control_server() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    let apps = Apps::start(&rt, &["white", "black"]);
+    let mut mesh = colorteller(&apps, &[("white", 0), ("black", 100)]);
+    // Maille's Filter resource: the breaker on the gateway's outbound path, signalling the
+    // control server through the bootstrap's `maille_control` cluster.
+    mesh.as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"filter": {
+        "meshName": "demo", "filterName": "breaker", "spec": {
+            "module": "breaker", "virtualNodes": ["gateway"],
+            "config": {"windowMillis": 10000, "minRequests": 5, "failureRatio": 0.5,
+                       "consecutiveFailures": 3, "openMillis": 60000,
+                       "signal": {"cluster": "maille_control", "path": "/v1/signals/breaker"}}}}}));
+    let f = write_spec(dir.path(), "mesh.json", &mesh);
+    let (ok, out, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("filter/demo/breaker created"), "{out}");
+    let (envoy, egress) = control.envoy("demo", "gateway");
+    eventually("black answers", Duration::from_secs(30), || {
+        let t = tally(egress, 5);
+        (t.get("black") == Some(&5), t)
+    });
+
+    // Black fails: the breaker opens and answers for it, and the server hears of it.
+    apps.failing["black"].store(true, std::sync::atomic::Ordering::Relaxed);
+    let t = tally(egress, 10);
+    assert!(t.get("HTTP 503").copied().unwrap_or(0) == 10, "{t:?}");
+    let hits_open = apps.hits["black"].load(std::sync::atomic::Ordering::Relaxed);
+    let t = tally(egress, 20);
+    assert_eq!(t.get("HTTP 503"), Some(&20), "{t:?}");
+    assert_eq!(
+        apps.hits["black"].load(std::sync::atomic::Ordering::Relaxed),
+        hits_open,
+        "no request reaches black while the circuit is open"
+    );
+    let signals = eventually(
+        "the control server receives the signal",
+        Duration::from_secs(10),
+        || {
+            let s = control.get("/v1/signals");
+            let open = s["signals"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["to"] == "open");
+            (open, s)
+        },
+    );
+    let first = &signals["signals"][0];
+    assert_eq!(first["from"], "closed");
+    assert_eq!(first["to"], "open");
+    assert!(
+        first["cluster"]
+            .as_str()
+            .unwrap()
+            .starts_with("node/black/"),
+        "{first}"
+    );
+    let (ok, out, _) = control.ctl(&["signals"]);
+    assert!(ok && out.contains("\"to\":\"open\""), "{out}");
+    let stats = envoy.stats("maille_breaker");
+    assert!(
+        stats.iter().any(|(k, v)| k.ends_with(".trips") && *v >= 1),
+        "{stats:?}"
+    );
+}

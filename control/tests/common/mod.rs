@@ -131,28 +131,39 @@ impl Control {
     }
 }
 
-/// HTTP apps answering `GET` with their name, counting their hits.
+/// HTTP apps answering `GET` with their name, counting their hits; each can be made to
+/// fail (answer 503).
 pub struct Apps {
     pub ports: BTreeMap<String, u16>,
     pub hits: BTreeMap<String, Arc<AtomicU64>>,
+    pub failing: BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Apps {
     pub fn start(rt: &tokio::runtime::Runtime, names: &[&str]) -> Apps {
         let mut ports = BTreeMap::new();
         let mut hits = BTreeMap::new();
+        let mut failing = BTreeMap::new();
         for name in names {
             let listener = rt
                 .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
                 .expect("bind app");
             let port = listener.local_addr().unwrap().port();
             let counter = Arc::new(AtomicU64::new(0));
-            let (n, c) = (name.to_string(), counter.clone());
+            let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (n, c, f) = (name.to_string(), counter.clone(), fail.clone());
             let app = axum::Router::new().fallback(move || {
-                let (n, c) = (n.clone(), c.clone());
+                let (n, c, f) = (n.clone(), c.clone(), f.clone());
                 async move {
                     c.fetch_add(1, Ordering::Relaxed);
-                    n
+                    if f.load(Ordering::Relaxed) {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{n} is failing"),
+                        )
+                    } else {
+                        (axum::http::StatusCode::OK, n)
+                    }
                 }
             });
             rt.spawn(async move {
@@ -160,8 +171,13 @@ impl Apps {
             });
             ports.insert(name.to_string(), port);
             hits.insert(name.to_string(), counter);
+            failing.insert(name.to_string(), fail);
         }
-        Apps { ports, hits }
+        Apps {
+            ports,
+            hits,
+            failing,
+        }
     }
 }
 
