@@ -28,6 +28,12 @@ pub fn local_cluster(port: u32) -> String {
 /// The outbound listener, and its route configuration: one virtual host per backend.
 pub const EGRESS: &str = "egress";
 
+/// Outbound TCP listener of a backend virtual service served over TCP; it listens on the
+/// service's router (or provider node) port.
+pub fn egress_tcp(virtual_service: &str) -> String {
+    format!("egress-tcp/{virtual_service}")
+}
+
 /// Virtual host of a backend virtual service in the egress route configuration.
 pub fn service_host(virtual_service: &str) -> String {
     format!("vs/{virtual_service}")

@@ -240,7 +240,122 @@ pub struct Listener {
     pub timeout: Option<ListenerTimeout>,
     /// TLS termination of inbound traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ListenerTls>,
+}
+
+/// `ListenerTls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerTls {
+    /// `STRICT` (TLS only), `PERMISSIVE` (TLS and plaintext) or `DISABLED`.
+    pub mode: String,
+    /// The listener's certificate.
+    pub certificate: TlsCertificate,
+    /// When given, clients must present a certificate that this validates (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<TlsValidation>,
+}
+
+/// `ListenerTlsCertificate` / `ClientTlsCertificate`: one member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// PEM files on the proxy's file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<TlsFileCertificate>,
+    /// A secret from an SDS agent (not supported by Maille yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sds: Option<serde_json::Value>,
+    /// An AWS Certificate Manager certificate (not available outside App Mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acm: Option<serde_json::Value>,
+}
+
+/// `ListenerTlsFileCertificate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFileCertificate {
+    /// Path of the PEM certificate chain.
+    pub certificate_chain: String,
+    /// Path of the PEM private key.
+    pub private_key: String,
+}
+
+/// `TlsValidationContext`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsValidation {
+    /// The certificate authorities trusted.
+    pub trust: TlsTrust,
+    /// Names the peer's certificate must carry (DNS subject alternative names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_alternative_names: Option<SubjectAlternativeNames>,
+}
+
+/// `TlsValidationContextTrust`: one member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsTrust {
+    /// A PEM bundle of CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<TlsTrustFile>,
+    /// An SDS secret (not supported by Maille yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sds: Option<serde_json::Value>,
+    /// ACM Private CA (not available outside App Mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acm: Option<serde_json::Value>,
+}
+
+/// `TlsValidationContextFileTrust`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsTrustFile {
+    /// Path of the PEM bundle.
+    pub certificate_chain: String,
+}
+
+/// `SubjectAlternativeNames`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubjectAlternativeNames {
+    /// The names.
+    #[serde(rename = "match")]
+    pub matches: SanMatch,
+}
+
+/// `SubjectAlternativeNameMatchers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SanMatch {
+    /// Any of these exact names.
+    pub exact: Vec<String>,
+}
+
+/// `ClientPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientPolicy {
+    /// TLS towards the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientPolicyTls>,
+}
+
+/// `ClientPolicyTls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientPolicyTls {
+    /// Whether TLS is required (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforce: Option<bool>,
+    /// Only towards these target ports; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u32>,
+    /// A client certificate, for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<TlsCertificate>,
+    /// How the backend's certificate is checked.
+    pub validation: TlsValidation,
 }
 
 /// `PortMapping`.
@@ -420,7 +535,7 @@ pub struct VirtualServiceBackend {
     pub virtual_service_name: String,
     /// TLS policy towards it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_policy: Option<serde_json::Value>,
+    pub client_policy: Option<ClientPolicy>,
 }
 
 /// `BackendDefaults`.
@@ -429,7 +544,7 @@ pub struct VirtualServiceBackend {
 pub struct BackendDefaults {
     /// TLS policy towards every backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_policy: Option<serde_json::Value>,
+    pub client_policy: Option<ClientPolicy>,
 }
 
 /// `ServiceDiscovery`: one member.

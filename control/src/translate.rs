@@ -21,8 +21,10 @@ use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::config::route::v3 as route;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3 as wasm_filter;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::envoy::extensions::wasm::v3 as wasm;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
@@ -372,16 +374,135 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
             out.routes.push(rc);
             http_connection_manager(&name, Vec::new())
         };
-        out.listeners.push(listener::Listener {
+        let mut l_out = listener::Listener {
             name: name.clone(),
             address: Some(socket(&opts.listen_address, envoy_port)),
             traffic_direction: core::TrafficDirection::Inbound as i32,
-            filter_chains: vec![listener::FilterChain {
+            ..Default::default()
+        };
+        match l.tls.as_ref().filter(|t| t.mode != "DISABLED") {
+            None => l_out.filter_chains.push(listener::FilterChain {
                 filters: vec![filter],
                 ..Default::default()
-            }],
+            }),
+            Some(t) => {
+                let tls_chain = listener::FilterChain {
+                    name: format!("{name}/tls"),
+                    filters: vec![filter.clone()],
+                    transport_socket: Some(downstream_tls(t)),
+                    filter_chain_match: (t.mode == "PERMISSIVE").then(|| {
+                        listener::FilterChainMatch {
+                            transport_protocol: "tls".into(),
+                            ..Default::default()
+                        }
+                    }),
+                    ..Default::default()
+                };
+                l_out.filter_chains.push(tls_chain);
+                if t.mode == "PERMISSIVE" {
+                    // TLS and plaintext on one port: the TLS inspector tells them apart.
+                    l_out.listener_filters.push(listener::ListenerFilter {
+                        name: "envoy.filters.listener.tls_inspector".into(),
+                        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(any(
+                            &tls_inspector::TlsInspector::default(),
+                        ))),
+                        ..Default::default()
+                    });
+                    l_out.filter_chains.push(listener::FilterChain {
+                        name: format!("{name}/plaintext"),
+                        filters: vec![filter],
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        out.listeners.push(l_out);
+    }
+}
+
+fn file(path: &str) -> core::DataSource {
+    core::DataSource {
+        specifier: Some(core::data_source::Specifier::Filename(path.to_owned())),
+        ..Default::default()
+    }
+}
+
+fn tls_certificates(c: &TlsCertificate) -> Vec<tls::TlsCertificate> {
+    c.file
+        .iter()
+        .map(|f| tls::TlsCertificate {
+            certificate_chain: Some(file(&f.certificate_chain)),
+            private_key: Some(file(&f.private_key)),
             ..Default::default()
-        });
+        })
+        .collect()
+}
+
+fn validation_context(v: &TlsValidation) -> tls::common_tls_context::ValidationContextType {
+    tls::common_tls_context::ValidationContextType::ValidationContext(
+        tls::CertificateValidationContext {
+            trusted_ca: v.trust.file.as_ref().map(|f| file(&f.certificate_chain)),
+            match_typed_subject_alt_names: v
+                .subject_alternative_names
+                .iter()
+                .flat_map(|s| s.matches.exact.iter())
+                .map(|name| tls::SubjectAltNameMatcher {
+                    san_type: tls::subject_alt_name_matcher::SanType::Dns as i32,
+                    matcher: Some(matcher::StringMatcher {
+                        match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(
+                            name.clone(),
+                        )),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        },
+    )
+}
+
+fn downstream_tls(t: &ListenerTls) -> core::TransportSocket {
+    let ctx = tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificates: tls_certificates(&t.certificate),
+            validation_context_type: t.validation.as_ref().map(validation_context),
+            ..Default::default()
+        }),
+        require_client_certificate: t
+            .validation
+            .as_ref()
+            .map(|_| envoy_types::pb::google::protobuf::BoolValue { value: true }),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+fn upstream_tls(t: &ClientPolicyTls) -> core::TransportSocket {
+    let ctx = tls::UpstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificates: t
+                .certificate
+                .as_ref()
+                .map(tls_certificates)
+                .unwrap_or_default(),
+            validation_context_type: Some(validation_context(&t.validation)),
+            ..Default::default()
+        }),
+        sni: t
+            .validation
+            .subject_alternative_names
+            .as_ref()
+            .and_then(|s| s.matches.exact.first().cloned())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(&ctx))),
     }
 }
 
@@ -529,6 +650,14 @@ fn egress(out: &mut NodeConfig, world: &World<'_>, vn: &VirtualNode, opts: &Node
         else {
             continue;
         };
+        let policy = b.virtual_service.client_policy.as_ref().or(vn
+            .spec
+            .backend_defaults
+            .as_ref()
+            .and_then(|d| d.client_policy.as_ref()));
+        if tcp_backend(out, world, vs, policy, opts) {
+            continue;
+        }
         let mut vhost = route::VirtualHost {
             name: names::service_host(vs_name),
             domains: vec![vs_name.clone()],
@@ -540,7 +669,7 @@ fn egress(out: &mut NodeConfig, world: &World<'_>, vn: &VirtualNode, opts: &Node
                 ..
             }) => {
                 if let Some(target) = world.node(mesh, &n.virtual_node_name) {
-                    if let Some(c) = target_cluster(out, target, None) {
+                    if let Some(c) = target_cluster(out, target, None, policy) {
                         vhost.routes.push(route::Route {
                             name: format!("{}/default", names::service_host(vs_name)),
                             r#match: Some(prefix_match("/")),
@@ -564,7 +693,10 @@ fn egress(out: &mut NodeConfig, world: &World<'_>, vn: &VirtualNode, opts: &Node
                 ..
             }) => {
                 for rt in world.routes_of(mesh, &r.virtual_router_name) {
-                    match envoy_route(out, world, rt) {
+                    if rt.spec.tcp_route.is_some() {
+                        continue;
+                    }
+                    match envoy_route(out, world, rt, policy) {
                         Ok((route, filter)) => {
                             vhost.routes.push(route);
                             if let Some(f) = filter {
@@ -615,6 +747,126 @@ fn egress(out: &mut NodeConfig, world: &World<'_>, vn: &VirtualNode, opts: &Node
         }],
         ..Default::default()
     });
+}
+
+/// A backend served over TCP (a router with a `tcp` listener, or a provider node whose first
+/// listener is `tcp`) gets its own egress listener on the router's (or node's) port, since
+/// TCP has no Host header to route by. Returns whether the backend was TCP.
+fn tcp_backend(
+    out: &mut NodeConfig,
+    world: &World<'_>,
+    vs: &VirtualService,
+    policy: Option<&ClientPolicy>,
+    opts: &NodeOptions,
+) -> bool {
+    let mesh = vs.mesh_name.as_str();
+    let provider = vs.spec.provider.as_ref();
+    let (port, targets, idle): (u32, Vec<(String, u32)>, Option<u64>) = match (
+        provider.and_then(|p| p.virtual_router.as_ref()),
+        provider.and_then(|p| p.virtual_node.as_ref()),
+    ) {
+        (Some(r), _) => {
+            let Some(Resource::VirtualRouter(vr)) =
+                world.get(Kind::VirtualRouter, mesh, &r.virtual_router_name)
+            else {
+                return false;
+            };
+            let Some(l) = vr.spec.listeners.first() else {
+                return false;
+            };
+            if l.port_mapping.protocol != "tcp" {
+                return false;
+            }
+            let Some(rt) = world
+                .routes_of(mesh, &r.virtual_router_name)
+                .into_iter()
+                .find(|rt| rt.spec.tcp_route.is_some())
+            else {
+                out.warnings.push(format!(
+                    "virtual router {:?} listens on tcp but has no tcpRoute",
+                    r.virtual_router_name
+                ));
+                return true;
+            };
+            let Some(tr) = rt.spec.tcp_route.as_ref() else {
+                return true;
+            };
+            let mut targets = Vec::new();
+            for t in &tr.action.weighted_targets {
+                let Some(node) = world.node(mesh, &t.virtual_node) else {
+                    continue;
+                };
+                if let Some(c) = target_cluster(out, node, t.port, policy) {
+                    targets.push((c, t.weight));
+                }
+            }
+            let idle = tr.timeout.as_ref().and_then(|t| t.idle).map(|d| d.millis());
+            (l.port_mapping.port, targets, idle)
+        }
+        (None, Some(n)) => {
+            let Some(node) = world.node(mesh, &n.virtual_node_name) else {
+                return false;
+            };
+            let Some(l) = node.spec.listeners.first() else {
+                return false;
+            };
+            if l.port_mapping.protocol != "tcp" {
+                return false;
+            }
+            let targets = target_cluster(out, node, None, policy)
+                .map(|c| vec![(c, 1)])
+                .unwrap_or_default();
+            (l.port_mapping.port, targets, None)
+        }
+        _ => return false,
+    };
+    let live: Vec<&(String, u32)> = targets.iter().filter(|(_, w)| *w > 0).collect();
+    let spec = match live.as_slice() {
+        [] => {
+            out.warnings.push(format!(
+                "virtual service {:?}: no reachable tcp target",
+                vs.virtual_service_name
+            ));
+            return true;
+        }
+        [(c, _)] => tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(c.clone()),
+        many => tcp_proxy::tcp_proxy::ClusterSpecifier::WeightedClusters(
+            tcp_proxy::tcp_proxy::WeightedCluster {
+                clusters: many
+                    .iter()
+                    .map(
+                        |(c, w)| tcp_proxy::tcp_proxy::weighted_cluster::ClusterWeight {
+                            name: c.clone(),
+                            weight: *w,
+                            ..Default::default()
+                        },
+                    )
+                    .collect(),
+            },
+        ),
+    };
+    let name = names::egress_tcp(&vs.virtual_service_name);
+    out.listeners.push(listener::Listener {
+        name: name.clone(),
+        address: Some(socket(&opts.listen_address, port)),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(any(
+                    &tcp_proxy::TcpProxy {
+                        stat_prefix: name.replace('/', "_"),
+                        cluster_specifier: Some(spec),
+                        idle_timeout: Some(ms(idle.unwrap_or(defaults::IDLE_TIMEOUT_MS))),
+                        ..Default::default()
+                    },
+                ))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    true
 }
 
 fn prefix_match(p: &str) -> route::RouteMatch {
@@ -671,7 +923,12 @@ fn retry(p: &HttpRetryPolicy) -> route::RetryPolicy {
 
 /// The cluster that reaches `target` on `port` (its first listener when `None`); adds the
 /// cluster (and its EDS assignment) to `out`. `None` when the node has no listener.
-fn target_cluster(out: &mut NodeConfig, target: &VirtualNode, port: Option<u32>) -> Option<String> {
+fn target_cluster(
+    out: &mut NodeConfig,
+    target: &VirtualNode,
+    port: Option<u32>,
+    policy: Option<&ClientPolicy>,
+) -> Option<String> {
     let l = match port {
         Some(p) => target
             .spec
@@ -743,6 +1000,11 @@ fn target_cluster(out: &mut NodeConfig, target: &VirtualNode, port: Option<u32>)
     let proto = l.port_mapping.protocol.as_str();
     if proto == "http2" || proto == "grpc" {
         http2_upstream(&mut c);
+    }
+    if let Some(t) = policy.and_then(|p| p.tls.as_ref()) {
+        if t.enforce.unwrap_or(true) && (t.ports.is_empty() || t.ports.contains(&port)) {
+            c.transport_socket = Some(upstream_tls(t));
+        }
     }
     if let Some(o) = &l.outlier_detection {
         c.outlier_detection = Some(cluster::OutlierDetection {
@@ -827,6 +1089,7 @@ fn envoy_route(
     out: &mut NodeConfig,
     world: &World<'_>,
     rt: &Route,
+    policy: Option<&ClientPolicy>,
 ) -> Result<(route::Route, Option<hcm::HttpFilter>), String> {
     let id = format!("route {}/{}", rt.virtual_router_name, rt.route_name);
     let mut m = route::RouteMatch::default();
@@ -889,9 +1152,7 @@ fn envoy_route(
         m.grpc = Some(route::route_match::GrpcRouteMatchOptions {});
         (&g.action, g.retry_policy.as_ref(), g.timeout.as_ref())
     } else {
-        return Err(format!(
-            "{id}: tcpRoute is not translated on the HTTP egress listener yet (skipped)"
-        ));
+        return Err(format!("{id}: a tcpRoute has its own egress listener"));
     };
 
     // Targets with their clusters.
@@ -903,7 +1164,7 @@ fn envoy_route(
                 t.virtual_node
             ));
         };
-        let Some(c) = target_cluster(out, node, t.port) else {
+        let Some(c) = target_cluster(out, node, t.port, policy) else {
             return Err(format!(
                 "{id}: target {:?} unreachable (skipped)",
                 t.virtual_node

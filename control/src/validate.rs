@@ -409,11 +409,17 @@ fn node_spec(c: &mut Check<'_>, s: &VirtualNodeSpec) {
                 c.at_least_one(&format!("{pp}.tcp.maxConnections"), h.max_connections);
             }
         }
-        if l.tls.is_some() {
-            c.err(
-                format!("{p}.tls"),
-                "listener TLS is not supported by Maille yet; remove it or terminate TLS in front",
-            );
+        if let Some(t) = &l.tls {
+            if !["STRICT", "PERMISSIVE", "DISABLED"].contains(&t.mode.as_str()) {
+                c.err(
+                    format!("{p}.tls.mode"),
+                    format!("must be STRICT, PERMISSIVE or DISABLED, got {:?}", t.mode),
+                );
+            }
+            certificate(c, &format!("{p}.tls.certificate"), &t.certificate);
+            if let Some(v) = &t.validation {
+                validation(c, &format!("{p}.tls.validation"), v);
+            }
         }
     }
     if s.backends.len() > limits::MAX_BACKENDS {
@@ -431,6 +437,20 @@ fn node_spec(c: &mut Check<'_>, s: &VirtualNodeSpec) {
             &format!("spec.backends[{i}].virtualService.virtualServiceName"),
             &b.virtual_service.virtual_service_name,
         );
+        if let Some(cp) = &b.virtual_service.client_policy {
+            client_policy(
+                c,
+                &format!("spec.backends[{i}].virtualService.clientPolicy"),
+                cp,
+            );
+        }
+    }
+    if let Some(cp) = s
+        .backend_defaults
+        .as_ref()
+        .and_then(|d| d.client_policy.as_ref())
+    {
+        client_policy(c, "spec.backendDefaults.clientPolicy", cp);
     }
     if let Some(sd) = &s.service_discovery {
         let set = [
@@ -489,6 +509,69 @@ fn node_spec(c: &mut Check<'_>, s: &VirtualNodeSpec) {
             }
         }
     }
+}
+
+fn certificate(c: &mut Check<'_>, p: &str, cert: &TlsCertificate) {
+    match (&cert.file, &cert.sds, &cert.acm) {
+        (Some(f), None, None) => {
+            if f.certificate_chain.is_empty() {
+                c.err(format!("{p}.file.certificateChain"), "must not be empty");
+            }
+            if f.private_key.is_empty() {
+                c.err(format!("{p}.file.privateKey"), "must not be empty");
+            }
+        }
+        (None, Some(_), None) => c.err(
+            format!("{p}.sds"),
+            "SDS certificates are not supported by Maille yet; use file",
+        ),
+        (None, None, Some(_)) => c.err(
+            format!("{p}.acm"),
+            "ACM certificates cannot leave AWS's managed proxies; export the certificate to files and use file",
+        ),
+        _ => c.err(p, "exactly one of file, sds, acm is required"),
+    }
+}
+
+fn validation(c: &mut Check<'_>, p: &str, v: &TlsValidation) {
+    match (&v.trust.file, &v.trust.sds, &v.trust.acm) {
+        (Some(f), None, None) if f.certificate_chain.is_empty() => c.err(
+            format!("{p}.trust.file.certificateChain"),
+            "must not be empty",
+        ),
+        (Some(_), None, None) => {}
+        (None, Some(_), None) => c.err(
+            format!("{p}.trust.sds"),
+            "SDS trust is not supported by Maille yet; use file",
+        ),
+        (None, None, Some(_)) => c.err(
+            format!("{p}.trust.acm"),
+            "ACM Private CA trust is not available outside AWS; use file with the CA's certificate",
+        ),
+        _ => c.err(
+            format!("{p}.trust"),
+            "exactly one of file, sds, acm is required",
+        ),
+    }
+    if let Some(s) = &v.subject_alternative_names {
+        if s.matches.exact.is_empty() {
+            c.err(
+                format!("{p}.subjectAlternativeNames.match.exact"),
+                "at least one name is required",
+            );
+        }
+    }
+}
+
+fn client_policy(c: &mut Check<'_>, p: &str, cp: &ClientPolicy) {
+    let Some(t) = &cp.tls else { return };
+    for (i, port) in t.ports.iter().enumerate() {
+        c.port(&format!("{p}.tls.ports[{i}]"), *port);
+    }
+    if let Some(cert) = &t.certificate {
+        certificate(c, &format!("{p}.tls.certificate"), cert);
+    }
+    validation(c, &format!("{p}.tls.validation"), &t.validation);
 }
 
 fn route_spec(c: &mut Check<'_>, s: &RouteSpec) {

@@ -255,6 +255,24 @@ fn validation_errors_give_resource_and_field_path() {
     assert_eq!(e, vec!["virtualService/m/svc.local: spec.provider.virtualRouter.virtualRouterName: no virtual router named \"nope\""]);
 
     assert!(errors(json!({"meshName": "m", "virtualServiceName": "svc.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "a"}}}})).is_empty());
+
+    // TLS that only AWS's managed proxies could serve is refused with the field named.
+    let e = errors(
+        json!({"meshName": "m", "virtualNodeName": "t", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"},
+        "tls": {"mode": "STRICT", "certificate": {"acm": {"certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"}}}}]}}),
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "virtualNode/m/t: spec.listeners[0].tls.certificate.acm: ACM certificates cannot leave"
+        ),
+        "{e:?}"
+    );
+    let e = errors(
+        json!({"meshName": "m", "virtualNodeName": "t", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"},
+        "tls": {"mode": "LAX", "certificate": {"file": {"certificateChain": "/c.pem", "privateKey": "/k.pem"}}}}]}}),
+    );
+    assert_eq!(e, vec!["virtualNode/m/t: spec.listeners[0].tls.mode: must be STRICT, PERMISSIVE or DISABLED, got \"LAX\""]);
 }
 
 #[test]

@@ -108,8 +108,12 @@ impl Control {
     /// Starts Envoy for virtual node `node` of `mesh` from the server's bootstrap; returns it
     /// and its egress port.
     pub fn envoy(&self, mesh: &str, node: &str) -> (Envoy, u16) {
+        self.envoy_with_ingress(mesh, node, free_port())
+    }
+
+    /// As [`Control::envoy`], with the first ingress listener on `ingress`.
+    pub fn envoy_with_ingress(&self, mesh: &str, node: &str, ingress: u16) -> (Envoy, u16) {
         let admin = free_port();
-        let ingress = free_port();
         let egress = free_port();
         let (ok, yaml, err) = self.ctl(&[
             "bootstrap",
