@@ -81,6 +81,19 @@ fn the_three_formats_of_colorteller_give_the_same_mesh() {
     );
 }
 
+/// `maillectl validate -f <file>` with the project's Envoy and filters.
+fn maillectl_validate(file: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_maillectl"))
+        .args(["validate", "-f"])
+        .arg(file)
+        .arg("--envoy")
+        .arg(maille_wasm_tests::envoy::envoy_bin())
+        .arg("--modules")
+        .arg(maille_wasm_tests::envoy::repo_root().join("target/filters"))
+        .output()
+        .unwrap()
+}
+
 fn hostnames(m: &BTreeMap<Key, Resource>) -> Vec<String> {
     m.values()
         .filter_map(|r| match r {
@@ -277,22 +290,13 @@ fn validation_errors_give_resource_and_field_path() {
 
 #[test]
 fn envoy_validates_every_node_of_every_example() {
-    let envoy = maille_wasm_tests::envoy::envoy_bin();
     maille_wasm_tests::envoy::filter_wasm("canary");
     for f in [
         "appmesh-api.json",
         "appmesh-cloudformation.yaml",
         "appmesh-terraform.tf",
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_maillectl"))
-            .args(["validate", "-f"])
-            .arg(example(f))
-            .arg("--envoy")
-            .arg(&envoy)
-            .arg("--modules")
-            .arg(maille_wasm_tests::envoy::repo_root().join("target/filters"))
-            .output()
-            .unwrap();
+        let out = maillectl_validate(example(f));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -316,15 +320,7 @@ fn envoy_validates_every_node_of_every_example() {
         );
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_maillectl"))
-        .args(["validate", "-f"])
-        .arg(&bad)
-        .arg("--envoy")
-        .arg(&envoy)
-        .arg("--modules")
-        .arg(maille_wasm_tests::envoy::repo_root().join("target/filters"))
-        .output()
-        .unwrap();
+    let out = maillectl_validate(&bad);
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -340,7 +336,6 @@ fn envoy_validates_every_node_of_every_example() {
 #[test]
 fn envoy_validates_http2_grpc_and_tcp_routes_and_tls() {
     use serde_json::json;
-    let envoy = maille_wasm_tests::envoy::envoy_bin();
     let dir = tempfile::tempdir().unwrap();
     // Envoy reads the certificate files while validating: a self-signed one serves all.
     let ok = std::process::Command::new("openssl")
@@ -403,15 +398,7 @@ fn envoy_validates_http2_grpc_and_tcp_routes_and_tls() {
     ]);
     let f = dir.path().join("mesh.json");
     std::fs::write(&f, docs.to_string()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_maillectl"))
-        .args(["validate", "-f"])
-        .arg(&f)
-        .arg("--envoy")
-        .arg(&envoy)
-        .arg("--modules")
-        .arg(maille_wasm_tests::envoy::repo_root().join("target/filters"))
-        .output()
-        .unwrap();
+    let out = maillectl_validate(&f);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
