@@ -1,5 +1,9 @@
-//! Maille's collector: a sidecar that receives OpenTelemetry traces and metrics from Envoy
-//! (OTLP over gRPC and HTTP) and exports traces to AWS X-Ray and metrics to CloudWatch.
+//! Maille's collector: a sidecar that receives OpenTelemetry traces from Envoy and
+//! applications (OTLP over gRPC and HTTP) and exports them to AWS X-Ray, losing nothing:
+//! batches within the API's limits, only unprocessed documents resent, throttling and
+//! server errors retried with backoff, and back-pressure to senders when the queue is full.
 //!
-//! Not built yet: this crate holds its place in the workspace.
+//! Metrics to CloudWatch are not built yet.
 #![forbid(unsafe_code)]
+
+pub mod xray;
