@@ -6,4 +6,7 @@
 //! Metrics to CloudWatch are not built yet.
 #![forbid(unsafe_code)]
 
+pub mod export;
+pub mod receive;
+pub mod server;
 pub mod xray;

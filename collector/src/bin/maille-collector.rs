@@ -1,1 +1,67 @@
-fn main() {}
+//! `maille-collector`: the sidecar. Flags in `--help`.
+
+use clap::Parser;
+use maille_collector::export::XraySink;
+use maille_collector::server::{start, Config};
+use std::net::SocketAddr;
+
+/// Maille's collector: receives OpenTelemetry traces over OTLP (gRPC and HTTP) from Envoy and
+/// applications, and exports them to AWS X-Ray without losing any. AWS access follows the
+/// default chain: AWS_REGION, credentials, and AWS_ENDPOINT_URL (e.g. a local moto server).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// OTLP gRPC listen address.
+    #[arg(long, env = "MAILLE_OTLP_GRPC", default_value = "127.0.0.1:4317")]
+    grpc_addr: SocketAddr,
+    /// OTLP HTTP listen address (also /healthz and /stats).
+    #[arg(long, env = "MAILLE_OTLP_HTTP", default_value = "127.0.0.1:4318")]
+    http_addr: SocketAddr,
+    /// Documents held while X-Ray is slow or away; when full, senders are told to retry.
+    #[arg(long, default_value_t = 100_000)]
+    queue_capacity: usize,
+    /// Largest OTLP request accepted, bytes.
+    #[arg(long, default_value_t = maille_collector::receive::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Span attribute to index as an X-Ray annotation (repeatable); the mesh's markers
+    /// (canary variant, circuit state, upstream cluster) always are.
+    #[arg(long = "annotation")]
+    annotations: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    if aws.region().is_none() {
+        anyhow::bail!("no AWS region: set AWS_REGION (or a profile with one)");
+    }
+    let running = start(
+        Config {
+            grpc_addr: args.grpc_addr,
+            http_addr: args.http_addr,
+            queue_capacity: args.queue_capacity,
+            max_request_bytes: args.max_request_bytes,
+            annotations: args.annotations,
+        },
+        XraySink::new(&aws),
+    )
+    .await?;
+    println!(
+        "maille-collector: OTLP gRPC on {}, HTTP on {}",
+        running.grpc_port, running.http_port
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping: delivering what is queued");
+    running.stop().await;
+    Ok(())
+}

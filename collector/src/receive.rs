@@ -1,0 +1,186 @@
+//! OTLP receivers: gRPC (`TraceService/Export`) and HTTP (`POST /v1/traces`, protobuf or
+//! JSON). Each request is converted whole and queued whole; a full queue answers
+//! `RESOURCE_EXHAUSTED` (gRPC) or `429` with `retry-after` (HTTP) so that senders retry,
+//! and a malformed or oversized request gets an error naming the problem while the
+//! collector keeps serving.
+
+use crate::export::Queue;
+use crate::xray::{span_to_document, Options};
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Default largest request accepted, bytes (the OTLP exporters' default batch fits easily).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// What both receivers share.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    /// The export queue.
+    pub queue: Queue,
+    /// Conversion options.
+    pub options: Arc<Options>,
+    /// Largest request, bytes.
+    pub max_request_bytes: usize,
+}
+
+/// What became of one request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Queued; `rejected` spans could not be converted (bad ids), with the reason.
+    Accepted {
+        /// Spans not converted.
+        rejected: i64,
+        /// Why, when some were.
+        message: String,
+    },
+    /// The queue was full: nothing was taken.
+    Full(String),
+}
+
+impl Receiver {
+    /// Converts and queues a request's spans, all or none.
+    pub fn take(&self, req: ExportTraceServiceRequest) -> Outcome {
+        let mut docs = Vec::new();
+        let mut rejected = 0i64;
+        let mut spans = 0u64;
+        for rs in &req.resource_spans {
+            for ss in &rs.scope_spans {
+                for span in &ss.spans {
+                    spans += 1;
+                    match span_to_document(span, rs.resource.as_ref(), &self.options) {
+                        Some(d) => docs.push(d),
+                        None => rejected += 1,
+                    }
+                }
+            }
+        }
+        match self.queue.offer(docs) {
+            Ok(()) => {
+                let stats = &self.queue.stats;
+                stats.received.fetch_add(spans, Ordering::Relaxed);
+                if rejected > 0 {
+                    stats.drop_n("invalid trace or span id", rejected as u64);
+                }
+                Outcome::Accepted {
+                    rejected,
+                    message: if rejected > 0 {
+                        format!("{rejected} span(s) without a valid 16-byte trace id and 8-byte span id")
+                    } else {
+                        String::new()
+                    },
+                }
+            }
+            Err(e) => Outcome::Full(e.to_string()),
+        }
+    }
+
+    /// The gRPC service.
+    pub fn grpc(self) -> TraceServiceServer<Receiver> {
+        let max = self.max_request_bytes;
+        TraceServiceServer::new(self).max_decoding_message_size(max)
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        match self.take(request.into_inner()) {
+            Outcome::Accepted { rejected, message } => {
+                Ok(tonic::Response::new(ExportTraceServiceResponse {
+                    partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
+                        rejected_spans: rejected,
+                        error_message: message,
+                    }),
+                }))
+            }
+            Outcome::Full(m) => Err(tonic::Status::resource_exhausted(m)),
+        }
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain")],
+        message.into(),
+    )
+        .into_response()
+}
+
+/// `POST /v1/traces`: `application/x-protobuf` or `application/json`.
+pub async fn http_traces(
+    axum::extract::State(r): axum::extract::State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let json = ct.starts_with("application/json");
+    let req = if json {
+        match serde_json::from_slice::<ExportTraceServiceRequest>(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("not an OTLP/JSON trace request: {e}"),
+                )
+            }
+        }
+    } else if ct.starts_with("application/x-protobuf") || ct.is_empty() {
+        match ExportTraceServiceRequest::decode(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("not an OTLP/protobuf trace request: {e}"),
+                )
+            }
+        }
+    } else {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content-type {ct:?}: use application/x-protobuf or application/json"),
+        );
+    };
+    match r.take(req) {
+        Outcome::Accepted { rejected, message } => {
+            let resp = ExportTraceServiceResponse {
+                partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
+                    rejected_spans: rejected,
+                    error_message: message,
+                }),
+            };
+            if json {
+                axum::Json(serde_json::to_value(&resp).unwrap_or_default()).into_response()
+            } else {
+                (
+                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                    resp.encode_to_vec(),
+                )
+                    .into_response()
+            }
+        }
+        Outcome::Full(m) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            m,
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,119 @@
+//! Runs the collector: OTLP gRPC and HTTP receivers, a health and stats endpoint on the HTTP
+//! port, and the X-Ray exporter.
+
+use crate::export::{self, Sink};
+use crate::receive::{http_traces, Receiver};
+use crate::xray::Options;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// OTLP gRPC address (4317 by convention).
+    pub grpc_addr: SocketAddr,
+    /// OTLP HTTP address (4318 by convention); also `/healthz` and `/stats`.
+    pub http_addr: SocketAddr,
+    /// Queue capacity, documents.
+    pub queue_capacity: usize,
+    /// Largest request, bytes.
+    pub max_request_bytes: usize,
+    /// Span attributes to index as X-Ray annotations (besides the mesh's markers).
+    pub annotations: Vec<String>,
+}
+
+/// A running collector.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound gRPC port.
+    pub grpc_port: u16,
+    /// Bound HTTP port.
+    pub http_port: u16,
+    /// The counters.
+    pub stats: Arc<export::Stats>,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    exporter: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops receiving, then waits until the exporter has delivered what was queued.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for s in self.servers {
+            let _ = s.await;
+        }
+        let _ = self.exporter.await;
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Binds the ports and starts everything, exporting to `sink`.
+pub async fn start<S: Sink>(cfg: Config, sink: S) -> std::io::Result<Running> {
+    let grpc = TcpListener::bind(cfg.grpc_addr).await?;
+    let http = TcpListener::bind(cfg.http_addr).await?;
+    let grpc_port = grpc.local_addr()?.port();
+    let http_port = http.local_addr()?.port();
+    let (queue, exporter) = export::start(sink, cfg.queue_capacity);
+    let stats = queue.stats.clone();
+    let receiver = Receiver {
+        queue,
+        options: Arc::new(Options {
+            annotations: cfg.annotations.clone(),
+        }),
+        max_request_bytes: cfg.max_request_bytes,
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let mut servers = Vec::new();
+
+    let svc = receiver.clone().grpc();
+    let rx = stop_rx.clone();
+    servers.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, stopped(rx))
+            .await
+        {
+            tracing::error!(error = %e, "OTLP gRPC receiver ended");
+        }
+    }));
+
+    let st = stats.clone();
+    let app = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(http_traces))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/stats",
+            axum::routing::get(move || {
+                let st = st.clone();
+                async move { axum::Json(st.to_json()) }
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.max_request_bytes))
+        .with_state(receiver);
+    let rx = stop_rx;
+    servers.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app)
+            .with_graceful_shutdown(stopped(rx))
+            .await
+        {
+            tracing::error!(error = %e, "OTLP HTTP receiver ended");
+        }
+    }));
+    tracing::info!(grpc_port, http_port, "Maille collector receiving OTLP");
+    Ok(Running {
+        grpc_port,
+        http_port,
+        stats,
+        stop,
+        servers,
+        exporter,
+    })
+}

@@ -1,0 +1,409 @@
+//! The collector against a real AWS API endpoint (moto): spans sent over OTLP gRPC and HTTP
+//! come back from X-Ray's `GetTraceSummaries` / `BatchGetTraces` as one trace with its
+//! parent/child links, every document passing the X-Ray rules; malformed requests get errors
+//! while the collector keeps serving; an endpoint that is down for a while loses nothing.
+
+use aws_sdk_xray::config::{BehaviorVersion, Credentials, Region};
+use maille_collector::export::XraySink;
+use maille_collector::server::{start, Config, Running};
+use maille_collector::xray::check_document;
+use maille_wasm_tests::envoy::{agent, free_port, repo_root};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// moto's server on a free port, killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start_on(port: u16) -> Moto {
+        let bin = repo_root().join(".venv/bin/moto_server");
+        assert!(bin.exists(), "{} missing: run `make setup`", bin.display());
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto");
+        let m = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while agent()
+            .get(&format!("http://127.0.0.1:{port}/moto-api/"))
+            .call()
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_xray::config::SharedCredentialsProvider::new(
+            Credentials::new("test", "test", None, None, "static"),
+        ))
+        .build()
+}
+
+fn collector(rt: &tokio::runtime::Runtime, endpoint: &str) -> Running {
+    rt.block_on(start(
+        Config {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            queue_capacity: 10_000,
+            max_request_bytes: 64 * 1024,
+            annotations: vec![],
+        },
+        XraySink::new(&sdk_config(endpoint)),
+    ))
+    .expect("collector starts")
+}
+
+fn s(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn span(
+    trace: &[u8; 16],
+    id: u8,
+    parent: Option<u8>,
+    kind: SpanKind,
+    name: &str,
+    attrs: Vec<KeyValue>,
+) -> Span {
+    let t = now_ns() - 1_000_000_000;
+    Span {
+        trace_id: trace.to_vec(),
+        span_id: vec![id; 8],
+        parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+        name: name.into(),
+        kind: kind as i32,
+        start_time_unix_nano: t + u64::from(id) * 1_000_000,
+        end_time_unix_nano: t + 200_000_000,
+        attributes: attrs,
+        ..Default::default()
+    }
+}
+
+fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![s("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// All segment documents X-Ray holds for `trace_ids`, by id.
+fn stored(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    trace_ids: &[String],
+) -> BTreeMap<String, Value> {
+    let client = aws_sdk_xray::Client::new(&sdk_config(endpoint));
+    rt.block_on(async {
+        let out = client
+            .batch_get_traces()
+            .set_trace_ids(Some(trace_ids.to_vec()))
+            .send()
+            .await
+            .expect("BatchGetTraces");
+        let mut docs = BTreeMap::new();
+        for t in out.traces() {
+            for seg in t.segments() {
+                let v: Value = serde_json::from_str(seg.document().unwrap_or("{}")).unwrap();
+                docs.insert(v["id"].as_str().unwrap_or_default().to_owned(), v);
+            }
+        }
+        docs
+    })
+}
+
+fn wait_exported(running: &Running, n: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done = running
+            .stats
+            .exported
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if done >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {n} exported within {timeout:?}: {}",
+            running.stats.to_json()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn spans_over_grpc_and_http_come_back_from_xray_as_one_trace() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start_on(free_port());
+    let running = collector(&rt, &moto.url());
+    let trace: [u8; 16] = [
+        0x5f, 0x1e, 0x2d, 0x3c, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ];
+
+    // gRPC: the gateway's server span and its client call (as Envoy reports them).
+    let grpc = request(
+        "gateway",
+        vec![
+            span(
+                &trace,
+                1,
+                None,
+                SpanKind::Server,
+                "ingress",
+                vec![
+                    s("http.method", "GET"),
+                    s("http.url", "http://gateway/color"),
+                    s("http.status_code", "200"),
+                ],
+            ),
+            span(
+                &trace,
+                2,
+                Some(1),
+                SpanKind::Client,
+                "egress colorteller.local",
+                vec![
+                    s("http.method", "GET"),
+                    s("http.status_code", "503"),
+                    s("upstream_cluster", "node/colorteller-black/9080"),
+                    s("x-maille-variant", "colorteller-black"),
+                ],
+            ),
+        ],
+    );
+    let port = running.grpc_port;
+    let resp = rt.block_on(async move {
+        let mut c = TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        c.export(grpc).await.unwrap().into_inner()
+    });
+    assert!(resp.partial_success.is_none(), "{resp:?}");
+
+    // HTTP/JSON: colorteller's server span, child of the gateway's client span.
+    let json = serde_json::json!({"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "colorteller-black"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": "5f1e2d3c0102030405060708090a0b0c", "spanId": "0303030303030303", "parentSpanId": "0202020202020202",
+            "name": "ingress", "kind": 2, "startTimeUnixNano": (now_ns() - 900_000_000).to_string(), "endTimeUnixNano": (now_ns() - 800_000_000).to_string(),
+            "attributes": [{"key": "http.response.status_code", "value": {"intValue": "503"}}]}]}]}]});
+    let http = format!("http://127.0.0.1:{}/v1/traces", running.http_port);
+    let mut r = agent()
+        .post(&http)
+        .header("content-type", "application/json")
+        .send(json.to_string())
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+
+    // Malformed and oversized requests are refused with a reason; the collector keeps serving.
+    let mut r = agent()
+        .post(&http)
+        .header("content-type", "application/x-protobuf")
+        .send(&b"\xff\xff\xff"[..])
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("not an OTLP/protobuf trace request"));
+    let r = agent()
+        .post(&http)
+        .header("content-type", "application/x-protobuf")
+        .send(vec![0u8; 100 * 1024])
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = agent()
+        .post(&http)
+        .header("content-type", "text/plain")
+        .send("hello")
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let mut bad_ids = request(
+        "x",
+        vec![span(&trace, 9, None, SpanKind::Server, "x", vec![])],
+    );
+    bad_ids.resource_spans[0].scope_spans[0].spans[0].span_id = vec![1, 2];
+    let port = running.grpc_port;
+    let resp = rt.block_on(async move {
+        let mut c = TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        c.export(bad_ids).await.unwrap().into_inner()
+    });
+    assert_eq!(resp.partial_success.map(|p| p.rejected_spans), Some(1));
+
+    wait_exported(&running, 3, Duration::from_secs(20));
+    let xray_trace = "1-5f1e2d3c-0102030405060708090a0b0c".to_string();
+    let docs = stored(&rt, &moto.url(), std::slice::from_ref(&xray_trace));
+    assert_eq!(docs.len(), 3, "{docs:#?}");
+    for d in docs.values() {
+        check_document(d).unwrap_or_else(|e| panic!("{d}: {e:?}"));
+        assert_eq!(d["trace_id"], xray_trace.as_str());
+    }
+    let root = &docs["0101010101010101"];
+    let call = &docs["0202020202020202"];
+    let teller = &docs["0303030303030303"];
+    assert_eq!(root["name"], "gateway");
+    assert!(root.get("parent_id").is_none());
+    assert_eq!(call["parent_id"], "0101010101010101");
+    assert_eq!(call["namespace"], "remote");
+    assert_eq!(call["fault"], true);
+    assert_eq!(call["http"]["response"]["status"], 503);
+    assert_eq!(call["annotations"]["maille_variant"], "colorteller-black");
+    assert_eq!(teller["parent_id"], "0202020202020202");
+    assert_eq!(teller["name"], "colorteller-black");
+    // And the trace is found by its summary. (Read over plain HTTP: moto answers
+    // GetTraceSummaries with `"Users": {}`, which the AWS SDK's strict parser refuses.)
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut r = agent()
+        .post(&format!("{}/TraceSummaries", moto.url()))
+        .header("content-type", "application/json")
+        // moto picks the service from the credential scope.
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/xray/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .send(serde_json::json!({"StartTime": now - 3600, "EndTime": now + 60}).to_string())
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    let summaries: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let ids: Vec<&str> = summaries["TraceSummaries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["Id"].as_str())
+        .collect();
+    assert!(ids.contains(&xray_trace.as_str()), "{summaries}");
+    let stats = running.stats.to_json();
+    assert_eq!(stats["received"], 4, "{stats}");
+    assert_eq!(stats["dropped"]["invalid trace or span id"], 1, "{stats}");
+    rt.block_on(running.stop());
+}
+
+#[test]
+fn an_xray_outage_loses_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let port = free_port();
+    let moto = Moto::start_on(port);
+    let running = collector(&rt, &moto.url());
+    // X-Ray goes away; spans keep coming.
+    drop(moto);
+    let trace: [u8; 16] = [0x5f, 0x1e, 0x2d, 0x3d, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9];
+    let mut sent = Vec::new();
+    for i in 1..=120u8 {
+        let req = request(
+            "outage",
+            vec![span(
+                &trace,
+                i,
+                if i > 1 { Some(1) } else { None },
+                SpanKind::Internal,
+                "work",
+                vec![],
+            )],
+        );
+        let gp = running.grpc_port;
+        rt.block_on(async move {
+            let mut c = TraceServiceClient::connect(format!("http://127.0.0.1:{gp}"))
+                .await
+                .unwrap();
+            c.export(req).await.unwrap();
+        });
+        sent.push(format!("{:016x}", u64::from_be_bytes([i; 8])));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        running
+            .stats
+            .exported
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(
+        running
+            .stats
+            .retried
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    // Back: everything arrives, once.
+    let moto = Moto::start_on(port);
+    wait_exported(&running, 120, Duration::from_secs(60));
+    let docs = stored(
+        &rt,
+        &moto.url(),
+        &["1-5f1e2d3d-090909090909090909090909".to_string()],
+    );
+    let mut got: Vec<String> = docs.keys().cloned().collect();
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent, "every span id exactly once");
+    assert_eq!(
+        running
+            .stats
+            .exported
+            .load(std::sync::atomic::Ordering::Relaxed),
+        120
+    );
+    rt.block_on(running.stop());
+}
