@@ -3,86 +3,17 @@
 //! parent/child links, every document passing the X-Ray rules; malformed requests get errors
 //! while the collector keeps serving; an endpoint that is down for a while loses nothing.
 
-use aws_sdk_xray::config::{BehaviorVersion, Credentials, Region};
-use maille_collector::export::XraySink;
-use maille_collector::server::{start, Config, Running};
+mod common;
+
+use common::*;
 use maille_collector::xray::check_document;
-use maille_wasm_tests::envoy::{agent, free_port, repo_root};
+use maille_wasm_tests::envoy::{agent, free_port};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
-use serde_json::Value;
-use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
-
-/// moto's server on a free port, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start_on(port: u16) -> Moto {
-        let bin = repo_root().join(".venv/bin/moto_server");
-        assert!(bin.exists(), "{} missing: run `make setup`", bin.display());
-        let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto");
-        let m = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while agent()
-            .get(&format!("http://127.0.0.1:{port}/moto-api/"))
-            .call()
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        m
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_xray::config::SharedCredentialsProvider::new(
-            Credentials::new("test", "test", None, None, "static"),
-        ))
-        .build()
-}
-
-fn collector(rt: &tokio::runtime::Runtime, endpoint: &str) -> Running {
-    rt.block_on(start(
-        Config {
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            queue_capacity: 10_000,
-            max_request_bytes: 64 * 1024,
-            annotations: vec![],
-        },
-        XraySink::new(&sdk_config(endpoint)),
-    ))
-    .expect("collector starts")
-}
+use std::time::{Duration, SystemTime};
 
 fn s(k: &str, v: &str) -> KeyValue {
     KeyValue {
@@ -136,50 +67,6 @@ fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
             }],
             ..Default::default()
         }],
-    }
-}
-
-/// All segment documents X-Ray holds for `trace_ids`, by id.
-fn stored(
-    rt: &tokio::runtime::Runtime,
-    endpoint: &str,
-    trace_ids: &[String],
-) -> BTreeMap<String, Value> {
-    let client = aws_sdk_xray::Client::new(&sdk_config(endpoint));
-    rt.block_on(async {
-        let out = client
-            .batch_get_traces()
-            .set_trace_ids(Some(trace_ids.to_vec()))
-            .send()
-            .await
-            .expect("BatchGetTraces");
-        let mut docs = BTreeMap::new();
-        for t in out.traces() {
-            for seg in t.segments() {
-                let v: Value = serde_json::from_str(seg.document().unwrap_or("{}")).unwrap();
-                docs.insert(v["id"].as_str().unwrap_or_default().to_owned(), v);
-            }
-        }
-        docs
-    })
-}
-
-fn wait_exported(running: &Running, n: u64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let done = running
-            .stats
-            .exported
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if done >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{done} of {n} exported within {timeout:?}: {}",
-            running.stats.to_json()
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -309,31 +196,9 @@ fn spans_over_grpc_and_http_come_back_from_xray_as_one_trace() {
     assert_eq!(call["annotations"]["maille_variant"], "colorteller-black");
     assert_eq!(teller["parent_id"], "0202020202020202");
     assert_eq!(teller["name"], "colorteller-black");
-    // And the trace is found by its summary. (Read over plain HTTP: moto answers
-    // GetTraceSummaries with `"Users": {}`, which the AWS SDK's strict parser refuses.)
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut r = agent()
-        .post(&format!("{}/TraceSummaries", moto.url()))
-        .header("content-type", "application/json")
-        // moto picks the service from the credential scope.
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/xray/aws4_request, SignedHeaders=host, Signature=0",
-        )
-        .send(serde_json::json!({"StartTime": now - 3600, "EndTime": now + 60}).to_string())
-        .unwrap();
-    let body = r.body_mut().read_to_string().unwrap();
-    let summaries: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    let ids: Vec<&str> = summaries["TraceSummaries"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["Id"].as_str())
-        .collect();
-    assert!(ids.contains(&xray_trace.as_str()), "{summaries}");
+    // And the trace is found by its summary.
+    let ids = trace_ids(&moto.url());
+    assert!(ids.contains(&xray_trace), "{ids:?}");
     let stats = running.stats.to_json();
     assert_eq!(stats["received"], 4, "{stats}");
     assert_eq!(stats["dropped"]["invalid trace or span id"], 1, "{stats}");
