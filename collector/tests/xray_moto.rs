@@ -272,3 +272,46 @@ fn an_xray_outage_loses_nothing() {
     );
     rt.block_on(running.stop());
 }
+
+#[test]
+fn the_python_opentelemetry_sdk_sends_over_grpc_and_http_and_spans_arrive() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start_on(free_port());
+    let running = collector(&rt, &moto.url());
+    let python = maille_wasm_tests::envoy::repo_root().join(".venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel_sdk_client.py");
+    for (protocol, endpoint) in [
+        ("grpc", format!("http://127.0.0.1:{}", running.grpc_port)),
+        ("http", format!("http://127.0.0.1:{}", running.http_port)),
+    ] {
+        let out = std::process::Command::new(&python)
+            .args([script, protocol, &endpoint, &format!("shop-{protocol}")])
+            .output()
+            .expect("run the Python SDK client");
+        assert!(out.status.success(), "{protocol}: {}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        let (trace, span_ids) = (lines[0].clone(), &lines[1..]);
+        wait_exported(&running, 2 * if protocol == "grpc" { 1 } else { 2 }, Duration::from_secs(20));
+        let docs = stored(&rt, &moto.url(), std::slice::from_ref(&trace));
+        let mut got: Vec<&String> = docs.keys().collect();
+        let mut want: Vec<&String> = span_ids.iter().collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{protocol}: the SDK's spans, each once");
+        let root = &docs[&span_ids[0]];
+        let child = &docs[&span_ids[1]];
+        for d in [root, child] {
+            maille_collector::xray::check_document(d).unwrap_or_else(|e| panic!("{d}: {e:?}"));
+        }
+        assert_eq!(root["name"], format!("shop-{protocol}").as_str());
+        assert_eq!(root["origin"], "AWS::EC2::Instance");
+        assert_eq!(root["aws"]["ec2"]["instance_id"], "i-0123456789abcdef0");
+        assert_eq!(root["http"]["response"]["status"], 201);
+        assert_eq!(child["name"], "payments");
+        assert_eq!(child["parent_id"], root["id"]);
+        assert_eq!(child["fault"], true);
+        assert_eq!(child["cause"]["exceptions"][0]["type"], "ValueError");
+        assert_eq!(child["cause"]["exceptions"][0]["message"], "card declined");
+    }
+    rt.block_on(running.stop());
+}
