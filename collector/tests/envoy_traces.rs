@@ -36,13 +36,29 @@ fn envoy_traces_across_two_hops_arrive_in_xray_as_one_trace() {
     let running = collector(&rt, &moto.url());
     let (gw, ct, app) = (free_port(), free_port(), free_port());
     let _colorteller = hop("colorteller", "INBOUND", ct, app, app, running.grpc_port);
-    let _gateway = hop("gateway", "OUTBOUND", gw, ct, free_port(), running.grpc_port);
+    let _gateway = hop(
+        "gateway",
+        "OUTBOUND",
+        gw,
+        ct,
+        free_port(),
+        running.grpc_port,
+    );
 
     let a = agent();
-    let mut ok = a.get(&format!("http://127.0.0.1:{gw}/color")).call().unwrap();
+    let mut ok = a
+        .get(&format!("http://127.0.0.1:{gw}/color"))
+        .call()
+        .unwrap();
     assert_eq!(ok.status(), 200);
-    assert_eq!(ok.body_mut().read_to_string().unwrap().trim(), "colorteller");
-    let fail = a.get(&format!("http://127.0.0.1:{gw}/fail")).call().unwrap();
+    assert_eq!(
+        ok.body_mut().read_to_string().unwrap().trim(),
+        "colorteller"
+    );
+    let fail = a
+        .get(&format!("http://127.0.0.1:{gw}/fail"))
+        .call()
+        .unwrap();
     assert_eq!(fail.status(), 503);
 
     // Two requests, a span per hop each.
@@ -50,7 +66,11 @@ fn envoy_traces_across_two_hops_arrive_in_xray_as_one_trace() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let docs: Vec<Value> = loop {
         let ids = trace_ids(&moto.url());
-        let docs: Vec<Value> = if ids.is_empty() { Vec::new() } else { stored(&rt, &moto.url(), &ids).into_values().collect() };
+        let docs: Vec<Value> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            stored(&rt, &moto.url(), &ids).into_values().collect()
+        };
         if docs.len() >= 4 || Instant::now() > deadline {
             break docs;
         }
@@ -59,23 +79,53 @@ fn envoy_traces_across_two_hops_arrive_in_xray_as_one_trace() {
     assert_eq!(docs.len(), 4, "{docs:#?}");
     for d in &docs {
         check_document(d).unwrap_or_else(|e| panic!("{d}: {e:?}"));
-        assert_eq!(d["annotations"]["maille_variant"], "colorteller-black", "{d}");
+        assert_eq!(
+            d["annotations"]["maille_variant"], "colorteller-black",
+            "{d}"
+        );
     }
-    let path_of = |d: &Value| d["http"]["request"]["url"].as_str().unwrap_or("").to_owned();
-    let failed: Vec<&Value> = docs.iter().filter(|d| path_of(d).ends_with("/fail")).collect();
+    let path_of = |d: &Value| {
+        d["http"]["request"]["url"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let failed: Vec<&Value> = docs
+        .iter()
+        .filter(|d| path_of(d).ends_with("/fail"))
+        .collect();
     assert_eq!(failed.len(), 2, "{docs:#?}");
-    let (parent, child) = if failed[0].get("parent_id").is_none() { (failed[0], failed[1]) } else { (failed[1], failed[0]) };
-    assert_eq!(parent["trace_id"], child["trace_id"], "one trace across the hops");
-    assert_eq!(child["parent_id"], parent["id"], "colorteller's span is the child of the gateway's");
+    let (parent, child) = if failed[0].get("parent_id").is_none() {
+        (failed[0], failed[1])
+    } else {
+        (failed[1], failed[0])
+    };
+    assert_eq!(
+        parent["trace_id"], child["trace_id"],
+        "one trace across the hops"
+    );
+    assert_eq!(
+        child["parent_id"], parent["id"],
+        "colorteller's span is the child of the gateway's"
+    );
     assert_eq!(parent["name"], "gateway");
     assert_eq!(child["name"], "colorteller");
     for d in [parent, child] {
         assert_eq!(d["http"]["request"]["method"], "GET", "{d}");
-        assert_eq!(d["http"]["response"]["status"], 503, "Envoy's string status becomes a number: {d}");
+        assert_eq!(
+            d["http"]["response"]["status"], 503,
+            "Envoy's string status becomes a number: {d}"
+        );
         assert_eq!(d["fault"], true, "{d}");
     }
-    let fine = docs.iter().find(|d| path_of(d).ends_with("/color")).unwrap();
+    let fine = docs
+        .iter()
+        .find(|d| path_of(d).ends_with("/color"))
+        .unwrap();
     assert_eq!(fine["http"]["response"]["status"], 200);
-    assert!(fine.get("fault").is_none() && fine.get("error").is_none(), "{fine}");
+    assert!(
+        fine.get("fault").is_none() && fine.get("error").is_none(),
+        "{fine}"
+    );
     rt.block_on(running.stop());
 }

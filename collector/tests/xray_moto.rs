@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
+use serde_json::Value;
 use std::time::{Duration, SystemTime};
 
 fn s(k: &str, v: &str) -> KeyValue {
@@ -288,10 +289,21 @@ fn the_python_opentelemetry_sdk_sends_over_grpc_and_http_and_spans_arrive() {
             .args([script, protocol, &endpoint, &format!("shop-{protocol}")])
             .output()
             .expect("run the Python SDK client");
-        assert!(out.status.success(), "{protocol}: {}", String::from_utf8_lossy(&out.stderr));
-        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        assert!(
+            out.status.success(),
+            "{protocol}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
         let (trace, span_ids) = (lines[0].clone(), &lines[1..]);
-        wait_exported(&running, 2 * if protocol == "grpc" { 1 } else { 2 }, Duration::from_secs(20));
+        wait_exported(
+            &running,
+            2 * if protocol == "grpc" { 1 } else { 2 },
+            Duration::from_secs(20),
+        );
         let docs = stored(&rt, &moto.url(), std::slice::from_ref(&trace));
         let mut got: Vec<&String> = docs.keys().collect();
         let mut want: Vec<&String> = span_ids.iter().collect();
@@ -313,5 +325,113 @@ fn the_python_opentelemetry_sdk_sends_over_grpc_and_http_and_spans_arrive() {
         assert_eq!(child["cause"]["exceptions"][0]["type"], "ValueError");
         assert_eq!(child["cause"]["exceptions"][0]["message"], "card declined");
     }
+    rt.block_on(running.stop());
+}
+
+/// A test endpoint in front of moto for `PutTraceSegments`: the first two calls are
+/// throttled (429), the third stores only half its documents and reports the rest
+/// unprocessed; after that it passes calls through.
+fn flaky_front(
+    rt: &tokio::runtime::Runtime,
+    moto: String,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let forward = move |path: String, headers: HeaderMap, body: String| -> (StatusCode, String) {
+        let mut req = agent().post(&format!("{moto}{path}"));
+        for (k, v) in headers.iter() {
+            if k == "authorization" || k == "content-type" || k.as_str().starts_with("x-amz") {
+                req = req.header(k.as_str(), v.to_str().unwrap_or(""));
+            }
+        }
+        let mut r = req.send(body).unwrap();
+        (
+            StatusCode::from_u16(r.status().as_u16()).unwrap(),
+            r.body_mut().read_to_string().unwrap(),
+        )
+    };
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap, body: String| {
+        let (c, forward) = (c.clone(), forward.clone());
+        async move {
+            let path = uri.path().to_owned();
+            if path != "/TraceSegments" {
+                return tokio::task::spawn_blocking(move || forward(path, headers, body)).await.unwrap();
+            }
+            match c.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => (StatusCode::TOO_MANY_REQUESTS, r#"{"__type":"ThrottledException","message":"Rate exceeded"}"#.to_owned()),
+                2 => {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    let docs = v["TraceSegmentDocuments"].as_array().unwrap().clone();
+                    let (keep, left) = docs.split_at(docs.len() / 2);
+                    let ids: Vec<Value> = left
+                        .iter()
+                        .map(|d| {
+                            let d: Value = serde_json::from_str(d.as_str().unwrap()).unwrap();
+                            serde_json::json!({"Id": d["id"], "ErrorCode": "ThrottledException", "Message": "slow down"})
+                        })
+                        .collect();
+                    let part = serde_json::json!({"TraceSegmentDocuments": keep}).to_string();
+                    let _ = tokio::task::spawn_blocking(move || forward(path, headers, part)).await.unwrap();
+                    (StatusCode::OK, serde_json::json!({"UnprocessedTraceSegments": ids}).to_string())
+                }
+                _ => tokio::task::spawn_blocking(move || forward(path, headers, body)).await.unwrap(),
+            }
+        }
+    });
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, calls)
+}
+
+#[test]
+fn throttling_and_unprocessed_segments_are_retried_without_duplicates() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start_on(free_port());
+    let (front, calls) = flaky_front(&rt, moto.url());
+    let running = collector(&rt, &format!("http://127.0.0.1:{front}"));
+    let trace: [u8; 16] = [0x5f, 0x1e, 0x2d, 0x3e, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7];
+    let spans: Vec<Span> = (1..=40u8)
+        .map(|i| {
+            span(
+                &trace,
+                i,
+                if i > 1 { Some(1) } else { None },
+                SpanKind::Internal,
+                "work",
+                vec![],
+            )
+        })
+        .collect();
+    let req = request("throttled", spans);
+    let gp = running.grpc_port;
+    rt.block_on(async move {
+        let mut c = TraceServiceClient::connect(format!("http://127.0.0.1:{gp}"))
+            .await
+            .unwrap();
+        c.export(req).await.unwrap();
+    });
+    wait_exported(&running, 40, Duration::from_secs(30));
+    assert!(
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 4,
+        "throttled twice, partial once, then the rest"
+    );
+    let docs = stored(
+        &rt,
+        &moto.url(),
+        &["1-5f1e2d3e-070707070707070707070707".to_string()],
+    );
+    assert_eq!(docs.len(), 40, "every span stored");
+    let stats = running.stats.to_json();
+    assert_eq!(stats["exported"], 40, "{stats}");
+    // The SDK retries the throttled calls itself; the unprocessed half is resent by us.
+    assert!(stats["retried"].as_u64().unwrap() >= 1, "{stats}");
     rt.block_on(running.stop());
 }

@@ -96,7 +96,11 @@ pub fn stored(
         for t in out.traces() {
             for seg in t.segments() {
                 let v: Value = serde_json::from_str(seg.document().unwrap_or("{}")).unwrap();
-                docs.insert(v["id"].as_str().unwrap_or_default().to_owned(), v);
+                let id = v["id"].as_str().unwrap_or_default().to_owned();
+                assert!(
+                    docs.insert(id.clone(), v).is_none(),
+                    "segment {id} stored twice"
+                );
             }
         }
         docs
@@ -125,7 +129,10 @@ pub fn wait_exported(running: &Running, n: u64, timeout: Duration) {
 /// Ids of the traces X-Ray (moto) summarises for the last hour. Read over plain HTTP: moto
 /// answers GetTraceSummaries with `"Users": {}`, which the AWS SDK's strict parser refuses.
 pub fn trace_ids(endpoint: &str) -> Vec<String> {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let mut r = agent()
         .post(&format!("{endpoint}/TraceSummaries"))
         .header("content-type", "application/json")
