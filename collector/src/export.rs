@@ -4,6 +4,7 @@
 //! exponential backoff and jitter. A document leaves the queue only when X-Ray has taken it
 //! or refused it for good (then it is counted as dropped, with the reason).
 
+use crate::spool::{Spool, SpoolError};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,16 +63,23 @@ impl Stats {
 #[derive(Debug, Clone)]
 pub struct Queue {
     tx: mpsc::Sender<Value>,
+    spool: Option<Arc<Spool>>,
     /// The counters.
     pub stats: Arc<Stats>,
 }
 
-/// The queue had no room for the whole request: nothing of it was taken.
+/// Why a request was not taken; nothing of it was.
 #[derive(Debug, thiserror::Error)]
-#[error("the export queue is full ({capacity} documents): retry later")]
-pub struct QueueFull {
-    /// Queue capacity.
-    pub capacity: usize,
+pub enum QueueFull {
+    /// No room for the whole request.
+    #[error("the export queue is full ({capacity} documents): retry later")]
+    Full {
+        /// Queue capacity.
+        capacity: usize,
+    },
+    /// The spool could not record it.
+    #[error("the spool cannot record the request: {0}")]
+    Spool(#[from] SpoolError),
 }
 
 impl Queue {
@@ -82,6 +90,9 @@ impl Queue {
         }
         match self.tx.try_reserve_many(docs.len()) {
             Ok(permits) => {
+                if let Some(s) = &self.spool {
+                    s.append(&docs)?;
+                }
                 for (p, d) in permits.zip(docs) {
                     p.send(d);
                 }
@@ -89,7 +100,7 @@ impl Queue {
             }
             Err(_) => {
                 self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
-                Err(QueueFull {
+                Err(QueueFull::Full {
                     capacity: self.tx.max_capacity(),
                 })
             }
@@ -188,15 +199,40 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Creates the queue (`capacity` documents) and starts the exporter on it; the exporter
-/// ends when every `Queue` clone is dropped and the queue is drained.
-pub fn start<S: Sink>(sink: S, capacity: usize) -> (Queue, tokio::task::JoinHandle<()>) {
+/// ends when every `Queue` clone is dropped and the queue is drained. With a spool, what it
+/// held from before (`leftover`) is sent first.
+pub fn start<S: Sink>(
+    sink: S,
+    capacity: usize,
+    spool: Option<(Arc<Spool>, Vec<Value>)>,
+) -> (Queue, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(capacity.max(MAX_BATCH));
     let stats = Arc::new(Stats::default());
-    let handle = tokio::spawn(run(sink, rx, stats.clone()));
-    (Queue { tx, stats }, handle)
+    let (spool, leftover) = match spool {
+        Some((s, l)) => (Some(s), l),
+        None => (None, Vec::new()),
+    };
+    if !leftover.is_empty() {
+        tracing::info!(documents = leftover.len(), "sending what the spool held");
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            for d in leftover {
+                if tx.send(d).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let handle = tokio::spawn(run(sink, rx, stats.clone(), spool.clone()));
+    (Queue { tx, spool, stats }, handle)
 }
 
-async fn run<S: Sink>(sink: S, mut rx: mpsc::Receiver<Value>, stats: Arc<Stats>) {
+async fn run<S: Sink>(
+    sink: S,
+    mut rx: mpsc::Receiver<Value>,
+    stats: Arc<Stats>,
+    spool: Option<Arc<Spool>>,
+) {
     let mut batch: Vec<Value> = Vec::with_capacity(MAX_BATCH);
     loop {
         // Fill a batch: wait for the first document, then up to FLUSH_INTERVAL for more.
@@ -213,12 +249,19 @@ async fn run<S: Sink>(sink: S, mut rx: mpsc::Receiver<Value>, stats: Arc<Stats>)
                 Ok(None) | Err(_) => break,
             }
         }
-        deliver(&sink, std::mem::take(&mut batch), &stats).await;
+        deliver(&sink, std::mem::take(&mut batch), &stats, spool.as_deref()).await;
     }
 }
 
 /// Sends one batch until X-Ray has taken every document (or refused it for good).
-async fn deliver<S: Sink>(sink: &S, mut docs: Vec<Value>, stats: &Stats) {
+async fn deliver<S: Sink>(sink: &S, mut docs: Vec<Value>, stats: &Stats, spool: Option<&Spool>) {
+    let ack = |done: &[Value]| {
+        if let Some(s) = spool {
+            if let Err(e) = s.ack(done) {
+                tracing::error!(error = %e, "cannot record delivered documents in the spool");
+            }
+        }
+    };
     let mut attempt = 0u32;
     while !docs.is_empty() {
         let bodies: Vec<String> = docs.iter().map(Value::to_string).collect();
@@ -254,6 +297,7 @@ async fn deliver<S: Sink>(sink: &S, mut docs: Vec<Value>, stats: &Stats) {
             Err(SendError::Fatal(e)) => {
                 tracing::error!(error = %e, documents = docs.len(), "X-Ray refused the batch; dropped");
                 stats.drop_n("refused by X-Ray", docs.len() as u64);
+                ack(&docs);
                 return;
             }
         }
@@ -309,7 +353,7 @@ mod tests {
     async fn throttling_and_unprocessed_are_retried_without_duplicates() {
         let fake = Fake::default();
         *fake.fail.lock().unwrap() = 3;
-        let (q, handle) = start(fake.clone(), 1000);
+        let (q, handle) = start(fake.clone(), 1000, None);
         let docs: Vec<Value> = (0..120)
             .map(|i| json!({"id": format!("{i:016x}")}))
             .collect();
@@ -335,13 +379,21 @@ mod tests {
                 std::future::pending().await
             }
         }
-        let (q, _h) = start(Stuck, MAX_BATCH);
+        let (q, _h) = start(Stuck, MAX_BATCH, None);
         let doc = |i: usize| json!({"id": format!("{i:016x}")});
         q.offer((0..MAX_BATCH).map(doc).collect()).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await; // the exporter takes one batch
         q.offer((0..MAX_BATCH).map(doc).collect()).unwrap();
         let e = q.offer(vec![doc(1)]).unwrap_err();
-        assert_eq!(e.capacity, MAX_BATCH);
+        assert!(
+            matches!(
+                e,
+                QueueFull::Full {
+                    capacity: MAX_BATCH
+                }
+            ),
+            "{e}"
+        );
         assert_eq!(q.stats.rejected_full.load(Ordering::Relaxed), 1);
     }
 }

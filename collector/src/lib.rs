@@ -9,4 +9,5 @@
 pub mod export;
 pub mod receive;
 pub mod server;
+pub mod spool;
 pub mod xray;

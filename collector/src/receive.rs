@@ -45,6 +45,8 @@ pub enum Outcome {
     },
     /// The queue was full: nothing was taken.
     Full(String),
+    /// The request could not be recorded (spool): nothing was taken.
+    Failed(String),
 }
 
 impl Receiver {
@@ -80,7 +82,8 @@ impl Receiver {
                     },
                 }
             }
-            Err(e) => Outcome::Full(e.to_string()),
+            Err(e @ crate::export::QueueFull::Full { .. }) => Outcome::Full(e.to_string()),
+            Err(e) => Outcome::Failed(e.to_string()),
         }
     }
 
@@ -107,6 +110,7 @@ impl TraceService for Receiver {
                 }))
             }
             Outcome::Full(m) => Err(tonic::Status::resource_exhausted(m)),
+            Outcome::Failed(m) => Err(tonic::Status::unavailable(m)),
         }
     }
 }
@@ -182,5 +186,6 @@ pub async fn http_traces(
             m,
         )
             .into_response(),
+        Outcome::Failed(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
     }
 }

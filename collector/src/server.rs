@@ -23,6 +23,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Span attributes to index as X-Ray annotations (besides the mesh's markers).
     pub annotations: Vec<String>,
+    /// Folder of the disk spool; `None` keeps the queue in memory only.
+    pub spool: Option<std::path::PathBuf>,
 }
 
 /// A running collector.
@@ -60,7 +62,14 @@ pub async fn start<S: Sink>(cfg: Config, sink: S) -> std::io::Result<Running> {
     let http = TcpListener::bind(cfg.http_addr).await?;
     let grpc_port = grpc.local_addr()?.port();
     let http_port = http.local_addr()?.port();
-    let (queue, exporter) = export::start(sink, cfg.queue_capacity);
+    let spool = match &cfg.spool {
+        Some(dir) => {
+            let (s, left) = crate::spool::Spool::open(dir).map_err(std::io::Error::other)?;
+            Some((Arc::new(s), left))
+        }
+        None => None,
+    };
+    let (queue, exporter) = export::start(sink, cfg.queue_capacity, spool);
     let stats = queue.stats.clone();
     let receiver = Receiver {
         queue,

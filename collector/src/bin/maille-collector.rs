@@ -27,6 +27,10 @@ struct Args {
     /// (canary variant, circuit state, upstream cluster) always are.
     #[arg(long = "annotation")]
     annotations: Vec<String>,
+    /// Keep accepted documents in this folder until X-Ray has them, so that an outage or a
+    /// restart (even a crash) loses nothing.
+    #[arg(long, env = "MAILLE_SPOOL")]
+    spool: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -48,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             queue_capacity: args.queue_capacity,
             max_request_bytes: args.max_request_bytes,
             annotations: args.annotations,
+            spool: args.spool,
         },
         XraySink::new(&aws),
     )

@@ -72,17 +72,29 @@ pub fn collector(rt: &tokio::runtime::Runtime, endpoint: &str) -> Running {
             queue_capacity: 10_000,
             max_request_bytes: 64 * 1024,
             annotations: vec![],
+            spool: None,
         },
         XraySink::new(&sdk_config(endpoint)),
     ))
     .expect("collector starts")
 }
 
-/// All segment documents X-Ray holds for `trace_ids`, by id.
+/// All segment documents X-Ray holds for `trace_ids`, by id; a segment stored twice fails.
 pub fn stored(
     rt: &tokio::runtime::Runtime,
     endpoint: &str,
     trace_ids: &[String],
+) -> BTreeMap<String, Value> {
+    stored_docs(rt, endpoint, trace_ids, false)
+}
+
+/// As [`stored`]; with `allow_resent`, a segment stored twice (resent after a crash) is
+/// kept once instead of failing the test.
+pub fn stored_docs(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    trace_ids: &[String],
+    allow_resent: bool,
 ) -> BTreeMap<String, Value> {
     let client = aws_sdk_xray::Client::new(&sdk_config(endpoint));
     rt.block_on(async {
@@ -98,7 +110,7 @@ pub fn stored(
                 let v: Value = serde_json::from_str(seg.document().unwrap_or("{}")).unwrap();
                 let id = v["id"].as_str().unwrap_or_default().to_owned();
                 assert!(
-                    docs.insert(id.clone(), v).is_none(),
+                    docs.insert(id.clone(), v).is_none() || allow_resent,
                     "segment {id} stored twice"
                 );
             }
