@@ -3,10 +3,13 @@
 //! batches within the API's limits, only unprocessed documents resent, throttling and
 //! server errors retried with backoff, and back-pressure to senders when the queue is full.
 //!
-//! Metrics to CloudWatch are not built yet.
+//! Metrics go to CloudWatch `PutMetricData`: cumulative counters and histograms as deltas,
+//! histograms as values and counts, within the API's limits.
 #![forbid(unsafe_code)]
 
 pub mod export;
+pub mod metrics;
+pub mod metrics_export;
 pub mod receive;
 pub mod server;
 pub mod spool;

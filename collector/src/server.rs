@@ -2,6 +2,7 @@
 //! port, and the X-Ray exporter.
 
 use crate::export::{self, Sink};
+use crate::metrics_export::{http_metrics, CloudWatchSink, MetricStats, MetricsReceiver};
 use crate::receive::{http_traces, Receiver};
 use crate::xray::Options;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ pub struct Config {
     pub annotations: Vec<String>,
     /// Folder of the disk spool; `None` keeps the queue in memory only.
     pub spool: Option<std::path::PathBuf>,
+    /// Attribute keys that become CloudWatch dimensions (defaults when empty).
+    pub dimensions: Vec<String>,
 }
 
 /// A running collector.
@@ -36,6 +39,8 @@ pub struct Running {
     pub http_port: u16,
     /// The counters.
     pub stats: Arc<export::Stats>,
+    /// The metrics counters, when metrics are exported.
+    pub metric_stats: Option<Arc<MetricStats>>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     exporter: JoinHandle<()>,
@@ -56,8 +61,13 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// Binds the ports and starts everything, exporting to `sink`.
-pub async fn start<S: Sink>(cfg: Config, sink: S) -> std::io::Result<Running> {
+/// Binds the ports and starts everything, exporting traces to `sink` and, when given,
+/// metrics to `metrics`.
+pub async fn start<S: Sink>(
+    cfg: Config,
+    sink: S,
+    metrics: Option<CloudWatchSink>,
+) -> std::io::Result<Running> {
     let grpc = TcpListener::bind(cfg.grpc_addr).await?;
     let http = TcpListener::bind(cfg.http_addr).await?;
     let grpc_port = grpc.local_addr()?.port();
@@ -80,13 +90,19 @@ pub async fn start<S: Sink>(cfg: Config, sink: S) -> std::io::Result<Running> {
     };
     let (stop, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
+    let metrics = metrics.map(|m| MetricsReceiver::start(m, cfg.dimensions.clone(), 10_000));
+    let metric_stats = metrics.as_ref().map(|(m, _)| m.stats.clone());
 
     let svc = receiver.clone().grpc();
+    let msvc = metrics
+        .as_ref()
+        .map(|(m, _)| m.clone().grpc(cfg.max_request_bytes));
     let rx = stop_rx.clone();
     servers.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(svc)
+            .add_optional_service(msvc)
             .serve_with_incoming_shutdown(incoming, stopped(rx))
             .await
         {
@@ -95,18 +111,38 @@ pub async fn start<S: Sink>(cfg: Config, sink: S) -> std::io::Result<Running> {
     }));
 
     let st = stats.clone();
-    let app = axum::Router::new()
+    let ms = metric_stats.clone();
+    let mr = metrics.as_ref().map(|(m, _)| m.clone());
+    let mut app = axum::Router::new()
         .route("/v1/traces", axum::routing::post(http_traces))
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route(
             "/stats",
             axum::routing::get(move || {
-                let st = st.clone();
-                async move { axum::Json(st.to_json()) }
+                let (st, ms, mr) = (st.clone(), ms.clone(), mr.clone());
+                async move {
+                    let mut v = st.to_json();
+                    if let (Some(ms), Some(mr)) = (ms, mr) {
+                        v["metrics"] = serde_json::json!({
+                            "exported": ms.exported.load(std::sync::atomic::Ordering::Relaxed),
+                            "retried": ms.retried.load(std::sync::atomic::Ordering::Relaxed),
+                            "refused": ms.refused.load(std::sync::atomic::Ordering::Relaxed),
+                            "dropped": mr.dropped(),
+                        });
+                    }
+                    axum::Json(v)
+                }
             }),
         )
-        .layer(axum::extract::DefaultBodyLimit::max(cfg.max_request_bytes))
         .with_state(receiver);
+    if let Some((m, _)) = &metrics {
+        app = app.merge(
+            axum::Router::new()
+                .route("/v1/metrics", axum::routing::post(http_metrics))
+                .with_state(m.clone()),
+        );
+    }
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(cfg.max_request_bytes));
     let rx = stop_rx;
     servers.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app)
@@ -121,6 +157,7 @@ pub async fn start<S: Sink>(cfg: Config, sink: S) -> std::io::Result<Running> {
         grpc_port,
         http_port,
         stats,
+        metric_stats,
         stop,
         servers,
         exporter,

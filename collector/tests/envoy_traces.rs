@@ -129,3 +129,115 @@ fn envoy_traces_across_two_hops_arrive_in_xray_as_one_trace() {
     );
     rt.block_on(running.stop());
 }
+
+#[test]
+fn envoy_metrics_arrive_in_cloudwatch_as_deltas() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start_on(free_port());
+    let running = collector(&rt, &moto.url());
+    let (gw, app) = (free_port(), free_port());
+    // One hop in front of its own application.
+    let _gateway = hop("gateway", "OUTBOUND", gw, app, app, running.grpc_port);
+    // Let Envoy flush its first (baseline) values before the traffic.
+    std::thread::sleep(Duration::from_millis(2500));
+    let a = agent();
+    for _ in 0..10 {
+        assert_eq!(
+            a.get(&format!("http://127.0.0.1:{gw}/color"))
+                .call()
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            a.get(&format!("http://127.0.0.1:{gw}/fail"))
+                .call()
+                .unwrap()
+                .status(),
+            503
+        );
+    }
+    let client = aws_sdk_cloudwatch::Client::new(&sdk_config(&moto.url()));
+    let sum_of = |name: &'static str, dims: Vec<(&'static str, &'static str)>| {
+        let client = client.clone();
+        rt.block_on(async move {
+            use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+            let now = std::time::SystemTime::now();
+            let out = client
+                .get_metric_statistics()
+                .namespace("Maille")
+                .metric_name(name)
+                .set_dimensions(Some(
+                    dims.iter()
+                        .map(|(k, v)| Dimension::builder().name(*k).value(*v).build())
+                        .collect(),
+                ))
+                .start_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+                    now - Duration::from_secs(600),
+                ))
+                .end_time(aws_sdk_cloudwatch::primitives::DateTime::from(
+                    now + Duration::from_secs(600),
+                ))
+                .period(60)
+                .statistics(Statistic::Sum)
+                .send()
+                .await
+                .expect("GetMetricStatistics");
+            out.datapoints().iter().filter_map(|d| d.sum()).sum::<f64>()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let total = loop {
+        let total = sum_of(
+            "envoy.cluster.upstream_rq_total",
+            vec![("envoy.cluster_name", "next")],
+        );
+        if total >= 13.0 || Instant::now() > deadline {
+            break total;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let listed = rt
+        .block_on(client.list_metrics().namespace("Maille").send())
+        .expect("ListMetrics");
+    let names: Vec<String> = listed
+        .metrics()
+        .iter()
+        .filter(|m| m.metric_name().unwrap_or("").contains("upstream_rq"))
+        .map(|m| {
+            format!(
+                "{} {:?}",
+                m.metric_name().unwrap_or(""),
+                m.dimensions()
+                    .iter()
+                    .map(|d| (d.name().unwrap_or(""), d.value().unwrap_or("")))
+                    .collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    // 13 requests went upstream after the baseline: the deltas add up to exactly that.
+    assert_eq!(
+        total,
+        13.0,
+        "sum of upstream_rq_total deltas; stats {}; metrics {names:#?}",
+        running.stats.to_json()
+    );
+    let errors = sum_of(
+        "envoy.cluster.upstream_rq_xx",
+        vec![
+            ("envoy.cluster_name", "next"),
+            ("envoy.response_code_class", "5"),
+        ],
+    );
+    assert_eq!(errors, 3.0, "5xx deltas");
+    assert!(
+        listed
+            .metrics()
+            .iter()
+            .any(|m| m.metric_name() == Some("envoy.cluster.upstream_rq_time")),
+        "histograms too"
+    );
+    rt.block_on(running.stop());
+}

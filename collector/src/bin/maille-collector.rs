@@ -31,6 +31,30 @@ struct Args {
     /// restart (even a crash) loses nothing.
     #[arg(long, env = "MAILLE_SPOOL")]
     spool: Option<std::path::PathBuf>,
+    /// CloudWatch namespace of the metrics.
+    #[arg(long, default_value = "Maille")]
+    namespace: String,
+    /// CloudWatch storage resolution in seconds: 60 (standard) or 1 (high resolution).
+    #[arg(long, default_value_t = 60, value_parser = storage_resolution)]
+    storage_resolution: i32,
+    /// Attribute that becomes a CloudWatch dimension (repeatable); default: service.name,
+    /// envoy.cluster_name, envoy.response_code_class, envoy.http_conn_manager_prefix,
+    /// maille.variant.
+    #[arg(long = "dimension")]
+    dimensions: Vec<String>,
+    /// Do not export metrics.
+    #[arg(long)]
+    no_metrics: bool,
+}
+
+fn storage_resolution(s: &str) -> Result<i32, String> {
+    match s {
+        "1" => Ok(1),
+        "60" => Ok(60),
+        other => Err(format!(
+            "{other:?}: CloudWatch takes 1 (high resolution) or 60 (standard)"
+        )),
+    }
 }
 
 #[tokio::main]
@@ -53,8 +77,16 @@ async fn main() -> anyhow::Result<()> {
             max_request_bytes: args.max_request_bytes,
             annotations: args.annotations,
             spool: args.spool,
+            dimensions: args.dimensions,
         },
         XraySink::new(&aws),
+        (!args.no_metrics).then(|| {
+            maille_collector::metrics_export::CloudWatchSink::new(
+                &aws,
+                &args.namespace,
+                args.storage_resolution,
+            )
+        }),
     )
     .await?;
     println!(

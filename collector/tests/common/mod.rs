@@ -73,8 +73,14 @@ pub fn collector(rt: &tokio::runtime::Runtime, endpoint: &str) -> Running {
             max_request_bytes: 64 * 1024,
             annotations: vec![],
             spool: None,
+            dimensions: vec![],
         },
         XraySink::new(&sdk_config(endpoint)),
+        Some(maille_collector::metrics_export::CloudWatchSink::new(
+            &sdk_config(endpoint),
+            "Maille",
+            60,
+        )),
     ))
     .expect("collector starts")
 }
