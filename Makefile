@@ -1,6 +1,6 @@
 # Maille: the two commands a newcomer runs are `make demo` and `make test`. Each installs
 # what it needs first (`make setup`, quick when everything is there).
-.PHONY: setup filters test lint demo bench-filters bench-host bench-control clean
+.PHONY: setup filters test lint demo bench-filters bench-host bench-control bench-collector clean
 
 CARGO ?= cargo
 
@@ -22,6 +22,11 @@ lint:
 ## Envoy with the canary filter and two upstreams; prints what to try. Ctrl-C stops it.
 demo: filters
 	@scripts/demo.sh
+
+## OTLP spans/s, CPU per million spans and memory: Maille's collector vs Rotel, same sink.
+bench-collector: setup
+	.venv/bin/pip install -q --disable-pip-version-check rotel==0.0.1a15
+	$(CARGO) bench -p maille-collector --bench otlp_throughput
 
 ## ADS fan-out: 1,000 / 5,000 / 10,000 simulated Envoys, apply-to-ACK p50/p99, memory per client.
 bench-control: filters

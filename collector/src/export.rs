@@ -59,10 +59,29 @@ impl Stats {
     }
 }
 
+/// A segment document, serialised once when it is received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doc {
+    /// Its `id`, to match X-Ray's unprocessed list.
+    pub id: String,
+    /// The JSON document.
+    pub json: String,
+}
+
+impl Doc {
+    /// From a document built by [`crate::xray::span_to_document`].
+    pub fn new(doc: &Value) -> Doc {
+        Doc {
+            id: doc.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            json: doc.to_string(),
+        }
+    }
+}
+
 /// The sending side of the queue, shared by the receivers.
 #[derive(Debug, Clone)]
 pub struct Queue {
-    tx: mpsc::Sender<Value>,
+    tx: mpsc::Sender<Doc>,
     spool: Option<Arc<Spool>>,
     /// The counters.
     pub stats: Arc<Stats>,
@@ -84,7 +103,7 @@ pub enum QueueFull {
 
 impl Queue {
     /// Takes all of `docs` or none.
-    pub fn offer(&self, docs: Vec<Value>) -> Result<(), QueueFull> {
+    pub fn offer(&self, docs: Vec<Doc>) -> Result<(), QueueFull> {
         if docs.is_empty() {
             return Ok(());
         }
@@ -204,7 +223,7 @@ fn backoff(attempt: u32) -> Duration {
 pub fn start<S: Sink>(
     sink: S,
     capacity: usize,
-    spool: Option<(Arc<Spool>, Vec<Value>)>,
+    spool: Option<(Arc<Spool>, Vec<Doc>)>,
 ) -> (Queue, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(capacity.max(MAX_BATCH));
     let stats = Arc::new(Stats::default());
@@ -229,11 +248,11 @@ pub fn start<S: Sink>(
 
 async fn run<S: Sink>(
     sink: S,
-    mut rx: mpsc::Receiver<Value>,
+    mut rx: mpsc::Receiver<Doc>,
     stats: Arc<Stats>,
     spool: Option<Arc<Spool>>,
 ) {
-    let mut batch: Vec<Value> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Doc> = Vec::with_capacity(MAX_BATCH);
     loop {
         // Fill a batch: wait for the first document, then up to FLUSH_INTERVAL for more.
         if batch.is_empty() {
@@ -254,8 +273,8 @@ async fn run<S: Sink>(
 }
 
 /// Sends one batch until X-Ray has taken every document (or refused it for good).
-async fn deliver<S: Sink>(sink: &S, mut docs: Vec<Value>, stats: &Stats, spool: Option<&Spool>) {
-    let ack = |done: &[Value]| {
+async fn deliver<S: Sink>(sink: &S, mut docs: Vec<Doc>, stats: &Stats, spool: Option<&Spool>) {
+    let ack = |done: &[Doc]| {
         if let Some(s) = spool {
             if let Err(e) = s.ack(done) {
                 tracing::error!(error = %e, "cannot record delivered documents in the spool");
@@ -264,25 +283,21 @@ async fn deliver<S: Sink>(sink: &S, mut docs: Vec<Value>, stats: &Stats, spool: 
     };
     let mut attempt = 0u32;
     while !docs.is_empty() {
-        let bodies: Vec<String> = docs.iter().map(Value::to_string).collect();
+        let bodies: Vec<String> = docs.iter().map(|d| d.json.clone()).collect();
         match sink.put(bodies).await {
             Ok(unprocessed) => {
-                let n = docs.len();
                 if unprocessed.is_empty() {
-                    stats.exported.fetch_add(n as u64, Ordering::Relaxed);
+                    stats.exported.fetch_add(docs.len() as u64, Ordering::Relaxed);
+                    ack(&docs);
                     return;
                 }
                 // Keep only what X-Ray did not process.
                 let ids: Vec<&str> = unprocessed.iter().map(|u| u.id.as_str()).collect();
-                let before = docs.len();
-                docs.retain(|d| {
-                    d.get("id")
-                        .and_then(Value::as_str)
-                        .is_some_and(|id| ids.contains(&id))
-                });
-                stats
-                    .exported
-                    .fetch_add((before - docs.len()) as u64, Ordering::Relaxed);
+                let (left, done): (Vec<Doc>, Vec<Doc>) =
+                    docs.into_iter().partition(|d| ids.contains(&d.id.as_str()));
+                docs = left;
+                stats.exported.fetch_add(done.len() as u64, Ordering::Relaxed);
+                ack(&done);
                 if docs.is_empty() {
                     // Unprocessed ids that match nothing sent: nothing left to resend.
                     return;
@@ -354,8 +369,8 @@ mod tests {
         let fake = Fake::default();
         *fake.fail.lock().unwrap() = 3;
         let (q, handle) = start(fake.clone(), 1000, None);
-        let docs: Vec<Value> = (0..120)
-            .map(|i| json!({"id": format!("{i:016x}")}))
+        let docs: Vec<Doc> = (0..120)
+            .map(|i| Doc::new(&json!({"id": format!("{i:016x}")})))
             .collect();
         q.offer(docs).unwrap();
         let stats = q.stats.clone();
@@ -380,7 +395,7 @@ mod tests {
             }
         }
         let (q, _h) = start(Stuck, MAX_BATCH, None);
-        let doc = |i: usize| json!({"id": format!("{i:016x}")});
+        let doc = |i: usize| Doc::new(&json!({"id": format!("{i:016x}")}));
         q.offer((0..MAX_BATCH).map(doc).collect()).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await; // the exporter takes one batch
         q.offer((0..MAX_BATCH).map(doc).collect()).unwrap();

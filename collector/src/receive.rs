@@ -60,7 +60,7 @@ impl Receiver {
                 for span in &ss.spans {
                     spans += 1;
                     match span_to_document(span, rs.resource.as_ref(), &self.options) {
-                        Some(d) => docs.push(d),
+                        Some(d) => docs.push(crate::export::Doc::new(&d)),
                         None => rejected += 1,
                     }
                 }

@@ -6,6 +6,7 @@
 //!
 //! The files are compacted at start and whenever most of `pending.jsonl` is acked.
 
+use crate::export::Doc;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -48,13 +49,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-fn id_of(doc: &Value) -> Option<&str> {
-    doc.get("id").and_then(Value::as_str)
-}
 
 impl Spool {
     /// Opens the spool in `dir`; returns it and the documents still to send (oldest first).
-    pub fn open(dir: &Path) -> Result<(Spool, Vec<Value>), SpoolError> {
+    pub fn open(dir: &Path) -> Result<(Spool, Vec<Doc>), SpoolError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let pending_path = dir.join("pending.jsonl");
         let acked_path = dir.join("acked.txt");
@@ -72,7 +70,8 @@ impl Spool {
                 let Ok(doc) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
-                if id_of(&doc).is_some_and(|id| !acked.contains(id)) {
+                let doc = Doc::new(&doc);
+                if !doc.id.is_empty() && !acked.contains(&doc.id) {
                     left.push(doc);
                 }
             }
@@ -82,7 +81,7 @@ impl Spool {
         {
             let mut w = BufWriter::new(File::create(&tmp).map_err(io(&tmp))?);
             for d in &left {
-                writeln!(w, "{d}").map_err(io(&tmp))?;
+                writeln!(w, "{}", d.json).map_err(io(&tmp))?;
             }
             w.flush().map_err(io(&tmp))?;
             w.get_ref().sync_all().map_err(io(&tmp))?;
@@ -115,11 +114,11 @@ impl Spool {
     }
 
     /// Records accepted documents; they are in the file (OS buffers) when this returns.
-    pub fn append(&self, docs: &[Value]) -> Result<(), SpoolError> {
+    pub fn append(&self, docs: &[Doc]) -> Result<(), SpoolError> {
         let path = self.dir.join("pending.jsonl");
         let mut f = self.files.lock().unwrap_or_else(|e| e.into_inner());
         for d in docs {
-            writeln!(f.pending, "{d}").map_err(io(&path))?;
+            writeln!(f.pending, "{}", d.json).map_err(io(&path))?;
         }
         f.pending.flush().map_err(io(&path))?;
         f.pending_count += docs.len();
@@ -127,11 +126,11 @@ impl Spool {
     }
 
     /// Records documents X-Ray has taken (or refused for good).
-    pub fn ack(&self, docs: &[Value]) -> Result<(), SpoolError> {
+    pub fn ack(&self, docs: &[Doc]) -> Result<(), SpoolError> {
         let path = self.dir.join("acked.txt");
         let mut f = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        for id in docs.iter().filter_map(id_of) {
-            writeln!(f.acked, "{id}").map_err(io(&path))?;
+        for d in docs {
+            writeln!(f.acked, "{}", d.id).map_err(io(&path))?;
         }
         f.acked.flush().map_err(io(&path))?;
         f.acked_count += docs.len();
@@ -161,8 +160,8 @@ mod tests {
     #[test]
     fn what_is_not_acked_comes_back_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let docs: Vec<Value> = (0..10)
-            .map(|i| json!({"id": format!("{i:016x}")}))
+        let docs: Vec<Doc> = (0..10)
+            .map(|i| Doc::new(&json!({"id": format!("{i:016x}")})))
             .collect();
         {
             let (s, left) = Spool::open(dir.path()).unwrap();

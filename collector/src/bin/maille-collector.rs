@@ -5,6 +5,9 @@ use maille_collector::export::XraySink;
 use maille_collector::server::{start, Config};
 use std::net::SocketAddr;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Maille's collector: receives OpenTelemetry traces over OTLP (gRPC and HTTP) from Envoy and
 /// applications, and exports them to AWS X-Ray without losing any. AWS access follows the
 /// default chain: AWS_REGION, credentials, and AWS_ENDPOINT_URL (e.g. a local moto server).

@@ -170,3 +170,17 @@ pub fn trace_ids(endpoint: &str) -> Vec<String> {
         .filter_map(|t| t["Id"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// How many segment documents X-Ray (moto) holds for `trace_ids`, resent copies included.
+pub fn raw_segment_count(rt: &tokio::runtime::Runtime, endpoint: &str, trace_ids: &[String]) -> usize {
+    let client = aws_sdk_xray::Client::new(&sdk_config(endpoint));
+    rt.block_on(async {
+        let out = client
+            .batch_get_traces()
+            .set_trace_ids(Some(trace_ids.to_vec()))
+            .send()
+            .await
+            .expect("BatchGetTraces");
+        out.traces().iter().map(|t| t.segments().len()).sum()
+    })
+}

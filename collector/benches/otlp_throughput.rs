@@ -1,0 +1,289 @@
+//! OTLP spans in, X-Ray documents out: Maille's collector against Rotel (PyPI `rotel`, its
+//! `aws-xray` exporter with a custom endpoint), both sending to the same local X-Ray sink
+//! that counts documents, in the same run on this machine.
+//!
+//! `make bench-collector` (installs Rotel into .venv first). Environment: `SECONDS` of load
+//! per collector (default 10), `CLIENTS` concurrent gRPC senders (default 4), `BATCH` spans
+//! per request (default 100). Reports spans/s delivered, CPU seconds per million spans,
+//! peak memory; then Maille under 10x overload (a sink 10x slower than the load) to show
+//! memory stays bounded while senders are pushed back.
+
+use axum::body::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+fn env_or(k: &str, d: u64) -> u64 {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The X-Ray sink: counts documents of `PutTraceSegments`, optionally slowly.
+fn sink(rt: &tokio::runtime::Runtime, delay: Duration) -> (u16, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let app = axum::Router::new().fallback(move |body: Bytes| {
+        let c = c.clone();
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let n = v["TraceSegmentDocuments"].as_array().map_or(0, Vec::len);
+            c.fetch_add(n as u64, Ordering::Relaxed);
+            (
+                [("content-type", "application/x-amz-json-1.1")],
+                r#"{"UnprocessedTraceSegments":[]}"#,
+            )
+        }
+    });
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, count)
+}
+
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    }
+
+    fn peak_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} did not open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn maille(sink: u16, queue: usize) -> (Proc, u16) {
+    let (grpc, http) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_maille-collector"))
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}"), "--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--queue-capacity", &queue.to_string(), "--no-metrics"])
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{sink}"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("maille-collector");
+    wait_port(grpc);
+    (Proc { child }, grpc)
+}
+
+fn rotel(sink: u16) -> Option<(Proc, u16)> {
+    let bin = root().join(".venv/lib/python3.11/site-packages/rotel/rotel-agent");
+    let bin = if bin.exists() {
+        bin
+    } else {
+        let found = std::fs::read_dir(root().join(".venv/lib")).ok()?.flatten().find_map(|d| {
+            let p = d.path().join("site-packages/rotel/rotel-agent");
+            p.exists().then_some(p)
+        })?;
+        found
+    };
+    let (grpc, http) = (free_port(), free_port());
+    let child = Command::new(bin)
+        .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--exporter", "aws-xray", "--xray-exporter-region", "us-east-1"])
+        .args(["--xray-exporter-custom-endpoint", &format!("http://127.0.0.1:{sink}")])
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_port(grpc);
+    Some((Proc { child }, grpc))
+}
+
+fn request(seq: u64, batch: u64) -> ExportTraceServiceRequest {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut trace = [0u8; 16];
+    trace[..8].copy_from_slice(&seq.to_be_bytes());
+    trace[8] = 1;
+    let s = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+        ..Default::default()
+    };
+    let spans = (0..batch)
+        .map(|i| Span {
+            trace_id: trace.to_vec(),
+            span_id: (seq * 1000 + i + 1).to_be_bytes().to_vec(),
+            parent_span_id: if i == 0 { Vec::new() } else { (seq * 1000 + 1).to_be_bytes().to_vec() },
+            name: "egress colorteller.local".into(),
+            kind: if i == 0 { 2 } else { 3 },
+            start_time_unix_nano: now - 2_000_000,
+            end_time_unix_nano: now,
+            attributes: vec![
+                s("http.method", "GET"),
+                s("http.url", "http://colorteller.local/color"),
+                s("http.status_code", "200"),
+                s("upstream_cluster", "node/colorteller-white/9080"),
+                s("x-maille-variant", "colorteller-white"),
+                s("user_agent", "bench/1.0"),
+            ],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource { attributes: vec![s("service.name", "gateway")], ..Default::default() }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Sends as fast as accepted for `secs`; spans accepted and requests pushed back.
+fn load(rt: &tokio::runtime::Runtime, port: u16, secs: u64, clients: u64, batch: u64) -> (u64, u64) {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (a, r) = (accepted.clone(), refused.clone());
+            rt.spawn(async move {
+                let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+                let mut seq = c * 1_000_000_000;
+                while Instant::now() < end {
+                    seq += 1;
+                    match client.export(request(seq, batch)).await {
+                        Ok(_) => {
+                            a.fetch_add(batch, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            r.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = rt.block_on(t);
+    }
+    (accepted.load(Ordering::Relaxed), refused.load(Ordering::Relaxed))
+}
+
+struct Row {
+    name: &'static str,
+    accepted: u64,
+    delivered: u64,
+    secs: f64,
+    cpu: f64,
+    peak: f64,
+}
+
+fn measure(rt: &tokio::runtime::Runtime, name: &'static str, proc_: Proc, port: u16, count: Arc<AtomicU64>, secs: u64, clients: u64, batch: u64) -> Row {
+    let base = count.load(Ordering::Relaxed);
+    let cpu0 = proc_.cpu_seconds();
+    let t0 = Instant::now();
+    let (accepted, _) = load(rt, port, secs, clients, batch);
+    // Let it deliver what it accepted (up to 30 s more).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::Relaxed) - base < accepted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs_total = t0.elapsed().as_secs_f64();
+    Row {
+        name,
+        accepted,
+        delivered: count.load(Ordering::Relaxed) - base,
+        secs: secs_total,
+        cpu: proc_.cpu_seconds() - cpu0,
+        peak: proc_.peak_mib(),
+    }
+}
+
+fn main() {
+    let secs = env_or("SECONDS", 10);
+    let clients = env_or("CLIENTS", 4);
+    let batch = env_or("BATCH", 100);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (sink_port, count) = sink(&rt, Duration::ZERO);
+    println!("OTLP gRPC -> collector -> local X-Ray sink; {secs} s of load, {clients} senders, {batch} spans per request; 2 cores shared by all");
+    let mut rows = Vec::new();
+    let (p, port) = maille(sink_port, 100_000);
+    rows.push(measure(&rt, "maille", p, port, count.clone(), secs, clients, batch));
+    match rotel(sink_port) {
+        Some((p, port)) => rows.push(measure(&rt, "rotel", p, port, count.clone(), secs, clients, batch)),
+        None => println!("rotel not found in .venv: `make bench-collector` installs it"),
+    }
+    println!("{:<8} {:>10} {:>10} {:>12} {:>16} {:>10}", "", "accepted", "delivered", "spans/s", "CPU s / M spans", "peak MiB");
+    for r in &rows {
+        println!(
+            "{:<8} {:>10} {:>10} {:>12.0} {:>16.2} {:>10.1}",
+            r.name,
+            r.accepted,
+            r.delivered,
+            r.delivered as f64 / r.secs,
+            r.cpu / (r.delivered.max(1) as f64 / 1e6),
+            r.peak
+        );
+    }
+    if let [m, r] = rows.as_slice() {
+        let per_cpu = |x: &Row| x.delivered as f64 / x.cpu.max(1e-9);
+        println!("spans per CPU second, maille / rotel: {:.2}x", per_cpu(m) / per_cpu(r));
+    }
+
+    // 10x overload: the sink takes 10 times longer per request than the load allows.
+    let (slow_port, slow_count) = sink(&rt, Duration::from_millis(500));
+    let (p, port) = maille(slow_port, 20_000);
+    let (accepted, refused) = load(&rt, port, secs, clients, batch);
+    println!(
+        "overload (sink 500 ms per request): accepted {accepted}, pushed back {refused} requests, delivered {} so far, peak {:.1} MiB",
+        slow_count.load(Ordering::Relaxed),
+        p.peak_mib()
+    );
+}
