@@ -21,11 +21,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 fn env_or(k: &str, d: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn root() -> std::path::PathBuf {
@@ -51,7 +58,9 @@ fn sink(rt: &tokio::runtime::Runtime, delay: Duration) -> (u16, Arc<AtomicU64>) 
             )
         }
     });
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let port = listener.local_addr().unwrap().port();
     rt.spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -72,10 +81,22 @@ impl Drop for Proc {
 
 impl Proc {
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields
+            .get(11)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
         ticks / 100.0
     }
 
@@ -103,7 +124,12 @@ fn wait_port(port: u16) {
 fn maille(sink: u16, queue: usize) -> (Proc, u16) {
     let (grpc, http) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_maille-collector"))
-        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}"), "--http-addr", &format!("127.0.0.1:{http}")])
+        .args([
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+        ])
         .args(["--queue-capacity", &queue.to_string(), "--no-metrics"])
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "bench")
@@ -123,18 +149,33 @@ fn rotel(sink: u16) -> Option<(Proc, u16)> {
     let bin = if bin.exists() {
         bin
     } else {
-        let found = std::fs::read_dir(root().join(".venv/lib")).ok()?.flatten().find_map(|d| {
-            let p = d.path().join("site-packages/rotel/rotel-agent");
-            p.exists().then_some(p)
-        })?;
+        let found = std::fs::read_dir(root().join(".venv/lib"))
+            .ok()?
+            .flatten()
+            .find_map(|d| {
+                let p = d.path().join("site-packages/rotel/rotel-agent");
+                p.exists().then_some(p)
+            })?;
         found
     };
     let (grpc, http) = (free_port(), free_port());
     let child = Command::new(bin)
-        .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args([
+            "start",
+            "--otlp-grpc-endpoint",
+            &format!("127.0.0.1:{grpc}"),
+        ])
         .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-        .args(["--exporter", "aws-xray", "--xray-exporter-region", "us-east-1"])
-        .args(["--xray-exporter-custom-endpoint", &format!("http://127.0.0.1:{sink}")])
+        .args([
+            "--exporter",
+            "aws-xray",
+            "--xray-exporter-region",
+            "us-east-1",
+        ])
+        .args([
+            "--xray-exporter-custom-endpoint",
+            &format!("http://127.0.0.1:{sink}"),
+        ])
         .env("AWS_ACCESS_KEY_ID", "bench")
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .stdout(Stdio::null())
@@ -146,20 +187,29 @@ fn rotel(sink: u16) -> Option<(Proc, u16)> {
 }
 
 fn request(seq: u64, batch: u64) -> ExportTraceServiceRequest {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     let mut trace = [0u8; 16];
     trace[..8].copy_from_slice(&seq.to_be_bytes());
     trace[8] = 1;
     let s = |k: &str, v: &str| KeyValue {
         key: k.into(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
         ..Default::default()
     };
     let spans = (0..batch)
         .map(|i| Span {
             trace_id: trace.to_vec(),
             span_id: (seq * 1000 + i + 1).to_be_bytes().to_vec(),
-            parent_span_id: if i == 0 { Vec::new() } else { (seq * 1000 + 1).to_be_bytes().to_vec() },
+            parent_span_id: if i == 0 {
+                Vec::new()
+            } else {
+                (seq * 1000 + 1).to_be_bytes().to_vec()
+            },
             name: "egress colorteller.local".into(),
             kind: if i == 0 { 2 } else { 3 },
             start_time_unix_nano: now - 2_000_000,
@@ -177,15 +227,27 @@ fn request(seq: u64, batch: u64) -> ExportTraceServiceRequest {
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: vec![s("service.name", "gateway")], ..Default::default() }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            resource: Some(Resource {
+                attributes: vec![s("service.name", "gateway")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     }
 }
 
 /// Sends as fast as accepted for `secs`; spans accepted and requests pushed back.
-fn load(rt: &tokio::runtime::Runtime, port: u16, secs: u64, clients: u64, batch: u64) -> (u64, u64) {
+fn load(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    secs: u64,
+    clients: u64,
+    batch: u64,
+) -> (u64, u64) {
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + Duration::from_secs(secs);
@@ -193,7 +255,9 @@ fn load(rt: &tokio::runtime::Runtime, port: u16, secs: u64, clients: u64, batch:
         .map(|c| {
             let (a, r) = (accepted.clone(), refused.clone());
             rt.spawn(async move {
-                let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+                let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+                    .await
+                    .unwrap();
                 let mut seq = c * 1_000_000_000;
                 while Instant::now() < end {
                     seq += 1;
@@ -213,7 +277,10 @@ fn load(rt: &tokio::runtime::Runtime, port: u16, secs: u64, clients: u64, batch:
     for t in tasks {
         let _ = rt.block_on(t);
     }
-    (accepted.load(Ordering::Relaxed), refused.load(Ordering::Relaxed))
+    (
+        accepted.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    )
 }
 
 struct Row {
@@ -225,7 +292,16 @@ struct Row {
     peak: f64,
 }
 
-fn measure(rt: &tokio::runtime::Runtime, name: &'static str, proc_: Proc, port: u16, count: Arc<AtomicU64>, secs: u64, clients: u64, batch: u64) -> Row {
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    proc_: Proc,
+    port: u16,
+    count: Arc<AtomicU64>,
+    secs: u64,
+    clients: u64,
+    batch: u64,
+) -> Row {
     let base = count.load(Ordering::Relaxed);
     let cpu0 = proc_.cpu_seconds();
     let t0 = Instant::now();
@@ -250,17 +326,42 @@ fn main() {
     let secs = env_or("SECONDS", 10);
     let clients = env_or("CLIENTS", 4);
     let batch = env_or("BATCH", 100);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (sink_port, count) = sink(&rt, Duration::ZERO);
     println!("OTLP gRPC -> collector -> local X-Ray sink; {secs} s of load, {clients} senders, {batch} spans per request; 2 cores shared by all");
     let mut rows = Vec::new();
     let (p, port) = maille(sink_port, 100_000);
-    rows.push(measure(&rt, "maille", p, port, count.clone(), secs, clients, batch));
+    rows.push(measure(
+        &rt,
+        "maille",
+        p,
+        port,
+        count.clone(),
+        secs,
+        clients,
+        batch,
+    ));
     match rotel(sink_port) {
-        Some((p, port)) => rows.push(measure(&rt, "rotel", p, port, count.clone(), secs, clients, batch)),
+        Some((p, port)) => rows.push(measure(
+            &rt,
+            "rotel",
+            p,
+            port,
+            count.clone(),
+            secs,
+            clients,
+            batch,
+        )),
         None => println!("rotel not found in .venv: `make bench-collector` installs it"),
     }
-    println!("{:<8} {:>10} {:>10} {:>12} {:>16} {:>10}", "", "accepted", "delivered", "spans/s", "CPU s / M spans", "peak MiB");
+    println!(
+        "{:<8} {:>10} {:>10} {:>12} {:>16} {:>10}",
+        "", "accepted", "delivered", "spans/s", "CPU s / M spans", "peak MiB"
+    );
     for r in &rows {
         println!(
             "{:<8} {:>10} {:>10} {:>12.0} {:>16.2} {:>10.1}",
@@ -274,7 +375,10 @@ fn main() {
     }
     if let [m, r] = rows.as_slice() {
         let per_cpu = |x: &Row| x.delivered as f64 / x.cpu.max(1e-9);
-        println!("spans per CPU second, maille / rotel: {:.2}x", per_cpu(m) / per_cpu(r));
+        println!(
+            "spans per CPU second, maille / rotel: {:.2}x",
+            per_cpu(m) / per_cpu(r)
+        );
     }
 
     // 10x overload: the sink takes 10 times longer per request than the load allows.

@@ -72,7 +72,11 @@ impl Doc {
     /// From a document built by [`crate::xray::span_to_document`].
     pub fn new(doc: &Value) -> Doc {
         Doc {
-            id: doc.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            id: doc
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             json: doc.to_string(),
         }
     }
@@ -287,7 +291,9 @@ async fn deliver<S: Sink>(sink: &S, mut docs: Vec<Doc>, stats: &Stats, spool: Op
         match sink.put(bodies).await {
             Ok(unprocessed) => {
                 if unprocessed.is_empty() {
-                    stats.exported.fetch_add(docs.len() as u64, Ordering::Relaxed);
+                    stats
+                        .exported
+                        .fetch_add(docs.len() as u64, Ordering::Relaxed);
                     ack(&docs);
                     return;
                 }
@@ -296,7 +302,9 @@ async fn deliver<S: Sink>(sink: &S, mut docs: Vec<Doc>, stats: &Stats, spool: Op
                 let (left, done): (Vec<Doc>, Vec<Doc>) =
                     docs.into_iter().partition(|d| ids.contains(&d.id.as_str()));
                 docs = left;
-                stats.exported.fetch_add(done.len() as u64, Ordering::Relaxed);
+                stats
+                    .exported
+                    .fetch_add(done.len() as u64, Ordering::Relaxed);
                 ack(&done);
                 if docs.is_empty() {
                     // Unprocessed ids that match nothing sent: nothing left to resend.

@@ -49,7 +49,6 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-
 impl Spool {
     /// Opens the spool in `dir`; returns it and the documents still to send (oldest first).
     pub fn open(dir: &Path) -> Result<(Spool, Vec<Doc>), SpoolError> {

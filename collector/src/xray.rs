@@ -73,10 +73,11 @@ fn attr_value(v: &AnyValue) -> Value {
 }
 
 fn hex(b: &[u8]) -> String {
-    use std::fmt::Write;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);
     for x in b {
-        let _ = write!(s, "{x:02x}");
+        s.push(DIGITS[usize::from(x >> 4)] as char);
+        s.push(DIGITS[usize::from(x & 0xf)] as char);
     }
     s
 }
@@ -96,6 +97,10 @@ pub fn trace_id(id: &[u8]) -> Option<String> {
 
 /// `name` with what X-Ray refuses replaced by `_`, at most 200 characters.
 pub fn segment_name(name: &str) -> String {
+    let allowed = |c: char| c.is_alphanumeric() || c.is_whitespace() || "_.:/%&#=+\\-@".contains(c);
+    if name.len() <= MAX_NAME_CHARS && !name.trim().is_empty() && name.chars().all(allowed) {
+        return name.to_owned();
+    }
     let mut s: String = name
         .chars()
         .map(|c| {

@@ -172,7 +172,11 @@ pub fn trace_ids(endpoint: &str) -> Vec<String> {
 }
 
 /// How many segment documents X-Ray (moto) holds for `trace_ids`, resent copies included.
-pub fn raw_segment_count(rt: &tokio::runtime::Runtime, endpoint: &str, trace_ids: &[String]) -> usize {
+pub fn raw_segment_count(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    trace_ids: &[String],
+) -> usize {
     let client = aws_sdk_xray::Client::new(&sdk_config(endpoint));
     rt.block_on(async {
         let out = client
