@@ -149,14 +149,13 @@ fn rotel(sink: u16) -> Option<(Proc, u16)> {
     let bin = if bin.exists() {
         bin
     } else {
-        let found = std::fs::read_dir(root().join(".venv/lib"))
+        std::fs::read_dir(root().join(".venv/lib"))
             .ok()?
             .flatten()
             .find_map(|d| {
                 let p = d.path().join("site-packages/rotel/rotel-agent");
                 p.exists().then_some(p)
-            })?;
-        found
+            })?
     };
     let (grpc, http) = (free_port(), free_port());
     let child = Command::new(bin)
@@ -292,6 +291,7 @@ struct Row {
     peak: f64,
 }
 
+#[allow(clippy::too_many_arguments)] // A bench's knobs, spelled out.
 fn measure(
     rt: &tokio::runtime::Runtime,
     name: &'static str,
