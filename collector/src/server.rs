@@ -85,6 +85,10 @@ pub async fn start<S: Sink>(
         queue,
         options: Arc::new(Options {
             annotations: cfg.annotations.clone(),
+            default_resource: Options::resource_from_env(
+                std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().as_deref(),
+                std::env::var("OTEL_SERVICE_NAME").ok().as_deref(),
+            ),
         }),
         max_request_bytes: cfg.max_request_bytes,
     };

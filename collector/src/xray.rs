@@ -47,6 +47,53 @@ pub const MESH_ANNOTATIONS: [&str; 5] = [
 pub struct Options {
     /// Attribute keys (besides [`MESH_ANNOTATIONS`]) to index as annotations.
     pub annotations: Vec<String>,
+    /// Resource attributes used where a sender's resource lacks them: the collector's
+    /// `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME`. A sidecar on ECS or EKS sets them
+    /// so that Envoy's spans (Envoy does not detect its platform) carry `origin` and `aws`.
+    pub default_resource: Vec<(String, String)>,
+}
+
+impl Options {
+    /// `default_resource` from the OpenTelemetry environment conventions:
+    /// `OTEL_RESOURCE_ATTRIBUTES` (`key=value,...`, percent-encoded values) and
+    /// `OTEL_SERVICE_NAME` (which wins for `service.name`).
+    pub fn resource_from_env(
+        resource_attributes: Option<&str>,
+        service_name: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = resource_attributes
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                let k = k.trim();
+                (!k.is_empty()).then(|| (k.to_owned(), percent_decode(v.trim())))
+            })
+            .collect();
+        if let Some(s) = service_name.filter(|s| !s.is_empty()) {
+            out.retain(|(k, _)| k != "service.name");
+            out.push(("service.name".into(), s.to_owned()));
+        }
+        out
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn attr_value(v: &AnyValue) -> Value {
@@ -281,9 +328,13 @@ pub fn span_to_document(span: &Span, resource: Option<&Resource>, opts: &Options
     if span.span_id.len() != 8 {
         return None;
     }
-    let res = resource
+    let mut res = resource
         .map(|r| attributes(&r.attributes))
         .unwrap_or_default();
+    for (k, v) in &opts.default_resource {
+        res.entry(k.clone())
+            .or_insert_with(|| Value::String(v.clone()));
+    }
     let attrs = attributes(&span.attributes);
     let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
     let has_parent = span.parent_span_id.len() == 8 && span.parent_span_id.iter().any(|b| *b != 0);
@@ -790,6 +841,7 @@ mod tests {
             None,
             &Options {
                 annotations: vec!["tenant.id".into(), "retries".into()],
+                ..Default::default()
             },
         )
         .unwrap();
@@ -797,6 +849,30 @@ mod tests {
         assert_eq!(doc["annotations"]["tenant_id"], "acme");
         assert_eq!(doc["annotations"]["retries"], 2);
         assert!(doc.get("parent_id").is_none());
+    }
+
+    #[test]
+    fn otel_environment_fills_what_the_sender_did_not_say() {
+        let opts = Options {
+            default_resource: Options::resource_from_env(
+                Some("cloud.platform=aws_ecs,aws.ecs.task.arn=arn%3Aaws%3Aecs%3Aus-east-1%3A1%3Atask%2Fx, service.name=ignored"),
+                Some("colorgateway"),
+            ),
+            ..Default::default()
+        };
+        // Envoy's resource says nothing of the platform.
+        let sp = span(SpanKind::Server, false, vec![]);
+        let doc = span_to_document(&sp, None, &opts).unwrap();
+        assert_eq!(doc["name"], "colorgateway");
+        assert_eq!(doc["origin"], "AWS::ECS::Container");
+        assert_eq!(
+            doc["aws"]["ecs"]["task_arn"],
+            "arn:aws:ecs:us-east-1:1:task/x"
+        );
+        // What the sender says wins.
+        let doc =
+            span_to_document(&sp, Some(&resource(vec![s("service.name", "own")])), &opts).unwrap();
+        assert_eq!(doc["name"], "own");
     }
 
     #[test]

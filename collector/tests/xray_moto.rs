@@ -207,16 +207,37 @@ fn spans_over_grpc_and_http_come_back_from_xray_as_one_trace() {
 }
 
 #[test]
-fn an_xray_outage_loses_nothing() {
+fn an_xray_outage_of_20_seconds_mid_stream_loses_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let port = free_port();
-    let moto = Moto::start_on(port);
-    let running = collector(&rt, &moto.url());
-    // X-Ray goes away; spans keep coming.
-    drop(moto);
+    let mut moto = Some(Moto::start_on(port));
+    let running = collector(&rt, &moto.as_ref().unwrap().url());
     let trace: [u8; 16] = [0x5f, 0x1e, 0x2d, 0x3d, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9];
     let mut sent = Vec::new();
-    for i in 1..=120u8 {
+    let mut before: Vec<String> = Vec::new();
+    // A span every 200 ms for 30 s; X-Ray is away from the 5th second to the 25th.
+    let start = std::time::Instant::now();
+    for i in 1..=150u8 {
+        let at = Duration::from_millis(200 * u64::from(i));
+        if let Some(wait) = at.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        if i == 25 {
+            // What X-Ray holds before it goes (moto keeps it in memory only).
+            wait_exported(&running, 24, Duration::from_secs(10));
+            let m = moto.take().expect("moto up");
+            before = stored(
+                &rt,
+                &m.url(),
+                &["1-5f1e2d3d-090909090909090909090909".to_string()],
+            )
+            .into_keys()
+            .collect();
+            drop(m);
+        }
+        if i == 125 {
+            moto = Some(Moto::start_on(port));
+        }
         let req = request(
             "outage",
             vec![span(
@@ -236,31 +257,36 @@ fn an_xray_outage_loses_nothing() {
             c.export(req).await.unwrap();
         });
         sent.push(format!("{:016x}", u64::from_be_bytes([i; 8])));
+        if i == 120 {
+            // 19 s into the outage: nothing sent since it began has been delivered.
+            let exported = running
+                .stats
+                .exported
+                .load(std::sync::atomic::Ordering::Relaxed);
+            assert!(exported < 30, "{exported} exported while X-Ray is away");
+            assert!(
+                running
+                    .stats
+                    .retried
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    >= 1
+            );
+        }
     }
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        running
-            .stats
-            .exported
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
-    assert!(
-        running
-            .stats
-            .retried
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
-    // Back: everything arrives, once.
-    let moto = Moto::start_on(port);
-    wait_exported(&running, 120, Duration::from_secs(60));
+    let moto = moto.expect("X-Ray is back");
+    // Everything arrives, once.
+    wait_exported(&running, 150, Duration::from_secs(60));
     let docs = stored(
         &rt,
         &moto.url(),
         &["1-5f1e2d3d-090909090909090909090909".to_string()],
     );
-    let mut got: Vec<String> = docs.keys().cloned().collect();
+    let after: Vec<String> = docs.keys().cloned().collect();
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "nothing sent twice across the outage"
+    );
+    let mut got: Vec<String> = before.into_iter().chain(after).collect();
     got.sort();
     sent.sort();
     assert_eq!(got, sent, "every span id exactly once");
@@ -269,7 +295,7 @@ fn an_xray_outage_loses_nothing() {
             .stats
             .exported
             .load(std::sync::atomic::Ordering::Relaxed),
-        120
+        150
     );
     rt.block_on(running.stop());
 }

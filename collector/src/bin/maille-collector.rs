@@ -11,6 +11,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Maille's collector: receives OpenTelemetry traces over OTLP (gRPC and HTTP) from Envoy and
 /// applications, and exports them to AWS X-Ray without losing any. AWS access follows the
 /// default chain: AWS_REGION, credentials, and AWS_ENDPOINT_URL (e.g. a local moto server).
+/// OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME fill in what senders' resources lack
+/// (e.g. `cloud.platform=aws_ecs,aws.ecs.task.arn=...` for Envoy's spans on Fargate).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
