@@ -234,47 +234,31 @@ pub async fn http_metrics(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let req = if ct.starts_with("application/json") {
-        serde_json::from_slice::<ExportMetricsServiceRequest>(&body)
-            .map_err(|e| format!("not an OTLP/JSON metrics request: {e}"))
-    } else if ct.starts_with("application/x-protobuf") || ct.is_empty() {
-        ExportMetricsServiceRequest::decode(body)
-            .map_err(|e| format!("not an OTLP/protobuf metrics request: {e}"))
-    } else {
-        return (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content-type {ct:?}: use application/x-protobuf or application/json"),
-        )
-            .into_response();
-    };
-    match req {
-        Err(m) => (StatusCode::BAD_REQUEST, m).into_response(),
-        Ok(req) => match r.take(&req) {
-            Ok(()) => {
-                let resp = ExportMetricsServiceResponse {
-                    partial_success: None,
-                };
-                if ct.starts_with("application/json") {
-                    axum::Json(serde_json::to_value(&resp).unwrap_or_default()).into_response()
-                } else {
-                    (
-                        [(header::CONTENT_TYPE, "application/x-protobuf")],
-                        resp.encode_to_vec(),
-                    )
-                        .into_response()
-                }
+    let (req, json) =
+        match crate::receive::decode::<ExportMetricsServiceRequest>(&headers, body, "metrics") {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
+    match r.take(&req) {
+        Ok(()) => {
+            let resp = ExportMetricsServiceResponse {
+                partial_success: None,
+            };
+            if json {
+                axum::Json(serde_json::to_value(&resp).unwrap_or_default()).into_response()
+            } else {
+                (
+                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                    resp.encode_to_vec(),
+                )
+                    .into_response()
             }
-            Err(m) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, "1")],
-                m,
-            )
-                .into_response(),
-        },
+        }
+        Err(m) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            m,
+        )
+            .into_response(),
     }
 }

@@ -124,43 +124,51 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// Decodes an OTLP/HTTP body by its content type (`application/x-protobuf`, the default, or
+/// `application/json`); `true` with JSON. The error is the response to send.
+pub fn decode<T: Message + Default + serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Bytes,
+    what: &str,
+) -> Result<(T, bool), Response> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ct.starts_with("application/json") {
+        serde_json::from_slice::<T>(&body)
+            .map(|r| (r, true))
+            .map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("not an OTLP/JSON {what} request: {e}"),
+                )
+            })
+    } else if ct.starts_with("application/x-protobuf") || ct.is_empty() {
+        T::decode(body).map(|r| (r, false)).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("not an OTLP/protobuf {what} request: {e}"),
+            )
+        })
+    } else {
+        Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content-type {ct:?}: use application/x-protobuf or application/json"),
+        ))
+    }
+}
+
 /// `POST /v1/traces`: `application/x-protobuf` or `application/json`.
 pub async fn http_traces(
     axum::extract::State(r): axum::extract::State<Receiver>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let json = ct.starts_with("application/json");
-    let req = if json {
-        match serde_json::from_slice::<ExportTraceServiceRequest>(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("not an OTLP/JSON trace request: {e}"),
-                )
-            }
-        }
-    } else if ct.starts_with("application/x-protobuf") || ct.is_empty() {
-        match ExportTraceServiceRequest::decode(body) {
-            Ok(r) => r,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("not an OTLP/protobuf trace request: {e}"),
-                )
-            }
-        }
-    } else {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content-type {ct:?}: use application/x-protobuf or application/json"),
-        );
+    let (req, json) = match decode::<ExportTraceServiceRequest>(&headers, body, "trace") {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     match r.take(req) {
         Outcome::Accepted { rejected, message } => {
