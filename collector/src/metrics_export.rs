@@ -237,7 +237,7 @@ pub async fn http_metrics(
     let (req, json) =
         match crate::receive::decode::<ExportMetricsServiceRequest>(&headers, body, "metrics") {
             Ok(r) => r,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
     match r.take(&req) {
         Ok(()) => {

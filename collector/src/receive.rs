@@ -130,7 +130,7 @@ pub fn decode<T: Message + Default + serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Bytes,
     what: &str,
-) -> Result<(T, bool), Response> {
+) -> Result<(T, bool), Box<Response>> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -153,10 +153,10 @@ pub fn decode<T: Message + Default + serde::de::DeserializeOwned>(
             )
         })
     } else {
-        Err(error(
+        Err(Box::new(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("content-type {ct:?}: use application/x-protobuf or application/json"),
-        ))
+        )))
     }
 }
 
@@ -168,7 +168,7 @@ pub async fn http_traces(
 ) -> Response {
     let (req, json) = match decode::<ExportTraceServiceRequest>(&headers, body, "trace") {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match r.take(req) {
         Outcome::Accepted { rejected, message } => {
