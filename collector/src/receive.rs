@@ -136,22 +136,15 @@ pub fn decode<T: Message + Default + serde::de::DeserializeOwned>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
+    let bad = |m: String| Box::new(error(StatusCode::BAD_REQUEST, m));
     if ct.starts_with("application/json") {
         serde_json::from_slice::<T>(&body)
             .map(|r| (r, true))
-            .map_err(|e| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("not an OTLP/JSON {what} request: {e}"),
-                )
-            })
+            .map_err(|e| bad(format!("not an OTLP/JSON {what} request: {e}")))
     } else if ct.starts_with("application/x-protobuf") || ct.is_empty() {
-        T::decode(body).map(|r| (r, false)).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("not an OTLP/protobuf {what} request: {e}"),
-            )
-        })
+        T::decode(body)
+            .map(|r| (r, false))
+            .map_err(|e| bad(format!("not an OTLP/protobuf {what} request: {e}")))
     } else {
         Err(Box::new(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
