@@ -208,6 +208,8 @@ struct BootstrapQuery {
     listen_address: Option<String>,
     #[serde(default)]
     app_address: Option<String>,
+    #[serde(default)]
+    otlp_port: Option<u16>,
 }
 
 async fn bootstrap(State(s): State<AppState>, Query(q): Query<BootstrapQuery>) -> Response {
@@ -226,6 +228,7 @@ async fn bootstrap(State(s): State<AppState>, Query(q): Query<BootstrapQuery>) -
         egress_port: q.egress_port.unwrap_or(d.egress_port),
         listen_address: q.listen_address.unwrap_or(d.listen_address),
         app_address: q.app_address.unwrap_or(d.app_address),
+        otlp_port: q.otlp_port,
     };
     let text = crate::bootstrap::render(
         &q.node,

@@ -54,7 +54,7 @@ node:
     maille.ingress_port: {ingress}
     maille.egress_port: {egress}
     maille.listen_address: \"{listen}\"
-    maille.app_address: \"{app}\"
+    maille.app_address: \"{app}\"{otlp_md}
 admin:
   address:
     socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
@@ -67,15 +67,41 @@ dynamic_resources:
     - envoy_grpc: {{ cluster_name: {xds_cluster} }}
   lds_config: {{ ads: {{}}, resource_api_version: V3 }}
   cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
+{stats}static_resources:
   clusters:
-{xds_c}{ctl_c}",
+{xds_c}{ctl_c}{col_c}",
         addr = server.advertise_address,
         xds = server.xds_port,
         ingress = opts.ingress_port,
         egress = opts.egress_port,
         listen = opts.listen_address,
         app = opts.app_address,
+        otlp_md = opts
+            .otlp_port
+            .map(|p| format!("\n    maille.otlp_port: {p}"))
+            .unwrap_or_default(),
+        stats = if opts.otlp_port.is_some() {
+            format!(
+                "# Envoy's stats go to the collector sidecar too.
+stats_flush_interval: 10s
+stats_sinks:
+- name: envoy.stat_sinks.open_telemetry
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig
+    grpc_service:
+      envoy_grpc: {{ cluster_name: {} }}
+      timeout: 2s
+    prefix: envoy
+",
+                names::COLLECTOR_CLUSTER
+            )
+        } else {
+            String::new()
+        },
+        col_c = opts
+            .otlp_port
+            .map(|p| cluster(names::COLLECTOR_CLUSTER, "127.0.0.1", p, true))
+            .unwrap_or_default(),
         xds_cluster = names::XDS_CLUSTER,
         xds_c = cluster(
             names::XDS_CLUSTER,

@@ -73,5 +73,7 @@ pub const XDS_CLUSTER: &str = "maille_xds";
 /// Static cluster (in the bootstrap) of the control server's HTTP port: wasm modules and the
 /// breaker's signal endpoint.
 pub const CONTROL_CLUSTER: &str = "maille_control";
+/// Static cluster (in the bootstrap, with `--otlp-port`) of the node's collector sidecar.
+pub const COLLECTOR_CLUSTER: &str = "maille_collector";
 /// Path of the breaker's signal endpoint on the control server.
 pub const SIGNAL_PATH: &str = "/v1/signals/breaker";

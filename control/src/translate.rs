@@ -70,6 +70,10 @@ pub struct NodeOptions {
     pub listen_address: String,
     /// Address of the local application.
     pub app_address: String,
+    /// Port of the node's collector sidecar (OTLP gRPC on 127.0.0.1): when set, every HTTP
+    /// listener traces to it with Envoy's OpenTelemetry tracer (cluster `maille_collector`
+    /// of the bootstrap), the variant header as a span tag.
+    pub otlp_port: Option<u16>,
 }
 
 impl Default for NodeOptions {
@@ -79,6 +83,7 @@ impl Default for NodeOptions {
             egress_port: defaults::EGRESS_PORT,
             listen_address: "0.0.0.0".into(),
             app_address: "127.0.0.1".into(),
+            otlp_port: None,
         }
     }
 }
@@ -112,6 +117,7 @@ impl NodeOptions {
         if let Some(a) = text("maille.app_address") {
             o.app_address = a;
         }
+        o.otlp_port = port("maille.otlp_port");
         o
     }
 }
@@ -372,7 +378,11 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
                 ..Default::default()
             };
             out.routes.push(rc);
-            http_connection_manager(&name, Vec::new())
+            http_connection_manager(
+                &name,
+                Vec::new(),
+                opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
+            )
         };
         let mut l_out = listener::Listener {
             name: name.clone(),
@@ -584,7 +594,11 @@ fn locality(addrs: &[(&str, u32)]) -> endpoint::LocalityLbEndpoints {
 
 /// An HTTP connection manager on route configuration `rds` (from ADS) with `filters` before
 /// the router.
-fn http_connection_manager(rds: &str, mut filters: Vec<hcm::HttpFilter>) -> listener::Filter {
+fn http_connection_manager(
+    rds: &str,
+    mut filters: Vec<hcm::HttpFilter>,
+    tracing: Option<&str>,
+) -> listener::Filter {
     filters.push(hcm::HttpFilter {
         name: "envoy.filters.http.router".into(),
         config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
@@ -603,11 +617,50 @@ fn http_connection_manager(rds: &str, mut filters: Vec<hcm::HttpFilter>) -> list
         )),
         strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
         http_filters: filters,
+        tracing: tracing.map(trace_config),
         ..Default::default()
     };
     listener::Filter {
         name: "envoy.filters.network.http_connection_manager".into(),
         config_type: Some(listener::filter::ConfigType::TypedConfig(any(&m))),
+    }
+}
+
+/// Envoy's OpenTelemetry tracer towards the node's collector, every request sampled, the
+/// canary's variant header as the span tag the collector makes an annotation of.
+fn trace_config(service: &str) -> hcm::http_connection_manager::Tracing {
+    use envoy_types::pb::envoy::config::trace::v3 as trace;
+    use envoy_types::pb::envoy::r#type::tracing::v3 as tag;
+    let otel = trace::OpenTelemetryConfig {
+        grpc_service: Some(core::GrpcService {
+            target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                core::grpc_service::EnvoyGrpc {
+                    cluster_name: names::COLLECTOR_CLUSTER.into(),
+                    ..Default::default()
+                },
+            )),
+            timeout: Some(ms(2_000)),
+            ..Default::default()
+        }),
+        service_name: service.to_owned(),
+        ..Default::default()
+    };
+    hcm::http_connection_manager::Tracing {
+        random_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 100.0 }),
+        custom_tags: vec![tag::CustomTag {
+            tag: defaults::VARIANT_HEADER.into(),
+            r#type: Some(tag::custom_tag::Type::RequestHeader(
+                tag::custom_tag::Header {
+                    name: defaults::VARIANT_HEADER.into(),
+                    ..Default::default()
+                },
+            )),
+        }],
+        provider: Some(trace::tracing::Http {
+            name: "envoy.tracers.opentelemetry".into(),
+            config_type: Some(trace::tracing::http::ConfigType::TypedConfig(any(&otel))),
+        }),
+        ..Default::default()
     }
 }
 
@@ -739,10 +792,14 @@ fn egress(out: &mut NodeConfig, world: &World<'_>, vn: &VirtualNode, opts: &Node
         address: Some(socket(&opts.listen_address, u32::from(opts.egress_port))),
         traffic_direction: core::TrafficDirection::Outbound as i32,
         filter_chains: vec![listener::FilterChain {
-            filters: vec![http_connection_manager(names::EGRESS, {
-                http_filters.extend(node_filters);
-                http_filters
-            })],
+            filters: vec![http_connection_manager(
+                names::EGRESS,
+                {
+                    http_filters.extend(node_filters);
+                    http_filters
+                },
+                opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
+            )],
             ..Default::default()
         }],
         ..Default::default()

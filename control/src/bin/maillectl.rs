@@ -114,6 +114,10 @@ enum Command {
         /// Address of the local application.
         #[arg(long, default_value = "127.0.0.1")]
         app_address: String,
+        /// Port of the node's collector sidecar (OTLP gRPC on 127.0.0.1): Envoy then traces
+        /// every request and sends its stats there.
+        #[arg(long)]
+        otlp_port: Option<u16>,
     },
     /// Breaker state changes received from the breaker filters.
     Signals,
@@ -440,6 +444,7 @@ fn run(cli: Cli) -> Result<()> {
             egress_port,
             listen_address,
             app_address,
+            otlp_port,
         } => {
             let node = if node.starts_with("mesh/") {
                 node
@@ -451,7 +456,8 @@ fn run(cli: Cli) -> Result<()> {
                 );
             };
             let text = api.get_text(&format!(
-                "/v1/bootstrap?node={node}&adminPort={admin_port}&ingressPort={ingress_port}&egressPort={egress_port}&listenAddress={listen_address}&appAddress={app_address}"
+                "/v1/bootstrap?node={node}&adminPort={admin_port}&ingressPort={ingress_port}&egressPort={egress_port}&listenAddress={listen_address}&appAddress={app_address}{}",
+                otlp_port.map(|p| format!("&otlpPort={p}")).unwrap_or_default()
             ))?;
             print!("{text}");
         }

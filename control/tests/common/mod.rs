@@ -113,9 +113,20 @@ impl Control {
 
     /// As [`Control::envoy`], with the first ingress listener on `ingress`.
     pub fn envoy_with_ingress(&self, mesh: &str, node: &str, ingress: u16) -> (Envoy, u16) {
+        self.envoy_with(mesh, node, ingress, None)
+    }
+
+    /// As [`Control::envoy_with_ingress`], tracing to a collector on `otlp` when given.
+    pub fn envoy_with(
+        &self,
+        mesh: &str,
+        node: &str,
+        ingress: u16,
+        otlp: Option<u16>,
+    ) -> (Envoy, u16) {
         let admin = free_port();
         let egress = free_port();
-        let (ok, yaml, err) = self.ctl(&[
+        let mut args: Vec<String> = [
             "bootstrap",
             "--node",
             &format!("{mesh}/{node}"),
@@ -127,7 +138,14 @@ impl Control {
             &egress.to_string(),
             "--listen-address",
             "127.0.0.1",
-        ]);
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(p) = otlp {
+            args.extend(["--otlp-port".to_owned(), p.to_string()]);
+        }
+        let (ok, yaml, err) = self.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(ok, "maillectl bootstrap failed: {err}");
         let envoy = Envoy::start(&yaml, admin)
             .unwrap_or_else(|e| panic!("Envoy exited ({}):\n{}", e.status, e.log));
