@@ -45,12 +45,26 @@ pub fn filter_wasm(name: &str) -> PathBuf {
     p
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// First and last port [`free_port`] hands out: below Linux's ephemeral range (32768 and
+/// up), so that no outbound connection of a running test (Envoy to its upstreams, clients)
+/// can take a port between the moment it is chosen and the moment Envoy binds it.
+const PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A port on 127.0.0.1 that was free a moment ago, never the same twice in one test binary.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    let span = PORTS.end - PORTS.start;
+    // Test binaries run one after another; each starts somewhere else in the range.
+    let offset = (std::process::id() * 997) % span;
+    for _ in 0..span {
+        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = (PORTS.start + (offset + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {PORTS:?}")
 }
 
 /// Fills `${NAME}` placeholders of a template file from `vars`; every placeholder must be
