@@ -40,7 +40,9 @@ impl Control {
         ports: Option<(u16, u16)>,
         modules: &Path,
     ) -> Control {
-        let (xds, http) = ports.unwrap_or_else(|| (free_port(), free_port()));
+        // Port 0 unless asked: the server binds at once and reports what it got, so no other
+        // test can take its ports in between.
+        let (xds, http) = ports.unwrap_or((0, 0));
         let running = rt
             .block_on(start(ServerConfig {
                 xds_addr: format!("127.0.0.1:{xds}").parse().unwrap(),
