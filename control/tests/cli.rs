@@ -14,6 +14,14 @@ fn maillectl_apply_diff_get_delete_and_refusals() {
     let cfn = example.join("appmesh-cloudformation.yaml");
     let cfn = cfn.to_str().unwrap();
 
+    // `import` shows what the template becomes, as API JSON, without a server.
+    let (ok, out, err) = control.ctl(&["import", "-f", cfn]);
+    assert!(ok, "{err}");
+    let docs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(docs.as_array().unwrap().len(), 11);
+    assert!(docs.as_array().unwrap().iter().any(|d| d["virtualNode"]["virtualNodeName"] == "colorteller-white"), "{out}");
+    assert!(err.contains("PrivateDnsNamespace"), "{err}");
+
     // Dry run changes nothing.
     let (ok, out, _) = control.ctl(&["apply", "-f", cfn, "--dry-run"]);
     assert!(ok);
