@@ -212,7 +212,8 @@ impl Sink for XraySink {
     }
 }
 
-fn backoff(attempt: u32) -> Duration {
+/// The wait before retry `attempt`: exponential, capped, with jitter.
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let cap = BASE_BACKOFF
         .saturating_mul(1u32 << attempt.min(16))
         .min(MAX_BACKOFF);

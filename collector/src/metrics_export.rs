@@ -13,7 +13,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use prost::Message;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -152,16 +151,7 @@ impl MetricsReceiver {
                         Err(e) => {
                             tracing::warn!(error = %e, attempt, "CloudWatch send failed; retrying");
                             st.retried.fetch_add(1, Ordering::Relaxed);
-                            let cap = crate::export::BASE_BACKOFF
-                                .saturating_mul(1u32 << attempt.min(16))
-                                .min(crate::export::MAX_BACKOFF);
-                            let half = cap / 2;
-                            tokio::time::sleep(
-                                half + std::time::Duration::from_micros(rand::random_range(
-                                    0..=half.as_micros() as u64,
-                                )),
-                            )
-                            .await;
+                            tokio::time::sleep(crate::export::backoff(attempt)).await;
                             attempt += 1;
                         }
                     }
@@ -244,15 +234,7 @@ pub async fn http_metrics(
             let resp = ExportMetricsServiceResponse {
                 partial_success: None,
             };
-            if json {
-                axum::Json(serde_json::to_value(&resp).unwrap_or_default()).into_response()
-            } else {
-                (
-                    [(header::CONTENT_TYPE, "application/x-protobuf")],
-                    resp.encode_to_vec(),
-                )
-                    .into_response()
-            }
+            crate::receive::encode(&resp, json)
         }
         Err(m) => (
             StatusCode::TOO_MANY_REQUESTS,

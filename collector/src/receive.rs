@@ -153,6 +153,19 @@ pub fn decode<T: Message + Default + serde::de::DeserializeOwned>(
     }
 }
 
+/// An OTLP/HTTP response in the encoding of the request.
+pub fn encode<T: Message + serde::Serialize>(resp: &T, json: bool) -> Response {
+    if json {
+        axum::Json(serde_json::to_value(resp).unwrap_or_default()).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            resp.encode_to_vec(),
+        )
+            .into_response()
+    }
+}
+
 /// `POST /v1/traces`: `application/x-protobuf` or `application/json`.
 pub async fn http_traces(
     axum::extract::State(r): axum::extract::State<Receiver>,
@@ -171,15 +184,7 @@ pub async fn http_traces(
                     error_message: message,
                 }),
             };
-            if json {
-                axum::Json(serde_json::to_value(&resp).unwrap_or_default()).into_response()
-            } else {
-                (
-                    [(header::CONTENT_TYPE, "application/x-protobuf")],
-                    resp.encode_to_vec(),
-                )
-                    .into_response()
-            }
+            encode(&resp, json)
         }
         Outcome::Full(m) => (
             StatusCode::TOO_MANY_REQUESTS,

@@ -121,7 +121,7 @@ stats_sinks:
 /// A self-contained Envoy bootstrap (binary protobuf, for `envoy --mode validate -c x.pb`)
 /// holding everything one node would get over ADS: routes inlined into their listeners,
 /// ECDS filters inlined into their HTTP filter chains with the module read from
-/// `module_file(name)`, EDS assignments inlined into their clusters. Envoy's full validation
+/// `module_file(sha256)`, EDS assignments inlined into their clusters. Envoy's full validation
 /// of this file is a check of what the server generates.
 pub fn static_bootstrap(
     node_id: &str,
@@ -143,11 +143,15 @@ pub fn static_bootstrap(
         if let Some(envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm::VmConfig(vm)) =
             w.config.as_mut().and_then(|c| c.vm.as_mut())
         {
-            let module = vm.vm_id.split('_').nth(1).unwrap_or_default().to_owned();
+            // The remote module's sha256 says which module file this is.
+            let sha = match vm.code.as_ref().and_then(|c| c.specifier.as_ref()) {
+                Some(core::async_data_source::Specifier::Remote(r)) => r.sha256.clone(),
+                _ => String::new(),
+            };
             vm.code = Some(core::AsyncDataSource {
                 specifier: Some(core::async_data_source::Specifier::Local(
                     core::DataSource {
-                        specifier: module_file(&module).map(core::data_source::Specifier::Filename),
+                        specifier: module_file(&sha).map(core::data_source::Specifier::Filename),
                         ..Default::default()
                     },
                 )),

@@ -19,7 +19,13 @@ fn maillectl_apply_diff_get_delete_and_refusals() {
     assert!(ok, "{err}");
     let docs: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(docs.as_array().unwrap().len(), 11);
-    assert!(docs.as_array().unwrap().iter().any(|d| d["virtualNode"]["virtualNodeName"] == "colorteller-white"), "{out}");
+    assert!(
+        docs.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["virtualNode"]["virtualNodeName"] == "colorteller-white"),
+        "{out}"
+    );
     assert!(err.contains("PrivateDnsNamespace"), "{err}");
 
     // Dry run changes nothing.

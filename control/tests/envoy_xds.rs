@@ -125,10 +125,17 @@ fn envoy_routes_by_spec_follows_weights_and_keeps_last_good_on_nack() {
     // A new Envoy of the same node is given what the node last accepted, not the refused
     // version: it routes at once.
     let (_second, egress2) = control.envoy("demo", "gateway");
-    let t = eventually("a reconnecting Envoy gets the last good routes", Duration::from_secs(30), || {
-        let t = tally(egress2, 10);
-        (t.get("white").copied().unwrap_or(0) + t.get("black").copied().unwrap_or(0) == 10, t)
-    });
+    let t = eventually(
+        "a reconnecting Envoy gets the last good routes",
+        Duration::from_secs(30),
+        || {
+            let t = tally(egress2, 10);
+            (
+                t.get("white").copied().unwrap_or(0) + t.get("black").copied().unwrap_or(0) == 10,
+                t,
+            )
+        },
+    );
     assert!(t.keys().all(|k| k == "white" || k == "black"), "{t:?}");
 
     // A fixed version is acknowledged and clears the error.

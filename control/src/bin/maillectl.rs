@@ -513,11 +513,10 @@ fn validate(
             eprintln!("warning: {}: {w}", r.key());
         }
         let id = maille_control::names::node_id(&n.mesh_name, &n.virtual_node_name);
-        let pb = maille_control::bootstrap::static_bootstrap(&id, &cfg, |m| {
-            let p = modules_dir.join(format!("{m}.wasm"));
-            p.exists()
-                .then(|| std::fs::canonicalize(&p).ok())
-                .flatten()
+        let pb = maille_control::bootstrap::static_bootstrap(&id, &cfg, |sha| {
+            let (name, _) = modules.iter().find(|(_, m)| m.sha256 == sha)?;
+            std::fs::canonicalize(modules_dir.join(format!("{name}.wasm")))
+                .ok()
                 .map(|p| p.display().to_string())
         });
         let file = dir.join(format!("{}-{}.pb", n.mesh_name, n.virtual_node_name));
