@@ -19,7 +19,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --locked --all-targets -q -- -D warnings
 
-## Envoy with the canary filter and two upstreams; prints what to try. Ctrl-C stops it.
+## The ColorTeller mesh: moto (X-Ray, CloudWatch), the control server, five demo services each
+## with Envoy and collector sidecars; prints what to try. Ctrl-C stops it all.
+demo: export DEMO_T0 := $(shell date +%s%N)
 demo: filters
 	@scripts/demo.sh
 

