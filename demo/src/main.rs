@@ -34,10 +34,10 @@ enum Role {
     /// A colour teller: answers with its colour.
     Teller {
         /// Its colour (white, black, blue, red...).
-        #[arg(long)]
+        #[arg(long, env = "COLORAPP_COLOR")]
         color: String,
         /// Where it listens.
-        #[arg(long, default_value = "127.0.0.1:9080")]
+        #[arg(long, env = "COLORAPP_LISTEN", default_value = "127.0.0.1:9080")]
         listen: SocketAddr,
         /// The share of requests answered with 500 at start (0 to 1); change it while it runs
         /// with `curl -X POST 'http://LISTEN/fault?rate=0.5'`.
@@ -47,13 +47,21 @@ enum Role {
     /// The gateway: asks the colorteller service through Envoy and answers with its colour.
     Gateway {
         /// Where it listens.
-        #[arg(long, default_value = "127.0.0.1:9080")]
+        #[arg(long, env = "COLORAPP_LISTEN", default_value = "127.0.0.1:9080")]
         listen: SocketAddr,
         /// Its Envoy's egress listener.
-        #[arg(long, default_value = "http://127.0.0.1:15001")]
+        #[arg(
+            long,
+            env = "COLORAPP_EGRESS",
+            default_value = "http://127.0.0.1:15001"
+        )]
         egress: String,
         /// The virtual service to ask (sent as the Host header).
-        #[arg(long, default_value = "colorteller.demo.local")]
+        #[arg(
+            long,
+            env = "COLORAPP_SERVICE",
+            default_value = "colorteller.demo.local"
+        )]
         service: String,
     },
 }
