@@ -32,6 +32,12 @@ for manifest in filters/*/Cargo.toml; do
     --target-dir "$WASM_TARGET_DIR" -Zbuild-std=std,panic_abort \
     -Zbuild-std-features=optimize_for_size
   raw="$WASM_TARGET_DIR/$TARGET/wasm/${crate//-/_}.wasm"
+  # Cargo leaves an unchanged build alone; so do the (slow) post-processing steps.
+  if [ "$OUT/$name.wasm" -nt "$raw" ] && [ "$OUT/$name.wasm" -nt "$0" ] \
+    && { [ ! -f "$dir/exports.txt" ] || [ "$OUT/$name.wasm" -nt "$dir/exports.txt" ]; }; then
+    echo "[filters] $OUT/$name.wasm: up to date" >&2
+    continue
+  fi
   tmp=$(mktemp -d)
   if [ -f "$dir/exports.txt" ]; then
     python3 - "$dir/exports.txt" > "$tmp/graph.json" <<'PY'
