@@ -5,7 +5,7 @@
 //! collector keeps serving.
 
 use crate::export::Queue;
-use crate::xray::{span_to_document, Options};
+use crate::xray::{span_to_json, Options, ResourceView};
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -56,11 +56,12 @@ impl Receiver {
         let mut rejected = 0i64;
         let mut spans = 0u64;
         for rs in &req.resource_spans {
+            let resource = ResourceView::new(rs.resource.as_ref(), &self.options);
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
                     spans += 1;
-                    match span_to_document(span, rs.resource.as_ref(), &self.options) {
-                        Some(d) => docs.push(crate::export::Doc::new(&d)),
+                    match span_to_json(span, &resource, &self.options) {
+                        Some((id, json)) => docs.push(crate::export::Doc { id, json }),
                         None => rejected += 1,
                     }
                 }

@@ -324,25 +324,73 @@ fn strip_nulls(v: &mut Value) {
 /// One span as an X-Ray document. `None` for a span without valid trace or span ids (it
 /// cannot be placed in any trace; the caller counts it as dropped with that reason).
 pub fn span_to_document(span: &Span, resource: Option<&Resource>, opts: &Options) -> Option<Value> {
+    let mut doc = span_document(span, &ResourceView::new(resource, opts), opts)?;
+    fit(&mut doc);
+    Some(doc)
+}
+
+/// One span as an X-Ray document, serialised: its id and its JSON, within
+/// [`MAX_DOCUMENT_BYTES`] (see [`fit`]). The receivers' path: serialised once unless it must
+/// be trimmed.
+pub fn span_to_json(
+    span: &Span,
+    resource: &ResourceView,
+    opts: &Options,
+) -> Option<(String, String)> {
+    let mut doc = span_document(span, resource, opts)?;
+    // serde_json's writer, not `Display` (which goes through `fmt` for every piece).
+    let to_json = |d: &Value| serde_json::to_string(d).unwrap_or_default();
+    let mut json = to_json(&doc);
+    if json.len() > MAX_DOCUMENT_BYTES {
+        fit(&mut doc);
+        json = to_json(&doc);
+    }
+    Some((hex(&span.span_id), json))
+}
+
+/// What a sender's resource contributes to its spans' documents, read once for all the
+/// spans of a `ResourceSpans`: the service name, and `origin` and `aws` from its platform
+/// attributes (filled in from [`Options::default_resource`] where it says nothing).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourceView {
+    service: Option<String>,
+    origin: Option<&'static str>,
+    aws: Option<Value>,
+}
+
+impl ResourceView {
+    /// Reads `resource` with the defaults of `opts`.
+    pub fn new(resource: Option<&Resource>, opts: &Options) -> ResourceView {
+        let mut res = resource
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
+        for (k, v) in &opts.default_resource {
+            res.entry(k.clone())
+                .or_insert_with(|| Value::String(v.clone()));
+        }
+        let (origin, mut aws) = origin_and_aws(&res);
+        if let Some(a) = aws.as_mut() {
+            strip_nulls(a);
+        }
+        ResourceView {
+            service: res.get("service.name").and_then(as_str),
+            origin,
+            aws,
+        }
+    }
+}
+
+/// The document of one span, before [`fit`].
+fn span_document(span: &Span, res: &ResourceView, opts: &Options) -> Option<Value> {
     let trace = trace_id(&span.trace_id)?;
     if span.span_id.len() != 8 {
         return None;
-    }
-    let mut res = resource
-        .map(|r| attributes(&r.attributes))
-        .unwrap_or_default();
-    for (k, v) in &opts.default_resource {
-        res.entry(k.clone())
-            .or_insert_with(|| Value::String(v.clone()));
     }
     let attrs = attributes(&span.attributes);
     let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
     let has_parent = span.parent_span_id.len() == 8 && span.parent_span_id.iter().any(|b| *b != 0);
     let is_segment = kind == SpanKind::Server || !has_parent;
-    let service = res
-        .get("service.name")
-        .and_then(as_str)
-        .unwrap_or_else(|| span.name.clone());
+    let service = res.service.clone().unwrap_or_else(|| span.name.clone());
     let name = if is_segment {
         service
     } else {
@@ -438,16 +486,17 @@ pub fn span_to_document(span: &Span, resource: Option<&Resource>, opts: &Options
     // Annotations and metadata.
     let mut annotations = Map::new();
     let mut metadata = Map::new();
-    for (k, v) in &attrs {
-        let wanted =
-            MESH_ANNOTATIONS.contains(&k.as_str()) || opts.annotations.iter().any(|a| a == k);
+    for (k, v) in attrs {
+        let wanted = MESH_ANNOTATIONS.contains(&k.as_str()) || opts.annotations.contains(&k);
         if wanted && annotations.len() < MAX_ANNOTATIONS {
             let v = match v {
-                Value::String(s) => json!(s
-                    .chars()
-                    .take(MAX_ANNOTATION_VALUE_CHARS)
-                    .collect::<String>()),
-                Value::Number(_) | Value::Bool(_) => v.clone(),
+                Value::String(mut s) => {
+                    if let Some((cut, _)) = s.char_indices().nth(MAX_ANNOTATION_VALUE_CHARS) {
+                        s.truncate(cut);
+                    }
+                    Value::String(s)
+                }
+                Value::Number(_) | Value::Bool(_) => v,
                 other => json!(other
                     .to_string()
                     .chars()
@@ -458,11 +507,11 @@ pub fn span_to_document(span: &Span, resource: Option<&Resource>, opts: &Options
             let key = if k == "x-maille-variant" {
                 "maille_variant".to_owned()
             } else {
-                annotation_key(k)
+                annotation_key(&k)
             };
             annotations.insert(key, v);
         } else if !HTTP_KEYS.contains(&k.as_str()) {
-            metadata.insert(k.clone(), v.clone());
+            metadata.insert(k, v);
         }
     }
     if !annotations.is_empty() {
@@ -472,18 +521,14 @@ pub fn span_to_document(span: &Span, resource: Option<&Resource>, opts: &Options
         doc.insert("metadata".into(), json!({ "default": metadata }));
     }
     if is_segment {
-        let (origin, aws) = origin_and_aws(&res);
-        if let Some(o) = origin {
+        if let Some(o) = res.origin {
             doc.insert("origin".into(), json!(o));
         }
-        if let Some(mut a) = aws {
-            strip_nulls(&mut a);
-            doc.insert("aws".into(), a);
+        if let Some(a) = &res.aws {
+            doc.insert("aws".into(), a.clone());
         }
     }
-    let mut doc = Value::Object(doc);
-    fit(&mut doc);
-    Some(doc)
+    Some(Value::Object(doc))
 }
 
 /// Trims metadata (largest values first), then exception stacks, until the document is
@@ -873,6 +918,57 @@ mod tests {
         let doc =
             span_to_document(&sp, Some(&resource(vec![s("service.name", "own")])), &opts).unwrap();
         assert_eq!(doc["name"], "own");
+    }
+
+    #[test]
+    fn the_receivers_serialised_path_gives_the_same_documents() {
+        let big = "x".repeat(40_000);
+        let res = resource(vec![
+            s("service.name", "gateway"),
+            s("cloud.platform", "aws_ecs"),
+            s("aws.ecs.task.arn", "arn:aws:ecs:us-east-1:1:task/c/t"),
+        ]);
+        let opts = Options {
+            annotations: vec!["tenant".into()],
+            default_resource: vec![("container.name".into(), "envoy".into())],
+        };
+        let view = ResourceView::new(Some(&res), &opts);
+        let spans = [
+            span(
+                SpanKind::Server,
+                false,
+                vec![s("http.status_code", "503"), s("tenant", "t1")],
+            ),
+            span(
+                SpanKind::Client,
+                true,
+                vec![
+                    s("x-maille-variant", &"v".repeat(1500)),
+                    s("upstream_cluster", "c"),
+                ],
+            ),
+            span(
+                SpanKind::Server,
+                true,
+                vec![s("big.one", &big), s("big.two", &big), s("small", "kept")],
+            ),
+        ];
+        for sp in &spans {
+            let (id, json) = span_to_json(sp, &view, &opts).unwrap();
+            let whole = span_to_document(sp, Some(&res), &opts).unwrap();
+            assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), whole);
+            assert_eq!(whole["id"], id);
+            assert!(json.len() <= MAX_DOCUMENT_BYTES);
+        }
+        let long = span_to_document(&spans[1], Some(&res), &opts).unwrap();
+        assert_eq!(
+            long["annotations"]["maille_variant"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
+            MAX_ANNOTATION_VALUE_CHARS
+        );
     }
 
     #[test]
