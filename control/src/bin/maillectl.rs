@@ -368,6 +368,20 @@ fn wait_synced(api: &Api, version: u64, timeout: Duration) -> Result<()> {
 }
 
 fn main() {
+    // `maillectl get | head`: a reader that goes away is not an error worth a panic message.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141); // as a shell reports SIGPIPE
+        }
+        default_hook(info)
+    }));
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
