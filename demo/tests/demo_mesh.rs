@@ -5,7 +5,7 @@
 //! annotation (read back with `maillectl traces`), CloudWatch holds request metrics per colour,
 //! and Ctrl-C (SIGINT) stops everything it started.
 
-use maille_wasm_tests::envoy::{agent, repo_root};
+use maille_wasm_tests::envoy::{agent, eventually, repo_root};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -150,25 +150,6 @@ fn tally(n: usize, header: Option<(&str, &str)>) -> BTreeMap<String, usize> {
         *out.entry(key).or_default() += 1;
     }
     out
-}
-
-fn eventually<T: std::fmt::Debug>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> (bool, T),
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (ok, v) = f();
-        if ok {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}; last seen {v:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// The sum of `upstream_rq_total` deltas CloudWatch (moto) holds for one Envoy cluster.

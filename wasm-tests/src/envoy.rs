@@ -216,6 +216,26 @@ impl Drop for Envoy {
     }
 }
 
+/// Waits until `f` holds, or fails with `what` and the last value seen.
+pub fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> (bool, T),
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (ok, v) = f();
+        if ok {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?}; last seen {v:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// An HTTP client for tests: keep-alive, statuses as values, bounded timeouts.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()

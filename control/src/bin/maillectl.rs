@@ -143,33 +143,7 @@ enum Command {
     ///
     /// The AWS CLI reads the same data: `aws xray get-trace-summaries --start-time ...
     /// --end-time ... --filter-expression 'annotation.maille_variant = "canary"'`.
-    Traces {
-        /// Only traces with this annotation value, NAME=VALUE (repeatable), e.g.
-        /// maille_variant=canary.
-        #[arg(short, long = "annotation", value_parser = parse_param)]
-        annotations: Vec<(String, String)>,
-        /// Only traces through this service (virtual node).
-        #[arg(long)]
-        service: Option<String>,
-        /// How far back: 90s, 10m, 2h (at most 24h).
-        #[arg(long, default_value = "10m", value_parser = parse_age)]
-        since: Duration,
-        /// At most this many traces in the list.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        /// Show this trace as a waterfall.
-        #[arg(long)]
-        trace_id: Option<String>,
-        /// Show the service graph (who calls whom, calls, 4xx and 5xx shares) instead.
-        #[arg(long, conflicts_with = "trace_id")]
-        graph: bool,
-        /// `table` or `json`.
-        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
-        output: String,
-        /// The X-Ray endpoint (default: the SDK's, from AWS_ENDPOINT_URL or the region).
-        #[arg(long)]
-        endpoint_url: Option<String>,
-    },
+    Traces(TracesArgs),
 }
 
 fn parse_age(s: &str) -> Result<Duration, String> {
@@ -537,43 +511,43 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{s}");
             }
         }
-        Command::Traces {
-            annotations,
-            service,
-            since,
-            limit,
-            trace_id,
-            graph,
-            output,
-            endpoint_url,
-        } => {
+        Command::Traces(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(traces(TracesArgs {
-                annotations,
-                service,
-                since,
-                limit,
-                trace_id,
-                graph,
-                json: output == "json",
-                endpoint_url,
-            }))?;
+            rt.block_on(traces(args))?;
         }
     }
     Ok(())
 }
 
-#[derive(Debug)]
+/// `maillectl traces`.
+#[derive(Debug, clap::Args)]
 struct TracesArgs {
+    /// Only traces with this annotation value, NAME=VALUE (repeatable), e.g.
+    /// maille_variant=canary.
+    #[arg(short, long = "annotation", value_parser = parse_param)]
     annotations: Vec<(String, String)>,
+    /// Only traces through this service (virtual node).
+    #[arg(long)]
     service: Option<String>,
+    /// How far back: 90s, 10m, 2h (at most 24h).
+    #[arg(long, default_value = "10m", value_parser = parse_age)]
     since: Duration,
+    /// At most this many traces in the list.
+    #[arg(long, default_value_t = 20)]
     limit: usize,
+    /// Show this trace as a waterfall.
+    #[arg(long)]
     trace_id: Option<String>,
+    /// Show the service graph (who calls whom, calls, 4xx and 5xx shares) instead.
+    #[arg(long, conflicts_with = "trace_id")]
     graph: bool,
-    json: bool,
+    /// `table` or `json`.
+    #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+    output: String,
+    /// The X-Ray endpoint (default: the SDK's, from AWS_ENDPOINT_URL or the region).
+    #[arg(long)]
     endpoint_url: Option<String>,
 }
 
@@ -586,7 +560,7 @@ async fn traces(a: TracesArgs) -> Result<()> {
         let Some(t) = found.into_iter().find(|t| &t.id == id) else {
             bail!("no trace {id} in X-Ray (traces appear a few seconds after their requests)");
         };
-        if a.json {
+        if a.output == "json" {
             println!("{}", serde_json::to_string_pretty(&t.summary())?);
         } else {
             print!("{}", t.waterfall(40));
@@ -605,7 +579,7 @@ async fn traces(a: TracesArgs) -> Result<()> {
             edges = graph(&all);
             source = format!("built from {} traces", all.len());
         }
-        if a.json {
+        if a.output == "json" {
             let v: Vec<Value> = edges
                 .iter()
                 .map(|e| json!({"from": e.from, "to": e.to, "calls": e.calls, "errors": e.errors, "faults": e.faults}))
@@ -632,7 +606,7 @@ async fn traces(a: TracesArgs) -> Result<()> {
         }
     }
     shown.sort_by(|x, y| y.start().total_cmp(&x.start()));
-    if a.json {
+    if a.output == "json" {
         let v: Vec<Value> = shown.iter().map(|t| t.summary()).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());

@@ -4,13 +4,15 @@
 #![allow(dead_code, unreachable_pub)]
 
 use maille_control::server::{start, Running, ServerConfig};
+#[allow(unused_imports)]
+pub use maille_wasm_tests::envoy::eventually;
 use maille_wasm_tests::envoy::{agent, free_port, repo_root, Envoy};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A tokio runtime for the in-process servers; tests themselves are synchronous.
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -268,24 +270,4 @@ pub fn tally(egress: u16, n: usize) -> BTreeMap<String, usize> {
         *out.entry(key).or_default() += 1;
     }
     out
-}
-
-/// Waits until `f` holds, or fails with `what` and the last value seen.
-pub fn eventually<T: std::fmt::Debug>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> (bool, T),
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (ok, v) = f();
-        if ok {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}; last seen {v:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
