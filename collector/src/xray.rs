@@ -144,9 +144,14 @@ pub fn trace_id(id: &[u8]) -> Option<String> {
 
 /// `name` with what X-Ray refuses replaced by `_`, at most 200 characters.
 pub fn segment_name(name: &str) -> String {
+    segment_name_if_changed(name).unwrap_or_else(|| name.to_owned())
+}
+
+/// [`segment_name`], `None` when the name is fine as it is.
+fn segment_name_if_changed(name: &str) -> Option<String> {
     let allowed = |c: char| c.is_alphanumeric() || c.is_whitespace() || "_.:/%&#=+\\-@".contains(c);
     if name.len() <= MAX_NAME_CHARS && !name.trim().is_empty() && name.chars().all(allowed) {
-        return name.to_owned();
+        return None;
     }
     let mut s: String = name
         .chars()
@@ -162,7 +167,7 @@ pub fn segment_name(name: &str) -> String {
     if s.trim().is_empty() {
         s = "unknown".into();
     }
-    s
+    Some(s)
 }
 
 /// An annotation key X-Ray accepts: letters, digits and `_`.
@@ -337,8 +342,14 @@ pub fn span_to_json(
     resource: &ResourceView,
     opts: &Options,
 ) -> Option<(String, String)> {
+    if let Some(json) = direct::document(span, resource, opts) {
+        if json.len() <= MAX_DOCUMENT_BYTES {
+            return Some((hex(&span.span_id), json));
+        }
+    }
+    // Everything the direct writer leaves alone (exceptions, structured or repeated
+    // attributes, documents to trim) goes through the document tree.
     let mut doc = span_document(span, resource, opts)?;
-    // serde_json's writer, not `Display` (which goes through `fmt` for every piece).
     let to_json = |d: &Value| serde_json::to_string(d).unwrap_or_default();
     let mut json = to_json(&doc);
     if json.len() > MAX_DOCUMENT_BYTES {
@@ -346,6 +357,311 @@ pub fn span_to_json(
         json = to_json(&doc);
     }
     Some((hex(&span.span_id), json))
+}
+
+/// The common span written straight to JSON, without building a document tree: the same
+/// document as [`span_document`] (the tests compare them), for spans whose attributes are
+/// plain (strings, integers, booleans, finite doubles), distinct, and within the annotation
+/// limit, and that carry no exceptions. `None` hands the span to the tree.
+mod direct {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    use std::borrow::Cow;
+
+    struct W(Vec<u8>);
+
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    impl W {
+        fn raw(&mut self, s: &str) {
+            self.0.extend_from_slice(s.as_bytes());
+        }
+        fn str(&mut self, s: &str) {
+            let _ = serde_json::to_writer(&mut self.0, s);
+        }
+        fn key(&mut self, first: &mut bool, k: &str) {
+            if !std::mem::take(first) {
+                self.0.push(b',');
+            }
+            self.str(k);
+            self.0.push(b':');
+        }
+        /// `"1-<8 hex>-<24 hex>"`, as [`trace_id`] writes it.
+        fn trace_id(&mut self, id: &[u8]) {
+            self.raw("\"1-");
+            self.hex_digits(&id[..4]);
+            self.0.push(b'-');
+            self.hex_digits(&id[4..]);
+            self.0.push(b'"');
+        }
+        fn hex_digits(&mut self, b: &[u8]) {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            for x in b {
+                self.0.push(DIGITS[usize::from(x >> 4)]);
+                self.0.push(DIGITS[usize::from(x & 0xf)]);
+            }
+        }
+        fn hex_str(&mut self, b: &[u8]) {
+            self.0.push(b'"');
+            self.hex_digits(b);
+            self.0.push(b'"');
+        }
+        fn value(&mut self, v: &V) {
+            match v {
+                V::StringValue(s) => self.str(s),
+                V::IntValue(i) => {
+                    let _ = serde_json::to_writer(&mut self.0, i);
+                }
+                V::BoolValue(b) => self.raw(if *b { "true" } else { "false" }),
+                V::DoubleValue(d) => {
+                    let _ = serde_json::to_writer(&mut self.0, d);
+                }
+                _ => self.raw("null"),
+            }
+        }
+    }
+
+    fn plain(v: &AnyValue) -> Option<&V> {
+        match v.value.as_ref()? {
+            V::DoubleValue(d) if !d.is_finite() => None,
+            p @ (V::StringValue(_) | V::IntValue(_) | V::BoolValue(_) | V::DoubleValue(_)) => {
+                Some(p)
+            }
+            _ => None,
+        }
+    }
+
+    fn text(v: &V) -> Option<Cow<'_, str>> {
+        match v {
+            V::StringValue(s) => Some(Cow::Borrowed(s)),
+            V::IntValue(i) => Some(Cow::Owned(i.to_string())),
+            V::BoolValue(b) => Some(Cow::Owned(b.to_string())),
+            V::DoubleValue(d) => {
+                serde_json::Number::from_f64(*d).map(|n| Cow::Owned(n.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    fn int(v: &V) -> Option<i64> {
+        match v {
+            V::IntValue(i) => Some(*i),
+            V::StringValue(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub(super) fn document(span: &Span, res: &ResourceView, opts: &Options) -> Option<String> {
+        if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
+            return None;
+        }
+        if span.span_id.len() != 8 || span.events.iter().any(|e| e.name == "exception") {
+            return None;
+        }
+        let mut attrs: Vec<(&str, &V)> = Vec::with_capacity(span.attributes.len());
+        for kv in &span.attributes {
+            let v = plain(kv.value.as_ref()?)?;
+            if attrs.iter().any(|(k, _)| *k == kv.key) {
+                return None;
+            }
+            attrs.push((kv.key.as_str(), v));
+        }
+        let get = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| attrs.iter().find(|(a, _)| a == k).map(|(_, v)| *v))
+        };
+        // Annotations first: anything unusual goes to the tree before writing starts.
+        let mut annotations: Vec<(Cow<'_, str>, &V)> = Vec::new();
+        for (k, v) in &attrs {
+            if MESH_ANNOTATIONS.contains(k) || opts.annotations.iter().any(|a| a == k) {
+                let key = if *k == "x-maille-variant" {
+                    Cow::Borrowed("maille_variant")
+                } else if k.len() <= MAX_ANNOTATION_KEY_CHARS
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    Cow::Borrowed(*k)
+                } else {
+                    Cow::Owned(annotation_key(k))
+                };
+                if annotations.len() == MAX_ANNOTATIONS
+                    || annotations.iter().any(|(a, _)| *a == key)
+                {
+                    return None;
+                }
+                annotations.push((key, v));
+            }
+        }
+        let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
+        let has_parent =
+            span.parent_span_id.len() == 8 && span.parent_span_id.iter().any(|b| *b != 0);
+        let is_segment = kind == SpanKind::Server || !has_parent;
+        let name: Cow<'_, str> = if is_segment {
+            Cow::Borrowed(res.service.as_deref().unwrap_or(&span.name))
+        } else {
+            get(&[
+                "peer.service",
+                "upstream_cluster",
+                "server.address",
+                "net.peer.name",
+                "http.host",
+            ])
+            .and_then(text)
+            .unwrap_or(Cow::Borrowed(&span.name))
+        };
+        // A buffer kept per thread: the document is written there, then copied out at its
+        // exact size (the queue may hold 100,000 of them).
+        let mut w = W(SCRATCH.with(|b| std::mem::take(&mut *b.borrow_mut())));
+        w.0.clear();
+        let mut first = true;
+        w.raw("{");
+        w.key(&mut first, "name");
+        match segment_name_if_changed(&name) {
+            Some(n) => w.str(&n),
+            None => w.str(&name),
+        }
+        w.key(&mut first, "id");
+        w.hex_str(&span.span_id);
+        w.key(&mut first, "trace_id");
+        w.trace_id(&span.trace_id);
+        w.key(&mut first, "start_time");
+        let _ = serde_json::to_writer(&mut w.0, &(span.start_time_unix_nano as f64 / 1e9));
+        w.key(&mut first, "end_time");
+        let end = span.end_time_unix_nano.max(span.start_time_unix_nano);
+        let _ = serde_json::to_writer(&mut w.0, &(end as f64 / 1e9));
+        if has_parent {
+            w.key(&mut first, "parent_id");
+            w.hex_str(&span.parent_span_id);
+        }
+        if !is_segment {
+            w.key(&mut first, "type");
+            w.str("subsegment");
+            if matches!(kind, SpanKind::Client | SpanKind::Producer) {
+                w.key(&mut first, "namespace");
+                w.str("remote");
+            }
+        }
+        // The http block, as `http_block` builds it.
+        let method = get(&["http.request.method", "http.method"]).and_then(text);
+        let url = get(&["url.full", "http.url"]).and_then(text).or_else(|| {
+            let host = get(&["server.address", "http.host"]).and_then(text)?;
+            let scheme = get(&["url.scheme", "http.scheme"])
+                .and_then(text)
+                .unwrap_or(Cow::Borrowed("http"));
+            let path = get(&["url.path", "http.target"])
+                .and_then(text)
+                .unwrap_or_default();
+            Some(Cow::Owned(format!("{scheme}://{host}{path}")))
+        });
+        let agent = get(&["user_agent.original", "http.user_agent", "user_agent"]).and_then(text);
+        let ip = get(&["client.address", "http.client_ip"]).and_then(text);
+        let status = get(&["http.response.status_code", "http.status_code"]).and_then(int);
+        let length = get(&[
+            "http.response.body.size",
+            "http.response_content_length",
+            "response_size",
+        ])
+        .and_then(int);
+        let request = [
+            ("method", method),
+            ("url", url),
+            ("user_agent", agent),
+            ("client_ip", ip),
+        ];
+        let has_request = request.iter().any(|(_, v)| v.is_some());
+        if has_request || status.is_some() || length.is_some() {
+            w.key(&mut first, "http");
+            w.raw("{");
+            let mut first_http = true;
+            if has_request {
+                w.key(&mut first_http, "request");
+                w.raw("{");
+                let mut f = true;
+                for (k, v) in &request {
+                    if let Some(v) = v {
+                        w.key(&mut f, k);
+                        w.str(v);
+                    }
+                }
+                w.raw("}");
+            }
+            if status.is_some() || length.is_some() {
+                w.key(&mut first_http, "response");
+                w.raw("{");
+                let mut f = true;
+                for (k, v) in [("status", status), ("content_length", length)] {
+                    if let Some(v) = v {
+                        w.key(&mut f, k);
+                        let _ = serde_json::to_writer(&mut w.0, &v);
+                    }
+                }
+                w.raw("}");
+            }
+            w.raw("}");
+        }
+        let span_error = span
+            .status
+            .as_ref()
+            .is_some_and(|s| s.code == StatusCode::Error as i32);
+        let flags: &[&str] = match status {
+            Some(429) => &["error", "throttle"],
+            Some(s) if (400..500).contains(&s) => &["error"],
+            Some(s) if s >= 500 => &["fault"],
+            _ if span_error => &["fault"],
+            _ => &[],
+        };
+        for f in flags {
+            w.key(&mut first, f);
+            w.raw("true");
+        }
+        if !annotations.is_empty() {
+            w.key(&mut first, "annotations");
+            w.raw("{");
+            let mut f = true;
+            for (k, v) in &annotations {
+                w.key(&mut f, k);
+                match v {
+                    V::StringValue(s) => match s.char_indices().nth(MAX_ANNOTATION_VALUE_CHARS) {
+                        Some((cut, _)) => w.str(&s[..cut]),
+                        None => w.str(s),
+                    },
+                    other => w.value(other),
+                }
+            }
+            w.raw("}");
+        }
+        let mut f = true;
+        for (k, v) in &attrs {
+            let annotated = MESH_ANNOTATIONS.contains(k) || opts.annotations.iter().any(|a| a == k);
+            if annotated || HTTP_KEYS.contains(k) {
+                continue;
+            }
+            if f {
+                w.key(&mut first, "metadata");
+                w.raw("{\"default\":{");
+            }
+            w.key(&mut f, k);
+            w.value(v);
+        }
+        if !f {
+            w.raw("}}");
+        }
+        if is_segment {
+            if let Some(o) = res.origin {
+                w.key(&mut first, "origin");
+                w.str(o);
+            }
+            if let Some(a) = &res.aws_json {
+                w.key(&mut first, "aws");
+                w.raw(a);
+            }
+        }
+        w.raw("}");
+        let out = std::str::from_utf8(&w.0).ok().map(str::to_owned);
+        SCRATCH.with(|b| *b.borrow_mut() = w.0);
+        out
+    }
 }
 
 /// What a sender's resource contributes to its spans' documents, read once for all the
@@ -356,6 +672,7 @@ pub struct ResourceView {
     service: Option<String>,
     origin: Option<&'static str>,
     aws: Option<Value>,
+    aws_json: Option<String>,
 }
 
 impl ResourceView {
@@ -375,6 +692,7 @@ impl ResourceView {
         ResourceView {
             service: res.get("service.name").and_then(as_str),
             origin,
+            aws_json: aws.as_ref().map(Value::to_string),
             aws,
         }
     }
@@ -918,6 +1236,102 @@ mod tests {
         let doc =
             span_to_document(&sp, Some(&resource(vec![s("service.name", "own")])), &opts).unwrap();
         assert_eq!(doc["name"], "own");
+    }
+
+    #[test]
+    fn the_direct_writer_matches_the_document_tree_on_random_spans() {
+        use opentelemetry_proto::tonic::trace::v1::{span::Event, Status};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let keys = [
+            "http.method",
+            "http.request.method",
+            "http.url",
+            "url.full",
+            "http.host",
+            "server.address",
+            "url.scheme",
+            "url.path",
+            "http.target",
+            "user_agent",
+            "client.address",
+            "http.status_code",
+            "http.response.status_code",
+            "response_size",
+            "upstream_cluster",
+            "x-maille-variant",
+            "maille.variant",
+            "peer.service",
+            "tenant",
+            "a.b",
+            "a_b",
+            "plain",
+            "quote\"key",
+            "é",
+        ];
+        let opts = Options {
+            annotations: vec!["tenant".into(), "a.b".into(), "a_b".into()],
+            default_resource: vec![("cloud.platform".into(), "aws_eks".into())],
+        };
+        let res = resource(vec![s("service.name", "svc"), s("k8s.pod.name", "p-1")]);
+        let view = ResourceView::new(Some(&res), &opts);
+        let mut direct_taken = 0;
+        for _ in 0..3000 {
+            let mut attrs = Vec::new();
+            for _ in 0..rng.random_range(0..8) {
+                let k = keys[rng.random_range(0..keys.len())];
+                let v = match rng.random_range(0..10) {
+                    0 => any_value::Value::IntValue(rng.random_range(-5..700)),
+                    1 => any_value::Value::BoolValue(rng.random()),
+                    2 => {
+                        any_value::Value::DoubleValue(f64::from(rng.random_range(0..900u32)) / 4.0)
+                    }
+                    3 if rng.random_range(0..10) == 0 => any_value::Value::DoubleValue(f64::NAN),
+                    4 if rng.random_range(0..10) == 0 => {
+                        any_value::Value::ArrayValue(Default::default())
+                    }
+                    5 => any_value::Value::StringValue(
+                        ["200", " 503 ", "429", "x"][rng.random_range(0..4)].into(),
+                    ),
+                    _ => any_value::Value::StringValue(
+                        ["GET", "colorteller", "a\"b\\c\n", "ünï", ""][rng.random_range(0..5)]
+                            .repeat(rng.random_range(1..3)),
+                    ),
+                };
+                attrs.push(kv(k, v));
+            }
+            let kind = [
+                SpanKind::Server,
+                SpanKind::Client,
+                SpanKind::Internal,
+                SpanKind::Producer,
+            ][rng.random_range(0..4)];
+            let mut sp = span(kind, rng.random(), attrs);
+            if rng.random_range(0..8) == 0 {
+                sp.status = Some(Status {
+                    code: StatusCode::Error as i32,
+                    ..Default::default()
+                });
+            }
+            if rng.random_range(0..20) == 0 {
+                sp.events.push(Event {
+                    name: "exception".into(),
+                    ..Default::default()
+                });
+            }
+            let (_, json) = span_to_json(&sp, &view, &opts).unwrap();
+            let tree = span_to_document(&sp, Some(&res), &opts).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Value>(&json).unwrap(),
+                tree,
+                "{sp:?}"
+            );
+            direct_taken += usize::from(direct::document(&sp, &view, &opts).is_some());
+        }
+        assert!(
+            direct_taken > 1500,
+            "the direct writer took only {direct_taken} of 3000"
+        );
     }
 
     #[test]
