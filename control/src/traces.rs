@@ -5,6 +5,7 @@
 //! Everything here works on the segment documents X-Ray returns (`BatchGetTraces`), so it
 //! reads the same from AWS and from a local endpoint.
 
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -319,7 +320,7 @@ fn flatten(
 }
 
 /// An edge of the service graph: `from` called `to` this many times.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
 pub struct Edge {
     /// The caller (`client` for requests from outside the traces).
     pub from: String,
@@ -392,6 +393,44 @@ pub fn graph_table(edges: &[Edge]) -> String {
             e.calls,
             pct(e.errors),
             pct(e.faults)
+        ));
+    }
+    out
+}
+
+/// The trace list: id, duration, the root's status (`!` when a span faulted), the variants,
+/// the services in order.
+pub fn list_table(traces: &[Trace]) -> String {
+    let variants: Vec<String> = traces
+        .iter()
+        .map(|t| {
+            t.annotation_values(VARIANT_ANNOTATION)
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    let vw = variants.iter().map(String::len).max().unwrap_or(0).max(7);
+    let mut out = format!(
+        "{:<36}  {:>9}  {:>6}  {:<vw$}  SERVICES\n",
+        "TRACE", "MS", "STATUS", "VARIANT"
+    );
+    for (t, v) in traces.iter().zip(&variants) {
+        let status = t
+            .root()
+            .and_then(|r| r.status)
+            .map_or("-".to_owned(), |c| c.to_string());
+        let flag = if t.spans.iter().any(|s| s.fault) {
+            "!"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "{:<36}  {:>9.2}  {:>6}  {v:<vw$}  {}\n",
+            t.id,
+            t.millis(),
+            format!("{status}{flag}"),
+            t.services().join(" -> ")
         ));
     }
     out
@@ -528,6 +567,28 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("50.0"), "{table}");
+    }
+
+    #[test]
+    fn the_list_shows_status_fault_variant_and_services() {
+        let table = list_table(&[trace()]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("TRACE") && lines[0].contains("VARIANT"),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("1-5f000000-000000000000000000000001"),
+            "{table}"
+        );
+        assert!(
+            lines[1].contains("503!") && lines[1].contains(" blue "),
+            "{table}"
+        );
+        assert!(
+            lines[1].ends_with("colorgateway -> colorteller-blue"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -41,32 +41,27 @@ pub async fn client(endpoint: Option<&str>) -> Client {
 }
 
 /// The ids of traces that ended in `[from, to]`, newest first, at most `limit`, with the
-/// filter expression when given. Returns whether the endpoint applied the filter (a local
-/// endpoint may not implement filter expressions; the caller then filters the documents).
+/// filter expression when given. When the endpoint refuses the filter expression (a local
+/// endpoint may not implement them), the ids of every trace in the window, and why: the
+/// caller then filters the documents itself.
 pub async fn trace_ids(
     client: &Client,
     from: SystemTime,
     to: SystemTime,
     filter: Option<&str>,
     limit: usize,
-) -> Result<(Vec<String>, bool)> {
+) -> Result<(Vec<String>, Option<String>)> {
     match summaries(client, from, to, filter, limit).await {
-        Ok(ids) => Ok((ids, filter.is_some())),
+        Ok(ids) => Ok((ids, None)),
         Err(e) if filter.is_some() => {
-            tracing::debug!("filter expression refused: {e:#}");
-            eprintln!(
-                "note: the X-Ray endpoint did not take the filter expression ({}); filtering here",
-                short(&e)
-            );
-            Ok((summaries(client, from, to, None, usize::MAX).await?, false))
+            let why: String = format!("{e:#}").chars().take(120).collect();
+            Ok((
+                summaries(client, from, to, None, usize::MAX).await?,
+                Some(why),
+            ))
         }
         Err(e) => Err(e),
     }
-}
-
-fn short(e: &anyhow::Error) -> String {
-    let s = format!("{e:#}");
-    s.chars().take(120).collect()
 }
 
 async fn summaries(

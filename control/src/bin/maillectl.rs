@@ -552,7 +552,7 @@ struct TracesArgs {
 }
 
 async fn traces(a: TracesArgs) -> Result<()> {
-    use maille_control::traces::{filter_expression, graph, graph_table};
+    use maille_control::traces::{filter_expression, graph, graph_table, list_table};
     use maille_control::xray_api;
     let client = xray_api::client(a.endpoint_url.as_deref()).await;
     if let Some(id) = &a.trace_id {
@@ -580,11 +580,7 @@ async fn traces(a: TracesArgs) -> Result<()> {
             source = format!("built from {} traces", all.len());
         }
         if a.output == "json" {
-            let v: Vec<Value> = edges
-                .iter()
-                .map(|e| json!({"from": e.from, "to": e.to, "calls": e.calls, "errors": e.errors, "faults": e.faults}))
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!("{}", serde_json::to_string_pretty(&edges)?);
         } else {
             println!("service graph, last {}s ({source})", a.since.as_secs());
             print!("{}", graph_table(&edges));
@@ -592,7 +588,12 @@ async fn traces(a: TracesArgs) -> Result<()> {
         return Ok(());
     }
     let filter = filter_expression(&a.annotations, a.service.as_deref());
-    let (ids, _) = xray_api::trace_ids(&client, from, to, filter.as_deref(), a.limit).await?;
+    let (ids, refused) = xray_api::trace_ids(&client, from, to, filter.as_deref(), a.limit).await?;
+    if let Some(why) = refused {
+        eprintln!(
+            "note: the X-Ray endpoint did not take the filter expression ({why}); filtering here"
+        );
+    }
     let mut shown = Vec::new();
     // Fetch in small steps until enough traces match (the endpoint may not filter).
     for chunk in ids.chunks(25) {
@@ -619,43 +620,7 @@ async fn traces(a: TracesArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let vw = shown
-        .iter()
-        .map(|t| {
-            t.annotation_values(maille_control::traces::VARIANT_ANNOTATION)
-                .into_iter()
-                .collect::<Vec<_>>()
-                .join(",")
-                .len()
-        })
-        .max()
-        .unwrap_or(0)
-        .max(7);
-    println!(
-        "{:<36}  {:>9}  {:>6}  {:<vw$}  SERVICES",
-        "TRACE", "MS", "STATUS", "VARIANT"
-    );
-    for t in &shown {
-        let s = t.summary();
-        let variants: Vec<&str> = s["variants"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let status = s["status"]
-            .as_u64()
-            .map_or("-".to_owned(), |c| c.to_string());
-        let flag = if s["fault"] == true { "!" } else { "" };
-        println!(
-            "{:<36}  {:>9.2}  {:>6}  {:<vw$}  {}",
-            t.id,
-            t.millis(),
-            format!("{status}{flag}"),
-            variants.join(","),
-            t.services().join(" -> ")
-        );
-    }
+    print!("{}", list_table(&shown));
     println!("waterfall of one: maillectl traces --trace-id <TRACE>");
     Ok(())
 }
