@@ -26,19 +26,14 @@ fn run(cmd: &mut Command) -> String {
     stdout
 }
 
-/// `kubectl kustomize DIR`, as a list of JSON objects.
+/// `kubectl kustomize DIR`, as YAML and as a list of JSON objects.
 fn kustomize(dir: &Path) -> (String, Vec<Value>) {
-    let root = repo_root();
-    let yaml = run(Command::new(root.join(".venv/bin/kubectl"))
+    let yaml = run(Command::new(repo_root().join(".venv/bin/kubectl"))
         .arg("kustomize")
         .arg(dir));
-    let json = run(Command::new(root.join(".venv/bin/python"))
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))",
-        ])
-        .stdin(std::fs::File::open(write_temp(&yaml)).unwrap()));
-    (yaml, serde_json::from_str(&json).unwrap())
+    let objects = maille_control::import::yaml_documents(&yaml)
+        .unwrap_or_else(|e| panic!("kustomize's output: {e}"));
+    (yaml, objects)
 }
 
 /// A file holding `text`, in a folder removed when the test process ends.

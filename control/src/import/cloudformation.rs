@@ -405,10 +405,17 @@ impl Ctx<'_> {
 /// YAML to JSON, with CloudFormation's short-form tags turned into their long forms
 /// (`!Ref X` into `{"Ref": "X"}`, `!GetAtt A.B` into `{"Fn::GetAtt": ["A", "B"]}`, ...).
 fn yaml_to_json(text: &str) -> Result<Value, String> {
+    yaml_documents(text)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| "empty document".to_owned())
+}
+
+/// Every document of a YAML stream as JSON (tags as in [`yaml_to_json`]).
+pub(super) fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
     use saphyr::{LoadableYamlNode, Yaml};
     let docs = Yaml::load_from_str(text).map_err(|e| format!("not YAML: {e}"))?;
-    let doc = docs.into_iter().next().ok_or("empty document")?;
-    convert(&doc)
+    docs.iter().map(convert).collect()
 }
 
 fn convert(y: &saphyr::Yaml<'_>) -> Result<Value, String> {

@@ -57,6 +57,12 @@ pub enum Format {
 /// Values for CloudFormation parameters and Terraform variables given on the command line.
 pub type Params = BTreeMap<String, String>;
 
+/// Every document of a YAML stream as JSON, with the YAML reader the CloudFormation import
+/// uses (CloudFormation's short-form tags become their long forms).
+pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    cloudformation::yaml_documents(text)
+}
+
 /// Guesses the format from the file name and content: `.tf` is Terraform; a document with
 /// `AWSTemplateFormatVersion` or `Resources` is CloudFormation; other JSON is API JSON.
 pub fn detect(name: &str, text: &str) -> Format {
