@@ -148,7 +148,7 @@ printf 'first routed request (%s) %d.%03d s after the demo was started\n' \
 
 cat >"$RUN_DIR/env.sh" <<ENV
 # source this file to drive the demo from another shell
-export PATH="$BIN:\$PATH"
+export PATH="$BIN:$ROOT/.venv/bin:\$PATH"   # maillectl, and the AWS CLI
 export MAILLE_SERVER=$MAILLE_SERVER
 export AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL AWS_REGION=$AWS_REGION AWS_DEFAULT_REGION=$AWS_REGION
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo

@@ -2,7 +2,8 @@
 //! server, five apps with Envoy and collector sidecars); then, as the tour it prints says: a
 //! header-matched request reaches the canary colour, red made to fail trips the breaker, a
 //! weight change moves the split, X-Ray holds gateway -> colorteller traces with the variant
-//! annotation (read back with `maillectl traces`), CloudWatch holds request metrics per colour,
+//! annotation (read back with `maillectl traces` and with the AWS CLI through the demo's
+//! env.sh), CloudWatch holds request metrics per colour,
 //! and Ctrl-C (SIGINT) stops everything it started.
 
 use maille_wasm_tests::envoy::{agent, eventually, repo_root};
@@ -228,10 +229,16 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
         tripped.get("red is failing").copied().unwrap_or(0) <= 5,
         "at most 5 failures reach the gateway before the circuit opens: {tripped:?}"
     );
-    let signals = demo.ctl(&["signals"]);
-    assert!(
-        signals.contains("\"to\":\"open\"") && signals.contains("node/colorteller-red/10014"),
-        "{signals}"
+    // The breaker signals the control server from its own context, after the request.
+    eventually(
+        "the open circuit signalled",
+        Duration::from_secs(10),
+        || {
+            let signals = demo.ctl(&["signals"]);
+            let ok = signals.contains("\"to\":\"open\"")
+                && signals.contains("node/colorteller-red/10014");
+            (ok, signals)
+        },
     );
 
     // 3. A weight change moves the split: white 5 / black 5 / red 0.
@@ -320,6 +327,34 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
     );
     assert_eq!(edge("colorteller-white")["faults"], 0, "{graph}");
 
+    // The AWS CLI, pointed at the same data by the demo's env.sh, as the tour shows.
+    let aws = |cmd: &str| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("source {}/env.sh && {cmd}", dir.path().display()))
+            .output()
+            .expect("bash");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{cmd}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let summaries = aws(
+        "aws xray get-trace-summaries --start-time $(( $(date +%s) - 600 )) --end-time $(date +%s) \
+         --query 'length(TraceSummaries)'",
+    );
+    assert!(
+        summaries.trim().parse::<u32>().unwrap() >= 20,
+        "{summaries}"
+    );
+    let segments = aws(&format!(
+        "aws xray batch-get-traces --trace-ids {id} --query 'length(Traces[0].Segments)'"
+    ));
+    assert_eq!(segments.trim(), "3", "gateway, its call, blue: {segments}");
+
     // 5. CloudWatch: requests per colour from the gateway's Envoy.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -354,6 +389,16 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
     assert_eq!(
         per_colour["blue"], 20.0,
         "blue: exactly the 20 header-matched requests"
+    );
+
+    // The same metrics through the AWS CLI.
+    let clusters = aws(
+        "aws cloudwatch list-metrics --namespace Maille --metric-name envoy.cluster.upstream_rq_total \
+         --output text --query \"Metrics[].Dimensions[?Name=='envoy.cluster_name'].Value\"",
+    );
+    assert!(
+        clusters.contains("node/colorteller-blue/10013"),
+        "{clusters}"
     );
 
     // 6. Ctrl-C stops everything the demo started.
