@@ -69,36 +69,17 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT AWS_REGION=us-east-1 \
 export MAILLE_SERVER=http://127.0.0.1:$CONTROL_PORT
 CTL=$BIN/maillectl
 
-# start NAME CMD...: runs CMD in the background, logging to $RUN_DIR/NAME.log.
-start() {
-  local name=$1; shift
-  "$@" >"$RUN_DIR/$name.log" 2>&1 &
-  PIDS+=("$!")
-  echo "$! $name" >>"$RUN_DIR/pids"
-}
-
-# wait_for WHAT URL: waits until URL answers (30 s at most).
-wait_for() {
-  local what=$1 url=$2 i
-  for i in $(seq 1 300); do
-    curl -sf -o /dev/null "$url" && return 0
-    sleep 0.1
-  done
-  echo "$what did not come up ($url); logs in $RUN_DIR" >&2
-  return 1
-}
-
 step() { printf '  %-58s' "$1"; }
 took() { echo "ok ($(( ($(date +%s%N) - $1) / 1000000 )) ms)"; }
 
 echo "Maille ColorTeller demo; logs, state and env.sh in $RUN_DIR"
 : >"$RUN_DIR/pids"
 t=$(date +%s%N); step "local AWS endpoint (moto) :$MOTO_PORT"
-start moto "$ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+start_bg moto "$ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
 wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/"; took "$t"
 
 t=$(date +%s%N); step "control server :$XDS_PORT (ADS) :$CONTROL_PORT"
-start control "$BIN/maille-control" --xds-addr "127.0.0.1:$XDS_PORT" \
+start_bg control "$BIN/maille-control" --xds-addr "127.0.0.1:$XDS_PORT" \
   --http-addr "127.0.0.1:$CONTROL_PORT" --state "$RUN_DIR/maille-state.redb" \
   --modules "$ROOT/target/filters"
 wait_for "the control server" "$MAILLE_SERVER/v1/status"; took "$t"
@@ -112,20 +93,19 @@ for i in "${!SERVICES[@]}"; do
   svc=${SERVICES[$i]}
   t=$(date +%s%N); step "$svc: app, collector, Envoy :$((10000 + i))"
   if [ "$i" = 0 ]; then
-    start "app-$svc" "$BIN/colorapp" gateway --listen "127.0.0.1:$((10010 + i))" \
+    start_bg "app-$svc" "$BIN/colorapp" gateway --listen "127.0.0.1:$((10010 + i))" \
       --egress "http://127.0.0.1:$((10020 + i))" --service colorteller.demo.local
   else
-    start "app-$svc" "$BIN/colorapp" teller --color "${svc#colorteller-}" \
+    start_bg "app-$svc" "$BIN/colorapp" teller --color "${svc#colorteller-}" \
       --listen "127.0.0.1:$((10010 + i))"
   fi
-  start "collector-$svc" "$BIN/maille-collector" --grpc-addr "127.0.0.1:$((10040 + i))" \
+  start_bg "collector-$svc" "$BIN/maille-collector" --grpc-addr "127.0.0.1:$((10040 + i))" \
     --http-addr "127.0.0.1:$((10050 + i))" --storage-resolution 1
   "$CTL" bootstrap --node "$MESH/$svc" --admin-port $((10030 + i)) \
     --ingress-port $((10000 + i)) --egress-port $((10020 + i)) --listen-address 127.0.0.1 \
     --otlp-port $((10040 + i)) >"$RUN_DIR/envoy-$svc.yaml"
   wait_for "the $svc collector" "http://127.0.0.1:$((10050 + i))/healthz"
   start_envoy "envoy-$svc" "$RUN_DIR/envoy-$svc.yaml" $((10030 + i))
-  echo "${PIDS[-1]} envoy-$svc" >>"$RUN_DIR/pids"
   took "$t"
 done
 

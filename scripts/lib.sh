@@ -1,4 +1,4 @@
-# Shell helpers shared by demo.sh and bench/filters.sh: Envoy processes from templates,
+# Shell helpers shared by demo.sh and bench/filters.sh: processes and Envoys from templates,
 # readiness waits, cleanup. Source it; it defines functions only.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +19,30 @@ render() {
   envsubst "$(echo $vars)" < "$template" > "$out"
 }
 
+# track NAME PID: a started process, stopped by cleanup and listed ("PID NAME") in $RUN_DIR/pids.
+track() {
+  PIDS+=("$2")
+  echo "$2 $1" >>"$RUN_DIR/pids"
+}
+
+# start_bg NAME CMD...: runs CMD in the background, logging to $RUN_DIR/NAME.log.
+start_bg() {
+  local name=$1; shift
+  "$@" >"$RUN_DIR/$name.log" 2>&1 &
+  track "$name" "$!"
+}
+
+# wait_for WHAT URL: waits until URL answers with a success (30 s at most).
+wait_for() {
+  local what=$1 url=$2 i
+  for i in $(seq 1 300); do
+    curl -sf -o /dev/null "$url" && return 0
+    sleep 0.1
+  done
+  echo "$what did not come up ($url); logs in $RUN_DIR" >&2
+  return 1
+}
+
 # start_envoy NAME CONFIG ADMIN_PORT [extra envoy args]: starts Envoy with one worker, waits
 # until /ready answers LIVE (60 s at most), logs to $RUN_DIR/NAME.log.
 start_envoy() {
@@ -26,7 +50,7 @@ start_envoy() {
   "${ENVOY_WRAP[@]}" "$ENVOY" -c "$config" --concurrency 1 --use-dynamic-base-id -l info \
     --log-path "$RUN_DIR/$name.log" "$@" >/dev/null 2>&1 &
   local pid=$!
-  PIDS+=("$pid")
+  track "$name" "$pid"
   eval "PID_${name//[^A-Za-z0-9_]/_}=$pid"
   local i
   for i in $(seq 1 600); do
