@@ -326,6 +326,49 @@ fn strip_nulls(v: &mut Value) {
     }
 }
 
+/// Whether attribute `key` becomes an annotation: the mesh's markers and the configured ones.
+fn is_annotation(key: &str, opts: &Options) -> bool {
+    MESH_ANNOTATIONS.contains(&key) || opts.annotations.iter().any(|a| a == key)
+}
+
+/// The annotation key of attribute `key`: X-Ray-safe, and the variant under one name
+/// whichever tag carried it.
+fn annotation_name(key: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    if key == "x-maille-variant" {
+        Cow::Borrowed("maille_variant")
+    } else if key.len() <= MAX_ANNOTATION_KEY_CHARS
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        Cow::Borrowed(key)
+    } else {
+        Cow::Owned(annotation_key(key))
+    }
+}
+
+/// The first [`MAX_ANNOTATION_VALUE_CHARS`] characters of an annotation's text.
+fn annotation_text(s: &str) -> &str {
+    s.char_indices()
+        .nth(MAX_ANNOTATION_VALUE_CHARS)
+        .map_or(s, |(cut, _)| &s[..cut])
+}
+
+/// The document flags an HTTP status and the span's status set: 429 `error` + `throttle`,
+/// 4xx `error`, 5xx `fault`, else a span status ERROR `fault`.
+fn status_flags(status: Option<i64>, span: &Span) -> &'static [&'static str] {
+    let span_error = span
+        .status
+        .as_ref()
+        .is_some_and(|s| s.code == StatusCode::Error as i32);
+    match status {
+        Some(429) => &["error", "throttle"],
+        Some(s) if (400..500).contains(&s) => &["error"],
+        Some(s) if s >= 500 => &["fault"],
+        _ if span_error => &["fault"],
+        _ => &[],
+    }
+}
+
 /// One span as an X-Ray document. `None` for a span without valid trace or span ids (it
 /// cannot be placed in any trace; the caller counts it as dropped with that reason).
 pub fn span_to_document(span: &Span, resource: Option<&Resource>, opts: &Options) -> Option<Value> {
@@ -475,16 +518,8 @@ mod direct {
         // Annotations first: anything unusual goes to the tree before writing starts.
         let mut annotations: Vec<(Cow<'_, str>, &V)> = Vec::new();
         for (k, v) in &attrs {
-            if MESH_ANNOTATIONS.contains(k) || opts.annotations.iter().any(|a| a == k) {
-                let key = if *k == "x-maille-variant" {
-                    Cow::Borrowed("maille_variant")
-                } else if k.len() <= MAX_ANNOTATION_KEY_CHARS
-                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
-                    Cow::Borrowed(*k)
-                } else {
-                    Cow::Owned(annotation_key(k))
-                };
+            if is_annotation(k, opts) {
+                let key = annotation_name(k);
                 if annotations.len() == MAX_ANNOTATIONS
                     || annotations.iter().any(|(a, _)| *a == key)
                 {
@@ -600,17 +635,7 @@ mod direct {
             }
             w.raw("}");
         }
-        let span_error = span
-            .status
-            .as_ref()
-            .is_some_and(|s| s.code == StatusCode::Error as i32);
-        let flags: &[&str] = match status {
-            Some(429) => &["error", "throttle"],
-            Some(s) if (400..500).contains(&s) => &["error"],
-            Some(s) if s >= 500 => &["fault"],
-            _ if span_error => &["fault"],
-            _ => &[],
-        };
+        let flags = status_flags(status, span);
         for f in flags {
             w.key(&mut first, f);
             w.raw("true");
@@ -622,10 +647,7 @@ mod direct {
             for (k, v) in &annotations {
                 w.key(&mut f, k);
                 match v {
-                    V::StringValue(s) => match s.char_indices().nth(MAX_ANNOTATION_VALUE_CHARS) {
-                        Some((cut, _)) => w.str(&s[..cut]),
-                        None => w.str(s),
-                    },
+                    V::StringValue(s) => w.str(annotation_text(s)),
                     other => w.value(other),
                 }
             }
@@ -633,8 +655,7 @@ mod direct {
         }
         let mut f = true;
         for (k, v) in &attrs {
-            let annotated = MESH_ANNOTATIONS.contains(k) || opts.annotations.iter().any(|a| a == k);
-            if annotated || HTTP_KEYS.contains(k) {
+            if is_annotation(k, opts) || HTTP_KEYS.contains(k) {
                 continue;
             }
             if f {
@@ -750,25 +771,8 @@ fn span_document(span: &Span, res: &ResourceView, opts: &Options) -> Option<Valu
     if let Some(h) = http {
         doc.insert("http".into(), h);
     }
-    let span_error = span
-        .status
-        .as_ref()
-        .is_some_and(|s| s.code == StatusCode::Error as i32);
-    match status {
-        Some(429) => {
-            doc.insert("error".into(), json!(true));
-            doc.insert("throttle".into(), json!(true));
-        }
-        Some(s) if (400..500).contains(&s) => {
-            doc.insert("error".into(), json!(true));
-        }
-        Some(s) if s >= 500 => {
-            doc.insert("fault".into(), json!(true));
-        }
-        _ if span_error => {
-            doc.insert("fault".into(), json!(true));
-        }
-        _ => {}
+    for f in status_flags(status, span) {
+        doc.insert((*f).into(), json!(true));
     }
     // Exceptions.
     let exceptions: Vec<Value> = span
@@ -805,29 +809,13 @@ fn span_document(span: &Span, res: &ResourceView, opts: &Options) -> Option<Valu
     let mut annotations = Map::new();
     let mut metadata = Map::new();
     for (k, v) in attrs {
-        let wanted = MESH_ANNOTATIONS.contains(&k.as_str()) || opts.annotations.contains(&k);
-        if wanted && annotations.len() < MAX_ANNOTATIONS {
+        if is_annotation(&k, opts) && annotations.len() < MAX_ANNOTATIONS {
             let v = match v {
-                Value::String(mut s) => {
-                    if let Some((cut, _)) = s.char_indices().nth(MAX_ANNOTATION_VALUE_CHARS) {
-                        s.truncate(cut);
-                    }
-                    Value::String(s)
-                }
+                Value::String(s) => json!(annotation_text(&s)),
                 Value::Number(_) | Value::Bool(_) => v,
-                other => json!(other
-                    .to_string()
-                    .chars()
-                    .take(MAX_ANNOTATION_VALUE_CHARS)
-                    .collect::<String>()),
+                other => json!(annotation_text(&other.to_string())),
             };
-            // The variant under one name whichever tag carried it.
-            let key = if k == "x-maille-variant" {
-                "maille_variant".to_owned()
-            } else {
-                annotation_key(&k)
-            };
-            annotations.insert(key, v);
+            annotations.insert(annotation_name(&k).into_owned(), v);
         } else if !HTTP_KEYS.contains(&k.as_str()) {
             metadata.insert(k, v);
         }
