@@ -17,7 +17,7 @@ use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::byte_stream::ByteStream;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Most trace ids per `BatchGetTraces` call.
 const BATCH: usize = 5;
@@ -203,11 +203,6 @@ pub fn edges_of(services: &[aws_sdk_xray::types::Service]) -> Vec<Edge> {
     }
     edges.sort();
     edges
-}
-
-/// `SystemTime` `ago` before now.
-pub fn ago(d: Duration) -> SystemTime {
-    SystemTime::now() - d
 }
 
 /// Some X-Ray endpoints (moto 5.1) answer `GetTraceSummaries` with `"Users": {}` where the
