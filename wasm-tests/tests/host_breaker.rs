@@ -311,6 +311,36 @@ fn two_workers_racing_on_shared_state_lose_no_update_and_no_transition() {
 }
 
 #[test]
+fn a_closed_circuit_costs_no_shared_data_read_and_other_workers_trips_show_within_a_tick() {
+    let host = Host::new();
+    let config = r#"{"minRequests": 1000, "consecutiveFailures": 3, "openMillis": 600000}"#;
+    let mut a = breaker(&host, config);
+    let mut b = breaker(&host, config);
+    assert_eq!(call(&mut b, 200), Seen::Upstream);
+    // Healthy traffic: admitted on the state this worker last saw, no read per request.
+    let reads = host.shared_data_reads();
+    for _ in 0..100 {
+        assert_eq!(call(&mut b, 200), Seen::Upstream);
+    }
+    assert_eq!(
+        host.shared_data_reads(),
+        reads,
+        "shared data read per healthy request"
+    );
+
+    // Another worker trips the circuit; this one sees it at its next tick (50 ms) at most.
+    for _ in 0..3 {
+        assert_eq!(call(&mut a, 503), Seen::Upstream);
+    }
+    assert_eq!(record(&host).state, State::Open);
+    assert_eq!(call(&mut a, 200), open_seen("600"));
+    b.advance(Duration::from_millis(50)).unwrap();
+    assert_eq!(call(&mut b, 200), open_seen("600"));
+    // b's 101 requests were counted by its tick, a's 3 as each failure merged: none lost.
+    assert_eq!(host.metric("maille_breaker.svc.requests"), Some(104));
+}
+
+#[test]
 fn bad_configs_are_refused_with_the_field_named() {
     let host = Host::new();
     for (config, expected) in [

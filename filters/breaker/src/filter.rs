@@ -82,6 +82,12 @@ struct Plugin {
     signals: RefCell<VecDeque<(String, Transition)>>,
     /// Per cluster, what this worker has not merged into shared data and metrics yet.
     pending: RefCell<HashMap<String, Pending>>,
+    /// Per cluster, the state this worker last read or wrote in shared data. While it is
+    /// closed, requests are admitted without reading shared data (in Envoy each read costs
+    /// about as much as a header read, ~6% of a request); it is refreshed by every merge
+    /// (a failure merges at once) and by the timer, so a trip made by another worker is
+    /// seen here within one tick.
+    states: RefCell<HashMap<String, State>>,
 }
 
 /// A worker's batch for one cluster. Healthy traffic costs no shared-data write per
@@ -118,12 +124,16 @@ impl Plugin {
                 .unwrap_or_default();
             let (changed, out) = update(&mut rec);
             if !changed {
+                self.remember(cluster, rec.state);
                 return Some(out);
             }
             // A missing key has no CAS: the first write per cluster is unconditional (the
             // ABI offers no create-if-absent); every later one is compare-and-swap.
             match hostcalls::set_shared_data(&key, Some(&rec.encode()), cas) {
-                Ok(()) => return Some(out),
+                Ok(()) => {
+                    self.remember(cluster, rec.state);
+                    return Some(out);
+                }
                 Err(Status::CasMismatch) => continue,
                 Err(status) => {
                     log(
@@ -139,6 +149,34 @@ impl Plugin {
             &format!("{NAME}: cluster {cluster}: gave up after {CAS_ATTEMPTS} CAS conflicts"),
         );
         None
+    }
+
+    fn remember(&self, cluster: &str, state: State) {
+        let mut states = self.states.borrow_mut();
+        match states.get_mut(cluster) {
+            Some(s) => *s = state,
+            None => {
+                states.insert(cluster.to_owned(), state);
+            }
+        }
+    }
+
+    /// Whether this worker last saw the cluster's circuit closed.
+    fn known_closed(&self, cluster: &str) -> bool {
+        self.states.borrow().get(cluster) == Some(&State::Closed)
+    }
+
+    /// Re-reads the state of every cluster this worker knows from shared data (the timer).
+    fn refresh_states(&self) {
+        let clusters: Vec<String> = self.states.borrow().keys().cloned().collect();
+        for cluster in clusters {
+            let key = format!("{KEY_PREFIX}{cluster}");
+            if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&key) {
+                if let Some(rec) = Record::decode(&bytes) {
+                    self.remember(&cluster, rec.state);
+                }
+            }
+        }
     }
 
     fn take_pending(&self, cluster: &str) -> Pending {
@@ -361,6 +399,7 @@ impl RootContext for BreakerRoot {
             metrics: RefCell::new(HashMap::new()),
             signals: RefCell::new(VecDeque::new()),
             pending: RefCell::new(HashMap::new()),
+            states: RefCell::new(HashMap::new()),
         }));
         true
     }
@@ -368,6 +407,7 @@ impl RootContext for BreakerRoot {
     fn on_tick(&mut self) {
         if let Some(plugin) = &self.plugin {
             plugin.merge_all();
+            plugin.refresh_states();
         }
         self.send_next();
     }
@@ -436,15 +476,20 @@ impl HttpContext for BreakerStream {
             self.start_ms = now_ms();
         }
         let mut transition = None;
-        let admission = plugin.update(&cluster, |rec| {
-            if rec.state == State::Closed {
-                // The healthy path: no clock, no write.
-                return (false, Admission::Allow);
-            }
-            let (a, changed, t) = circuit.admit(rec, now_ms());
-            transition = t;
-            (changed, a)
-        });
+        // The healthy path: the circuit was closed when this worker last looked.
+        let admission = if plugin.known_closed(&cluster) {
+            Some(Admission::Allow)
+        } else {
+            plugin.update(&cluster, |rec| {
+                if rec.state == State::Closed {
+                    // The healthy path: no clock, no write.
+                    return (false, Admission::Allow);
+                }
+                let (a, changed, t) = circuit.admit(rec, now_ms());
+                transition = t;
+                (changed, a)
+            })
+        };
         if let Some(t) = transition {
             plugin.transitioned(&cluster, t);
         }

@@ -162,6 +162,8 @@ impl std::fmt::Debug for Host {
 pub(crate) struct Shared {
     now: u64,
     data: HashMap<String, (Vec<u8>, u32)>,
+    /// `proxy_get_shared_data` calls so far, all keys and VMs.
+    data_reads: u64,
     next_cas: u32,
     queues: Vec<Queue>,
     metrics: Vec<Metric>,
@@ -196,6 +198,7 @@ impl Host {
             shared: Arc::new(Mutex::new(Shared {
                 now: EPOCH_NANOS,
                 data: HashMap::new(),
+                data_reads: 0,
                 next_cas: 1,
                 queues: Vec::new(),
                 metrics: Vec::new(),
@@ -270,6 +273,11 @@ impl Host {
         self.lock().data.get(key).cloned()
     }
 
+    /// How many times the VMs have read shared data so far.
+    pub fn shared_data_reads(&self) -> u64 {
+        self.lock().data_reads
+    }
+
     /// Sets shared data as another worker would (new CAS value).
     pub fn set_shared_data(&self, key: &str, value: &[u8]) {
         let mut s = self.lock();
@@ -282,7 +290,8 @@ impl Host {
 // === impl Shared (used by the imports) ===
 
 impl Shared {
-    pub(crate) fn get_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+    pub(crate) fn get_data(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.data_reads += 1;
         self.data.get(key).cloned()
     }
 
