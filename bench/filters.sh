@@ -44,6 +44,9 @@ esac
 VARIANTS=(${VARIANTS:-native empty write_only bare canary lua breaker canary_breaker})
 SCENARIOS=(${SCENARIOS:-rule sticky})
 [ "${VARIANTS[0]}" = native ] || { echo "VARIANTS must start with native (the baseline)" >&2; exit 1; }
+for scenario in "${SCENARIOS[@]}"; do
+  case $scenario in rule | sticky) ;; *) echo "unknown scenario '$scenario' (rule, sticky)" >&2; exit 1 ;; esac
+done
 for wat in "$ROOT"/bench/*.wat; do
   wat2wasm "$wat" -o "$RUN_DIR/$(basename "$wat" .wat).wasm"
 done
@@ -112,18 +115,29 @@ for v in "${VARIANTS[@]}"; do
   [ "$got" = canary ] || { echo "$v: x-canary: always went to '$got'" >&2; exit 1; }
 done
 
+# The request header of each scenario.
+scenario_header() {
+  case $1 in
+    rule) echo 'x-canary: always' ;;
+    sticky) echo 'x-user-id: user-4242' ;;
+  esac
+}
+# The pid of a variant's front Envoy.
+front_pid() {
+  local var="PID_${1//[^A-Za-z0-9_]/_}"
+  echo "${!var}"
+}
+ENVOY_VERSION=$("$ENVOY" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/' | tr -d /)
+
 if [ "$MEASURE" = instructions ]; then
   REQUESTS=${REQUESTS:-2000}
-  echo "Envoy $("$ENVOY" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/' | tr -d /) under callgrind, $REQUESTS keep-alive requests per variant and scenario" >&2
+  echo "Envoy $ENVOY_VERSION under callgrind, $REQUESTS keep-alive requests per variant and scenario" >&2
   results=$RUN_DIR/instructions.tsv
   : > "$results"
   for scenario in "${SCENARIOS[@]}"; do
-    case $scenario in
-      rule) hdr='x-canary: always' ;;
-      sticky) hdr='x-user-id: user-4242' ;;
-    esac
+    hdr=$(scenario_header "$scenario")
     for v in "${VARIANTS[@]}"; do
-      pidvar=PID_${v//[^A-Za-z0-9_]/_}; pid=${!pidvar}
+      pid=$(front_pid "$v")
       send() { python3 "$ROOT/bench/requests.py" "${PORT[$v]}" "$1" "$hdr"; }
       send 200 >/dev/null
       callgrind_control -z "$pid" >/dev/null 2>&1
@@ -152,24 +166,21 @@ PY
   exit 0
 fi
 
-echo "Envoy $("$ENVOY" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/' | tr -d /), wrk -t1 -c$CONNS -d${SECS}s, $ROUNDS rounds, front Envoy --concurrency 1 on CPU 0" >&2
+echo "Envoy $ENVOY_VERSION, wrk -t1 -c$CONNS -d${SECS}s, $ROUNDS rounds, front Envoy --concurrency 1 on CPU 0" >&2
 # The front Envoy's CPU time (user + system, in clock ticks) so far.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 results=$RUN_DIR/results.tsv
 : > "$results"
 for scenario in "${SCENARIOS[@]}"; do
-  case $scenario in
-    rule) hdr='x-canary: always' ;;
-    sticky) hdr='x-user-id: user-4242' ;;
-  esac
+  hdr=$(scenario_header "$scenario")
   for r in $(seq 1 "$ROUNDS"); do
     for v in "${VARIANTS[@]}"; do
       url="http://127.0.0.1:${PORT[$v]}/"
       "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s -H "$hdr" "$url" >/dev/null   # warm-up
-      pidvar=PID_${v//[^A-Za-z0-9_]/_}; t0=$(cpu_ticks "${!pidvar}")
+      pid=$(front_pid "$v"); t0=$(cpu_ticks "$pid")
       out=$("${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$hdr" "$url")
-      t1=$(cpu_ticks "${!pidvar}")
+      t1=$(cpu_ticks "$pid")
       printf '%s\t%s\t%s\t%s\t%s\n' "$scenario" "$v" "$r" "$((t1 - t0))" "$(echo "$out" | tr '\n' '|')" >> "$results"
       echo "  $scenario round $r $v: $(echo "$out" | grep Requests/sec), front Envoy CPU $((t1 - t0)) ticks" >&2
     done
