@@ -22,7 +22,7 @@
 # MEASURE=instructions measures instead the instructions each front Envoy executes per request
 # (all its threads), counted by valgrind's callgrind over REQUESTS (default 2000) keep-alive
 # requests after a warm-up. Unlike requests/s on a shared machine, the count repeats to within
-# 0.1% from run to run, so it shows the cost of each host call, and the ratio native/variant
+# half a percent from run to run, so it shows the cost of each host call, and the ratio native/variant
 # is the requests/s ratio a CPU-bound worker would reach at equal instructions per cycle.
 # Environment: ROUNDS (default 3), SECONDS_PER_RUN (default 10), CONNECTIONS (default 16),
 # VARIANTS (default all of the above, native first), SCENARIOS (default "rule sticky").
@@ -138,10 +138,9 @@ if [ "$MEASURE" = instructions ]; then
     hdr=$(scenario_header "$scenario")
     for v in "${VARIANTS[@]}"; do
       pid=$(front_pid "$v")
-      send() { python3 "$ROOT/bench/requests.py" "${PORT[$v]}" "$1" "$hdr"; }
-      send 200 >/dev/null
+      python3 "$ROOT/bench/requests.py" "${PORT[$v]}" 200 "$hdr" >/dev/null   # warm-up
       callgrind_control -z "$pid" >/dev/null 2>&1
-      routed=$(send "$REQUESTS")
+      routed=$(python3 "$ROOT/bench/requests.py" "${PORT[$v]}" "$REQUESTS" "$hdr")
       callgrind_control -d "$pid" >/dev/null 2>&1
       dump=$(ls -t "$RUN_DIR/callgrind.$pid".* | head -1)
       ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")

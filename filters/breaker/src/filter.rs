@@ -43,6 +43,16 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A cluster's shared record (closed and empty when there is none yet) and its CAS value.
+fn read(key: &str) -> (Record, Option<u32>) {
+    let (bytes, cas) = hostcalls::get_shared_data(key).unwrap_or((None, None));
+    let rec = bytes
+        .as_deref()
+        .and_then(Record::decode)
+        .unwrap_or_default();
+    (rec, cas)
+}
+
 /// Metric ids of one cluster.
 #[derive(Clone, Copy)]
 struct ClusterMetrics {
@@ -117,11 +127,7 @@ impl Plugin {
     ) -> Option<T> {
         let key = format!("{KEY_PREFIX}{cluster}");
         for _ in 0..CAS_ATTEMPTS {
-            let (bytes, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
-            let mut rec = bytes
-                .as_deref()
-                .and_then(Record::decode)
-                .unwrap_or_default();
+            let (mut rec, cas) = read(&key);
             let (changed, out) = update(&mut rec);
             if !changed {
                 self.remember(cluster, rec.state);
@@ -166,19 +172,6 @@ impl Plugin {
         self.states.borrow().get(cluster) == Some(&State::Closed)
     }
 
-    /// Re-reads the state of every cluster this worker knows from shared data (the timer).
-    fn refresh_states(&self) {
-        let clusters: Vec<String> = self.states.borrow().keys().cloned().collect();
-        for cluster in clusters {
-            let key = format!("{KEY_PREFIX}{cluster}");
-            if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&key) {
-                if let Some(rec) = Record::decode(&bytes) {
-                    self.remember(&cluster, rec.state);
-                }
-            }
-        }
-    }
-
     fn take_pending(&self, cluster: &str) -> Pending {
         self.pending
             .borrow_mut()
@@ -188,8 +181,9 @@ impl Plugin {
     }
 
     /// Merges a cluster's batched successes, then `failure` if any (an outcome at `now`),
-    /// into the shared record in one compare-and-swap; signals what changed.
-    fn merge(&self, cluster: &str, now: u64, failure: Option<bool>) {
+    /// into the shared record in one compare-and-swap; signals what changed. Returns whether
+    /// it read the record (there was something to merge).
+    fn merge(&self, cluster: &str, now: u64, failure: Option<bool>) -> bool {
         let batch = self.take_pending(cluster);
         if batch.requests > 0 {
             if let Some(id) = self.metrics(cluster).requests {
@@ -197,7 +191,7 @@ impl Plugin {
             }
         }
         if batch.successes == 0 && failure.is_none() {
-            return;
+            return false;
         }
         let circuit = &self.circuit;
         let mut changes = Vec::new();
@@ -213,23 +207,30 @@ impl Plugin {
         for t in changes {
             self.transitioned(cluster, t);
         }
+        true
     }
 
-    /// Merges every cluster's batch (the timer).
-    fn merge_all(&self) {
-        let clusters: Vec<String> = self
+    /// The timer: merges every cluster's batch, and re-reads the state of each cluster this
+    /// worker knows that had nothing to merge; either way one read per cluster.
+    fn sync_all(&self) {
+        let mut clusters: Vec<String> = self
             .pending
             .borrow()
-            .iter()
-            .filter(|(_, p)| p.successes > 0 || p.requests > 0)
-            .map(|(c, _)| c.clone())
+            .keys()
+            .chain(self.states.borrow().keys())
+            .cloned()
             .collect();
         if clusters.is_empty() {
             return;
         }
+        clusters.sort_unstable();
+        clusters.dedup();
         let now = now_ms();
         for c in clusters {
-            self.merge(&c, now, None);
+            if !self.merge(&c, now, None) {
+                let (rec, _) = read(&format!("{KEY_PREFIX}{c}"));
+                self.remember(&c, rec.state);
+            }
         }
     }
 
@@ -406,8 +407,7 @@ impl RootContext for BreakerRoot {
 
     fn on_tick(&mut self) {
         if let Some(plugin) = &self.plugin {
-            plugin.merge_all();
-            plugin.refresh_states();
+            plugin.sync_all();
         }
         self.send_next();
     }
@@ -476,13 +476,13 @@ impl HttpContext for BreakerStream {
             self.start_ms = now_ms();
         }
         let mut transition = None;
-        // The healthy path: the circuit was closed when this worker last looked.
+        // The healthy path: the circuit was closed when this worker last looked; no read.
         let admission = if plugin.known_closed(&cluster) {
             Some(Admission::Allow)
         } else {
             plugin.update(&cluster, |rec| {
                 if rec.state == State::Closed {
-                    // The healthy path: no clock, no write.
+                    // Closed after all: no clock, no write.
                     return (false, Admission::Allow);
                 }
                 let (a, changed, t) = circuit.admit(rec, now_ms());
