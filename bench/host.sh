@@ -4,7 +4,7 @@
 # Prints the criterion medians and the ratio. Target: at most 2 us per request in the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo bench -q -p maille-wasm-tests --bench canary_host -- --noplot "$@" 2>&1 | grep -E '^(host|native)/|time:' || true
+cargo bench -q -p maille-wasm-host --bench canary_host -- --noplot "$@" 2>&1 | grep -E '^(host|native)/|time:' || true
 python3 - <<'PY'
 import json, os
 def median_ns(name):

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use maille_collector::xray::check_document;
-use maille_wasm_tests::envoy::{agent, free_port, Envoy};
+use maille_testkit::{agent, free_port, Envoy};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use maille_wasm_tests::envoy::free_port;
+use maille_testkit::free_port;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -35,7 +35,7 @@ fn collector_process(grpc: u16, http: u16, moto_port: u16, spool: &std::path::Pa
         .spawn()
         .expect("start maille-collector");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while maille_wasm_tests::envoy::agent()
+    while maille_testkit::agent()
         .get(&format!("http://127.0.0.1:{http}/healthz"))
         .call()
         .is_err()

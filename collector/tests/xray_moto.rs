@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use maille_collector::xray::check_document;
-use maille_wasm_tests::envoy::{agent, free_port};
+use maille_testkit::{agent, free_port};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -305,7 +305,7 @@ fn the_python_opentelemetry_sdk_sends_over_grpc_and_http_and_spans_arrive() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let moto = Moto::start_on(free_port());
     let running = collector(&rt, &moto.url());
-    let python = maille_wasm_tests::envoy::repo_root().join(".venv/bin/python");
+    let python = maille_testkit::repo_root().join(".venv/bin/python");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel_sdk_client.py");
     for (protocol, endpoint) in [
         ("grpc", format!("http://127.0.0.1:{}", running.grpc_port)),

@@ -10,7 +10,7 @@ fn maillectl_apply_diff_get_delete_and_refusals() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let control = Control::start(&rt, &dir.path().join("state.redb"), None);
-    let example = maille_wasm_tests::envoy::repo_root().join("deploy/examples/colorteller");
+    let example = maille_testkit::repo_root().join("deploy/examples/colorteller");
     let cfn = example.join("appmesh-cloudformation.yaml");
     let cfn = cfn.to_str().unwrap();
 

@@ -7,7 +7,7 @@
 mod common;
 
 use maille_control::server::{start, ServerConfig};
-use maille_wasm_tests::envoy::{agent, envoy_bin, repo_root};
+use maille_testkit::{agent, envoy_bin, repo_root};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

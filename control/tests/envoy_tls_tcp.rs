@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use maille_wasm_tests::envoy::free_port;
+use maille_testkit::free_port;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
@@ -201,7 +201,7 @@ fn a_tcp_virtual_service_gets_its_own_egress_listener() {
         "the TCP listener forwards to black",
         Duration::from_secs(30),
         || {
-            let r = maille_wasm_tests::envoy::agent()
+            let r = maille_testkit::agent()
                 .get(&format!("http://127.0.0.1:{tcp_port}/"))
                 .call()
                 .ok()

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use maille_collector::export::{SendError, Sink, Unprocessed};
 use maille_collector::server::{start, Config};
-use maille_wasm_tests::envoy::free_port;
+use maille_testkit::free_port;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -215,7 +215,7 @@ fn a_new_module_build_reaches_envoy_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let modules = dir.path().join("modules");
     std::fs::create_dir(&modules).unwrap();
-    let wasm = std::fs::read(maille_wasm_tests::envoy::filter_wasm("canary")).unwrap();
+    let wasm = std::fs::read(maille_testkit::filter_wasm("canary")).unwrap();
     std::fs::write(modules.join("canary.wasm"), &wasm).unwrap();
     let control = Control::start_with_modules(&rt, &dir.path().join("state.redb"), None, &modules);
     let apps = Apps::start(&rt, &["white", "black"]);

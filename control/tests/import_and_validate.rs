@@ -87,9 +87,9 @@ fn maillectl_validate(file: impl AsRef<std::ffi::OsStr>) -> std::process::Output
         .args(["validate", "-f"])
         .arg(file)
         .arg("--envoy")
-        .arg(maille_wasm_tests::envoy::envoy_bin())
+        .arg(maille_testkit::envoy_bin())
         .arg("--modules")
-        .arg(maille_wasm_tests::envoy::repo_root().join("target/filters"))
+        .arg(maille_testkit::repo_root().join("target/filters"))
         .output()
         .unwrap()
 }
@@ -290,7 +290,7 @@ fn validation_errors_give_resource_and_field_path() {
 
 #[test]
 fn envoy_validates_every_node_of_every_example() {
-    maille_wasm_tests::envoy::filter_wasm("canary");
+    maille_testkit::filter_wasm("canary");
     for f in [
         "appmesh-api.json",
         "appmesh-cloudformation.yaml",

@@ -6,7 +6,7 @@
 //! env.sh), CloudWatch holds request metrics per colour,
 //! and Ctrl-C (SIGINT) stops everything it started.
 
-use maille_wasm_tests::envoy::{agent, eventually, repo_root};
+use maille_testkit::{agent, eventually, repo_root};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 use aws_sdk_xray::config::{BehaviorVersion, Credentials, Region};
 use maille_collector::export::XraySink;
 use maille_collector::server::{start, Config, Running};
-use maille_wasm_tests::envoy::{agent, repo_root};
+use maille_testkit::{agent, repo_root};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};

@@ -5,8 +5,8 @@
 
 use maille_control::server::{start, Running, ServerConfig};
 #[allow(unused_imports)]
-pub use maille_wasm_tests::envoy::eventually;
-use maille_wasm_tests::envoy::{agent, free_port, repo_root, Envoy};
+pub use maille_testkit::eventually;
+use maille_testkit::{agent, free_port, repo_root, Envoy};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

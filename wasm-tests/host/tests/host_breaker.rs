@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use maille_breaker::{Record, State};
-use maille_wasm_tests::envoy::filter_wasm;
-use maille_wasm_tests::{Action, Error, Host, HttpCallResponse, Vm};
+use maille_testkit::filter_wasm;
+use maille_wasm_host::{Action, Error, Host, HttpCallResponse, Vm};
 
 /// What became of one request.
 #[derive(Debug, PartialEq, Eq)]
@@ -86,7 +86,7 @@ fn trips_on_the_failure_ratio_but_not_under_the_minimum() {
     assert_eq!(host.metric("maille_breaker.svc.requests"), Some(10));
     assert_eq!(host.metric("maille_breaker.svc.failures"), Some(10));
     assert_eq!(host.metric("maille_breaker.svc.rejections"), Some(1));
-    let log = vm.log_lines(maille_wasm_tests::LogLevel::Info).join("\n");
+    let log = vm.log_lines(maille_wasm_host::LogLevel::Info).join("\n");
     assert!(
         log.contains("cluster svc: closed -> open (failure ratio 1.00: 10 of 10"),
         "{log}"
@@ -155,7 +155,7 @@ fn open_answers_fast_then_half_open_probes_are_bounded_then_it_closes() {
     assert_eq!(call(&mut vm, 200), Seen::Upstream);
 }
 
-fn drop_after_response(mut s: maille_wasm_tests::Stream<'_>, status: u16) {
+fn drop_after_response(mut s: maille_wasm_host::Stream<'_>, status: u16) {
     s.response_headers(&[(":status", &status.to_string())], true)
         .unwrap();
 }
@@ -236,7 +236,7 @@ fn state_changes_are_signalled_in_order_one_call_at_a_time() {
     );
     // The failed first call was logged; traffic never waited for any of it.
     assert!(vm
-        .log_lines(maille_wasm_tests::LogLevel::Warn)
+        .log_lines(maille_wasm_host::LogLevel::Warn)
         .iter()
         .any(|l| l.contains("signal call") && l.contains("failed")));
     assert_eq!(call(&mut vm, 200), Seen::Upstream);
@@ -273,7 +273,7 @@ fn two_workers_racing_on_shared_state_lose_no_update_and_no_transition() {
         h.join().unwrap();
     }
     let (total, failures) =
-        record(&host).window(maille_wasm_tests::host::EPOCH_NANOS / 1_000_000, 600_000);
+        record(&host).window(maille_wasm_host::EPOCH_NANOS / 1_000_000, 600_000);
     assert_eq!(total, 2 * per_worker as u32, "lost updates");
     assert_eq!(failures, 2 * per_worker as u32 / 4);
 
@@ -288,7 +288,7 @@ fn two_workers_racing_on_shared_state_lose_no_update_and_no_transition() {
                 for _ in 0..200 {
                     call(&mut vm, 503);
                 }
-                vm.log_lines(maille_wasm_tests::LogLevel::Info)
+                vm.log_lines(maille_wasm_host::LogLevel::Info)
                     .into_iter()
                     .filter(|l| l.contains("->"))
                     .collect::<Vec<_>>()

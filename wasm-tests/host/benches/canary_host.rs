@@ -7,8 +7,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use maille_canary::{Request, Router};
-use maille_wasm_tests::envoy::filter_wasm;
-use maille_wasm_tests::Host;
+use maille_testkit::filter_wasm;
+use maille_wasm_host::Host;
 
 const CONFIG: &str = r#"{
   "targets": [{"name": "stable", "cluster": "stable", "weight": 90},

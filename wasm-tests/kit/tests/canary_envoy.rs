@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use maille_wasm_tests::envoy::{agent, filter_wasm};
-use maille_wasm_tests::{start_canary, Envoy, Upstreams};
+use maille_testkit::{agent, filter_wasm};
+use maille_testkit::{start_canary, Envoy, Upstreams};
 
 /// The module must stay small enough to ship in xDS and load fast.
 const MAX_MODULE_BYTES: u64 = 150_000;

@@ -1,9 +1,14 @@
-//! A proxy-wasm host on wasmtime that runs real filter modules as Envoy would.
+//! A proxy-wasm host on wasmtime that runs real filter modules as Envoy would: the fast,
+//! deterministic way to test a filter with the exact `.wasm` that ships (the clock moves only
+//! when the test moves it; outgoing HTTP calls wait until the test answers them). It knows
+//! nothing of Maille's filters; real Envoy end to end is `maille-testkit`'s job.
 //!
 //! One [`Host`] holds what Envoy shares between its worker threads: the clock, shared data
 //! (with compare-and-swap), shared queues and metrics. Each [`Vm`] is one worker's instance
 //! of a module; [`Stream`] drives one HTTP stream through it. Nothing is global: every test
 //! builds its own host.
+
+#![forbid(unsafe_code)]
 
 mod imports;
 
@@ -14,9 +19,9 @@ use std::time::Duration;
 
 use wasmtime::{Engine, Instance, Linker, Module, Store, TypedFunc};
 
-pub use crate::host::abi::{Action, Headers, LogLevel, MetricType};
+pub use crate::abi::{Action, Headers, LogLevel, MetricType};
 
-pub(crate) mod abi;
+mod abi;
 
 /// The host clock starts here (2026-01-01T00:00:00Z) and moves only when a test moves it.
 pub const EPOCH_NANOS: u64 = 1_767_225_600_000_000_000;

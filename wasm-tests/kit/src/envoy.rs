@@ -1,5 +1,3 @@
-//! Real Envoy processes for end-to-end tests.
-
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,8 +11,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The repository root (the workspace folder).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("wasm-tests sits inside the workspace")
+        .ancestors()
+        .nth(2)
+        .expect("wasm-tests/kit sits two levels inside the workspace")
         .to_path_buf()
 }
 
@@ -43,6 +42,14 @@ pub fn filter_wasm(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// A test fixture of this kit, `wasm-tests/kit/fixtures/<name>` (Envoy templates of
+/// upstreams the tests talk to, not configurations users deploy).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// First and last port [`free_port`] hands out: below Linux's ephemeral range (32768 and
@@ -164,10 +171,10 @@ impl Envoy {
         }
     }
 
-    /// Starts Envoy from a template of `deploy/envoy/` (relative to the repository root)
-    /// filled with `vars`; `admin_port` must be the value given for `ADMIN_PORT`.
+    /// Starts Envoy from a template (a path relative to the repository root, such as
+    /// `deploy/envoy/breaker.yaml`, or [`fixture`]'s) filled with `vars`; `admin_port` must be the value given for `ADMIN_PORT`.
     pub fn from_template(
-        template: &str,
+        template: impl AsRef<Path>,
         vars: &[(&str, &str)],
         admin_port: u16,
     ) -> Result<Envoy, EnvoyExit> {
@@ -245,7 +252,7 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
-/// The two upstream services of `deploy/envoy/upstreams.yaml`, `stable` and `canary`, which
+/// The two upstream services of `fixtures/upstreams.yaml`, `stable` and `canary`, which
 /// answer with their own name.
 #[derive(Debug)]
 pub struct Upstreams {
@@ -263,7 +270,7 @@ impl Upstreams {
         let stable_port = free_port();
         let canary_port = free_port();
         let config = render(
-            &repo_root().join("deploy/envoy/upstreams.yaml"),
+            &fixture("upstreams.yaml"),
             &[
                 ("ADMIN_PORT", &admin.to_string()),
                 ("STABLE_PORT", &stable_port.to_string()),

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use maille_wasm_tests::envoy::filter_wasm;
-use maille_wasm_tests::{Action, Error, Host, LogLevel, Vm};
+use maille_testkit::filter_wasm;
+use maille_wasm_host::{Action, Error, Host, LogLevel, Vm};
 
 fn canary(host: &Host, config: &str) -> Vm {
     let mut vm = host.load(filter_wasm("canary")).expect("load canary.wasm");

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use maille_wasm_tests::envoy::{agent, filter_wasm};
-use maille_wasm_tests::{start_canary, Host, Upstreams};
+use maille_testkit::{agent, filter_wasm};
+use maille_testkit::{start_canary, Upstreams};
+use maille_wasm_host::Host;
 
 const CONFIG: &str = r#"{
   "targets": [{"name": "stable", "cluster": "stable", "weight": 70},

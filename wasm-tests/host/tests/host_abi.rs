@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use maille_wasm_tests::host::abi_pairs;
-use maille_wasm_tests::{Action, Error, Host, HttpCallResponse, LogLevel, Vm};
+use maille_wasm_host::abi_pairs;
+use maille_wasm_host::{Action, Error, Host, HttpCallResponse, LogLevel, Vm};
 
 /// WAT string literal for raw bytes.
 fn lit(bytes: &[u8]) -> String {

@@ -10,8 +10,8 @@ use maille_canary::{Reason, Request, Router};
 use maille_filter_config::canary::{
     CanaryConfig, MatchMethod, Range, RequestMatch, Rule, StickyKey, Target, ValueMatch,
 };
-use maille_wasm_tests::envoy::filter_wasm;
-use maille_wasm_tests::{Error, Host};
+use maille_testkit::filter_wasm;
+use maille_wasm_host::{Error, Host};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 

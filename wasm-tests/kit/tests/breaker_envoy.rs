@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use maille_wasm_tests::envoy::{agent, filter_wasm, yaml_single_quoted, RecordingServer};
-use maille_wasm_tests::{free_port, Envoy};
+use maille_testkit::{agent, filter_wasm, fixture, yaml_single_quoted, RecordingServer};
+use maille_testkit::{free_port, Envoy};
 
 const CONFIG: &str = r#"{"windowMillis": 5000, "minRequests": 10, "failureRatio": 0.5,
   "consecutiveFailures": 0, "openMillis": 1500, "halfOpenProbes": 2,
@@ -27,7 +27,7 @@ impl Setup {
         let signal_port = signals.as_ref().map_or_else(free_port, |s| s.port);
         let (up_admin, flaky) = (free_port(), free_port());
         let upstream = Envoy::from_template(
-            "deploy/envoy/flaky-upstream.yaml",
+            fixture("flaky-upstream.yaml"),
             &[
                 ("ADMIN_PORT", &up_admin.to_string()),
                 ("FLAKY_PORT", &flaky.to_string()),

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use maille_wasm_tests::envoy::filter_wasm;
-use maille_wasm_tests::{Action, Error, Host};
+use maille_testkit::filter_wasm;
+use maille_wasm_host::{Action, Error, Host};
 
 #[test]
 fn routes_beta_users_to_the_canary() -> Result<(), Error> {
