@@ -1,0 +1,1 @@
+//! Placeholder: the Envoy dynamic-modules ABI subset Maille uses (being written).
