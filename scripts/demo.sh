@@ -23,7 +23,7 @@ trap 'echo; echo "stopping everything the demo started"; exit 0' INT TERM
 BIN=${MAILLE_BIN_DIR:-}
 if [ -z "$BIN" ]; then
   echo "building maille-control, maillectl, maille-collector and colorapp (debug)"
-  (cd "$ROOT" && cargo build --locked -q -p maille-control -p maille-collector -p maille-demo --bins)
+  (cd "$ROOT" && cargo build --locked -q -p maille-control -p maillectl -p maille-collector -p maille-demo --bins)
   BIN=$ROOT/target/debug
 fi
 for b in maille-control maillectl maille-collector colorapp; do

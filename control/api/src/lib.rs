@@ -1,0 +1,349 @@
+//! The control server's admin API: the paths, and the typed request and answer bodies that
+//! the server writes and `maillectl` (or any client) reads. One definition for both sides,
+//! so a field renamed on one side cannot silently read as missing on the other.
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | POST | [`paths::APPLY`] | [`ApplyRequest`] → [`ApplyReport`] |
+//! | POST | [`paths::DELETE`] | [`DeleteRequest`] → [`ApplyReport`] |
+//! | GET | [`paths::RESOURCES`] `?kind=&mesh=` | [`ResourcesAnswer`] |
+//! | GET | [`paths::STATUS`] | [`StatusAnswer`] |
+//! | GET | [`paths::NODES`]`/{node id}` | [`NodeAnswer`] |
+//! | GET | [`paths::BOOTSTRAP`] `?node=...` ([`BootstrapQuery`]) | an Envoy bootstrap |
+//! | GET | `/v1/modules/{name}.wasm` | a filter module |
+//! | POST | [`paths::SIGNAL`] | [`BreakerSignal`] (from the breaker filter) |
+//! | GET | [`paths::SIGNALS`] | [`SignalsAnswer`] |
+//!
+//! Every refusal is an [`ErrorBody`]; a refused apply lists each problem with its resource
+//! and field path.
+#![forbid(unsafe_code)]
+
+use maille_model::{Key, Resource};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The API's paths.
+pub mod paths {
+    /// Create or replace resources.
+    pub const APPLY: &str = "/v1/apply";
+    /// Delete resources.
+    pub const DELETE: &str = "/v1/delete";
+    /// The stored resources.
+    pub const RESOURCES: &str = "/v1/resources";
+    /// Connected Envoys.
+    pub const STATUS: &str = "/v1/status";
+    /// What one node is served (followed by `/<node id>`).
+    pub const NODES: &str = "/v1/nodes";
+    /// An Envoy bootstrap.
+    pub const BOOTSTRAP: &str = "/v1/bootstrap";
+    /// Filter module downloads (followed by `/<name>.wasm`).
+    pub const MODULES: &str = "/v1/modules";
+    /// Where breaker filters post their state changes.
+    pub const SIGNAL: &str = "/v1/signals/breaker";
+    /// The breaker signals received.
+    pub const SIGNALS: &str = "/v1/signals";
+    /// Liveness.
+    pub const HEALTH: &str = "/healthz";
+}
+
+/// `POST /v1/apply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplyRequest {
+    /// The resources to create or replace.
+    pub resources: Vec<Resource>,
+    /// Check and report, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /v1/delete`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteRequest {
+    /// The resources to delete.
+    pub keys: Vec<Key>,
+    /// Check and report, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an apply or delete changed (or, on a dry run, would change).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyReport {
+    /// The version now served (unchanged on a dry run or when nothing changed).
+    pub version: u64,
+    /// Created resources.
+    pub created: Vec<String>,
+    /// Changed resources.
+    pub updated: Vec<String>,
+    /// Resources given that were already as given.
+    pub unchanged: Vec<String>,
+    /// Deleted resources.
+    pub deleted: Vec<String>,
+    /// Parts of the spec Envoy will not see, for the nodes this change affects.
+    pub warnings: Vec<String>,
+    /// How many virtual nodes' Envoy configurations this change affects.
+    #[serde(default)]
+    pub affected_nodes: usize,
+}
+
+/// One problem of a refused apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// The resource (`virtualNode/colorapp/blue`).
+    pub resource: String,
+    /// The field path in it (`spec.listeners[0].portMapping.port`), possibly empty.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The body of every refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+    /// For a refused apply: each problem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl ErrorBody {
+    /// An error with a message only.
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.error)?;
+        for e in &self.errors {
+            write!(f, "\n  {}: ", e.resource)?;
+            if !e.path.is_empty() {
+                write!(f, "{}: ", e.path)?;
+            }
+            f.write_str(&e.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// `GET /v1/resources`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourcesAnswer {
+    /// The version served.
+    pub version: u64,
+    /// The resources, in key order.
+    pub resources: Vec<Resource>,
+}
+
+/// A filter module the server serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedModule {
+    /// Where Envoys fetch it.
+    pub url: String,
+    /// Hex sha256 of its bytes.
+    pub sha256: String,
+}
+
+/// A NACK as Envoy sent it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nack {
+    /// The version Envoy refused.
+    pub version: String,
+    /// Envoy's error message.
+    pub message: String,
+    /// When (seconds since the epoch).
+    pub at: f64,
+}
+
+/// What one connected Envoy has of one resource type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeStatus {
+    /// Last version sent.
+    pub sent: String,
+    /// Last version Envoy acknowledged.
+    pub acked: Option<String>,
+    /// Last refusal, kept until a later version is acknowledged.
+    pub last_nack: Option<Nack>,
+}
+
+/// One connected Envoy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientStatus {
+    /// Node id.
+    pub node: String,
+    /// Peer address.
+    pub peer: String,
+    /// Connected since (seconds since the epoch).
+    pub connected_at: f64,
+    /// Per resource type (LDS, RDS, CDS, EDS, ECDS).
+    pub types: BTreeMap<String, TypeStatus>,
+    /// Highest snapshot version this Envoy has fully acknowledged.
+    pub synced_version: u64,
+    /// Time from that snapshot's apply to the last ACK that completed it, in milliseconds.
+    pub sync_millis: Option<f64>,
+    /// What was not translated for this node.
+    pub warnings: Vec<String>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    /// The version served.
+    pub version: u64,
+    /// The filter modules served, by name.
+    pub modules: BTreeMap<String, ServedModule>,
+    /// The connected Envoys.
+    pub clients: Vec<ClientStatus>,
+}
+
+/// `GET /v1/nodes/{node id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeAnswer {
+    /// The node id.
+    pub node: String,
+    /// The version served.
+    pub version: u64,
+    /// Resource names by xDS type (LDS, RDS, CDS, EDS, ECDS).
+    pub resources: BTreeMap<String, Vec<String>>,
+    /// What was not translated.
+    pub warnings: Vec<String>,
+}
+
+/// `GET /v1/bootstrap` query. Every value is checked before it reaches the bootstrap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BootstrapQuery {
+    /// The node id, `mesh/<mesh>/virtualNode/<name>`.
+    pub node: String,
+    /// Envoy's admin port (9901).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_port: Option<u16>,
+    /// Envoy port of the first ingress listener (15000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_port: Option<u16>,
+    /// Envoy port of the egress listener (15001).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_port: Option<u16>,
+    /// Address Envoy's listeners bind (0.0.0.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_address: Option<String>,
+    /// Address of the local application (127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_address: Option<String>,
+    /// Port of the node's collector sidecar (OTLP gRPC); enables tracing and stats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_port: Option<u16>,
+}
+
+/// A circuit's state, as the breaker filter names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CircuitState {
+    /// Requests pass.
+    Closed,
+    /// Requests are answered locally with 503.
+    Open,
+    /// A few probes pass.
+    HalfOpen,
+}
+
+/// Longest upstream cluster name a signal may carry (Envoy's stat names are bounded too).
+pub const MAX_SIGNAL_CLUSTER_LEN: usize = 1024;
+/// Largest signal body the server reads, bytes.
+pub const MAX_SIGNAL_BYTES: usize = 4096;
+
+/// A breaker's state change (`POST /v1/signals/breaker`, sent by the breaker filter).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BreakerSignal {
+    /// The upstream cluster (`node/<virtual node>/<port>`).
+    pub cluster: String,
+    /// The state before.
+    pub from: CircuitState,
+    /// The state after.
+    pub to: CircuitState,
+    /// Counts the cluster's state changes across workers: orders signals.
+    pub generation: u64,
+    /// Failures / requests in the window when it changed.
+    pub failure_ratio: f64,
+    /// Requests in the window.
+    pub requests: u64,
+    /// Failures in the window.
+    pub failures: u64,
+    /// Failures in a row.
+    pub consecutive_failures: u64,
+    /// When, milliseconds since the epoch (the filter's clock).
+    pub at_millis: u64,
+}
+
+impl BreakerSignal {
+    /// Checks what serde cannot: a bounded, non-empty cluster name and a ratio in 0..=1.
+    pub fn check(&self) -> Result<(), String> {
+        if self.cluster.is_empty() || self.cluster.len() > MAX_SIGNAL_CLUSTER_LEN {
+            return Err(format!(
+                "cluster: 1 to {MAX_SIGNAL_CLUSTER_LEN} bytes, got {}",
+                self.cluster.len()
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.failure_ratio) {
+            return Err(format!(
+                "failureRatio: must be 0..=1, got {}",
+                self.failure_ratio
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `GET /v1/signals`: the signals kept, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SignalsAnswer {
+    /// The signals.
+    pub signals: Vec<BreakerSignal>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_filters_signal_body_reads_as_a_signal() {
+        // The body the breaker filter writes (filters/breaker `signal_body`).
+        let body = r#"{"cluster":"node/red/9080","from":"closed","to":"open","generation":1,"failureRatio":0.3125,"requests":16,"failures":5,"consecutiveFailures":5,"atMillis":1795753011355}"#;
+        let s: BreakerSignal = serde_json::from_str(body).unwrap();
+        assert_eq!(s.to, CircuitState::Open);
+        assert_eq!(s.consecutive_failures, 5);
+        s.check().unwrap();
+        let half: BreakerSignal =
+            serde_json::from_str(&body.replace(r#""to":"open""#, r#""to":"half-open""#)).unwrap();
+        assert_eq!(half.to, CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn refusals_print_each_field_error() {
+        let e = ErrorBody {
+            error: "the resources are invalid; nothing was changed".into(),
+            errors: vec![FieldError {
+                resource: "route/m/r/x".into(),
+                path: "spec.httpRoute".into(),
+                message: "required".into(),
+            }],
+        };
+        assert_eq!(
+            e.to_string(),
+            "the resources are invalid; nothing was changed\n  route/m/r/x: spec.httpRoute: required"
+        );
+    }
+}

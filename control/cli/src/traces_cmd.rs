@@ -1,0 +1,111 @@
+//! `maillectl traces`: recent traces from X-Ray, one as a waterfall, or the service graph.
+
+use crate::traces::{filter_expression, graph, graph_table, list_table};
+use crate::xray_api;
+use crate::{parse_age, parse_param};
+use anyhow::{bail, Result};
+use serde_json::Value;
+use std::time::Duration;
+
+/// `maillectl traces`.
+#[derive(Debug, clap::Args)]
+pub struct TracesArgs {
+    /// Only traces with this annotation value, NAME=VALUE (repeatable), e.g.
+    /// maille_variant=canary.
+    #[arg(short, long = "annotation", value_parser = parse_param)]
+    pub annotations: Vec<(String, String)>,
+    /// Only traces through this service (virtual node).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// How far back: 90s, 10m, 2h (at most 24h).
+    #[arg(long, default_value = "10m", value_parser = parse_age)]
+    pub since: Duration,
+    /// At most this many traces in the list.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Show this trace as a waterfall.
+    #[arg(long)]
+    pub trace_id: Option<String>,
+    /// Show the service graph (who calls whom, calls, 4xx and 5xx shares) instead.
+    #[arg(long, conflicts_with = "trace_id")]
+    pub graph: bool,
+    /// `table` or `json`.
+    #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+    pub output: String,
+    /// The X-Ray endpoint (default: the SDK's, from AWS_ENDPOINT_URL or the region).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+}
+
+/// Runs `maillectl traces`.
+pub async fn run(a: TracesArgs) -> Result<()> {
+    let client = xray_api::client(a.endpoint_url.as_deref()).await;
+    if let Some(id) = &a.trace_id {
+        let found = xray_api::traces(&client, std::slice::from_ref(id)).await?;
+        let Some(t) = found.into_iter().find(|t| &t.id == id) else {
+            bail!("no trace {id} in X-Ray (traces appear a few seconds after their requests)");
+        };
+        if a.output == "json" {
+            println!("{}", serde_json::to_string_pretty(&t.summary())?);
+        } else {
+            print!("{}", t.waterfall(40));
+        }
+        return Ok(());
+    }
+    let to = std::time::SystemTime::now();
+    let from = to - a.since;
+    if a.graph {
+        let mut edges = xray_api::service_graph(&client, from, to).await?;
+        let mut source = "X-Ray's service graph".to_owned();
+        if edges.is_empty() {
+            // A local endpoint has no service graph: build it from the traces themselves.
+            let (ids, _) = xray_api::trace_ids(&client, from, to, None, usize::MAX).await?;
+            let all = xray_api::traces(&client, &ids).await?;
+            edges = graph(&all);
+            source = format!("built from {} traces", all.len());
+        }
+        if a.output == "json" {
+            println!("{}", serde_json::to_string_pretty(&edges)?);
+        } else {
+            println!("service graph, last {}s ({source})", a.since.as_secs());
+            print!("{}", graph_table(&edges));
+        }
+        return Ok(());
+    }
+    let filter = filter_expression(&a.annotations, a.service.as_deref());
+    let (ids, refused) = xray_api::trace_ids(&client, from, to, filter.as_deref(), a.limit).await?;
+    if let Some(why) = refused {
+        eprintln!(
+            "note: the X-Ray endpoint did not take the filter expression ({why}); filtering here"
+        );
+    }
+    let mut shown = Vec::new();
+    // Fetch in small steps until enough traces match (the endpoint may not filter).
+    for chunk in ids.chunks(25) {
+        for t in xray_api::traces(&client, chunk).await? {
+            if t.matches(&a.annotations, a.service.as_deref()) && shown.len() < a.limit {
+                shown.push(t);
+            }
+        }
+        if shown.len() >= a.limit {
+            break;
+        }
+    }
+    shown.sort_by(|x, y| y.start().total_cmp(&x.start()));
+    if a.output == "json" {
+        let v: Vec<Value> = shown.iter().map(|t| t.summary()).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if shown.is_empty() {
+        println!(
+            "no traces in the last {}s{}",
+            a.since.as_secs(),
+            filter.map(|f| format!(" matching {f}")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    print!("{}", list_table(&shown));
+    println!("waterfall of one: maillectl traces --trace-id <TRACE>");
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! `maillectl` against a running control server (no Envoy): apply, diff, get, delete,
+//! refusals that change nothing, bootstrap.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn maillectl_apply_diff_get_delete_and_refusals() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    let example = maille_testkit::repo_root().join("deploy/examples/colorteller");
+    let cfn = example.join("appmesh-cloudformation.yaml");
+    let cfn = cfn.to_str().unwrap();
+
+    // `import` shows what the template becomes, as API JSON, without a server.
+    let (ok, out, err) = control.ctl(&["import", "-f", cfn]);
+    assert!(ok, "{err}");
+    let docs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(docs.as_array().unwrap().len(), 11);
+    assert!(
+        docs.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["virtualNode"]["virtualNodeName"] == "colorteller-white"),
+        "{out}"
+    );
+    assert!(err.contains("PrivateDnsNamespace"), "{err}");
+
+    // Dry run changes nothing.
+    let (ok, out, _) = control.ctl(&["apply", "-f", cfn, "--dry-run"]);
+    assert!(ok);
+    assert!(out.contains("mesh/colorapp would be created"), "{out}");
+    assert_eq!(
+        control.get("/v1/resources")["resources"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // Apply the CloudFormation template as it is.
+    let (ok, out, err) = control.ctl(&["apply", "-f", cfn]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches(" created").count(), 11, "{out}");
+    assert!(
+        err.contains("PrivateDnsNamespace is not an App Mesh resource; skipped"),
+        "{err}"
+    );
+
+    // The same mesh from Terraform is unchanged: diff says so.
+    let tf = example.join("appmesh-terraform.tf");
+    let (ok, out, _) = control.ctl(&["diff", "-f", tf.to_str().unwrap()]);
+    assert!(ok);
+    assert_eq!(out.matches(" unchanged").count(), 11, "{out}");
+    // With another domain it would change the nodes' hostnames and the services.
+    let (ok, out, _) = control.ctl(&[
+        "diff",
+        "-f",
+        tf.to_str().unwrap(),
+        "-p",
+        "services_domain=prod.internal",
+    ]);
+    assert!(ok);
+    assert!(
+        out.contains("virtualNode/colorapp/colorteller-white would be updated"),
+        "{out}"
+    );
+    assert!(
+        out.contains("virtualService/colorapp/colorteller.prod.internal would be created"),
+        "{out}"
+    );
+
+    let (ok, out, _) = control.ctl(&["get", "route", "--mesh", "colorapp"]);
+    assert!(ok);
+    assert!(
+        out.contains("colorteller-vr/colorteller-canary")
+            && out.contains("colorteller-vr/colorteller-route"),
+        "{out}"
+    );
+
+    // Deleting a node a route still sends traffic to is refused, with the reference named,
+    // and nothing is deleted.
+    let (ok, _, err) = control.ctl(&[
+        "delete",
+        "virtual-node",
+        "colorteller-blue",
+        "--mesh",
+        "colorapp",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("route/colorapp/colorteller-vr/colorteller-canary: spec.httpRoute.action.weightedTargets[0].virtualNode: no virtual node named \"colorteller-blue\""),
+        "{err}"
+    );
+    assert_eq!(
+        control.get("/v1/resources?kind=virtual-node")["resources"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    // Delete the route first, then the node.
+    let (ok, _, err) = control.ctl(&[
+        "delete",
+        "route",
+        "colorteller-vr/colorteller-canary",
+        "--mesh",
+        "colorapp",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = control.ctl(&[
+        "delete",
+        "virtual-node",
+        "colorteller-blue",
+        "--mesh",
+        "colorapp",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("virtualNode/colorapp/colorteller-blue deleted"),
+        "{out}"
+    );
+
+    // An invalid spec is refused as a whole with field paths; the state is untouched.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"meshName": "colorapp", "virtualRouterName": "colorteller-vr", "routeName": "colorteller-route",
+            "spec": {"httpRoute": {"match": {"prefix": "/"}, "action": {"weightedTargets": [{"virtualNode": "colorteller-white", "weight": 500}]}}}}]"#,
+    )
+    .unwrap();
+    let before = control.get("/v1/resources");
+    let (ok, _, err) = control.ctl(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("spec.httpRoute.action.weightedTargets[0].weight: must be 0..=100, got 500"),
+        "{err}"
+    );
+    assert_eq!(control.get("/v1/resources"), before);
+
+    // A file that is not an App Mesh definition names itself and the problem.
+    let junk = dir.path().join("junk.json");
+    std::fs::write(&junk, r#"{"hello": "world"}"#).unwrap();
+    let (ok, _, err) = control.ctl(&["apply", "-f", junk.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("junk.json") && err.contains("not an App Mesh resource"),
+        "{err}"
+    );
+
+    // A bootstrap for a node, and a clear refusal of a bad node id.
+    let (ok, out, _) = control.ctl(&["bootstrap", "--node", "colorapp/colorgateway"]);
+    assert!(ok);
+    let b: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(b["node"]["id"], "mesh/colorapp/virtualNode/colorgateway");
+    let xds = b["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "maille_xds")
+        .unwrap();
+    assert_eq!(
+        xds.pointer("/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address/port_value"),
+        Some(&serde_json::json!(control.xds_port)),
+        "{out}"
+    );
+    let (ok, _, err) = control.ctl(&["bootstrap", "--node", "gateway"]);
+    assert!(!ok && err.contains("--node must be"), "{err}");
+    // Values that would write configuration of their own are refused, with the parameter.
+    let (ok, _, err) = control.ctl(&["bootstrap", "--node", "mesh/colorapp/virtualNode/x\nadmin:"]);
+    assert!(!ok && err.contains("node: "), "{err}");
+    let (ok, _, err) = control.ctl(&[
+        "bootstrap",
+        "--node",
+        "colorapp/colorgateway",
+        "--listen-address",
+        "0.0.0.0\nadmin: {}",
+    ]);
+    assert!(
+        !ok && err.contains("listenAddress: must be an IP address"),
+        "{err}"
+    );
+}

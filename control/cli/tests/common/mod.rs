@@ -1,0 +1,273 @@
+//! Test fixtures: the control server in-process on free ports, small HTTP apps that answer
+//! their own name, Envoy started from a bootstrap the server makes.
+
+#![allow(dead_code, unreachable_pub)]
+
+use maille_control::{start, Running, ServerConfig};
+#[allow(unused_imports)]
+pub use maille_testkit::eventually;
+use maille_testkit::{agent, free_port, repo_root, Envoy};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A tokio runtime for the in-process servers; tests themselves are synchronous.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The control server, with its state in `state` (a redb file) and the built filters.
+pub struct Control {
+    pub running: Option<Running>,
+    pub xds_port: u16,
+    pub http_port: u16,
+    pub state: PathBuf,
+}
+
+impl Control {
+    pub fn start(rt: &tokio::runtime::Runtime, state: &Path, ports: Option<(u16, u16)>) -> Control {
+        Control::start_with_modules(rt, state, ports, &repo_root().join("target/filters"))
+    }
+
+    pub fn start_with_modules(
+        rt: &tokio::runtime::Runtime,
+        state: &Path,
+        ports: Option<(u16, u16)>,
+        modules: &Path,
+    ) -> Control {
+        // Port 0 unless asked: the server binds at once and reports what it got, so no other
+        // test can take its ports in between.
+        let (xds, http) = ports.unwrap_or((0, 0));
+        let running = rt
+            .block_on(start(ServerConfig {
+                xds_addr: format!("127.0.0.1:{xds}").parse().unwrap(),
+                http_addr: format!("127.0.0.1:{http}").parse().unwrap(),
+                advertise_address: "127.0.0.1".into(),
+                state_path: Some(state.to_path_buf()),
+                modules_dir: Some(modules.to_path_buf()),
+            }))
+            .expect("control server starts");
+        Control {
+            xds_port: running.xds_port,
+            http_port: running.http_port,
+            running: Some(running),
+            state: state.to_path_buf(),
+        }
+    }
+
+    pub fn stop(&mut self, rt: &tokio::runtime::Runtime) {
+        if let Some(r) = self.running.take() {
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), r.stop())
+                    .await
+                    .expect("control server stops within 10 s")
+            });
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let mut r = agent()
+            .get(&format!("{}{path}", self.url()))
+            .call()
+            .expect("admin API answers");
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    pub fn get_text(&self, path: &str) -> String {
+        agent()
+            .get(&format!("{}{path}", self.url()))
+            .call()
+            .expect("admin API answers")
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    }
+
+    /// `maillectl` against this server; (exit ok, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_maillectl"))
+            .arg("--server")
+            .arg(self.url())
+            .args(args)
+            .output()
+            .expect("run maillectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts Envoy for virtual node `node` of `mesh` from the server's bootstrap; returns it
+    /// and its egress port.
+    pub fn envoy(&self, mesh: &str, node: &str) -> (Envoy, u16) {
+        self.envoy_with_ingress(mesh, node, free_port())
+    }
+
+    /// As [`Control::envoy`], with the first ingress listener on `ingress`.
+    pub fn envoy_with_ingress(&self, mesh: &str, node: &str, ingress: u16) -> (Envoy, u16) {
+        self.envoy_with(mesh, node, ingress, None)
+    }
+
+    /// As [`Control::envoy_with_ingress`], tracing to a collector on `otlp` when given.
+    pub fn envoy_with(
+        &self,
+        mesh: &str,
+        node: &str,
+        ingress: u16,
+        otlp: Option<u16>,
+    ) -> (Envoy, u16) {
+        let admin = free_port();
+        let egress = free_port();
+        let mut args: Vec<String> = [
+            "bootstrap",
+            "--node",
+            &format!("{mesh}/{node}"),
+            "--admin-port",
+            &admin.to_string(),
+            "--ingress-port",
+            &ingress.to_string(),
+            "--egress-port",
+            &egress.to_string(),
+            "--listen-address",
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(p) = otlp {
+            args.extend(["--otlp-port".to_owned(), p.to_string()]);
+        }
+        let (ok, yaml, err) = self.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "maillectl bootstrap failed: {err}");
+        let envoy = Envoy::start(&yaml, admin)
+            .unwrap_or_else(|e| panic!("Envoy exited ({}):\n{}", e.status, e.log));
+        (envoy, egress)
+    }
+}
+
+/// HTTP apps answering `GET` with their name, counting their hits; each can be made to
+/// fail (answer 503).
+pub struct Apps {
+    pub ports: BTreeMap<String, u16>,
+    pub hits: BTreeMap<String, Arc<AtomicU64>>,
+    pub failing: BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Apps {
+    pub fn start(rt: &tokio::runtime::Runtime, names: &[&str]) -> Apps {
+        let mut ports = BTreeMap::new();
+        let mut hits = BTreeMap::new();
+        let mut failing = BTreeMap::new();
+        for name in names {
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .expect("bind app");
+            let port = listener.local_addr().unwrap().port();
+            let counter = Arc::new(AtomicU64::new(0));
+            let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (n, c, f) = (name.to_string(), counter.clone(), fail.clone());
+            let app = axum::Router::new().fallback(move || {
+                let (n, c, f) = (n.clone(), c.clone(), f.clone());
+                async move {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    if f.load(Ordering::Relaxed) {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{n} is failing"),
+                        )
+                    } else {
+                        (axum::http::StatusCode::OK, n)
+                    }
+                }
+            });
+            rt.spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            ports.insert(name.to_string(), port);
+            hits.insert(name.to_string(), counter);
+            failing.insert(name.to_string(), fail);
+        }
+        Apps {
+            ports,
+            hits,
+            failing,
+        }
+    }
+}
+
+/// The ColorTeller mesh of the tests, in App Mesh API JSON (describe and create shapes mixed,
+/// as users' files are): a gateway node calling `colorteller.local`, a router with one
+/// weighted route over the colour nodes, which run on `apps`' ports.
+pub fn colorteller(apps: &Apps, weights: &[(&str, u32)]) -> Value {
+    let mut docs = vec![
+        json!({"mesh": {"meshName": "demo", "spec": {"egressFilter": {"type": "DROP_ALL"}},
+                        "metadata": {"arn": "arn:aws:appmesh:us-east-1:123456789012:mesh/demo", "version": 1},
+                        "status": {"status": "ACTIVE"}}}),
+        json!({"meshName": "demo", "virtualNodeName": "gateway", "spec": {
+            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
+            "backends": [{"virtualService": {"virtualServiceName": "colorteller.local"}}]}}),
+        json!({"meshName": "demo", "virtualRouterName": "colorteller", "spec": {
+            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}]}}),
+        json!({"meshName": "demo", "virtualServiceName": "colorteller.local", "spec": {
+            "provider": {"virtualRouter": {"virtualRouterName": "colorteller"}}}}),
+    ];
+    for (name, port) in &apps.ports {
+        // One colour by DNS name, the others by static endpoints (over EDS).
+        let sd = if name == "white" {
+            json!({"dns": {"hostname": "127.0.0.1"}})
+        } else {
+            json!({"endpoints": [{"address": "127.0.0.1"}]})
+        };
+        docs.push(
+            json!({"virtualNode": {"meshName": "demo", "virtualNodeName": name, "spec": {
+            "listeners": [{"portMapping": {"port": port, "protocol": "http"},
+                           "outlierDetection": {"maxServerErrors": 5, "maxEjectionPercent": 50,
+                               "interval": {"unit": "s", "value": 10},
+                               "baseEjectionDuration": {"unit": "s", "value": 30}}}],
+            "serviceDiscovery": sd}}}),
+        );
+    }
+    let targets: Vec<Value> = weights
+        .iter()
+        .map(|(n, w)| json!({"virtualNode": n, "weight": w}))
+        .collect();
+    docs.push(
+        json!({"meshName": "demo", "virtualRouterName": "colorteller", "routeName": "color",
+        "spec": {"httpRoute": {"match": {"prefix": "/"}, "action": {"weightedTargets": targets}}}}),
+    );
+    Value::Array(docs)
+}
+
+/// Sends `n` requests for `colorteller.local` through Envoy's egress port; counts answers.
+pub fn tally(egress: u16, n: usize) -> BTreeMap<String, usize> {
+    let a = agent();
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let mut r = a
+            .get(&format!("http://127.0.0.1:{egress}/"))
+            .header("host", "colorteller.local")
+            .call()
+            .expect("request through Envoy");
+        let status = r.status().as_u16();
+        let body = r.body_mut().read_to_string().unwrap_or_default();
+        let key = if status == 200 {
+            body
+        } else {
+            format!("HTTP {status}")
+        };
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}

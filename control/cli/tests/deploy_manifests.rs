@@ -1,0 +1,354 @@
+//! The deployment files of `deploy/` are checked, not just written: the ECS task definition
+//! against the ECS API model botocore ships, its IAM policy for the collector's permissions,
+//! the EC2 systemd units with `systemd-analyze verify`, the Kubernetes manifests rendered by
+//! kustomize and validated against Kubernetes' OpenAPI schemas; and the Envoy bootstraps the
+//! ECS and Kubernetes pods fetch pass `envoy --mode validate`.
+
+mod common;
+
+use maille_control::{start, ServerConfig};
+use maille_testkit::{agent, envoy_bin, repo_root};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// Runs a command, failing the test with its output when it fails; returns stdout.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (make setup installs it)"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `kubectl kustomize DIR`, as YAML and as a list of JSON objects.
+fn kustomize(dir: &Path) -> (String, Vec<Value>) {
+    let yaml = run(Command::new(repo_root().join(".venv/bin/kubectl"))
+        .arg("kustomize")
+        .arg(dir));
+    let objects =
+        maille_import::yaml_documents(&yaml).unwrap_or_else(|e| panic!("kustomize's output: {e}"));
+    (yaml, objects)
+}
+
+/// A file holding `text`, in a folder removed when the test process ends.
+fn write_temp(text: &str) -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.path().join(format!("{n}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `kubernetes-validate --strict` against Kubernetes 1.33's schemas (EKS's standard support).
+fn kube_validate(file: &Path) -> (bool, String) {
+    let out = Command::new(repo_root().join(".venv/bin/kubernetes-validate"))
+        .args(["--strict", "--quiet", "-k", "1.33.0"])
+        .arg(file)
+        .output()
+        .expect("kubernetes-validate (make setup installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Has Envoy check a bootstrap.
+fn envoy_validate(yaml: &str) -> Result<(), String> {
+    let path = write_temp(yaml);
+    let out = Command::new(envoy_bin())
+        .args([
+            "--mode",
+            "validate",
+            "--use-dynamic-base-id",
+            "-l",
+            "error",
+            "-c",
+        ])
+        .arg(&path)
+        .output()
+        .expect("run envoy");
+    let _ = std::fs::remove_file(&path);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
+    let root = repo_root();
+    let (yaml, objects) = kustomize(&root.join("deploy/k8s"));
+    let file = write_temp(&yaml);
+    let (ok, text) = kube_validate(&file);
+    assert!(ok, "kubernetes-validate: {text}");
+    let kinds =
+        |kind: &str| -> Vec<&Value> { objects.iter().filter(|o| o["kind"] == kind).collect() };
+    let names = |kind: &str| -> Vec<String> {
+        let mut v: Vec<String> = kinds(kind)
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let workloads = [
+        "colorgateway",
+        "colorteller-black",
+        "colorteller-blue",
+        "colorteller-red",
+        "colorteller-white",
+    ];
+    let mut expected: Vec<&str> = workloads.to_vec();
+    expected.push("maille-control");
+    expected.sort();
+    assert_eq!(names("Deployment"), expected);
+    assert_eq!(names("Service"), expected);
+
+    // The control server the pods' bootstraps come from, advertising its Service's name, with
+    // the classic ColorTeller mesh for this cluster's DNS domain.
+    let rt = common::runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let control_dns = "maille-control.maille-system.svc.cluster.local";
+    let server = rt
+        .block_on(start(ServerConfig {
+            xds_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            advertise_address: control_dns.into(),
+            state_path: Some(dir.path().join("state.redb")),
+            modules_dir: Some(root.join("target/filters")),
+        }))
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}", server.http_port);
+    run(Command::new(env!("CARGO_BIN_EXE_maillectl"))
+        .args([
+            "--server",
+            &url,
+            "apply",
+            "-p",
+            "services_domain=colorapp.svc.cluster.local",
+            "-f",
+        ])
+        .arg(root.join("deploy/examples/colorteller/appmesh-terraform.tf")));
+
+    for d in kinds("Deployment")
+        .into_iter()
+        .filter(|d| d["metadata"]["namespace"] == "colorapp")
+    {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"], name,
+            "{d}"
+        );
+        assert_eq!(pod["serviceAccountName"], name);
+        let init: Vec<&str> = pod["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(init, ["envoy-bootstrap", "collector", "envoy"], "{name}");
+        for sidecar in &pod["initContainers"].as_array().unwrap()[1..] {
+            assert_eq!(
+                sidecar["restartPolicy"], "Always",
+                "{name}: native sidecars"
+            );
+        }
+        let boot = &pod["initContainers"][0];
+        let env = |c: &Value, k: &str| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == k)
+                .map(|e| e["value"].as_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            env(boot, "MAILLE_SERVER").unwrap(),
+            format!("http://{control_dns}:18080")
+        );
+        let node = env(boot, "MAILLE_NODE").unwrap();
+        assert_eq!(node, format!("mesh/colorapp/virtualNode/{name}"));
+        // The pod's wget, pointed at the test's server: Envoy takes what it gets.
+        let script = boot["command"][2].as_str().unwrap();
+        let query = script
+            .split("/v1/bootstrap?")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('"');
+        let query = query.replace("$(MAILLE_NODE)", &node);
+        let mut r = agent()
+            .get(&format!("{url}/v1/bootstrap?{query}"))
+            .call()
+            .unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        assert_eq!(r.status(), 200, "{name}: {body}");
+        assert!(
+            body.contains(control_dns) && body.contains("maille_collector"),
+            "{name}: {body}"
+        );
+        envoy_validate(&body).unwrap_or_else(|e| panic!("{name}'s bootstrap: {e}\n{body}"));
+        let app = &pod["containers"][0];
+        if name == "colorgateway" {
+            assert_eq!(app["args"][0], "gateway");
+            assert_eq!(
+                env(app, "COLORAPP_SERVICE").unwrap(),
+                "colorteller.colorapp.svc.cluster.local"
+            );
+        } else {
+            assert_eq!(app["args"][0], "teller");
+            assert_eq!(
+                env(app, "COLORAPP_COLOR").unwrap(),
+                name.trim_start_matches("colorteller-")
+            );
+        }
+        let svc = kinds("Service")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == name)
+            .unwrap();
+        assert_eq!(svc["spec"]["selector"]["app.kubernetes.io/name"], name);
+        assert_eq!(
+            svc["spec"]["ports"][0]["port"], 9080,
+            "the spec's listener port"
+        );
+        assert_eq!(
+            svc["spec"]["ports"][0]["targetPort"], "ingress",
+            "callers reach Envoy"
+        );
+    }
+    // The ECS task's Envoy fetches its bootstrap the same way.
+    let td: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/ecs/taskdef-colorgateway.json")).unwrap(),
+    )
+    .unwrap();
+    let envoy = td["containerDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "envoy")
+        .unwrap();
+    let cmd = envoy["command"][0].as_str().unwrap();
+    let query = cmd
+        .split("/v1/bootstrap?")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let mut r = agent()
+        .get(&format!("{url}/v1/bootstrap?{query}"))
+        .call()
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status(), 200, "ECS: {body}");
+    assert!(
+        body.contains("maille_collector"),
+        "the ECS Envoy traces to its collector: {body}"
+    );
+    envoy_validate(&body).unwrap_or_else(|e| panic!("the ECS bootstrap: {e}\n{body}"));
+    rt.block_on(server.stop());
+
+    // And the schema check is strict: a misspelt field is refused, naming it.
+    let bad = yaml.replacen("serviceAccountName:", "serviceAcountName:", 1);
+    let (ok, text) = kube_validate(&write_temp(&bad));
+    assert!(!ok && text.contains("serviceAcountName"), "{text}");
+}
+
+#[test]
+fn the_ecs_task_definition_matches_the_ecs_api_model() {
+    let root = repo_root();
+    let out = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("deploy/ecs/validate.py"))
+        .arg(root.join("deploy/ecs/taskdef-colorgateway.json"))
+        .arg("--policy")
+        .arg(root.join("deploy/ecs/task-role-policy.json"))
+        .output()
+        .expect("run validate.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("valid against the ECS API model"), "{text}");
+
+    // The checker refuses what ECS would: an unknown field, a missing sidecar.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    let mut td: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/ecs/taskdef-colorgateway.json")).unwrap(),
+    )
+    .unwrap();
+    td["containerDefinitions"][0]["memoryy"] = 512.into();
+    std::fs::write(&bad, td.to_string()).unwrap();
+    let out = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("deploy/ecs/validate.py"))
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("Unknown parameter in containerDefinitions[0]: \"memoryy\""));
+}
+
+#[test]
+fn the_ec2_units_pass_systemd_analyze() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = repo_root().join("deploy/ec2");
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(&units).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".service") {
+            continue;
+        }
+        // A template unit is verified as an instance of it.
+        let target = dir
+            .path()
+            .join(name.replace("@.service", "@colorgateway.service"));
+        std::fs::copy(e.path(), &target).unwrap();
+        files.push(target);
+    }
+    assert_eq!(files.len(), 3, "{files:?}");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&files)
+        .output()
+        .expect("systemd-analyze (Debian's systemd, installed by make setup)");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    // The binaries are not installed on the test machine; anything else is a real problem.
+    let problems: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            !l.trim().is_empty() && !l.contains("is not executable: No such file or directory")
+        })
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    // And a broken unit is caught.
+    let broken = dir.path().join("broken.service");
+    std::fs::write(
+        &broken,
+        "[Service]\nExecStart=relative/path\nRestart=sometimes\n",
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("bad unit file setting") && text.contains("relative/path"),
+        "{text}"
+    );
+}

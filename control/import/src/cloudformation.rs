@@ -1,0 +1,467 @@
+//! CloudFormation templates: the `AWS::AppMesh::*` resources of a template, in YAML (with the
+//! short forms `!Ref`, `!Sub`, `!GetAtt`, `!Join`, `!Select`, ...) or JSON (`Ref`,
+//! `Fn::Sub`, ...). Parameters take their values from the command line, else their
+//! `Default`. `DependsOn`, `Metadata`, `Outputs` and non-App Mesh resources are ignored
+//! (non-App Mesh resources with a warning). Conditions (`Fn::If`) are refused: give the
+//! template with its conditions resolved.
+//!
+//! `Ref` to an App Mesh resource gives its name, where AWS gives the ARN: ARNs mean nothing
+//! outside AWS, and templates use the result as a name. `Fn::GetAtt` gives the name
+//! attributes (`MeshName`, `VirtualNodeName`, ...); `Arn` and `Uid` are made up.
+
+use super::{typed, ImportError, Imported, Params};
+use maille_model::Kind;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Pseudo parameters, overridable with `-p AWS::Region=...`.
+const PSEUDO: [(&str, &str); 6] = [
+    ("AWS::Region", "us-east-1"),
+    ("AWS::AccountId", "123456789012"),
+    ("AWS::Partition", "aws"),
+    ("AWS::StackName", "maille"),
+    ("AWS::URLSuffix", "amazonaws.com"),
+    ("AWS::NoValue", ""),
+];
+
+/// Deepest nesting of intrinsic functions followed.
+const MAX_DEPTH: usize = 32;
+
+pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported, ImportError> {
+    let err = |path: &str, message: String| ImportError {
+        file: file.to_owned(),
+        path: path.to_owned(),
+        message,
+    };
+    let doc = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| err("", format!("not JSON: {e}")))?
+    } else {
+        yaml_to_json(text).map_err(|m| err("", m))?
+    };
+    let Value::Object(top) = doc else {
+        return Err(err(
+            "",
+            "a template is a mapping with a Resources section".into(),
+        ));
+    };
+    let resources = match top.get("Resources") {
+        Some(Value::Object(r)) => r.clone(),
+        _ => return Err(err("Resources", "missing or not a mapping".into())),
+    };
+    let mut ctx = Ctx {
+        file,
+        params: BTreeMap::new(),
+        resources: &resources,
+    };
+    // Parameters: command line, else Default; Number parameters become numbers.
+    if let Some(Value::Object(ps)) = top.get("Parameters") {
+        for (name, decl) in ps {
+            let ty = decl.get("Type").and_then(Value::as_str).unwrap_or("String");
+            let raw = match params.get(name) {
+                Some(v) => Value::String(v.clone()),
+                None => match decl.get("Default") {
+                    Some(d) => d.clone(),
+                    None => {
+                        return Err(err(
+                            &format!("Parameters.{name}"),
+                            format!("has no Default: give it with -p {name}=VALUE"),
+                        ))
+                    }
+                },
+            };
+            let v = match (ty, &raw) {
+                ("Number", Value::String(s)) => s
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .or_else(|_| s.parse::<f64>().map(Value::from))
+                    .map_err(|_| {
+                        err(
+                            &format!("Parameters.{name}"),
+                            format!("is a Number, got {s:?}"),
+                        )
+                    })?,
+                _ => raw,
+            };
+            ctx.params.insert(name.clone(), v);
+        }
+    }
+    for (k, v) in PSEUDO {
+        let v = params.get(k).map(String::as_str).unwrap_or(v);
+        ctx.params.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    for name in params.keys() {
+        if !ctx.params.contains_key(name) {
+            return Err(err(
+                "Parameters",
+                format!("-p {name}: the template has no such parameter"),
+            ));
+        }
+    }
+
+    let mut out = Imported::default();
+    for (logical, res) in &resources {
+        let path = format!("Resources.{logical}");
+        let ty = res.get("Type").and_then(Value::as_str).unwrap_or("");
+        let kind = match ty {
+            "AWS::AppMesh::Mesh" => Kind::Mesh,
+            "AWS::AppMesh::VirtualNode" => Kind::VirtualNode,
+            "AWS::AppMesh::VirtualRouter" => Kind::VirtualRouter,
+            "AWS::AppMesh::Route" => Kind::Route,
+            "AWS::AppMesh::VirtualService" => Kind::VirtualService,
+            t if t.starts_with("AWS::AppMesh::") => {
+                out.warnings.push(format!(
+                    "{file}: {path}: {t} is not supported by Maille yet; skipped"
+                ));
+                continue;
+            }
+            t => {
+                out.warnings.push(format!(
+                    "{file}: {path}: {t} is not an App Mesh resource; skipped"
+                ));
+                continue;
+            }
+        };
+        if res.get("Condition").is_some() {
+            return Err(err(
+                &format!("{path}.Condition"),
+                "conditional resources are not supported: resolve the condition first".into(),
+            ));
+        }
+        let props = match res.get("Properties") {
+            Some(Value::Object(p)) => p.clone(),
+            _ => Map::new(),
+        };
+        let mut resolved = Map::new();
+        for (k, v) in props {
+            let p = format!("{path}.Properties.{k}");
+            match k.as_str() {
+                "Tags" | "MeshOwner" => {
+                    out.warnings.push(format!(
+                        "{file}: {p}: ignored (not part of the mesh configuration)"
+                    ));
+                    continue;
+                }
+                _ => {}
+            }
+            resolved.insert(k, ctx.resolve(&p, &v, 0)?);
+        }
+        // The name CloudFormation would generate when the template gives none.
+        let name_key = match kind {
+            Kind::Mesh => "MeshName",
+            Kind::VirtualNode => "VirtualNodeName",
+            Kind::VirtualRouter => "VirtualRouterName",
+            Kind::Route => "RouteName",
+            Kind::VirtualService => "VirtualServiceName",
+            Kind::Filter => "FilterName",
+        };
+        resolved
+            .entry(name_key.to_owned())
+            .or_insert_with(|| Value::String(logical.clone()));
+        let v = super::camel_keys(Value::Object(resolved));
+        out.resources
+            .push(typed(file, &format!("{path}.Properties"), kind, v)?);
+    }
+    Ok(out)
+}
+
+fn is_function(k: &str) -> bool {
+    k == "Ref" || k == "Condition" || k.starts_with("Fn::")
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    params: BTreeMap<String, Value>,
+    resources: &'a Map<String, Value>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, path: &str, message: impl Into<String>) -> ImportError {
+        ImportError {
+            file: self.file.to_owned(),
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, path: &str, v: &Value, depth: usize) -> Result<Value, ImportError> {
+        if depth > MAX_DEPTH {
+            return Err(self.err(path, "intrinsic functions nested too deep (a cycle?)"));
+        }
+        match v {
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| self.resolve(&format!("{path}[{i}]"), x, depth + 1))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            Value::Object(m) if m.len() == 1 && m.keys().all(|k| is_function(k)) => {
+                let Some((k, arg)) = m.iter().next() else {
+                    return Ok(Value::Object(Map::new()));
+                };
+                let fp = format!("{path}.{k}");
+                match k.as_str() {
+                    "Ref" => self.reference(&fp, arg, depth),
+                    "Fn::GetAtt" => self.get_att(&fp, arg, depth),
+                    "Fn::Sub" => self.sub(&fp, arg, depth),
+                    "Fn::Join" => {
+                        let a = self.resolve(&fp, arg, depth + 1)?;
+                        match a.as_array().map(Vec::as_slice) {
+                            Some([Value::String(sep), Value::Array(items)]) => {
+                                let parts: Result<Vec<String>, _> =
+                                    items.iter().map(|x| self.scalar(&fp, x)).collect();
+                                Ok(Value::String(parts?.join(sep)))
+                            }
+                            _ => Err(self.err(&fp, "expects [delimiter, [values]]")),
+                        }
+                    }
+                    "Fn::Select" => {
+                        let a = self.resolve(&fp, arg, depth + 1)?;
+                        match a.as_array().map(Vec::as_slice) {
+                            Some([idx, Value::Array(items)]) => {
+                                let i = idx
+                                    .as_u64()
+                                    .or_else(|| idx.as_str().and_then(|s| s.parse().ok()))
+                                    .ok_or_else(|| self.err(&fp, "index must be a number"))?;
+                                items.get(i as usize).cloned().ok_or_else(|| {
+                                    self.err(
+                                        &fp,
+                                        format!("index {i} out of {} values", items.len()),
+                                    )
+                                })
+                            }
+                            _ => Err(self.err(&fp, "expects [index, [values]]")),
+                        }
+                    }
+                    "Fn::Split" => {
+                        let a = self.resolve(&fp, arg, depth + 1)?;
+                        match a.as_array().map(Vec::as_slice) {
+                            Some([Value::String(sep), Value::String(s)]) => Ok(Value::Array(
+                                s.split(sep.as_str())
+                                    .map(|x| Value::String(x.to_owned()))
+                                    .collect(),
+                            )),
+                            _ => Err(self.err(&fp, "expects [delimiter, string]")),
+                        }
+                    }
+                    f => Err(self.err(
+                        &fp,
+                        format!("{f} is not supported by Maille's import: resolve it first"),
+                    )),
+                }
+            }
+            Value::Object(m) => {
+                let mut out = Map::new();
+                for (k, x) in m {
+                    out.insert(
+                        k.clone(),
+                        self.resolve(&format!("{path}.{k}"), x, depth + 1)?,
+                    );
+                }
+                Ok(Value::Object(out))
+            }
+            other => Ok(other.clone()),
+        }
+    }
+
+    fn scalar(&self, path: &str, v: &Value) -> Result<String, ImportError> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(b.to_string()),
+            _ => Err(self.err(path, "expected a string")),
+        }
+    }
+
+    fn reference(&self, path: &str, arg: &Value, depth: usize) -> Result<Value, ImportError> {
+        let name = arg
+            .as_str()
+            .ok_or_else(|| self.err(path, "Ref takes a name"))?;
+        if let Some(v) = self.params.get(name) {
+            return Ok(v.clone());
+        }
+        if self.resources.contains_key(name) {
+            return self.name_of(path, name, depth).map(Value::String);
+        }
+        Err(self.err(path, format!("no parameter or resource named {name:?}")))
+    }
+
+    /// The name of resource `logical`: its name property, else its logical id.
+    fn name_of(&self, path: &str, logical: &str, depth: usize) -> Result<String, ImportError> {
+        let r = &self.resources[logical];
+        let key = match r.get("Type").and_then(Value::as_str).unwrap_or("") {
+            "AWS::AppMesh::Mesh" => "MeshName",
+            "AWS::AppMesh::VirtualNode" => "VirtualNodeName",
+            "AWS::AppMesh::VirtualRouter" => "VirtualRouterName",
+            "AWS::AppMesh::Route" => "RouteName",
+            "AWS::AppMesh::VirtualService" => "VirtualServiceName",
+            t => {
+                return Err(self.err(
+                    path,
+                    format!("refers to {logical} of type {t}, which Maille does not import"),
+                ))
+            }
+        };
+        match r.get("Properties").and_then(|p| p.get(key)) {
+            Some(v) => {
+                let v = self.resolve(
+                    &format!("Resources.{logical}.Properties.{key}"),
+                    v,
+                    depth + 1,
+                )?;
+                self.scalar(path, &v)
+            }
+            None => Ok(logical.to_owned()),
+        }
+    }
+
+    fn get_att(&self, path: &str, arg: &Value, depth: usize) -> Result<Value, ImportError> {
+        let (logical, attr) = match arg {
+            Value::Array(a) if a.len() == 2 => (
+                a[0].as_str().unwrap_or_default().to_owned(),
+                a[1].as_str().unwrap_or_default().to_owned(),
+            ),
+            Value::String(s) => match s.split_once('.') {
+                Some((l, a)) => (l.to_owned(), a.to_owned()),
+                None => return Err(self.err(path, "expects Resource.Attribute")),
+            },
+            _ => return Err(self.err(path, "expects [Resource, Attribute]")),
+        };
+        let Some(r) = self.resources.get(&logical) else {
+            return Err(self.err(path, format!("no resource named {logical:?}")));
+        };
+        let ty = r.get("Type").and_then(Value::as_str).unwrap_or("");
+        match attr.as_str() {
+            "MeshName" => match r.get("Properties").and_then(|p| p.get("MeshName")) {
+                Some(v) => self.resolve(path, v, depth + 1),
+                // The mesh itself: its name.
+                None if ty == "AWS::AppMesh::Mesh" => Ok(Value::String(logical.clone())),
+                None => Err(self.err(path, format!("{logical} has no MeshName"))),
+            },
+            "VirtualNodeName" | "VirtualRouterName" | "RouteName" | "VirtualServiceName" => {
+                self.name_of(path, &logical, depth).map(Value::String)
+            }
+            "Arn" => Ok(Value::String(format!(
+                "arn:aws:appmesh:{}:{}:{}",
+                self.params["AWS::Region"].as_str().unwrap_or(""),
+                self.params["AWS::AccountId"].as_str().unwrap_or(""),
+                self.name_of(path, &logical, depth)?
+            ))),
+            "Uid" => Ok(Value::String(format!("maille-{logical}"))),
+            other => Err(self.err(
+                path,
+                format!("attribute {other:?} of {logical} is not supported"),
+            )),
+        }
+    }
+
+    fn sub(&self, path: &str, arg: &Value, depth: usize) -> Result<Value, ImportError> {
+        let (template, vars) = match arg {
+            Value::String(s) => (s.clone(), Map::new()),
+            Value::Array(a) if a.len() == 2 => {
+                let t = a[0]
+                    .as_str()
+                    .ok_or_else(|| self.err(path, "the first item is the template string"))?;
+                let vars = match self.resolve(path, &a[1], depth + 1)? {
+                    Value::Object(m) => m,
+                    _ => return Err(self.err(path, "the second item is a mapping of variables")),
+                };
+                (t.to_owned(), vars)
+            }
+            _ => return Err(self.err(path, "expects a string or [string, {variables}]")),
+        };
+        let mut out = String::new();
+        let mut rest = template.as_str();
+        while let Some(i) = rest.find("${") {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 2..];
+            // `${!Literal}` is written as `${Literal}`.
+            if let Some(lit) = after.strip_prefix('!') {
+                out.push_str("${");
+                rest = lit;
+                continue;
+            }
+            let end = after
+                .find('}')
+                .ok_or_else(|| self.err(path, format!("unclosed ${{ in {template:?}")))?;
+            let name = &after[..end];
+            let v = if let Some(v) = vars.get(name) {
+                self.scalar(path, v)?
+            } else if let Some((l, a)) = name.split_once('.').filter(|_| !name.starts_with("AWS::"))
+            {
+                let v = self.get_att(path, &Value::String(format!("{l}.{a}")), depth + 1)?;
+                self.scalar(path, &v)?
+            } else {
+                let v = self.reference(path, &Value::String(name.to_owned()), depth + 1)?;
+                self.scalar(path, &v)?
+            };
+            out.push_str(&v);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(Value::String(out))
+    }
+}
+
+/// YAML to JSON, with CloudFormation's short-form tags turned into their long forms
+/// (`!Ref X` into `{"Ref": "X"}`, `!GetAtt A.B` into `{"Fn::GetAtt": ["A", "B"]}`, ...).
+fn yaml_to_json(text: &str) -> Result<Value, String> {
+    yaml_documents(text)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| "empty document".to_owned())
+}
+
+/// Every document of a YAML stream as JSON (tags as in [`yaml_to_json`]).
+pub(super) fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
+    use saphyr::{LoadableYamlNode, Yaml};
+    let docs = Yaml::load_from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+    docs.iter().map(convert).collect()
+}
+
+fn convert(y: &saphyr::Yaml<'_>) -> Result<Value, String> {
+    use saphyr::{Scalar, Yaml};
+    Ok(match y {
+        Yaml::Value(s) => match s {
+            Scalar::Null => Value::Null,
+            Scalar::Boolean(b) => Value::Bool(*b),
+            Scalar::Integer(i) => Value::from(*i),
+            Scalar::FloatingPoint(f) => Value::from(f.into_inner()),
+            Scalar::String(s) => Value::String(s.to_string()),
+        },
+        Yaml::Representation(s, _, _) => Value::String(s.to_string()),
+        Yaml::Sequence(items) => Value::Array(items.iter().map(convert).collect::<Result<_, _>>()?),
+        Yaml::Mapping(m) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                let key = match convert(k)? {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                out.insert(key, convert(v)?);
+            }
+            Value::Object(out)
+        }
+        Yaml::Tagged(tag, inner) => {
+            let inner = convert(inner)?;
+            let name = tag.suffix.as_str();
+            let long = match name {
+                "Ref" | "Condition" => name.to_owned(),
+                _ => format!("Fn::{name}"),
+            };
+            let arg = match (name, inner) {
+                ("GetAtt", Value::String(s)) => match s.split_once('.') {
+                    Some((a, b)) => {
+                        Value::Array(vec![Value::String(a.into()), Value::String(b.into())])
+                    }
+                    None => Value::String(s),
+                },
+                (_, v) => v,
+            };
+            let mut m = Map::new();
+            m.insert(long, arg);
+            Value::Object(m)
+        }
+        Yaml::Alias(_) => return Err("YAML aliases are not supported".into()),
+        Yaml::BadValue => return Err("a YAML value could not be read".into()),
+    })
+}

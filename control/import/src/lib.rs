@@ -1,0 +1,249 @@
+//! Reads existing App Mesh definitions, unchanged, into [`Resource`]s: App Mesh API JSON (as
+//! `aws appmesh describe-*` prints it, or `create-*` input), CloudFormation templates with
+//! `AWS::AppMesh::*` resources (YAML or JSON), and Terraform `aws_appmesh_*` resources.
+//! What is not supported is reported as a warning or an error, never dropped silently.
+//!
+//! Only `maillectl` links this crate (and its YAML and HCL parsers): the control server takes
+//! resources already in the model's JSON form.
+#![forbid(unsafe_code)]
+
+mod apijson;
+mod cloudformation;
+mod terraform;
+
+use maille_model::Resource;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A definition that could not be read, with the file and the field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportError {
+    /// The file (or `-`).
+    pub file: String,
+    /// Where in it (`Resources.ColorNode.Properties.Spec.Listeners[0]`), possibly empty.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.path.is_empty() {
+            true => write!(f, "{}: {}", self.file, self.message),
+            false => write!(f, "{}: {}: {}", self.file, self.path, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ImportError {}
+
+/// Resources read, and what was ignored on the way.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Imported {
+    /// The resources, in file order.
+    pub resources: Vec<Resource>,
+    /// Parts ignored (output-only fields, tags, unsupported resource types), with where.
+    pub warnings: Vec<String>,
+}
+
+/// Formats a file may be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// App Mesh API JSON.
+    ApiJson,
+    /// A CloudFormation template (YAML or JSON).
+    CloudFormation,
+    /// Terraform HCL.
+    Terraform,
+}
+
+/// Values for CloudFormation parameters and Terraform variables given on the command line.
+pub type Params = BTreeMap<String, String>;
+
+/// Every document of a YAML stream as JSON, with the YAML reader the CloudFormation import
+/// uses (CloudFormation's short-form tags become their long forms).
+pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    cloudformation::yaml_documents(text)
+}
+
+/// Guesses the format from the file name and content: `.tf` is Terraform; a document with
+/// `AWSTemplateFormatVersion` or `Resources` is CloudFormation; other JSON is API JSON.
+pub fn detect(name: &str, text: &str) -> Format {
+    if name.ends_with(".tf") {
+        return Format::Terraform;
+    }
+    let head: String = text.chars().take(4096).collect();
+    if head.contains("AWSTemplateFormatVersion") || head.contains("Resources") {
+        return Format::CloudFormation;
+    }
+    if name.ends_with(".yaml") || name.ends_with(".yml") {
+        return Format::CloudFormation;
+    }
+    Format::ApiJson
+}
+
+/// Reads `text` (from `file`, for messages) in `format`.
+pub fn import_str(
+    file: &str,
+    text: &str,
+    format: Format,
+    params: &Params,
+) -> Result<Imported, ImportError> {
+    match format {
+        Format::ApiJson => apijson::import(file, text),
+        Format::CloudFormation => cloudformation::import(file, text, params),
+        Format::Terraform => terraform::import(file, text, params),
+    }
+}
+
+/// Reads a file, or every `.json`, `.yaml`, `.yml` and `.tf` file under a folder (sorted by
+/// name). Errors of every file are returned together.
+pub fn import_paths(paths: &[PathBuf], params: &Params) -> Result<Imported, Vec<ImportError>> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files);
+    }
+    let mut out = Imported::default();
+    let mut errors = Vec::new();
+    for f in files {
+        let name = f.display().to_string();
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ImportError {
+                    file: name,
+                    path: String::new(),
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        match import_str(&name, &text, detect(&name, &text), params) {
+            Ok(i) => {
+                out.resources.extend(i.resources);
+                out.warnings.extend(i.warnings);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) {
+    if p.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        entries.sort();
+        for e in entries {
+            let ext = e.extension().and_then(|x| x.to_str()).unwrap_or("");
+            if e.is_dir() || ["json", "yaml", "yml", "tf"].contains(&ext) {
+                collect(&e, out);
+            }
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+}
+
+/// Turns a JSON value in App Mesh API shape (camelCase) into a resource of `kind`, naming
+/// the path of a bad field.
+pub(crate) fn typed(
+    file: &str,
+    base: &str,
+    kind: maille_model::Kind,
+    v: serde_json::Value,
+) -> Result<Resource, ImportError> {
+    use maille_model::Kind;
+    fn de<T: serde::de::DeserializeOwned>(
+        file: &str,
+        base: &str,
+        v: serde_json::Value,
+    ) -> Result<T, ImportError> {
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let p = e.path().to_string();
+            ImportError {
+                file: file.to_owned(),
+                path: match (base.is_empty(), p == ".") {
+                    (_, true) => base.to_owned(),
+                    (true, false) => p,
+                    (false, false) => format!("{base}.{p}"),
+                },
+                message: e.into_inner().to_string(),
+            }
+        })
+    }
+    Ok(match kind {
+        Kind::Mesh => Resource::Mesh(de(file, base, v)?),
+        Kind::VirtualNode => Resource::VirtualNode(de(file, base, v)?),
+        Kind::VirtualRouter => Resource::VirtualRouter(de(file, base, v)?),
+        Kind::Route => Resource::Route(de(file, base, v)?),
+        Kind::VirtualService => Resource::VirtualService(de(file, base, v)?),
+        Kind::Filter => Resource::Filter(de(file, base, v)?),
+    })
+}
+
+/// Converts PascalCase keys (CloudFormation, `Spec.Listeners[0].PortMapping`) to App Mesh's
+/// camelCase, recursively; values are kept.
+pub(crate) fn camel_keys(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (camel(&k), camel_keys(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(camel_keys).collect()),
+        other => other,
+    }
+}
+
+fn camel(k: &str) -> String {
+    // A leading run of capitals is an acronym: `DNS` -> `dns`, `HTTP2` -> `http2`,
+    // `AWSCloudMap` -> `awsCloudMap`; otherwise only the first letter drops: `PortMapping`.
+    let chars: Vec<char> = k.chars().collect();
+    let run = chars
+        .iter()
+        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        .count();
+    let lower_to = if run == chars.len() {
+        run
+    } else if run > 1 {
+        run - 1
+    } else {
+        run.min(1)
+    };
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i < lower_to {
+                c.to_ascii_lowercase()
+            } else {
+                *c
+            }
+        })
+        .collect()
+}
+
+/// snake_case (Terraform) to camelCase.
+pub(crate) fn snake_to_camel(k: &str) -> String {
+    let mut out = String::with_capacity(k.len());
+    let mut up = false;
+    for ch in k.chars() {
+        if ch == '_' {
+            up = true;
+        } else if up {
+            out.push(ch.to_ascii_uppercase());
+            up = false;
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}

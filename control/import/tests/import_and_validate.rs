@@ -1,0 +1,271 @@
+//! Import of real-shaped App Mesh definitions in all three formats, and spec validation with
+//! precise errors. No server, no Envoy: part of the fast tier.
+
+use maille_import::{import_paths, import_str, Format, Params};
+use maille_model::{check_all, Resource, Resources};
+use std::path::PathBuf;
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/examples/colorteller")
+        .join(name)
+}
+
+fn load(name: &str, params: &[(&str, &str)]) -> (Resources, Vec<String>) {
+    let params: Params = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let i = import_paths(&[example(name)], &params).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    (maille_model::resources(i.resources), i.warnings)
+}
+
+#[test]
+fn the_three_formats_of_colorteller_give_the_same_mesh() {
+    let (api, api_w) = load("appmesh-api.json", &[]);
+    let (cfn, cfn_w) = load("appmesh-cloudformation.yaml", &[]);
+    let (tf, tf_w) = load("appmesh-terraform.tf", &[]);
+    assert_eq!(api.len(), 11, "mesh, 5 nodes, router, 2 routes, 2 services");
+    assert_eq!(api, cfn, "CloudFormation import differs from API JSON");
+    assert_eq!(api, tf, "Terraform import differs from API JSON");
+    check_all(&api).expect("the example is valid");
+    assert!(api_w.is_empty(), "{api_w:?}");
+    // What is not imported is said.
+    assert!(
+        cfn_w
+            .iter()
+            .any(|w| w.contains("PrivateDnsNamespace") && w.contains("skipped")),
+        "{cfn_w:?}"
+    );
+    assert!(
+        cfn_w
+            .iter()
+            .any(|w| w.contains("Resources.Mesh.Properties.Tags")),
+        "{cfn_w:?}"
+    );
+    assert!(
+        tf_w.iter()
+            .any(|w| w.contains("aws_service_discovery_private_dns_namespace.colors")),
+        "{tf_w:?}"
+    );
+    // Names resolved through !GetAtt / references.
+    let route = api
+        .values()
+        .find_map(|r| match r.as_ref() {
+            Resource::Route(rt) if rt.route_name == "colorteller-route" => Some(rt),
+            _ => None,
+        })
+        .unwrap();
+    let targets: Vec<(&str, u32)> = route
+        .spec
+        .http_route
+        .as_ref()
+        .unwrap()
+        .action
+        .weighted_targets
+        .iter()
+        .map(|t| (t.virtual_node.as_str(), t.weight))
+        .collect();
+    assert_eq!(
+        targets,
+        vec![
+            ("colorteller-white", 8),
+            ("colorteller-black", 1),
+            ("colorteller-red", 1)
+        ]
+    );
+}
+
+fn hostnames(m: &Resources) -> Vec<String> {
+    m.values()
+        .filter_map(|r| match r.as_ref() {
+            Resource::VirtualNode(n) => n
+                .spec
+                .service_discovery
+                .as_ref()?
+                .dns
+                .as_ref()
+                .map(|d| d.hostname.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn parameters_and_variables_from_the_command_line_are_used() {
+    let (cfn, _) = load(
+        "appmesh-cloudformation.yaml",
+        &[
+            ("ServicesDomain", "prod.internal"),
+            ("AppPort", "8080"),
+            ("MeshName", "colors-prod"),
+        ],
+    );
+    let (tf, _) = load(
+        "appmesh-terraform.tf",
+        &[("services_domain", "prod.internal"), ("app_port", "8080")],
+    );
+    for (what, m) in [("cfn", &cfn), ("tf", &tf)] {
+        let hosts = hostnames(m);
+        assert_eq!(hosts.len(), 5, "{what}");
+        assert!(
+            hosts.iter().all(|h| h.ends_with(".prod.internal")),
+            "{what}: {hosts:?}"
+        );
+        let ports: Vec<u32> = m
+            .values()
+            .filter_map(|r| match r.as_ref() {
+                Resource::VirtualNode(n) => Some(n.spec.listeners[0].port_mapping.port),
+                _ => None,
+            })
+            .collect();
+        assert!(ports.iter().all(|p| *p == 8080), "{what}: {ports:?}");
+        assert!(
+            m.keys().any(|k| k.name == "colorteller.prod.internal"),
+            "{what}"
+        );
+    }
+    assert!(cfn.keys().all(|k| k.mesh == "colors-prod"));
+    // A parameter the template does not have is refused, not ignored.
+    let e = import_paths(
+        &[example("appmesh-cloudformation.yaml")],
+        &[("Domain".to_string(), "x".to_string())].into(),
+    )
+    .unwrap_err();
+    assert!(
+        e[0].to_string()
+            .contains("-p Domain: the template has no such parameter"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn bad_definitions_name_the_file_and_field() {
+    let p = Params::new();
+    // API JSON: an unknown field deep inside.
+    let e = import_str(
+        "bad.json",
+        r#"[{"virtualNode": {"meshName": "m", "virtualNodeName": "n", "spec": {"listeners": [{"portMapping": {"port": 80, "protocl": "http"}}]}}}]"#,
+        Format::ApiJson,
+        &p,
+    )
+    .unwrap_err();
+    assert_eq!(e.file, "bad.json");
+    assert!(
+        e.path
+            .starts_with("[0].virtualNode.spec.listeners[0].portMapping"),
+        "{e}"
+    );
+    assert!(e.message.contains("protocl"), "{e}");
+
+    // CloudFormation: a wrong type, and an unsupported intrinsic.
+    let cfn = "Resources:\n  N:\n    Type: AWS::AppMesh::VirtualNode\n    Properties:\n      MeshName: m\n      VirtualNodeName: n\n      Spec:\n        Listeners:\n          - PortMapping: { Port: eighty, Protocol: http }\n";
+    let e = import_str("t.yaml", cfn, Format::CloudFormation, &p).unwrap_err();
+    assert!(
+        e.path.contains("Resources.N.Properties") && e.path.contains("port"),
+        "{e}"
+    );
+    let cfn_if = "Resources:\n  M:\n    Type: AWS::AppMesh::Mesh\n    Properties:\n      MeshName: !If [IsProd, a, b]\n";
+    let e = import_str("t.yaml", cfn_if, Format::CloudFormation, &p).unwrap_err();
+    assert_eq!(e.path, "Resources.M.Properties.MeshName.Fn::If", "{e}");
+    let gw = "Resources:\n  G:\n    Type: AWS::AppMesh::VirtualGateway\n    Properties: {}\n";
+    let i = import_str("t.yaml", gw, Format::CloudFormation, &p).unwrap();
+    assert!(
+        i.resources.is_empty() && i.warnings[0].contains("not supported by Maille yet"),
+        "{i:?}"
+    );
+
+    // Terraform: an undefined variable, and for_each.
+    let tf = "resource \"aws_appmesh_mesh\" \"m\" {\n  name = var.nope\n}\n";
+    let e = import_str("m.tf", tf, Format::Terraform, &p).unwrap_err();
+    assert_eq!(e.path, "resource.aws_appmesh_mesh.m.name", "{e}");
+    let tf = "resource \"aws_appmesh_mesh\" \"m\" {\n  for_each = toset([\"a\"])\n  name = each.key\n}\n";
+    let e = import_str("m.tf", tf, Format::Terraform, &p).unwrap_err();
+    assert!(e.message.contains("for_each is not supported"), "{e}");
+}
+
+fn set(docs: serde_json::Value) -> Resources {
+    let i = import_str("t.json", &docs.to_string(), Format::ApiJson, &Params::new()).unwrap();
+    maille_model::resources(i.resources)
+}
+
+#[test]
+fn validation_errors_give_resource_and_field_path() {
+    use serde_json::json;
+    let base = || {
+        vec![
+            json!({"meshName": "m"}),
+            json!({"meshName": "m", "virtualNodeName": "a", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"}}]}}),
+            json!({"meshName": "m", "virtualRouterName": "r", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"}}]}}),
+        ]
+    };
+    let errors = |extra: serde_json::Value| -> Vec<String> {
+        let mut docs = base();
+        docs.push(extra);
+        match check_all(&set(json!(docs))) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    };
+    let e = errors(
+        json!({"meshName": "m", "virtualNodeName": "b", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"},
+        "healthCheck": {"protocol": "http", "path": "/", "healthyThreshold": 2, "unhealthyThreshold": 2, "timeoutMillis": 2000, "intervalMillis": 100}}]}}),
+    );
+    assert_eq!(e, vec!["virtualNode/m/b: spec.listeners[0].healthCheck.intervalMillis: must be 5000..=300000, got 100"]);
+
+    let e = errors(
+        json!({"meshName": "m", "virtualRouterName": "r", "routeName": "x", "spec": {"httpRoute": {
+        "match": {"prefix": "/"}, "action": {"weightedTargets": [{"virtualNode": "a", "weight": 101}, {"virtualNode": "ghost", "weight": 1}]}}}}),
+    );
+    assert!(e.contains(&"route/m/r/x: spec.httpRoute.action.weightedTargets[0].weight: must be 0..=100, got 101".to_string()), "{e:?}");
+    assert!(e.contains(&"route/m/r/x: spec.httpRoute.action.weightedTargets[1].virtualNode: no virtual node named \"ghost\"".to_string()), "{e:?}");
+
+    let targets: Vec<serde_json::Value> = (0..11)
+        .map(|_| json!({"virtualNode": "a", "weight": 1}))
+        .collect();
+    let e = errors(
+        json!({"meshName": "m", "virtualRouterName": "r", "routeName": "x", "spec": {"httpRoute": {
+        "match": {"prefix": "/"}, "action": {"weightedTargets": targets}}}}),
+    );
+    assert!(
+        e.iter().any(|l| l
+            .ends_with("spec.httpRoute.action.weightedTargets: must hold 1 to 10 targets, got 11")),
+        "{e:?}"
+    );
+
+    let e = errors(
+        json!({"meshName": "m", "virtualRouterName": "r", "routeName": "x", "spec": {"httpRoute": {
+        "match": {"path": {"regex": "(unclosed"}}, "action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}}}}),
+    );
+    assert!(
+        e.iter().any(|l| l.starts_with(
+            "route/m/r/x: spec.httpRoute.match.path.regex: is not a valid regular expression"
+        )),
+        "{e:?}"
+    );
+
+    let e = errors(
+        json!({"meshName": "m", "virtualServiceName": "svc.local", "spec": {"provider": {"virtualRouter": {"virtualRouterName": "nope"}}}}),
+    );
+    assert_eq!(e, vec!["virtualService/m/svc.local: spec.provider.virtualRouter.virtualRouterName: no virtual router named \"nope\""]);
+
+    assert!(errors(json!({"meshName": "m", "virtualServiceName": "svc.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "a"}}}})).is_empty());
+
+    // TLS that only AWS's managed proxies could serve is refused with the field named.
+    let e = errors(
+        json!({"meshName": "m", "virtualNodeName": "t", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"},
+        "tls": {"mode": "STRICT", "certificate": {"acm": {"certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"}}}}]}}),
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "virtualNode/m/t: spec.listeners[0].tls.certificate.acm: ACM certificates cannot leave"
+        ),
+        "{e:?}"
+    );
+    let e = errors(
+        json!({"meshName": "m", "virtualNodeName": "t", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"},
+        "tls": {"mode": "LAX", "certificate": {"file": {"certificateChain": "/c.pem", "privateKey": "/k.pem"}}}}]}}),
+    );
+    assert_eq!(e, vec!["virtualNode/m/t: spec.listeners[0].tls.mode: must be STRICT, PERMISSIVE or DISABLED, got \"LAX\""]);
+}

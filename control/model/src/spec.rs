@@ -1,0 +1,993 @@
+//! Mesh resources in the shape and with the field names of the App Mesh API
+//! (`CreateVirtualNode` and friends), plus Maille's own `Filter`.
+//!
+//! A resource document is what `aws appmesh describe-*` prints (`{"virtualNode": {...}}`) or
+//! the body of a `create-*` call with a kind added; `maille-import` reads both, and
+//! CloudFormation and Terraform, into these types.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// The kinds of resource, in the order they must exist (a route needs its router, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    /// A service mesh: the boundary of names.
+    Mesh,
+    /// A logical service instance group, with its listeners and backends.
+    VirtualNode,
+    /// Routes traffic for a virtual service between virtual nodes.
+    VirtualRouter,
+    /// One route of a virtual router.
+    Route,
+    /// The name clients call; provided by a node or a router.
+    VirtualService,
+    /// Maille: a wasm filter with its config, attached to virtual nodes.
+    Filter,
+}
+
+impl Kind {
+    /// All kinds, in dependency order.
+    pub const ALL: [Kind; 6] = [
+        Kind::Mesh,
+        Kind::VirtualNode,
+        Kind::VirtualRouter,
+        Kind::Route,
+        Kind::VirtualService,
+        Kind::Filter,
+    ];
+
+    /// The App Mesh name of the kind, as in `describe-virtual-node` output keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Mesh => "mesh",
+            Kind::VirtualNode => "virtualNode",
+            Kind::VirtualRouter => "virtualRouter",
+            Kind::Route => "route",
+            Kind::VirtualService => "virtualService",
+            Kind::Filter => "filter",
+        }
+    }
+
+    /// Parses [`Kind::as_str`] names and the CLI's kebab-case ones (`virtual-node`).
+    pub fn parse(s: &str) -> Option<Kind> {
+        let norm: String = s
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let norm = norm.strip_suffix('s').unwrap_or(&norm);
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str().to_ascii_lowercase() == norm)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies a resource: kind, mesh, name (for a route, `router/route`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Key {
+    /// The kind.
+    pub kind: Kind,
+    /// The mesh it belongs to (for a mesh, its own name).
+    pub mesh: String,
+    /// Its name; a route's is `<virtualRouterName>/<routeName>`.
+    pub name: String,
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind == Kind::Mesh {
+            write!(f, "mesh/{}", self.mesh)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.mesh, self.name)
+        }
+    }
+}
+
+/// A set of resources by key, as the server holds it: shared, so that a new version of the
+/// mesh copies pointers, not resources.
+pub type Resources = BTreeMap<Key, Arc<Resource>>;
+
+/// `resources` by key (a later one replaces an earlier one with the same key).
+pub fn resources(resources: impl IntoIterator<Item = Resource>) -> Resources {
+    resources
+        .into_iter()
+        .map(|r| (r.key(), Arc::new(r)))
+        .collect()
+}
+
+/// One mesh resource.
+#[allow(clippy::large_enum_variant)] // Resources are few and long-lived; boxing buys nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Resource {
+    /// `AWS::AppMesh::Mesh`
+    Mesh(Mesh),
+    /// `AWS::AppMesh::VirtualNode`
+    VirtualNode(VirtualNode),
+    /// `AWS::AppMesh::VirtualRouter`
+    VirtualRouter(VirtualRouter),
+    /// `AWS::AppMesh::Route`
+    Route(Route),
+    /// `AWS::AppMesh::VirtualService`
+    VirtualService(VirtualService),
+    /// Maille's wasm filter attachment.
+    Filter(Filter),
+}
+
+impl Resource {
+    /// Its key.
+    pub fn key(&self) -> Key {
+        let (kind, mesh, name) = match self {
+            Resource::Mesh(m) => (Kind::Mesh, &m.mesh_name, m.mesh_name.clone()),
+            Resource::VirtualNode(r) => {
+                (Kind::VirtualNode, &r.mesh_name, r.virtual_node_name.clone())
+            }
+            Resource::VirtualRouter(r) => (
+                Kind::VirtualRouter,
+                &r.mesh_name,
+                r.virtual_router_name.clone(),
+            ),
+            Resource::Route(r) => (
+                Kind::Route,
+                &r.mesh_name,
+                format!("{}/{}", r.virtual_router_name, r.route_name),
+            ),
+            Resource::VirtualService(r) => (
+                Kind::VirtualService,
+                &r.mesh_name,
+                r.virtual_service_name.clone(),
+            ),
+            Resource::Filter(r) => (Kind::Filter, &r.mesh_name, r.filter_name.clone()),
+        };
+        Key {
+            kind,
+            mesh: mesh.clone(),
+            name,
+        }
+    }
+}
+
+// === Mesh ===
+
+/// A mesh (`CreateMesh`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mesh {
+    /// Name of the mesh, 1 to 255 letters, digits, `-` or `_`.
+    pub mesh_name: String,
+    /// The mesh's settings.
+    #[serde(default)]
+    pub spec: MeshSpec,
+}
+
+/// `MeshSpec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshSpec {
+    /// Whether traffic to destinations outside the mesh is allowed (`ALLOW_ALL`) or not
+    /// (`DROP_ALL`, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_filter: Option<EgressFilter>,
+    /// Mesh-wide service discovery preferences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_discovery: Option<MeshServiceDiscovery>,
+}
+
+/// `EgressFilter`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressFilter {
+    /// `ALLOW_ALL` or `DROP_ALL`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// `MeshServiceDiscovery`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshServiceDiscovery {
+    /// `IPv4_PREFERRED`, `IPv6_PREFERRED`, `IPv4_ONLY` or `IPv6_ONLY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_preference: Option<String>,
+}
+
+// === VirtualNode ===
+
+/// A virtual node (`CreateVirtualNode`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualNode {
+    /// The mesh.
+    pub mesh_name: String,
+    /// Its name; its Envoy's node id is `mesh/<meshName>/virtualNode/<virtualNodeName>`.
+    pub virtual_node_name: String,
+    /// Its settings.
+    pub spec: VirtualNodeSpec,
+}
+
+/// `VirtualNodeSpec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualNodeSpec {
+    /// Inbound listeners; App Mesh allows one per node in most regions, Maille up to 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Listener>,
+    /// Virtual services this node calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<Backend>,
+    /// Client policy applied to every backend unless the backend sets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_defaults: Option<BackendDefaults>,
+    /// How other nodes reach this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_discovery: Option<ServiceDiscovery>,
+    /// Access logging of this node's Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+}
+
+/// `Listener` of a virtual node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    /// The application's port and protocol.
+    pub port_mapping: PortMapping,
+    /// Active health checking of the local application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection of bad hosts of this node, applied by its clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Limits on connections and requests to the local application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    /// Timeouts of requests to the local application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<ListenerTimeout>,
+    /// TLS termination of inbound traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// `ListenerTls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerTls {
+    /// `STRICT` (TLS only), `PERMISSIVE` (TLS and plaintext) or `DISABLED`.
+    pub mode: String,
+    /// The listener's certificate.
+    pub certificate: TlsCertificate,
+    /// When given, clients must present a certificate that this validates (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<TlsValidation>,
+}
+
+/// `ListenerTlsCertificate` / `ClientTlsCertificate`: one member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// PEM files on the proxy's file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<TlsFileCertificate>,
+    /// A secret from an SDS agent (not supported by Maille yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sds: Option<serde_json::Value>,
+    /// An AWS Certificate Manager certificate (not available outside App Mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acm: Option<serde_json::Value>,
+}
+
+/// `ListenerTlsFileCertificate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFileCertificate {
+    /// Path of the PEM certificate chain.
+    pub certificate_chain: String,
+    /// Path of the PEM private key.
+    pub private_key: String,
+}
+
+/// `TlsValidationContext`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsValidation {
+    /// The certificate authorities trusted.
+    pub trust: TlsTrust,
+    /// Names the peer's certificate must carry (DNS subject alternative names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_alternative_names: Option<SubjectAlternativeNames>,
+}
+
+/// `TlsValidationContextTrust`: one member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsTrust {
+    /// A PEM bundle of CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<TlsTrustFile>,
+    /// An SDS secret (not supported by Maille yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sds: Option<serde_json::Value>,
+    /// ACM Private CA (not available outside App Mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acm: Option<serde_json::Value>,
+}
+
+/// `TlsValidationContextFileTrust`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsTrustFile {
+    /// Path of the PEM bundle.
+    pub certificate_chain: String,
+}
+
+/// `SubjectAlternativeNames`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubjectAlternativeNames {
+    /// The names.
+    #[serde(rename = "match")]
+    pub matches: SanMatch,
+}
+
+/// `SubjectAlternativeNameMatchers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SanMatch {
+    /// Any of these exact names.
+    pub exact: Vec<String>,
+}
+
+/// `ClientPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientPolicy {
+    /// TLS towards the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientPolicyTls>,
+}
+
+/// `ClientPolicyTls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientPolicyTls {
+    /// Whether TLS is required (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforce: Option<bool>,
+    /// Only towards these target ports; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u32>,
+    /// A client certificate, for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<TlsCertificate>,
+    /// How the backend's certificate is checked.
+    pub validation: TlsValidation,
+}
+
+/// `PortMapping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortMapping {
+    /// Port, 1 to 65535.
+    pub port: u32,
+    /// `http`, `http2`, `grpc` or `tcp`.
+    pub protocol: String,
+}
+
+/// `HealthCheckPolicy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Consecutive successes before a host is healthy, 2 to 10.
+    pub healthy_threshold: u32,
+    /// Time between checks, 5000 to 300000 ms.
+    pub interval_millis: u64,
+    /// Path for `http` and `http2` checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Port to check; the listener's by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    /// `http`, `http2`, `grpc` or `tcp`.
+    pub protocol: String,
+    /// Time to wait for an answer, 2000 to 60000 ms.
+    pub timeout_millis: u64,
+    /// Consecutive failures before a host is unhealthy, 2 to 10.
+    pub unhealthy_threshold: u32,
+}
+
+/// `Duration` as App Mesh writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AmDuration {
+    /// `ms` or `s`.
+    pub unit: DurationUnit,
+    /// Amount, at least 0.
+    pub value: u64,
+}
+
+/// Unit of an [`AmDuration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DurationUnit {
+    /// Milliseconds.
+    #[serde(rename = "ms")]
+    Ms,
+    /// Seconds.
+    #[serde(rename = "s")]
+    S,
+}
+
+impl AmDuration {
+    /// In milliseconds.
+    pub fn millis(&self) -> u64 {
+        match self.unit {
+            DurationUnit::Ms => self.value,
+            DurationUnit::S => self.value.saturating_mul(1000),
+        }
+    }
+}
+
+/// `OutlierDetection`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Base time a host stays ejected (multiplied by the times it was ejected).
+    pub base_ejection_duration: AmDuration,
+    /// Time between ejection sweeps.
+    pub interval: AmDuration,
+    /// Largest share of hosts ejected, 0 to 100.
+    pub max_ejection_percent: u32,
+    /// Consecutive 5xx before a host is ejected, at least 1.
+    pub max_server_errors: u32,
+}
+
+/// `VirtualNodeConnectionPool`: one member, by protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPool {
+    /// HTTP/1.1 limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpPool>,
+    /// HTTP/2 limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<RequestPool>,
+    /// gRPC limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<RequestPool>,
+    /// TCP limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpPool>,
+}
+
+/// HTTP/1.1 connection pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpPool {
+    /// Most connections to the application, at least 1.
+    pub max_connections: u32,
+    /// Most requests waiting for a connection, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+}
+
+/// HTTP/2 or gRPC connection pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestPool {
+    /// Most requests in flight, at least 1.
+    pub max_requests: u32,
+}
+
+/// TCP connection pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpPool {
+    /// Most connections, at least 1.
+    pub max_connections: u32,
+}
+
+/// `ListenerTimeout`: one member, by protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerTimeout {
+    /// HTTP/1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpTimeout>,
+    /// HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<HttpTimeout>,
+    /// gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<HttpTimeout>,
+    /// TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpTimeout>,
+}
+
+/// `HttpTimeout`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpTimeout {
+    /// Idle time of a stream before it is closed (App Mesh default 300 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<AmDuration>,
+    /// Time a whole request may take (App Mesh default 15 s; 0 disables it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_request: Option<AmDuration>,
+}
+
+/// `TcpTimeout`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpTimeout {
+    /// Idle time of a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<AmDuration>,
+}
+
+/// `Backend`: a virtual service this node calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    /// The virtual service.
+    pub virtual_service: VirtualServiceBackend,
+}
+
+/// `VirtualServiceBackend`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualServiceBackend {
+    /// Name of the virtual service (usually a DNS name such as `colorteller.local`).
+    pub virtual_service_name: String,
+    /// TLS policy towards it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_policy: Option<ClientPolicy>,
+}
+
+/// `BackendDefaults`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendDefaults {
+    /// TLS policy towards every backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_policy: Option<ClientPolicy>,
+}
+
+/// `ServiceDiscovery`: one member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceDiscovery {
+    /// A DNS name that resolves to the node's instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsServiceDiscovery>,
+    /// AWS Cloud Map (not supported by Maille yet: reported at import).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_cloud_map: Option<serde_json::Value>,
+    /// Maille: a fixed list of instances, served over EDS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<Endpoint>>,
+}
+
+/// `DnsServiceDiscovery`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsServiceDiscovery {
+    /// The DNS name.
+    pub hostname: String,
+    /// `LOADBALANCER` (one address, kept per connection) or `ENDPOINTS` (every address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_type: Option<String>,
+    /// Address family preference, as in [`MeshServiceDiscovery`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_preference: Option<String>,
+}
+
+/// Maille: one instance of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    /// IP address.
+    pub address: String,
+    /// Port; the node's listener port when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+/// `Logging`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Logging {
+    /// Where access logs go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+}
+
+/// `AccessLog`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLog {
+    /// A file (or `/dev/stdout`).
+    pub file: FileAccessLog,
+}
+
+/// `FileAccessLog`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileAccessLog {
+    /// Path of the file.
+    pub path: String,
+    /// Format (`text` or `json`), Envoy's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<serde_json::Value>,
+}
+
+// === VirtualRouter and Route ===
+
+/// A virtual router (`CreateVirtualRouter`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualRouter {
+    /// The mesh.
+    pub mesh_name: String,
+    /// Its name.
+    pub virtual_router_name: String,
+    /// Its settings.
+    pub spec: VirtualRouterSpec,
+}
+
+/// `VirtualRouterSpec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualRouterSpec {
+    /// The port and protocol it routes, exactly one.
+    #[serde(default)]
+    pub listeners: Vec<RouterListener>,
+}
+
+/// `VirtualRouterListener`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouterListener {
+    /// Port and protocol.
+    pub port_mapping: PortMapping,
+}
+
+/// A route (`CreateRoute`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// The mesh.
+    pub mesh_name: String,
+    /// The router it belongs to.
+    pub virtual_router_name: String,
+    /// Its name.
+    pub route_name: String,
+    /// Its settings.
+    pub spec: RouteSpec,
+}
+
+/// `RouteSpec`: exactly one of the four route kinds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    /// HTTP/1.1 route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_route: Option<HttpRoute>,
+    /// HTTP/2 route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_route: Option<HttpRoute>,
+    /// gRPC route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_route: Option<GrpcRoute>,
+    /// TCP route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_route: Option<TcpRoute>,
+    /// Order among the router's routes, 0 (first) to 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+}
+
+/// `HttpRoute` (also used for `http2Route`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRoute {
+    /// Which requests it takes.
+    #[serde(rename = "match")]
+    pub matches: HttpRouteMatch,
+    /// Where they go.
+    pub action: RouteAction,
+    /// Retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<HttpRetryPolicy>,
+    /// Timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HttpTimeout>,
+}
+
+/// `HttpRouteMatch`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteMatch {
+    /// Path prefix, starting with `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Whole-path match, exact or regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// Header conditions, up to 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpRouteHeader>,
+    /// HTTP method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Query parameter conditions, up to 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_parameters: Vec<QueryParameterMatch>,
+    /// The router listener port it applies to (routers with several listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+/// `HttpPathMatch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatch {
+    /// The path equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The path matches this regular expression (RE2 syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// `HttpRouteHeader`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteHeader {
+    /// Header name.
+    pub name: String,
+    /// Invert the match.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert: bool,
+    /// How to compare; absent means "present".
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<HeaderMatchMethod>,
+}
+
+/// `HeaderMatchMethod`: one member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatchMethod {
+    /// Equal to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// Starts with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Ends with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    /// Matches this regular expression in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// An integer in `start..end`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<MatchRange>,
+}
+
+/// `MatchRange`: start inclusive, end exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MatchRange {
+    /// First value.
+    pub start: i64,
+    /// First value after the range.
+    pub end: i64,
+}
+
+/// `QueryParameterMatch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryParameterMatch {
+    /// Parameter name.
+    pub name: String,
+    /// How to compare; absent means "present".
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<QueryExact>,
+}
+
+/// `QueryParameterMatch.match`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryExact {
+    /// Equal to.
+    pub exact: String,
+}
+
+/// `HttpRouteAction` / `GrpcRouteAction` / `TcpRouteAction`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteAction {
+    /// 1 to 10 targets with relative weights 0 to 100.
+    pub weighted_targets: Vec<WeightedTarget>,
+}
+
+/// `WeightedTarget`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedTarget {
+    /// Name of a virtual node of the mesh.
+    pub virtual_node: String,
+    /// Relative weight, 0 to 100.
+    pub weight: u32,
+    /// The node's listener port, when it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+/// `HttpRetryPolicy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRetryPolicy {
+    /// `server-error`, `gateway-error`, `client-error`, `stream-error`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_retry_events: Vec<String>,
+    /// `connection-error`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_retry_events: Vec<String>,
+    /// For gRPC routes: `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
+    /// `unavailable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_retry_events: Vec<String>,
+    /// Most retries of one request.
+    pub max_retries: u32,
+    /// Timeout of each try.
+    pub per_retry_timeout: AmDuration,
+}
+
+/// `GrpcRoute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRoute {
+    /// Which calls it takes.
+    #[serde(rename = "match")]
+    pub matches: GrpcRouteMatch,
+    /// Where they go.
+    pub action: RouteAction,
+    /// Retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<HttpRetryPolicy>,
+    /// Timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HttpTimeout>,
+}
+
+/// `GrpcRouteMatch`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteMatch {
+    /// Fully qualified service name (`pkg.Service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Method name; needs `serviceName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method_name: Option<String>,
+    /// Conditions on request metadata (headers), up to 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata: Vec<HttpRouteHeader>,
+    /// Router listener port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+/// `TcpRoute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRoute {
+    /// Where connections go.
+    pub action: RouteAction,
+    /// Router listener port.
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<TcpRouteMatch>,
+    /// Idle timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<TcpTimeout>,
+}
+
+/// `TcpRouteMatch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRouteMatch {
+    /// Router listener port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+// === VirtualService ===
+
+/// A virtual service (`CreateVirtualService`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualService {
+    /// The mesh.
+    pub mesh_name: String,
+    /// Its name, the host name clients call (`colorteller.local`).
+    pub virtual_service_name: String,
+    /// Its settings.
+    #[serde(default)]
+    pub spec: VirtualServiceSpec,
+}
+
+/// `VirtualServiceSpec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualServiceSpec {
+    /// What serves it: a node or a router. Without one, calls to it fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+}
+
+/// `VirtualServiceProvider`: one member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Provider {
+    /// Served directly by a node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_node: Option<NodeRef>,
+    /// Routed by a router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_router: Option<RouterRef>,
+}
+
+/// `VirtualNodeServiceProvider`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeRef {
+    /// The node.
+    pub virtual_node_name: String,
+}
+
+/// `VirtualRouterServiceProvider`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouterRef {
+    /// The router.
+    pub virtual_router_name: String,
+}
+
+// === Filter (Maille) ===
+
+/// Maille: a wasm filter, with its config, in the outbound path of some virtual nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Filter {
+    /// The mesh.
+    pub mesh_name: String,
+    /// Its name.
+    pub filter_name: String,
+    /// Its settings.
+    pub spec: FilterSpec,
+}
+
+/// `FilterSpec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterSpec {
+    /// The module: `breaker` (a module the server serves from its modules folder).
+    pub module: String,
+    /// The module's configuration, checked against the module's schema where Maille knows it.
+    pub config: serde_json::Value,
+    /// Virtual nodes whose outbound traffic passes through it.
+    pub virtual_nodes: Vec<String>,
+}

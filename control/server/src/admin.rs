@@ -1,0 +1,274 @@
+//! The admin API (HTTP/JSON, the types of `maille-api`) that `maillectl` speaks, and the HTTP
+//! endpoints Envoys use: filter module downloads and the breaker's signal endpoint.
+
+use crate::clients::Clients;
+use crate::mesh::{types, ApplyError, Mesh};
+use crate::signals::Signals;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use maille_api::{
+    paths, ApplyRequest, BootstrapQuery, BreakerSignal, DeleteRequest, ErrorBody, FieldError,
+    NodeAnswer, ResourcesAnswer, ServedModule, SignalsAnswer, StatusAnswer, MAX_SIGNAL_BYTES,
+};
+use maille_model::Kind;
+use maille_translate::bootstrap::{self, BootstrapParams, ControlEndpoints};
+use maille_translate::{names, NodeOptions};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Largest admin request body (a big mesh in one apply).
+const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// What the HTTP handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The served mesh.
+    pub mesh: Arc<Mesh>,
+    /// Connected Envoys.
+    pub clients: Arc<Clients>,
+    /// Breaker signals.
+    pub signals: Arc<Signals>,
+    /// Where Envoys reach this server (for bootstraps).
+    pub endpoints: ControlEndpoints,
+}
+
+/// The router of the admin API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(paths::HEALTH, get(|| async { "ok" }))
+        .route(paths::APPLY, post(apply))
+        .route(paths::DELETE, post(delete))
+        .route(paths::RESOURCES, get(resources))
+        .route(paths::STATUS, get(status))
+        .route(&format!("{}/{{*node}}", paths::NODES), get(node))
+        .route(paths::BOOTSTRAP, get(bootstrap))
+        .route(&format!("{}/{{file}}", paths::MODULES), get(module))
+        .route(
+            paths::SIGNAL,
+            post(signal).layer(axum::extract::DefaultBodyLimit::max(MAX_SIGNAL_BYTES)),
+        )
+        .route(paths::SIGNALS, get(signals))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(ErrorBody::new(message))).into_response()
+}
+
+fn apply_error(e: ApplyError) -> Response {
+    match e {
+        ApplyError::Invalid(errs) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(ErrorBody {
+                error: "the resources are invalid; nothing was changed".into(),
+                errors: errs
+                    .0
+                    .into_iter()
+                    .map(|e| FieldError {
+                        resource: e.resource,
+                        path: e.path,
+                        message: e.message,
+                    })
+                    .collect(),
+            }),
+        )
+            .into_response(),
+        ApplyError::NotFound(k) => error(StatusCode::NOT_FOUND, format!("{k} does not exist")),
+        ApplyError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A JSON body of type `T`, or the 400 to answer, naming the field path that is wrong.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("{path}: {}", e.into_inner()),
+        ))
+    })
+}
+
+async fn apply(State(s): State<AppState>, bytes: axum::body::Bytes) -> Response {
+    let req: ApplyRequest = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match s.mesh.apply(req.resources, req.dry_run).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => apply_error(e),
+    }
+}
+
+async fn delete(State(s): State<AppState>, bytes: axum::body::Bytes) -> Response {
+    let req: DeleteRequest = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match s.mesh.delete(req.keys, req.dry_run).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => apply_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Filter {
+    kind: Option<String>,
+    mesh: Option<String>,
+}
+
+async fn resources(State(s): State<AppState>, Query(f): Query<Filter>) -> Response {
+    let kind = match f.kind.as_deref().map(|k| (k, Kind::parse(k))) {
+        Some((k, None)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown kind {k:?}: use mesh, virtual-node, virtual-router, route, virtual-service or filter"),
+            )
+        }
+        Some((_, k)) => k,
+        None => None,
+    };
+    let snap = s.mesh.current();
+    let list = snap
+        .resources
+        .iter()
+        .filter(|(k, _)| kind.is_none_or(|want| k.kind == want))
+        .filter(|(k, _)| f.mesh.as_ref().is_none_or(|m| &k.mesh == m))
+        .map(|(_, r)| (**r).clone())
+        .collect();
+    Json(ResourcesAnswer {
+        version: snap.version,
+        resources: list,
+    })
+    .into_response()
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let snap = s.mesh.current();
+    Json(StatusAnswer {
+        version: snap.version,
+        modules: snap
+            .modules
+            .iter()
+            .map(|(n, m)| {
+                (
+                    n.clone(),
+                    ServedModule {
+                        url: m.url.clone(),
+                        sha256: m.sha256.clone(),
+                    },
+                )
+            })
+            .collect(),
+        clients: s.clients.list(),
+    })
+    .into_response()
+}
+
+async fn node(State(s): State<AppState>, Path(node): Path<String>) -> Response {
+    let Some((mesh, vn)) = names::parse_node_id(&node) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{node:?} is not a node id: use mesh/<mesh>/virtualNode/<name>"),
+        );
+    };
+    let snap = s.mesh.current();
+    let res = s
+        .mesh
+        .node_resources(&snap, mesh, vn, &NodeOptions::default());
+    let resources = types::ALL
+        .iter()
+        .map(|t| {
+            let names_ = res
+                .by_type
+                .get(t)
+                .map(|c| c.items.iter().map(|(n, _)| n.clone()).collect())
+                .unwrap_or_default();
+            (types::short(t).to_owned(), names_)
+        })
+        .collect();
+    Json(NodeAnswer {
+        node: node.clone(),
+        version: snap.version,
+        resources,
+        warnings: res.warnings.clone(),
+    })
+    .into_response()
+}
+
+async fn bootstrap(
+    State(s): State<AppState>,
+    q: Result<Query<BootstrapQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let d = NodeOptions::default();
+    let opts = NodeOptions {
+        ingress_port: q.ingress_port.unwrap_or(d.ingress_port),
+        egress_port: q.egress_port.unwrap_or(d.egress_port),
+        listen_address: q.listen_address.unwrap_or(d.listen_address),
+        app_address: q.app_address.unwrap_or(d.app_address),
+        otlp_port: q.otlp_port,
+    };
+    let params = match BootstrapParams::new(
+        &q.node,
+        q.admin_port.unwrap_or(bootstrap::DEFAULT_ADMIN_PORT),
+        opts,
+    ) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        bootstrap::render(&params, &s.endpoints),
+    )
+        .into_response()
+}
+
+async fn module(State(s): State<AppState>, Path(file): Path<String>) -> Response {
+    let Some(name) = file.strip_suffix(".wasm") else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{file:?}: modules end in .wasm"),
+        );
+    };
+    match s.mesh.modules().bytes(name) {
+        Some(bytes) => {
+            tracing::info!(module = name, bytes = bytes.len(), "module download");
+            (
+                [(header::CONTENT_TYPE, "application/wasm")],
+                bytes.as_ref().clone(),
+            )
+                .into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("no module {name:?}")),
+    }
+}
+
+async fn signal(State(s): State<AppState>, bytes: axum::body::Bytes) -> Response {
+    let sig: BreakerSignal = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if let Err(e) = sig.check() {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    tracing::info!(cluster = %sig.cluster, from = ?sig.from, to = ?sig.to, generation = sig.generation, "breaker signal");
+    s.signals.record(sig, bytes.len());
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn signals(State(s): State<AppState>) -> Response {
+    Json(SignalsAnswer {
+        signals: s.signals.list(),
+    })
+    .into_response()
+}

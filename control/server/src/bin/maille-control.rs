@@ -1,0 +1,71 @@
+//! `maille-control`: the control server. Flags in `--help`.
+
+use clap::Parser;
+use maille_control::{start, ServerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Maille's control server: serves App Mesh-shaped meshes to Envoy over ADS, with the canary
+/// and breaker wasm filters. Apply specs with `maillectl apply -f`.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// ADS (gRPC, xDS v3) listen address.
+    #[arg(long, env = "MAILLE_XDS_ADDR", default_value = "127.0.0.1:18000")]
+    xds_addr: SocketAddr,
+    /// Admin API, module downloads and breaker signals (HTTP) listen address.
+    #[arg(long, env = "MAILLE_HTTP_ADDR", default_value = "127.0.0.1:18080")]
+    http_addr: SocketAddr,
+    /// Address Envoys use to reach this server (written into bootstraps and module URLs).
+    #[arg(long, env = "MAILLE_ADVERTISE_ADDRESS", default_value = "127.0.0.1")]
+    advertise_address: String,
+    /// State file (embedded redb store); restarts restore everything from it.
+    #[arg(
+        long,
+        env = "MAILLE_STATE",
+        default_value = "maille-state.redb",
+        conflicts_with = "ephemeral"
+    )]
+    state: PathBuf,
+    /// Keep state in memory only (lost on exit).
+    #[arg(long)]
+    ephemeral: bool,
+    /// Folder of `<name>.wasm` filter modules to serve (`make filters` writes target/filters).
+    #[arg(long, env = "MAILLE_MODULES", default_value = "target/filters")]
+    modules: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    if !args.modules.is_dir() {
+        tracing::warn!(dir = %args.modules.display(), "modules folder missing: routes that split traffic and filters are skipped until it exists (run `make filters`)");
+    }
+    let running = start(ServerConfig {
+        xds_addr: args.xds_addr,
+        http_addr: args.http_addr,
+        advertise_address: args.advertise_address,
+        state_path: (!args.ephemeral).then_some(args.state),
+        modules_dir: Some(args.modules),
+    })
+    .await?;
+    println!(
+        "maille-control: ADS on {}, admin API on {} (state version {})",
+        running.xds_port,
+        running.http_port,
+        running.mesh.current().version
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    running.stop().await;
+    Ok(())
+}

@@ -1,0 +1,567 @@
+//! The mesh as served: the applied resources (persisted in a [`Store`]), the filter modules,
+//! and each node's Envoy resources, published as numbered [`Snapshot`]s.
+//!
+//! A change costs what it touches. The reference checks look at the changed resources only
+//! (and, for a delete, at what refers to it); the node translations it can affect are found
+//! from what each node's translation read ([`Dep`]) and only those are made again; every
+//! other node keeps its resources, so its Envoy is sent nothing.
+
+use crate::modules::Modules;
+use crate::store::{Store, StoreError};
+use envoy_types::pb::google::protobuf::Any;
+use maille_api::ApplyReport;
+use maille_model::{check_changes, check_resource, Key, Kind, Resource, Resources, SpecErrors};
+use maille_translate::{node_config, Dep, Module, NodeConfig, NodeOptions, World};
+use prost::{Message, Name};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// xDS type URLs served.
+pub mod types {
+    /// LDS.
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    /// RDS.
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// CDS.
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    /// EDS.
+    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// ECDS.
+    pub const EXTENSION: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+    /// Every type, in the order Envoy applies them (clusters before endpoints, listeners
+    /// before routes).
+    pub const ALL: [&str; 5] = [CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE];
+
+    /// A short name for status output.
+    pub fn short(type_url: &str) -> &str {
+        match type_url {
+            LISTENER => "LDS",
+            ROUTE => "RDS",
+            CLUSTER => "CDS",
+            ENDPOINT => "EDS",
+            EXTENSION => "ECDS",
+            other => other,
+        }
+    }
+
+    /// The served type named `url`, if it is one.
+    pub fn known(url: &str) -> Option<&'static str> {
+        ALL.into_iter().find(|t| *t == url)
+    }
+}
+
+/// Most node configurations kept for Envoys whose options differ from the defaults; past it,
+/// one is dropped (and made again when asked for).
+const MAX_SERVED: usize = 100_000;
+/// Snapshot times remembered for apply-to-ACK measurements.
+const MADE_KEPT: usize = 64;
+
+/// One applied state of the mesh, as served.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every apply, delete or module change; survives restarts.
+    pub version: u64,
+    /// All resources.
+    pub resources: Resources,
+    /// Served modules by name.
+    pub modules: BTreeMap<String, Module>,
+    /// When it was made (for apply-to-ACK times).
+    pub made_at: Instant,
+}
+
+impl Snapshot {
+    fn world(&self) -> World<'_> {
+        World {
+            resources: &self.resources,
+            modules: &self.modules,
+        }
+    }
+}
+
+/// Resources of one type as sent: `(name, Any)` sorted by name, and a hash of them.
+#[derive(Debug, Clone, Default)]
+pub struct Content {
+    /// The resources.
+    pub items: Arc<Vec<(String, Any)>>,
+    /// A hash of names and bytes (never 0, which means "nothing sent yet").
+    pub hash: u64,
+}
+
+impl Content {
+    /// `items`, hashed.
+    pub fn new(items: Vec<(String, Any)>) -> Content {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (n, a) in &items {
+            n.hash(&mut h);
+            a.value.hash(&mut h);
+        }
+        Content {
+            items: Arc::new(items),
+            hash: h.finish().max(1),
+        }
+    }
+
+    /// Only the resources named in `names` (all when empty).
+    pub fn only(&self, names: &[String]) -> Content {
+        if names.is_empty() {
+            return self.clone();
+        }
+        Content::new(
+            self.items
+                .iter()
+                .filter(|(n, _)| names.iter().any(|w| w == n))
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+/// The resources of one Envoy, by type URL.
+#[derive(Debug, Default)]
+pub struct NodeResources {
+    /// By type URL.
+    pub by_type: HashMap<&'static str, Content>,
+    /// What was not translated.
+    pub warnings: Vec<String>,
+}
+
+fn pack<T: Message + Name>(items: Vec<T>, name: impl Fn(&T) -> String) -> Content {
+    let mut v: Vec<(String, Any)> = items
+        .into_iter()
+        .map(|m| {
+            (
+                name(&m),
+                Any {
+                    type_url: T::type_url(),
+                    value: m.encode_to_vec(),
+                },
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Content::new(v)
+}
+
+impl NodeResources {
+    fn from_config(cfg: NodeConfig) -> NodeResources {
+        let mut by_type = HashMap::new();
+        by_type.insert(types::LISTENER, pack(cfg.listeners, |l| l.name.clone()));
+        by_type.insert(types::ROUTE, pack(cfg.routes, |r| r.name.clone()));
+        by_type.insert(types::CLUSTER, pack(cfg.clusters, |c| c.name.clone()));
+        by_type.insert(
+            types::ENDPOINT,
+            pack(cfg.endpoints, |e| e.cluster_name.clone()),
+        );
+        by_type.insert(types::EXTENSION, pack(cfg.filters, |f| f.name.clone()));
+        NodeResources {
+            by_type,
+            warnings: cfg.warnings,
+        }
+    }
+}
+
+/// Why a change was refused; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The resulting set of resources is invalid.
+    #[error("{0}")]
+    Invalid(#[from] SpecErrors),
+    /// Deleting something that does not exist.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A virtual node: (mesh, name).
+type NodeRef = (String, String);
+
+/// What each virtual node's translation read, and the translations made for connected
+/// Envoys, valid at `version`.
+#[derive(Debug, Default)]
+struct Translations {
+    version: u64,
+    /// Per existing virtual node: what its translation read, and its warnings.
+    deps: HashMap<NodeRef, (BTreeSet<Dep>, Vec<String>)>,
+    /// The reverse: which nodes read each thing.
+    by_dep: HashMap<Dep, BTreeSet<NodeRef>>,
+    /// Translations for Envoys (a node and its options), made on demand.
+    served: HashMap<(NodeRef, NodeOptions), Arc<NodeResources>>,
+}
+
+impl Translations {
+    fn index(&mut self, node: NodeRef, cfg: &NodeConfig) {
+        self.unindex(&node);
+        for d in &cfg.depends_on {
+            self.by_dep
+                .entry(d.clone())
+                .or_default()
+                .insert(node.clone());
+        }
+        self.deps
+            .insert(node, (cfg.depends_on.clone(), cfg.warnings.clone()));
+    }
+
+    fn unindex(&mut self, node: &NodeRef) {
+        if let Some((deps, _)) = self.deps.remove(node) {
+            for d in deps {
+                if let Some(s) = self.by_dep.get_mut(&d) {
+                    s.remove(node);
+                    if s.is_empty() {
+                        self.by_dep.remove(&d);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The nodes that read any of `changed`, plus virtual nodes among `keys` (created ones
+    /// have read nothing yet).
+    fn affected(&self, changed: &[Dep], keys: &[Key]) -> BTreeSet<NodeRef> {
+        let mut out = BTreeSet::new();
+        for d in changed {
+            if let Some(s) = self.by_dep.get(d) {
+                out.extend(s.iter().cloned());
+            }
+        }
+        for k in keys {
+            if k.kind == Kind::VirtualNode {
+                out.insert((k.mesh.clone(), k.name.clone()));
+            }
+        }
+        out
+    }
+}
+
+fn virtual_nodes(resources: &Resources) -> impl Iterator<Item = NodeRef> + '_ {
+    resources
+        .range(
+            Key {
+                kind: Kind::VirtualNode,
+                mesh: String::new(),
+                name: String::new(),
+            }..Key {
+                kind: Kind::VirtualRouter,
+                mesh: String::new(),
+                name: String::new(),
+            },
+        )
+        .map(|(k, _)| (k.mesh.clone(), k.name.clone()))
+}
+
+/// The served mesh and its write path.
+#[derive(Debug)]
+pub struct Mesh {
+    store: Arc<dyn Store>,
+    modules: Modules,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    write: tokio::sync::Mutex<()>,
+    translations: Mutex<Translations>,
+    made: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+impl Mesh {
+    /// Loads the resources from `store`, the modules from `modules`, and translates every
+    /// virtual node once (to know what each depends on).
+    pub fn new(store: Arc<dyn Store>, modules: Modules) -> Result<Mesh, StoreError> {
+        let (version, stored) = store.load()?;
+        let snap = Snapshot {
+            version,
+            resources: stored.into_iter().map(|(k, r)| (k, Arc::new(r))).collect(),
+            modules: modules.current(),
+            made_at: Instant::now(),
+        };
+        let mut t = Translations {
+            version,
+            ..Default::default()
+        };
+        let opts = NodeOptions::default();
+        for (mesh, node) in virtual_nodes(&snap.resources) {
+            let cfg = node_config(snap.world(), &mesh, &node, &opts);
+            t.index((mesh, node), &cfg);
+        }
+        let (tx, _) = watch::channel(Arc::new(snap));
+        Ok(Mesh {
+            store,
+            modules,
+            snapshot: tx,
+            write: tokio::sync::Mutex::new(()),
+            translations: Mutex::new(t),
+            made: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that wakes on every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    /// The served modules' bytes.
+    pub fn modules(&self) -> &Modules {
+        &self.modules
+    }
+
+    /// When snapshot `version` was made, if still remembered.
+    pub fn made_at(&self, version: u64) -> Option<Instant> {
+        self.made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, t)| *t)
+    }
+
+    /// Creates or replaces `resources`; with `dry_run`, only reports. On any error nothing
+    /// changes.
+    pub async fn apply(
+        &self,
+        resources: Vec<Resource>,
+        dry_run: bool,
+    ) -> Result<ApplyReport, ApplyError> {
+        let mut errors = Vec::new();
+        for r in &resources {
+            if let Err(e) = check_resource(r) {
+                errors.extend(e.0);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(SpecErrors(errors).into());
+        }
+        let _guard = self.write.lock().await;
+        let cur = self.current();
+        let mut next = cur.resources.clone();
+        let mut report = ApplyReport {
+            version: cur.version,
+            ..Default::default()
+        };
+        let mut upserts = Vec::new();
+        for r in resources {
+            let key = r.key();
+            match next.get(&key) {
+                Some(old) if **old == r => {
+                    report.unchanged.push(key.to_string());
+                    continue;
+                }
+                Some(_) => report.updated.push(key.to_string()),
+                None => report.created.push(key.to_string()),
+            }
+            let r = Arc::new(r);
+            upserts.push((key.clone(), r.clone()));
+            next.insert(key, r);
+        }
+        let keys: Vec<Key> = upserts.iter().map(|(k, _)| k.clone()).collect();
+        check_changes(&next, &keys, &[])?;
+        if upserts.is_empty() {
+            return Ok(report);
+        }
+        let stored: Vec<Resource> = upserts.iter().map(|(_, r)| (**r).clone()).collect();
+        self.change(cur, next, keys, dry_run, report, |store, version| {
+            store.commit(version, &stored, &[])
+        })
+    }
+
+    /// Deletes `keys`; refused when something left would refer to them.
+    pub async fn delete(&self, keys: Vec<Key>, dry_run: bool) -> Result<ApplyReport, ApplyError> {
+        let _guard = self.write.lock().await;
+        let cur = self.current();
+        let mut next = cur.resources.clone();
+        let mut report = ApplyReport {
+            version: cur.version,
+            ..Default::default()
+        };
+        for k in &keys {
+            if next.remove(k).is_none() {
+                return Err(ApplyError::NotFound(k.to_string()));
+            }
+            report.deleted.push(k.to_string());
+        }
+        check_changes(&next, &[], &keys)?;
+        if keys.is_empty() {
+            return Ok(report);
+        }
+        let deleted = keys.clone();
+        self.change(cur, next, keys, dry_run, report, move |store, version| {
+            store.commit(version, &[], &deleted)
+        })
+    }
+
+    /// Re-reads the modules folder; when a module changed, serves a new snapshot so that
+    /// Envoys fetch the new module (by its new sha256) without a restart.
+    pub async fn reload_modules(&self) -> Result<bool, StoreError> {
+        let _guard = self.write.lock().await;
+        let changed = self.modules.reload();
+        if changed.is_empty() {
+            return Ok(false);
+        }
+        let cur = self.current();
+        let version = cur.version + 1;
+        self.store.commit(version, &[], &[])?;
+        let snap = Snapshot {
+            version,
+            resources: cur.resources.clone(),
+            modules: self.modules.current(),
+            made_at: Instant::now(),
+        };
+        let deps: Vec<Dep> = changed.into_iter().map(Dep::Module).collect();
+        self.publish(snap, &deps, &[]);
+        Ok(true)
+    }
+
+    /// Commits (unless `dry_run`) and publishes the change from `cur` to `next` of `keys`,
+    /// re-translating the nodes it affects; fills in the report's warnings from them.
+    fn change(
+        &self,
+        cur: Arc<Snapshot>,
+        next: Resources,
+        keys: Vec<Key>,
+        dry_run: bool,
+        mut report: ApplyReport,
+        commit: impl FnOnce(&dyn Store, u64) -> Result<(), StoreError>,
+    ) -> Result<ApplyReport, ApplyError> {
+        let deps: Vec<Dep> = keys.iter().flat_map(Dep::of_change).collect();
+        let version = cur.version + 1;
+        let snap = Snapshot {
+            version,
+            resources: next,
+            modules: cur.modules.clone(),
+            made_at: Instant::now(),
+        };
+        if dry_run {
+            let affected = self
+                .translations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .affected(&deps, &keys);
+            report.affected_nodes = affected.len();
+            let opts = NodeOptions::default();
+            for (mesh, node) in affected {
+                if snap.resources.contains_key(&node_key(&mesh, &node)) {
+                    let cfg = node_config(snap.world(), &mesh, &node, &opts);
+                    warnings_into(&mut report.warnings, &mesh, &node, &cfg.warnings);
+                }
+            }
+            finish(&mut report);
+            return Ok(report);
+        }
+        commit(self.store.as_ref(), version)?;
+        report.version = version;
+        let (n, warnings) = self.publish(snap, &deps, &keys);
+        report.affected_nodes = n;
+        report.warnings = warnings;
+        finish(&mut report);
+        Ok(report)
+    }
+
+    /// Serves `snap`: re-translates the nodes that read any of `deps` (and those of `keys`
+    /// that are virtual nodes), forgets their Envoys' translations, then publishes. Returns
+    /// how many nodes were affected and their warnings.
+    fn publish(&self, snap: Snapshot, deps: &[Dep], keys: &[Key]) -> (usize, Vec<String>) {
+        let mut warnings = Vec::new();
+        let n;
+        {
+            let mut t = self.translations.lock().unwrap_or_else(|e| e.into_inner());
+            let affected = t.affected(deps, keys);
+            n = affected.len();
+            let opts = NodeOptions::default();
+            for node in &affected {
+                if snap.resources.contains_key(&node_key(&node.0, &node.1)) {
+                    let cfg = node_config(snap.world(), &node.0, &node.1, &opts);
+                    warnings_into(&mut warnings, &node.0, &node.1, &cfg.warnings);
+                    t.index(node.clone(), &cfg);
+                } else {
+                    t.unindex(node);
+                }
+            }
+            t.served.retain(|(node, _), _| !affected.contains(node));
+            t.version = snap.version;
+        }
+        {
+            let mut m = self.made.lock().unwrap_or_else(|e| e.into_inner());
+            m.push_back((snap.version, snap.made_at));
+            while m.len() > MADE_KEPT {
+                m.pop_front();
+            }
+        }
+        self.snapshot.send_replace(Arc::new(snap));
+        (n, warnings)
+    }
+
+    /// The resources of one Envoy at snapshot `snap`. Made once per node and options until
+    /// a change affects the node.
+    pub fn node_resources(
+        &self,
+        snap: &Snapshot,
+        mesh: &str,
+        node: &str,
+        opts: &NodeOptions,
+    ) -> Arc<NodeResources> {
+        let key = ((mesh.to_owned(), node.to_owned()), opts.clone());
+        {
+            let t = self.translations.lock().unwrap_or_else(|e| e.into_inner());
+            if t.version == snap.version {
+                if let Some(r) = t.served.get(&key) {
+                    return r.clone();
+                }
+            }
+        }
+        let exists = snap.resources.contains_key(&node_key(mesh, node));
+        let res = Arc::new(NodeResources::from_config(node_config(
+            snap.world(),
+            mesh,
+            node,
+            opts,
+        )));
+        // Only the current snapshot's translations of existing nodes are kept: a node that
+        // does not exist costs nothing to translate and could be any name a client sends.
+        if exists {
+            let mut t = self.translations.lock().unwrap_or_else(|e| e.into_inner());
+            if t.version == snap.version {
+                if t.served.len() >= MAX_SERVED {
+                    if let Some(k) = t.served.keys().next().cloned() {
+                        t.served.remove(&k);
+                    }
+                }
+                t.served.insert(key, res.clone());
+            }
+        }
+        res
+    }
+
+    /// The warnings of a node's last translation (default options), if it exists.
+    pub fn warnings_of(&self, mesh: &str, node: &str) -> Option<Vec<String>> {
+        self.translations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deps
+            .get(&(mesh.to_owned(), node.to_owned()))
+            .map(|(_, w)| w.clone())
+    }
+}
+
+fn node_key(mesh: &str, node: &str) -> Key {
+    Key {
+        kind: Kind::VirtualNode,
+        mesh: mesh.to_owned(),
+        name: node.to_owned(),
+    }
+}
+
+fn warnings_into(out: &mut Vec<String>, mesh: &str, node: &str, warnings: &[String]) {
+    for w in warnings {
+        out.push(format!("{}: {w}", node_key(mesh, node)));
+    }
+}
+
+fn finish(report: &mut ApplyReport) {
+    report.warnings.sort();
+    report.warnings.dedup();
+}

@@ -1,0 +1,182 @@
+//! Runs the control server: ADS on one port, the admin API and module downloads on another,
+//! and a watch on the modules folder.
+
+use crate::admin::{self, AppState};
+use crate::clients::Clients;
+use crate::mesh::Mesh;
+use crate::modules::Modules;
+use crate::signals::Signals;
+use crate::store::{MemoryStore, RedbStore, Store, StoreError};
+use crate::xds::Ads;
+use maille_translate::bootstrap::{valid_host, ControlEndpoints};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How often the modules folder is read again for new module builds.
+const MODULE_POLL: Duration = Duration::from_secs(2);
+
+/// Settings of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// ADS (gRPC) address.
+    pub xds_addr: SocketAddr,
+    /// Admin API and modules (HTTP) address.
+    pub http_addr: SocketAddr,
+    /// Address Envoys reach this server at (in bootstraps and module URLs).
+    pub advertise_address: String,
+    /// The state file; `None` keeps state in memory only.
+    pub state_path: Option<PathBuf>,
+    /// Folder of `<name>.wasm` modules.
+    pub modules_dir: Option<PathBuf>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A port could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state could not be loaded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A setting cannot be used.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running server; stops on [`Running::stop`] or when dropped with the runtime.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound ADS port.
+    pub xds_port: u16,
+    /// The bound HTTP port.
+    pub http_port: u16,
+    /// The served mesh.
+    pub mesh: Arc<Mesh>,
+    /// The connected Envoys.
+    pub clients: Arc<Clients>,
+    /// The breaker signals received.
+    pub signals: Arc<Signals>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops serving and waits for the servers to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Binds both ports, loads the state and serves.
+pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
+    if !valid_host(&cfg.advertise_address) {
+        return Err(ServerError::Config(format!(
+            "advertise address {:?}: must be an IP address or a DNS name",
+            cfg.advertise_address
+        )));
+    }
+    let xds = bind(cfg.xds_addr).await?;
+    let http = bind(cfg.http_addr).await?;
+    let xds_port = xds.local_addr().map(|a| a.port()).unwrap_or(0);
+    let http_port = http.local_addr().map(|a| a.port()).unwrap_or(0);
+    let store: Arc<dyn Store> = match &cfg.state_path {
+        Some(p) => Arc::new(RedbStore::open(p)?),
+        None => Arc::new(MemoryStore::default()),
+    };
+    let modules = Modules::new(
+        cfg.modules_dir.clone(),
+        &format!("http://{}:{http_port}", cfg.advertise_address),
+    );
+    let mesh = Arc::new(Mesh::new(store, modules)?);
+    let clients = Arc::new(Clients::default());
+    let signals = Arc::new(Signals::default());
+    let endpoints = ControlEndpoints {
+        advertise_address: cfg.advertise_address.clone(),
+        xds_port,
+        http_port,
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let mut rx = stop_rx.clone();
+    let ads = Ads::new(mesh.clone(), clients.clone(), stop_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds);
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ads)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "ADS server ended");
+        }
+    }));
+
+    let mut rx = stop_rx.clone();
+    let app = admin::router(AppState {
+        mesh: mesh.clone(),
+        clients: clients.clone(),
+        signals: signals.clone(),
+        endpoints,
+    });
+    tasks.push(tokio::spawn(async move {
+        let result = axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "admin server ended");
+        }
+    }));
+
+    let mut rx = stop_rx;
+    let m = mesh.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(MODULE_POLL) => {
+                    match m.reload_modules().await {
+                        Ok(true) => tracing::info!("wasm modules changed: new snapshot served"),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(error = %e, "reloading modules"),
+                    }
+                }
+                _ = rx.changed() => break,
+            }
+        }
+    }));
+
+    tracing::info!(xds_port, http_port, "Maille control server listening");
+    Ok(Running {
+        xds_port,
+        http_port,
+        mesh,
+        clients,
+        signals,
+        stop,
+        tasks,
+    })
+}

@@ -1,0 +1,183 @@
+//! Where the mesh resources live between restarts. The server talks to a [`Store`]; the
+//! default is [`RedbStore`], an embedded file, and a shared store for several replicas can
+//! take its place behind the same trait.
+
+use maille_model::{Key, Resource};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// A failure of the store, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StoreError(pub String);
+
+fn err(what: &str) -> impl Fn(redb::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("{what}: {e}"))
+}
+
+/// Durable resources plus the version counter of the applied state.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Everything stored, and the last version.
+    fn load(&self) -> Result<(u64, BTreeMap<Key, Resource>), StoreError>;
+    /// Writes `upserts`, removes `deletes` and sets the version, all or nothing.
+    fn commit(&self, version: u64, upserts: &[Resource], deletes: &[Key])
+        -> Result<(), StoreError>;
+}
+
+const RESOURCES: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("resources");
+const META: redb::TableDefinition<'_, &str, u64> = redb::TableDefinition::new("meta");
+
+fn key_string(k: &Key) -> String {
+    // A JSON key keeps any name unambiguous.
+    serde_json::to_string(k).unwrap_or_default()
+}
+
+/// The embedded default: one redb file.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: redb::Database,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError(format!("creating {}: {e}", dir.display())))?;
+        }
+        let db = redb::Database::create(path)
+            .map_err(|e| StoreError(format!("opening {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(|e| err("begin")(e.into()))?;
+        {
+            txn.open_table(RESOURCES)
+                .map_err(|e| err("resources table")(e.into()))?;
+            txn.open_table(META)
+                .map_err(|e| err("meta table")(e.into()))?;
+        }
+        txn.commit().map_err(|e| err("commit")(e.into()))?;
+        Ok(RedbStore { db })
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<(u64, BTreeMap<Key, Resource>), StoreError> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| err("begin read")(e.into()))?;
+        let meta = txn.open_table(META).map_err(|e| err("meta")(e.into()))?;
+        let version = meta
+            .get("version")
+            .map_err(|e| err("version")(e.into()))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let table = txn
+            .open_table(RESOURCES)
+            .map_err(|e| err("resources")(e.into()))?;
+        let mut out = BTreeMap::new();
+        for row in table.iter().map_err(|e| err("iterate")(e.into()))? {
+            let (k, v) = row.map_err(|e| err("read")(e.into()))?;
+            let r: Resource = serde_json::from_slice(v.value()).map_err(|e| {
+                StoreError(format!("stored resource {} is unreadable: {e}", k.value()))
+            })?;
+            out.insert(r.key(), r);
+        }
+        Ok((version, out))
+    }
+
+    fn commit(
+        &self,
+        version: u64,
+        upserts: &[Resource],
+        deletes: &[Key],
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| err("begin")(e.into()))?;
+        {
+            let mut t = txn
+                .open_table(RESOURCES)
+                .map_err(|e| err("resources")(e.into()))?;
+            for r in upserts {
+                let bytes = serde_json::to_vec(r).map_err(|e| StoreError(e.to_string()))?;
+                t.insert(key_string(&r.key()).as_str(), bytes.as_slice())
+                    .map_err(|e| err("insert")(e.into()))?;
+            }
+            for k in deletes {
+                t.remove(key_string(k).as_str())
+                    .map_err(|e| err("remove")(e.into()))?;
+            }
+            let mut m = txn.open_table(META).map_err(|e| err("meta")(e.into()))?;
+            m.insert("version", version)
+                .map_err(|e| err("version")(e.into()))?;
+        }
+        txn.commit().map_err(|e| err("commit")(e.into()))
+    }
+}
+
+/// A store in memory, for tests and `--ephemeral` runs.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<(u64, BTreeMap<Key, Resource>)>,
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> Result<(u64, BTreeMap<Key, Resource>), StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?
+            .clone())
+    }
+
+    fn commit(
+        &self,
+        version: u64,
+        upserts: &[Resource],
+        deletes: &[Key],
+    ) -> Result<(), StoreError> {
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        g.0 = version;
+        for r in upserts {
+            g.1.insert(r.key(), r.clone());
+        }
+        for k in deletes {
+            g.1.remove(k);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maille_model::{Mesh, MeshSpec};
+
+    fn mesh(name: &str) -> Resource {
+        Resource::Mesh(Mesh {
+            mesh_name: name.into(),
+            spec: MeshSpec::default(),
+        })
+    }
+
+    #[test]
+    fn redb_store_keeps_resources_and_version_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let s = RedbStore::open(&path).unwrap();
+            s.commit(1, &[mesh("a"), mesh("b")], &[]).unwrap();
+            s.commit(2, &[], &[mesh("a").key()]).unwrap();
+        }
+        let s = RedbStore::open(&path).unwrap();
+        let (v, all) = s.load().unwrap();
+        assert_eq!(v, 2);
+        assert_eq!(
+            all.keys().cloned().collect::<Vec<_>>(),
+            vec![mesh("b").key()]
+        );
+    }
+}

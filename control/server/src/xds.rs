@@ -1,0 +1,338 @@
+//! The ADS server (state of the world, xDS v3 over gRPC): one stream per Envoy, resources
+//! from [`Control::node_resources`], ACK/NACK tracked per type.
+//!
+//! A type is sent when Envoy first asks for it, when the names it asks for change, and when
+//! a new snapshot changes its content for that node. A NACK is recorded (with Envoy's
+//! message) and the refused content is not sent to that node again; a new stream from the
+//! same node gets the last content it accepted instead, so a refused version never replaces
+//! the last good one.
+
+use crate::clients::{now_secs, Clients};
+use crate::mesh::{types, Content, Mesh, Snapshot};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use maille_api::Nack;
+use maille_translate::{names, NodeOptions};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The tonic service.
+#[derive(Debug, Clone)]
+pub struct Ads {
+    mesh: Arc<Mesh>,
+    clients: Arc<Clients>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Largest request an Envoy may send (a discovery request is small; a NACK carries a message).
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+impl Ads {
+    /// A service over `mesh`, recording each stream in `clients`; its streams end when
+    /// `stop` turns true.
+    pub fn new(
+        mesh: Arc<Mesh>,
+        clients: Arc<Clients>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> AggregatedDiscoveryServiceServer<Ads> {
+        AggregatedDiscoveryServiceServer::new(Ads {
+            mesh,
+            clients,
+            stop,
+        })
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    names: Vec<String>,
+    sent: Content,
+    sent_version: String,
+    nonce: String,
+    acked_hash: Option<u64>,
+}
+
+struct Stream_ {
+    mesh: Arc<Mesh>,
+    clients: Arc<Clients>,
+    client: u64,
+    node: Option<(String, String, String, NodeOptions)>,
+    types: HashMap<&'static str, TypeState>,
+    nonce: u64,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    /// Snapshot version being delivered, and whether every type has been acknowledged.
+    target_version: u64,
+}
+
+impl Stream_ {
+    fn node_id(&self) -> &str {
+        self.node.as_ref().map(|n| n.0.as_str()).unwrap_or("")
+    }
+
+    /// The content of `type_url` for this node at `snap`, filtered by the requested names
+    /// for the types Envoy asks by name.
+    fn content(&self, snap: &Snapshot, type_url: &'static str, names_: &[String]) -> Content {
+        let Some((_, mesh, vn, opts)) = &self.node else {
+            return Content::new(Vec::new());
+        };
+        let res = self.mesh.node_resources(snap, mesh, vn, opts);
+        let all = res.by_type.get(type_url).cloned().unwrap_or_default();
+        if matches!(type_url, types::ROUTE | types::ENDPOINT | types::EXTENSION) {
+            all.only(names_)
+        } else {
+            all
+        }
+    }
+
+    async fn send(
+        &mut self,
+        snap: &Snapshot,
+        type_url: &'static str,
+        force: bool,
+    ) -> Result<(), ()> {
+        let names_ = self
+            .types
+            .get(type_url)
+            .map(|t| t.names.clone())
+            .unwrap_or_default();
+        let mut content = self.content(snap, type_url, &names_);
+        let node = self.node_id().to_owned();
+        let st = self.types.entry(type_url).or_default();
+        if st.sent.hash == 0 {
+            // A new stream: if this node refused this content before, give it what it last
+            // accepted instead.
+            if let Some(good) = self
+                .clients
+                .instead_of_refused(&node, type_url, content.hash)
+            {
+                content = good;
+            }
+        } else if self.clients.is_refused(&node, type_url, content.hash) && !force {
+            return Ok(());
+        }
+        if !force && st.sent.hash == content.hash {
+            return Ok(());
+        }
+        self.nonce += 1;
+        let version = format!("{}-{:012x}", snap.version, content.hash & 0xffff_ffff_ffff);
+        let nonce = self.nonce.to_string();
+        st.sent = content.clone();
+        st.sent_version = version.clone();
+        st.nonce = nonce.clone();
+        let resp = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: content.items.iter().map(|(_, a)| a.clone()).collect(),
+            type_url: type_url.to_owned(),
+            nonce,
+            ..Default::default()
+        };
+        let short = types::short(type_url).to_owned();
+        self.clients.update(self.client, |c| {
+            c.types.entry(short).or_default().sent = version;
+        });
+        self.tx.send(Ok(resp)).await.map_err(|_| ())
+    }
+
+    async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), Status> {
+        if self.node.is_none() {
+            let node = req.node.as_ref().ok_or_else(|| {
+                Status::invalid_argument("the first request of a stream must carry the node")
+            })?;
+            let (mesh, vn) = names::parse_node_id(&node.id).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "node id {:?} must be mesh/<mesh>/virtualNode/<name> (see `maillectl bootstrap`)",
+                    node.id
+                ))
+            })?;
+            let opts = NodeOptions::from_metadata(node.metadata.as_ref());
+            let warnings = self
+                .mesh
+                .node_resources(&self.mesh.current(), mesh, vn, &opts)
+                .warnings
+                .clone();
+            self.node = Some((node.id.clone(), mesh.to_owned(), vn.to_owned(), opts));
+            let id = node.id.clone();
+            self.clients.update(self.client, |c| {
+                c.node = id;
+                c.warnings = warnings;
+            });
+            tracing::info!(node = %node.id, "Envoy connected");
+        }
+        let Some(type_url) = types::known(&req.type_url) else {
+            tracing::debug!(type_url = %req.type_url, "unknown type requested; ignored");
+            return Ok(());
+        };
+        let snap = self.mesh.current();
+        self.target_version = self.target_version.max(snap.version);
+        let node = self.node_id().to_owned();
+        let st = self.types.entry(type_url).or_default();
+        let names_changed = st.names != req.resource_names;
+        st.names = req.resource_names.clone();
+        let short = types::short(type_url).to_owned();
+        if !req.response_nonce.is_empty() {
+            if req.response_nonce != st.nonce {
+                // A reply to an older response; the newer one is in flight.
+                return Ok(());
+            }
+            if let Some(err) = &req.error_detail {
+                tracing::warn!(node = %node, type_url = %short, version = %st.sent_version, error = %err.message, "Envoy refused (NACK)");
+                self.clients.refused(&node, type_url, st.sent.hash);
+                let nack = Nack {
+                    version: st.sent_version.clone(),
+                    message: bounded(&err.message),
+                    at: now_secs(),
+                };
+                self.clients.update(self.client, |c| {
+                    c.types.entry(short).or_default().last_nack = Some(nack);
+                });
+            } else {
+                st.acked_hash = Some(st.sent.hash);
+                self.clients.accepted(&node, type_url, st.sent.clone());
+                let v = req.version_info.clone();
+                self.clients.update(self.client, |c| {
+                    let t = c.types.entry(short).or_default();
+                    t.acked = Some(v);
+                    t.last_nack = None;
+                });
+                self.check_synced();
+            }
+            if !names_changed {
+                return Ok(());
+            }
+        }
+        self.send(&snap, type_url, true)
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
+        Ok(())
+    }
+
+    async fn on_snapshot(&mut self) -> Result<(), ()> {
+        let snap = self.mesh.current();
+        self.target_version = snap.version;
+        let types_: Vec<&'static str> = self.types.keys().copied().collect();
+        // Clusters before endpoints and listeners before routes, as Envoy applies them.
+        for t in types::ALL {
+            if types_.contains(&t) {
+                self.send(&snap, t, false).await?;
+            }
+        }
+        self.check_synced();
+        Ok(())
+    }
+
+    fn check_synced(&mut self) {
+        let all_acked = self
+            .types
+            .values()
+            .all(|t| t.acked_hash == Some(t.sent.hash));
+        if !all_acked || self.node.is_none() || self.types.is_empty() {
+            return;
+        }
+        let v = self.target_version;
+        let took = self
+            .mesh
+            .made_at(v)
+            .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+        self.clients.update(self.client, |c| {
+            if c.synced_version < v || c.sync_millis.is_none() {
+                c.synced_version = v;
+                c.sync_millis = took;
+            }
+        });
+    }
+}
+
+/// Longest NACK message kept (Envoy's can quote a whole resource).
+const MAX_NACK_MESSAGE: usize = 4096;
+
+fn bounded(message: &str) -> String {
+    match message.char_indices().nth(MAX_NACK_MESSAGE) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message.to_owned(),
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let clients = self.clients.clone();
+        let client = clients.connected(peer);
+        let mut snapshots = self.mesh.subscribe();
+        let target_version = snapshots.borrow_and_update().version;
+        let mut s = Stream_ {
+            mesh: self.mesh.clone(),
+            clients: clients.clone(),
+            client,
+            node: None,
+            types: HashMap::new(),
+            nonce: 0,
+            tx,
+            target_version,
+        };
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped(&mut stop) => break,
+                    msg = inbound.message() => match msg {
+                        Ok(Some(req)) => {
+                            if let Err(status) = s.on_request(req).await {
+                                let _ = s.tx.send(Err(status)).await;
+                                break;
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                    changed = snapshots.changed() => {
+                        if changed.is_err() || s.on_snapshot().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some((node, ..)) = &s.node {
+                tracing::info!(node = %node, "Envoy disconnected");
+            }
+            clients.gone(client);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "Maille serves state-of-the-world ADS; set api_type: GRPC (not DELTA_GRPC)",
+        ))
+    }
+}

@@ -1,0 +1,453 @@
+//! The Envoy bootstrap of one virtual node's proxy: its node id and Maille metadata, an admin
+//! listener, ADS towards the control server, and the static clusters that reach it (and the
+//! node's collector sidecar, when it has one).
+//!
+//! Every parameter is checked first ([`BootstrapParams::new`]), and the document is written
+//! by a serialiser (JSON, which Envoy reads as YAML too), so no value can add configuration of
+//! its own.
+
+use crate::names;
+use crate::options::NodeOptions;
+use serde_json::{json, Value};
+use std::net::IpAddr;
+
+/// Where Envoys reach the control server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlEndpoints {
+    /// Address (IP or DNS name) Envoys use to reach the server.
+    pub advertise_address: String,
+    /// ADS (gRPC) port.
+    pub xds_port: u16,
+    /// HTTP port (admin API, modules, signals).
+    pub http_port: u16,
+}
+
+/// Envoy's admin port when none is asked for.
+pub const DEFAULT_ADMIN_PORT: u16 = 9901;
+
+/// A bootstrap parameter that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct BootstrapError {
+    /// The parameter (`node`, `listenAddress`, ...).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> BootstrapError {
+    BootstrapError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Checked parameters of one bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapParams {
+    node_id: String,
+    virtual_node: String,
+    admin_port: u16,
+    opts: NodeOptions,
+}
+
+/// Whether `s` is an IP address or a DNS name (RFC 1123 labels).
+pub fn valid_host(s: &str) -> bool {
+    if s.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+impl BootstrapParams {
+    /// Checks the parameters: a node id `mesh/<mesh>/virtualNode/<name>` with valid names,
+    /// ports above 0 and distinct, the listen address an IP address, the application's an IP
+    /// address or a DNS name.
+    pub fn new(
+        node_id: &str,
+        admin_port: u16,
+        opts: NodeOptions,
+    ) -> Result<BootstrapParams, BootstrapError> {
+        let (mesh, vn) = names::parse_node_id(node_id).ok_or_else(|| {
+            bad(
+                "node",
+                format!("{node_id:?} is not a node id: use mesh/<mesh>/virtualNode/<name>"),
+            )
+        })?;
+        for n in [mesh, vn] {
+            if !maille_model::valid_name(n) {
+                return Err(bad(
+                    "node",
+                    format!("{n:?} must be 1 to 255 letters, digits, '-' or '_'"),
+                ));
+            }
+        }
+        let mut ports = vec![
+            ("adminPort", admin_port),
+            ("ingressPort", opts.ingress_port),
+            ("egressPort", opts.egress_port),
+        ];
+        if let Some(p) = opts.otlp_port {
+            ports.push(("otlpPort", p));
+        }
+        for (i, (field, p)) in ports.iter().enumerate() {
+            if *p == 0 {
+                return Err(bad(field, "must be 1..=65535, got 0"));
+            }
+            if let Some((other, _)) = ports[..i].iter().find(|(_, q)| q == p) {
+                return Err(bad(field, format!("{p} is already {other}")));
+            }
+        }
+        if opts.listen_address.parse::<IpAddr>().is_err() {
+            return Err(bad(
+                "listenAddress",
+                format!("must be an IP address, got {:?}", opts.listen_address),
+            ));
+        }
+        if !valid_host(&opts.app_address) {
+            return Err(bad(
+                "appAddress",
+                format!(
+                    "must be an IP address or a DNS name, got {:?}",
+                    opts.app_address
+                ),
+            ));
+        }
+        Ok(BootstrapParams {
+            node_id: node_id.to_owned(),
+            virtual_node: vn.to_owned(),
+            admin_port,
+            opts,
+        })
+    }
+}
+
+fn static_cluster(name: &str, address: &str, port: u16, http2: bool) -> Value {
+    let kind = if address.parse::<IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    let mut c = json!({
+        "name": name,
+        "type": kind,
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": address, "port_value": port}
+            }}}]}]
+        }
+    });
+    if http2 {
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        });
+    }
+    c
+}
+
+/// The bootstrap, as a JSON document (Envoy reads it as `.yaml` or `.json`). `server` is
+/// the control server's own configuration, checked when it starts.
+pub fn render(p: &BootstrapParams, server: &ControlEndpoints) -> String {
+    let o = &p.opts;
+    let mut metadata = json!({
+        "maille.ingress_port": o.ingress_port,
+        "maille.egress_port": o.egress_port,
+        "maille.listen_address": o.listen_address,
+        "maille.app_address": o.app_address,
+    });
+    let mut clusters = vec![
+        static_cluster(
+            names::XDS_CLUSTER,
+            &server.advertise_address,
+            server.xds_port,
+            true,
+        ),
+        static_cluster(
+            names::CONTROL_CLUSTER,
+            &server.advertise_address,
+            server.http_port,
+            false,
+        ),
+    ];
+    let mut doc = json!({
+        "node": {
+            "id": p.node_id,
+            "cluster": p.virtual_node,
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p.admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": names::XDS_CLUSTER}}]
+            },
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"}
+        },
+    });
+    if let Some(port) = o.otlp_port {
+        metadata["maille.otlp_port"] = json!(port);
+        // Envoy's stats go to the collector sidecar too.
+        doc["stats_flush_interval"] = json!("10s");
+        doc["stats_sinks"] = json!([{
+            "name": "envoy.stat_sinks.open_telemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig",
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": names::COLLECTOR_CLUSTER},
+                    "timeout": "2s"
+                },
+                "prefix": "envoy"
+            }
+        }]);
+        clusters.push(static_cluster(
+            names::COLLECTOR_CLUSTER,
+            "127.0.0.1",
+            port,
+            true,
+        ));
+    }
+    doc["node"]["metadata"] = metadata;
+    doc["static_resources"] = json!({ "clusters": clusters });
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// A self-contained Envoy bootstrap (binary protobuf, for `envoy --mode validate -c x.pb`)
+/// holding everything one node would get over ADS: routes inlined into their listeners,
+/// ECDS filters inlined into their HTTP filter chains with the module read from
+/// `module_file(sha256)`, EDS assignments inlined into their clusters. Envoy's full validation
+/// of this file is a check of what the server generates.
+pub fn static_bootstrap(
+    node_id: &str,
+    cfg: &crate::NodeConfig,
+    module_file: impl Fn(&str) -> Option<String>,
+) -> Vec<u8> {
+    use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
+    use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::config::listener::v3 as listener;
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3 as wasm_filter;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::{Message, Name};
+
+    let inline_filter = |name: &str| -> Option<Any> {
+        let ext = cfg.filters.iter().find(|f| f.name == name)?;
+        let mut w = wasm_filter::Wasm::decode(ext.typed_config.as_ref()?.value.as_slice()).ok()?;
+        if let Some(envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm::VmConfig(vm)) =
+            w.config.as_mut().and_then(|c| c.vm.as_mut())
+        {
+            // The remote module's sha256 says which module file this is.
+            let sha = match vm.code.as_ref().and_then(|c| c.specifier.as_ref()) {
+                Some(core::async_data_source::Specifier::Remote(r)) => r.sha256.clone(),
+                _ => String::new(),
+            };
+            vm.code = Some(core::AsyncDataSource {
+                specifier: Some(core::async_data_source::Specifier::Local(
+                    core::DataSource {
+                        specifier: module_file(&sha).map(core::data_source::Specifier::Filename),
+                        ..Default::default()
+                    },
+                )),
+            });
+        }
+        Some(Any {
+            type_url: wasm_filter::Wasm::type_url(),
+            value: w.encode_to_vec(),
+        })
+    };
+
+    let listeners = cfg
+        .listeners
+        .iter()
+        .cloned()
+        .map(|mut l| {
+            for chain in &mut l.filter_chains {
+                for f in &mut chain.filters {
+                    let Some(listener::filter::ConfigType::TypedConfig(any)) = &mut f.config_type
+                    else {
+                        continue;
+                    };
+                    if any.type_url != hcm::HttpConnectionManager::type_url() {
+                        continue;
+                    }
+                    let Ok(mut m) = hcm::HttpConnectionManager::decode(any.value.as_slice()) else {
+                        continue;
+                    };
+                    if let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) =
+                        &m.route_specifier
+                    {
+                        if let Some(rc) =
+                            cfg.routes.iter().find(|r| r.name == rds.route_config_name)
+                        {
+                            m.route_specifier =
+                                Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                                    rc.clone(),
+                                ));
+                        }
+                    }
+                    for hf in &mut m.http_filters {
+                        if let Some(hcm::http_filter::ConfigType::ConfigDiscovery(_)) =
+                            hf.config_type
+                        {
+                            if let Some(a) = inline_filter(&hf.name) {
+                                hf.config_type = Some(hcm::http_filter::ConfigType::TypedConfig(a));
+                            }
+                        }
+                    }
+                    *any = Any {
+                        type_url: hcm::HttpConnectionManager::type_url(),
+                        value: m.encode_to_vec(),
+                    };
+                }
+            }
+            l
+        })
+        .collect();
+    let clusters = cfg
+        .clusters
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            if c.eds_cluster_config.is_some() {
+                c.eds_cluster_config = None;
+                c.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
+                    cluster::cluster::DiscoveryType::Static as i32,
+                ));
+                c.load_assignment = cfg
+                    .endpoints
+                    .iter()
+                    .find(|e| e.cluster_name == c.name)
+                    .cloned();
+            }
+            c
+        })
+        .collect();
+    bootstrap::Bootstrap {
+        node: Some(core::Node {
+            id: node_id.to_owned(),
+            cluster: "maille-validate".into(),
+            ..Default::default()
+        }),
+        static_resources: Some(bootstrap::bootstrap::StaticResources {
+            listeners,
+            clusters,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> ControlEndpoints {
+        ControlEndpoints {
+            advertise_address: "maille-control.maille-system.svc.cluster.local".into(),
+            xds_port: 18000,
+            http_port: 18080,
+        }
+    }
+
+    #[test]
+    fn every_parameter_is_checked_and_named() {
+        let ok = NodeOptions::default();
+        let cases: Vec<(&str, u16, NodeOptions, &str)> = vec![
+            ("mesh/m/virtualNode/x\nadmin:", 9901, ok.clone(), "node"),
+            ("m/x", 9901, ok.clone(), "node"),
+            ("mesh/m/virtualNode/", 9901, ok.clone(), "node"),
+            ("mesh/m/virtualNode/a", 0, ok.clone(), "adminPort"),
+            ("mesh/m/virtualNode/a", 15000, ok.clone(), "ingressPort"),
+            (
+                "mesh/m/virtualNode/a",
+                9901,
+                NodeOptions {
+                    listen_address: "0.0.0.0\nadmin: {}".into(),
+                    ..ok.clone()
+                },
+                "listenAddress",
+            ),
+            (
+                "mesh/m/virtualNode/a",
+                9901,
+                NodeOptions {
+                    app_address: "app\".evil".into(),
+                    ..ok.clone()
+                },
+                "appAddress",
+            ),
+            (
+                "mesh/m/virtualNode/a",
+                9901,
+                NodeOptions {
+                    otlp_port: Some(15001),
+                    ..ok.clone()
+                },
+                "otlpPort",
+            ),
+        ];
+        for (node, admin, opts, field) in cases {
+            let e = BootstrapParams::new(node, admin, opts).unwrap_err();
+            assert_eq!(e.field, field, "{node:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_bootstrap_is_a_document_of_exactly_the_given_values() {
+        let p = BootstrapParams::new(
+            "mesh/colorapp/virtualNode/colorgateway",
+            9901,
+            NodeOptions {
+                app_address: "app.local".into(),
+                otlp_port: Some(4317),
+                ..NodeOptions::default()
+            },
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&render(&p, &server())).unwrap();
+        assert_eq!(v["node"]["id"], "mesh/colorapp/virtualNode/colorgateway");
+        assert_eq!(v["node"]["cluster"], "colorgateway");
+        assert_eq!(v["node"]["metadata"]["maille.app_address"], "app.local");
+        assert_eq!(v["node"]["metadata"]["maille.otlp_port"], 4317);
+        let names: Vec<&str> = v["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["maille_xds", "maille_control", "maille_collector"]);
+        // A DNS name is resolved by Envoy; an IP is static.
+        assert_eq!(v["static_resources"]["clusters"][0]["type"], "STRICT_DNS");
+        assert_eq!(v["static_resources"]["clusters"][2]["type"], "STATIC");
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "admin",
+                "dynamic_resources",
+                "node",
+                "static_resources",
+                "stats_flush_interval",
+                "stats_sinks"
+            ]
+        );
+    }
+}

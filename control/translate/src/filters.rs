@@ -1,0 +1,79 @@
+//! Maille's filters as Envoy HTTP filters delivered over ECDS.
+
+use crate::names;
+use crate::proto::*;
+use crate::world::Module;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::filters::http::wasm::v3 as wasm_filter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::wasm::v3 as wasm;
+use envoy_types::pb::google::protobuf::StringValue;
+use prost::Name;
+
+/// An HTTP filter whose config comes over ECDS; `disabled` filters run only on routes that
+/// enable them.
+pub(crate) fn ecds_filter(name: &str, disabled: bool) -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: name.to_owned(),
+        disabled,
+        config_type: Some(hcm::http_filter::ConfigType::ConfigDiscovery(
+            core::ExtensionConfigSource {
+                config_source: Some(ads()),
+                type_urls: vec![wasm_filter::Wasm::type_url()],
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// The ECDS resource of a wasm filter: module fetched from the control server, checked by
+/// sha256, with `config` as its plugin configuration.
+pub(crate) fn wasm_extension(
+    name: &str,
+    module: &Module,
+    vm: &str,
+    config: &str,
+) -> core::TypedExtensionConfig {
+    let vm_config = wasm::VmConfig {
+        vm_id: format!(
+            "maille_{vm}_{}",
+            &module.sha256[..module.sha256.len().min(12)]
+        ),
+        runtime: "envoy.wasm.runtime.v8".into(),
+        code: Some(core::AsyncDataSource {
+            specifier: Some(core::async_data_source::Specifier::Remote(
+                core::RemoteDataSource {
+                    http_uri: Some(core::HttpUri {
+                        uri: module.url.clone(),
+                        timeout: Some(ms(10_000)),
+                        http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(
+                            names::CONTROL_CLUSTER.into(),
+                        )),
+                    }),
+                    sha256: module.sha256.clone(),
+                    retry_policy: Some(core::RetryPolicy {
+                        num_retries: Some(u32v(5)),
+                        ..Default::default()
+                    }),
+                },
+            )),
+        }),
+        ..Default::default()
+    };
+    let plugin = wasm::PluginConfig {
+        name: name.to_owned(),
+        root_id: format!("maille_{vm}"),
+        configuration: Some(any(&StringValue {
+            value: config.to_owned(),
+        })),
+        vm: Some(wasm::plugin_config::Vm::VmConfig(vm_config)),
+        ..Default::default()
+    };
+    core::TypedExtensionConfig {
+        name: name.to_owned(),
+        typed_config: Some(any(&wasm_filter::Wasm {
+            config: Some(plugin),
+        })),
+    }
+}

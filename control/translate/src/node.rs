@@ -1,0 +1,557 @@
+//! One proxy's resources: the ingress listeners in front of the local application, the egress
+//! listener with a virtual host per backend, TCP backends' own listeners.
+
+use crate::cluster::*;
+use crate::filters::*;
+use crate::names;
+use crate::options::{defaults, NodeOptions};
+use crate::proto::*;
+use crate::route::*;
+use crate::tls::*;
+use crate::world::{Ctx, Dep, World};
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
+use maille_model::*;
+use std::collections::BTreeSet;
+
+/// The Envoy resources of one proxy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeConfig {
+    /// What the translation read: a change to any of these may change this config.
+    pub depends_on: BTreeSet<Dep>,
+    /// LDS.
+    pub listeners: Vec<listener::Listener>,
+    /// RDS.
+    pub routes: Vec<route::RouteConfiguration>,
+    /// CDS.
+    pub clusters: Vec<cluster::Cluster>,
+    /// EDS.
+    pub endpoints: Vec<endpoint::ClusterLoadAssignment>,
+    /// ECDS (HTTP filters).
+    pub filters: Vec<core::TypedExtensionConfig>,
+    /// Parts of the spec that were not translated, and why.
+    pub warnings: Vec<String>,
+}
+
+/// The Envoy resources for the proxy of virtual node `node` of `mesh`. A node that does not
+/// exist gets no resources and a warning (its Envoy keeps waiting, as with App Mesh).
+pub fn node_config(world: World<'_>, mesh: &str, node: &str, opts: &NodeOptions) -> NodeConfig {
+    let cx = Ctx::new(world);
+    let mut out = translate_node(&cx, mesh, node, opts);
+    out.depends_on = cx.into_deps();
+    out
+}
+
+fn translate_node(cx: &Ctx<'_>, mesh: &str, node: &str, opts: &NodeOptions) -> NodeConfig {
+    let mut out = NodeConfig::default();
+    // The mesh's own settings (egress filter) apply to every node.
+    let mesh_res = cx.get(Kind::Mesh, mesh, mesh);
+    let Some(vn) = cx.node(mesh, node) else {
+        out.warnings
+            .push(format!("no virtual node {node:?} in mesh {mesh:?}"));
+        return out;
+    };
+    ingress(&mut out, vn, opts);
+    egress(&mut out, cx, vn, opts, mesh_res);
+    out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    out.clusters.dedup_by(|a, b| a.name == b.name);
+    out.endpoints
+        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    out.endpoints
+        .dedup_by(|a, b| a.cluster_name == b.cluster_name);
+    out
+}
+
+fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
+    for (i, l) in vn.spec.listeners.iter().enumerate() {
+        let port = l.port_mapping.port;
+        let envoy_port = u32::from(opts.ingress_port) + i as u32;
+        let local = names::local_cluster(port);
+        let proto = l.port_mapping.protocol.as_str();
+        let mut c = cluster::Cluster {
+            name: local.clone(),
+            connect_timeout: Some(ms(defaults::CONNECT_TIMEOUT_MS)),
+            cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+                cluster::cluster::DiscoveryType::Static as i32,
+            )),
+            load_assignment: Some(endpoint::ClusterLoadAssignment {
+                cluster_name: local.clone(),
+                endpoints: vec![locality(&[(opts.app_address.as_str(), port)])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if proto == "http2" || proto == "grpc" {
+            http2_upstream(&mut c);
+        }
+        if let Some(pool) = &l.connection_pool {
+            let mut t = cluster::circuit_breakers::Thresholds::default();
+            if let Some(h) = &pool.http {
+                t.max_connections = Some(u32v(h.max_connections));
+                t.max_pending_requests = h.max_pending_requests.map(u32v);
+            }
+            if let Some(h) = pool.http2.as_ref().or(pool.grpc.as_ref()) {
+                t.max_requests = Some(u32v(h.max_requests));
+            }
+            if let Some(h) = &pool.tcp {
+                t.max_connections = Some(u32v(h.max_connections));
+            }
+            c.circuit_breakers = Some(cluster::CircuitBreakers {
+                thresholds: vec![t],
+                ..Default::default()
+            });
+        }
+        if let Some(h) = &l.health_check {
+            c.health_checks.push(health_check(h));
+        }
+        out.clusters.push(c);
+
+        let name = names::ingress(port);
+        let filter = if proto == "tcp" {
+            let idle = l
+                .timeout
+                .as_ref()
+                .and_then(|t| t.tcp.as_ref())
+                .and_then(|t| t.idle)
+                .map(|d| d.millis())
+                .unwrap_or(defaults::IDLE_TIMEOUT_MS);
+            listener::Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(any(
+                    &tcp_proxy::TcpProxy {
+                        stat_prefix: name.clone(),
+                        cluster_specifier: Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(
+                            local.clone(),
+                        )),
+                        idle_timeout: Some(ms(idle)),
+                        ..Default::default()
+                    },
+                ))),
+            }
+        } else {
+            let t = l.timeout.as_ref().and_then(|t| match proto {
+                "http2" => t.http2.as_ref(),
+                "grpc" => t.grpc.as_ref(),
+                _ => t.http.as_ref(),
+            });
+            let rc = route::RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts: vec![route::VirtualHost {
+                    name: format!("{name}/local"),
+                    domains: vec!["*".into()],
+                    routes: vec![route::Route {
+                        name: format!("{name}/local"),
+                        r#match: Some(route::RouteMatch {
+                            path_specifier: Some(route::route_match::PathSpecifier::Prefix(
+                                "/".into(),
+                            )),
+                            ..Default::default()
+                        }),
+                        action: Some(route::route::Action::Route(route::RouteAction {
+                            cluster_specifier: Some(
+                                route::route_action::ClusterSpecifier::Cluster(local.clone()),
+                            ),
+                            timeout: Some(ms(per_request(t))),
+                            idle_timeout: Some(ms(idle(t))),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            out.routes.push(rc);
+            http_connection_manager(
+                &name,
+                Vec::new(),
+                opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
+            )
+        };
+        let mut l_out = listener::Listener {
+            name: name.clone(),
+            address: Some(socket(&opts.listen_address, envoy_port)),
+            traffic_direction: core::TrafficDirection::Inbound as i32,
+            ..Default::default()
+        };
+        match l.tls.as_ref().filter(|t| t.mode != "DISABLED") {
+            None => l_out.filter_chains.push(listener::FilterChain {
+                filters: vec![filter],
+                ..Default::default()
+            }),
+            Some(t) => {
+                let tls_chain = listener::FilterChain {
+                    name: format!("{name}/tls"),
+                    filters: vec![filter.clone()],
+                    transport_socket: Some(downstream_tls(t)),
+                    filter_chain_match: (t.mode == "PERMISSIVE").then(|| {
+                        listener::FilterChainMatch {
+                            transport_protocol: "tls".into(),
+                            ..Default::default()
+                        }
+                    }),
+                    ..Default::default()
+                };
+                l_out.filter_chains.push(tls_chain);
+                if t.mode == "PERMISSIVE" {
+                    // TLS and plaintext on one port: the TLS inspector tells them apart.
+                    l_out.listener_filters.push(listener::ListenerFilter {
+                        name: "envoy.filters.listener.tls_inspector".into(),
+                        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(any(
+                            &tls_inspector::TlsInspector::default(),
+                        ))),
+                        ..Default::default()
+                    });
+                    l_out.filter_chains.push(listener::FilterChain {
+                        name: format!("{name}/plaintext"),
+                        filters: vec![filter],
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        out.listeners.push(l_out);
+    }
+}
+
+/// An HTTP connection manager on route configuration `rds` (from ADS) with `filters` before
+/// the router.
+pub(crate) fn http_connection_manager(
+    rds: &str,
+    mut filters: Vec<hcm::HttpFilter>,
+    tracing: Option<&str>,
+) -> listener::Filter {
+    filters.push(hcm::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+            &router::Router::default(),
+        ))),
+        ..Default::default()
+    });
+    let m = hcm::HttpConnectionManager {
+        stat_prefix: rds.replace('/', "_"),
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: rds.to_owned(),
+            },
+        )),
+        strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
+        http_filters: filters,
+        tracing: tracing.map(trace_config),
+        ..Default::default()
+    };
+    listener::Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(any(&m))),
+    }
+}
+
+/// Envoy's OpenTelemetry tracer towards the node's collector, every request sampled, the
+/// canary's variant header as the span tag the collector makes an annotation of.
+fn trace_config(service: &str) -> hcm::http_connection_manager::Tracing {
+    use envoy_types::pb::envoy::config::trace::v3 as trace;
+    use envoy_types::pb::envoy::r#type::tracing::v3 as tag;
+    let otel = trace::OpenTelemetryConfig {
+        grpc_service: Some(core::GrpcService {
+            target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                core::grpc_service::EnvoyGrpc {
+                    cluster_name: names::COLLECTOR_CLUSTER.into(),
+                    ..Default::default()
+                },
+            )),
+            timeout: Some(ms(2_000)),
+            ..Default::default()
+        }),
+        service_name: service.to_owned(),
+        ..Default::default()
+    };
+    hcm::http_connection_manager::Tracing {
+        random_sampling: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 100.0 }),
+        custom_tags: vec![tag::CustomTag {
+            tag: defaults::VARIANT_HEADER.into(),
+            r#type: Some(tag::custom_tag::Type::RequestHeader(
+                tag::custom_tag::Header {
+                    name: defaults::VARIANT_HEADER.into(),
+                    ..Default::default()
+                },
+            )),
+        }],
+        provider: Some(trace::tracing::Http {
+            name: "envoy.tracers.opentelemetry".into(),
+            config_type: Some(trace::tracing::http::ConfigType::TypedConfig(any(&otel))),
+        }),
+        ..Default::default()
+    }
+}
+
+fn egress(
+    out: &mut NodeConfig,
+    cx: &Ctx<'_>,
+    vn: &VirtualNode,
+    opts: &NodeOptions,
+    mesh_res: Option<&Resource>,
+) {
+    let mesh = vn.mesh_name.as_str();
+    let mut hosts = Vec::new();
+    let mut http_filters = Vec::new();
+    // Maille `Filter`s run after the canary filters: the breaker reads the cluster the
+    // canary chose from `x-maille-cluster`.
+    let mut node_filters = Vec::new();
+
+    // Maille Filters attached to this node, in name order.
+    for f in cx.filters_of(mesh) {
+        if !f.spec.virtual_nodes.contains(&vn.virtual_node_name) {
+            continue;
+        }
+        let Some(module) = cx.module(&f.spec.module) else {
+            out.warnings.push(format!(
+                "filter {:?}: module {:?} is not served (missing from the modules folder)",
+                f.filter_name, f.spec.module
+            ));
+            continue;
+        };
+        let name = names::versioned(&names::filter(&f.filter_name), &module.sha256);
+        out.filters.push(wasm_extension(
+            &name,
+            module,
+            &f.spec.module,
+            &f.spec.config.to_string(),
+        ));
+        node_filters.push(ecds_filter(&name, false));
+    }
+
+    for b in &vn.spec.backends {
+        let vs_name = &b.virtual_service.virtual_service_name;
+        let Some(Resource::VirtualService(vs)) = cx.get(Kind::VirtualService, mesh, vs_name) else {
+            continue;
+        };
+        let policy = b.virtual_service.client_policy.as_ref().or(vn
+            .spec
+            .backend_defaults
+            .as_ref()
+            .and_then(|d| d.client_policy.as_ref()));
+        if tcp_backend(out, cx, vs, policy, opts) {
+            continue;
+        }
+        let mut vhost = route::VirtualHost {
+            name: names::service_host(vs_name),
+            domains: vec![vs_name.clone()],
+            ..Default::default()
+        };
+        match vs.spec.provider.as_ref() {
+            Some(Provider {
+                virtual_node: Some(n),
+                ..
+            }) => {
+                if let Some(target) = cx.node(mesh, &n.virtual_node_name) {
+                    if let Some(c) = target_cluster(out, target, None, policy) {
+                        vhost.routes.push(route::Route {
+                            name: format!("{}/default", names::service_host(vs_name)),
+                            r#match: Some(prefix_match("/")),
+                            action: Some(route::route::Action::Route(route::RouteAction {
+                                cluster_specifier: Some(
+                                    route::route_action::ClusterSpecifier::Cluster(c),
+                                ),
+                                timeout: Some(ms(defaults::PER_REQUEST_TIMEOUT_MS)),
+                                idle_timeout: Some(ms(defaults::IDLE_TIMEOUT_MS)),
+                                retry_policy: Some(default_retry()),
+                                ..Default::default()
+                            })),
+                            request_headers_to_add: vec![variant_header(&target.virtual_node_name)],
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+            Some(Provider {
+                virtual_router: Some(r),
+                ..
+            }) => {
+                for rt in cx.routes_of(mesh, &r.virtual_router_name) {
+                    if rt.spec.tcp_route.is_some() {
+                        continue;
+                    }
+                    match envoy_route(out, cx, rt, policy) {
+                        Ok((route, filter)) => {
+                            vhost.routes.push(route);
+                            if let Some(f) = filter {
+                                http_filters.push(f);
+                            }
+                        }
+                        Err(w) => out.warnings.push(w),
+                    }
+                }
+            }
+            _ => out.warnings.push(format!(
+                "virtual service {vs_name:?} has no provider: calls to it get 404"
+            )),
+        }
+        hosts.push(vhost);
+    }
+
+    if mesh_res
+        .and_then(|m| match m {
+            Resource::Mesh(m) => m.spec.egress_filter.as_ref(),
+            _ => None,
+        })
+        .is_some_and(|f| f.kind == "ALLOW_ALL")
+    {
+        out.warnings.push(
+            "mesh egressFilter ALLOW_ALL: Maille's egress listener serves only mesh services \
+             (there is no transparent redirect to pass other traffic through)"
+                .into(),
+        );
+    }
+
+    out.routes.push(route::RouteConfiguration {
+        name: names::EGRESS.into(),
+        virtual_hosts: hosts,
+        ..Default::default()
+    });
+    out.listeners.push(listener::Listener {
+        name: names::EGRESS.into(),
+        address: Some(socket(&opts.listen_address, u32::from(opts.egress_port))),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![http_connection_manager(
+                names::EGRESS,
+                {
+                    http_filters.extend(node_filters);
+                    http_filters
+                },
+                opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
+            )],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+}
+
+/// A backend served over TCP (a router with a `tcp` listener, or a provider node whose first
+/// listener is `tcp`) gets its own egress listener on the router's (or node's) port, since
+/// TCP has no Host header to route by. Returns whether the backend was TCP.
+fn tcp_backend(
+    out: &mut NodeConfig,
+    cx: &Ctx<'_>,
+    vs: &VirtualService,
+    policy: Option<&ClientPolicy>,
+    opts: &NodeOptions,
+) -> bool {
+    let mesh = vs.mesh_name.as_str();
+    let provider = vs.spec.provider.as_ref();
+    let (port, targets, idle): (u32, Vec<(String, u32)>, Option<u64>) = match (
+        provider.and_then(|p| p.virtual_router.as_ref()),
+        provider.and_then(|p| p.virtual_node.as_ref()),
+    ) {
+        (Some(r), _) => {
+            let Some(Resource::VirtualRouter(vr)) =
+                cx.get(Kind::VirtualRouter, mesh, &r.virtual_router_name)
+            else {
+                return false;
+            };
+            let Some(l) = vr.spec.listeners.first() else {
+                return false;
+            };
+            if l.port_mapping.protocol != "tcp" {
+                return false;
+            }
+            let Some(rt) = cx
+                .routes_of(mesh, &r.virtual_router_name)
+                .into_iter()
+                .find(|rt| rt.spec.tcp_route.is_some())
+            else {
+                out.warnings.push(format!(
+                    "virtual router {:?} listens on tcp but has no tcpRoute",
+                    r.virtual_router_name
+                ));
+                return true;
+            };
+            let Some(tr) = rt.spec.tcp_route.as_ref() else {
+                return true;
+            };
+            let mut targets = Vec::new();
+            for t in &tr.action.weighted_targets {
+                let Some(node) = cx.node(mesh, &t.virtual_node) else {
+                    continue;
+                };
+                if let Some(c) = target_cluster(out, node, t.port, policy) {
+                    targets.push((c, t.weight));
+                }
+            }
+            let idle = tr.timeout.as_ref().and_then(|t| t.idle).map(|d| d.millis());
+            (l.port_mapping.port, targets, idle)
+        }
+        (None, Some(n)) => {
+            let Some(node) = cx.node(mesh, &n.virtual_node_name) else {
+                return false;
+            };
+            let Some(l) = node.spec.listeners.first() else {
+                return false;
+            };
+            if l.port_mapping.protocol != "tcp" {
+                return false;
+            }
+            let targets = target_cluster(out, node, None, policy)
+                .map(|c| vec![(c, 1)])
+                .unwrap_or_default();
+            (l.port_mapping.port, targets, None)
+        }
+        _ => return false,
+    };
+    let live: Vec<&(String, u32)> = targets.iter().filter(|(_, w)| *w > 0).collect();
+    let spec = match live.as_slice() {
+        [] => {
+            out.warnings.push(format!(
+                "virtual service {:?}: no reachable tcp target",
+                vs.virtual_service_name
+            ));
+            return true;
+        }
+        [(c, _)] => tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(c.clone()),
+        many => tcp_proxy::tcp_proxy::ClusterSpecifier::WeightedClusters(
+            tcp_proxy::tcp_proxy::WeightedCluster {
+                clusters: many
+                    .iter()
+                    .map(
+                        |(c, w)| tcp_proxy::tcp_proxy::weighted_cluster::ClusterWeight {
+                            name: c.clone(),
+                            weight: *w,
+                            ..Default::default()
+                        },
+                    )
+                    .collect(),
+            },
+        ),
+    };
+    let name = names::egress_tcp(&vs.virtual_service_name);
+    out.listeners.push(listener::Listener {
+        name: name.clone(),
+        address: Some(socket(&opts.listen_address, port)),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(any(
+                    &tcp_proxy::TcpProxy {
+                        stat_prefix: name.replace('/', "_"),
+                        cluster_specifier: Some(spec),
+                        idle_timeout: Some(ms(idle.unwrap_or(defaults::IDLE_TIMEOUT_MS))),
+                        ..Default::default()
+                    },
+                ))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    true
+}

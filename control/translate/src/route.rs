@@ -1,0 +1,298 @@
+//! App Mesh routes to Envoy routes: matches, retries, timeouts, weighted targets.
+
+use crate::cluster::*;
+use crate::filters::*;
+use crate::names;
+use crate::node::*;
+use crate::options::defaults;
+use crate::proto::*;
+use crate::world::Ctx;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::google::protobuf::Any;
+use maille_filter_config::canary::{CanaryConfig, Target};
+use maille_model::*;
+
+pub(crate) fn prefix_match(p: &str) -> route::RouteMatch {
+    route::RouteMatch {
+        path_specifier: Some(route::route_match::PathSpecifier::Prefix(p.into())),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn variant_header(variant: &str) -> core::HeaderValueOption {
+    core::HeaderValueOption {
+        header: Some(core::HeaderValue {
+            key: defaults::VARIANT_HEADER.into(),
+            value: variant.into(),
+            ..Default::default()
+        }),
+        append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn default_retry() -> route::RetryPolicy {
+    route::RetryPolicy {
+        retry_on: defaults::RETRY_ON.into(),
+        num_retries: Some(u32v(defaults::MAX_RETRIES)),
+        per_try_timeout: Some(ms(defaults::PER_RETRY_TIMEOUT_MS)),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn retry(p: &HttpRetryPolicy) -> route::RetryPolicy {
+    let mut on = Vec::new();
+    for e in &p.http_retry_events {
+        on.push(match e.as_str() {
+            "server-error" => "5xx",
+            "gateway-error" => "gateway-error",
+            "client-error" => "retriable-4xx",
+            _ => "refused-stream,reset",
+        });
+    }
+    if !p.tcp_retry_events.is_empty() {
+        on.push("connect-failure");
+    }
+    for e in &p.grpc_retry_events {
+        on.push(e.as_str());
+    }
+    route::RetryPolicy {
+        retry_on: on.join(","),
+        num_retries: Some(u32v(p.max_retries)),
+        per_try_timeout: Some(ms(p.per_retry_timeout.millis())),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn per_request(t: Option<&HttpTimeout>) -> u64 {
+    t.and_then(|t| t.per_request)
+        .map(|d| d.millis())
+        .unwrap_or(defaults::PER_REQUEST_TIMEOUT_MS)
+}
+
+pub(crate) fn idle(t: Option<&HttpTimeout>) -> u64 {
+    t.and_then(|t| t.idle)
+        .map(|d| d.millis())
+        .unwrap_or(defaults::IDLE_TIMEOUT_MS)
+}
+
+pub(crate) fn string_match(m: &HeaderMatchMethod) -> Option<matcher::StringMatcher> {
+    use matcher::string_matcher::MatchPattern;
+    let p = if let Some(v) = &m.exact {
+        MatchPattern::Exact(v.clone())
+    } else if let Some(v) = &m.prefix {
+        MatchPattern::Prefix(v.clone())
+    } else if let Some(v) = &m.suffix {
+        MatchPattern::Suffix(v.clone())
+    } else if let Some(v) = &m.regex {
+        MatchPattern::SafeRegex(regex(v))
+    } else {
+        return None;
+    };
+    Some(matcher::StringMatcher {
+        match_pattern: Some(p),
+        ..Default::default()
+    })
+}
+
+pub(crate) fn regex(re: &str) -> matcher::RegexMatcher {
+    matcher::RegexMatcher {
+        regex: re.to_owned(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn header_matcher(h: &HttpRouteHeader) -> route::HeaderMatcher {
+    use route::header_matcher::HeaderMatchSpecifier as S;
+    let spec = match &h.matches {
+        None => S::PresentMatch(true),
+        Some(m) => match m.range {
+            Some(r) => S::RangeMatch(envoy_types::pb::envoy::r#type::v3::Int64Range {
+                start: r.start,
+                end: r.end,
+            }),
+            None => match string_match(m) {
+                Some(s) => S::StringMatch(s),
+                None => S::PresentMatch(true),
+            },
+        },
+    };
+    route::HeaderMatcher {
+        name: h.name.to_ascii_lowercase(),
+        invert_match: h.invert,
+        header_match_specifier: Some(spec),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn exact_header(name: &str, value: &str) -> route::HeaderMatcher {
+    route::HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
+            matcher::StringMatcher {
+                match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(value.into())),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// One Envoy route for an App Mesh route, and the canary filter it enables (if it splits).
+pub(crate) fn envoy_route(
+    out: &mut NodeConfig,
+    cx: &Ctx<'_>,
+    rt: &Route,
+    policy: Option<&ClientPolicy>,
+) -> Result<(route::Route, Option<hcm::HttpFilter>), String> {
+    let id = format!("route {}/{}", rt.virtual_router_name, rt.route_name);
+    let mut m = route::RouteMatch::default();
+    let (action, retry_policy, timeout) = if let Some(h) =
+        rt.spec.http_route.as_ref().or(rt.spec.http2_route.as_ref())
+    {
+        let hm = &h.matches;
+        m.path_specifier = Some(match (&hm.prefix, &hm.path) {
+            (Some(p), _) => route::route_match::PathSpecifier::Prefix(p.clone()),
+            (None, Some(PathMatch { exact: Some(e), .. })) => {
+                route::route_match::PathSpecifier::Path(e.clone())
+            }
+            (None, Some(PathMatch { regex: Some(r), .. })) => {
+                route::route_match::PathSpecifier::SafeRegex(regex(r))
+            }
+            _ => route::route_match::PathSpecifier::Prefix("/".into()),
+        });
+        m.headers = hm.headers.iter().map(header_matcher).collect();
+        if let Some(method) = &hm.method {
+            m.headers.push(exact_header(":method", method));
+        }
+        if let Some(s) = &hm.scheme {
+            m.headers.push(exact_header(":scheme", s));
+        }
+        m.query_parameters = hm
+            .query_parameters
+            .iter()
+            .map(|q| route::QueryParameterMatcher {
+                name: q.name.clone(),
+                query_parameter_match_specifier: Some(match &q.matches {
+                    Some(e) => {
+                        route::query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                            matcher::StringMatcher {
+                                match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(
+                                    e.exact.clone(),
+                                )),
+                                ..Default::default()
+                            },
+                        )
+                    }
+                    None => {
+                        route::query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(
+                            true,
+                        )
+                    }
+                }),
+            })
+            .collect();
+        (&h.action, h.retry_policy.as_ref(), h.timeout.as_ref())
+    } else if let Some(g) = &rt.spec.grpc_route {
+        let gm = &g.matches;
+        m.path_specifier = Some(match (&gm.service_name, &gm.method_name) {
+            (Some(s), Some(meth)) => {
+                route::route_match::PathSpecifier::Path(format!("/{s}/{meth}"))
+            }
+            (Some(s), None) => route::route_match::PathSpecifier::Prefix(format!("/{s}/")),
+            _ => route::route_match::PathSpecifier::Prefix("/".into()),
+        });
+        m.headers = gm.metadata.iter().map(header_matcher).collect();
+        m.grpc = Some(route::route_match::GrpcRouteMatchOptions {});
+        (&g.action, g.retry_policy.as_ref(), g.timeout.as_ref())
+    } else {
+        return Err(format!("{id}: a tcpRoute has its own egress listener"));
+    };
+
+    // Targets with their clusters.
+    let mut targets = Vec::new();
+    for t in &action.weighted_targets {
+        let Some(node) = cx.node(&rt.mesh_name, &t.virtual_node) else {
+            return Err(format!(
+                "{id}: no virtual node {:?} (skipped)",
+                t.virtual_node
+            ));
+        };
+        let Some(c) = target_cluster(out, node, t.port, policy) else {
+            return Err(format!(
+                "{id}: target {:?} unreachable (skipped)",
+                t.virtual_node
+            ));
+        };
+        targets.push((t, c));
+    }
+    let mut ra = route::RouteAction {
+        timeout: Some(ms(per_request(timeout))),
+        idle_timeout: Some(ms(idle(timeout))),
+        retry_policy: Some(retry_policy.map(retry).unwrap_or_else(default_retry)),
+        ..Default::default()
+    };
+    let mut r = route::Route {
+        name: names::route(&rt.virtual_router_name, &rt.route_name),
+        r#match: Some(m),
+        ..Default::default()
+    };
+    let live: Vec<_> = targets.iter().filter(|(t, _)| t.weight > 0).collect();
+    let mut filter = None;
+    if live.len() == 1 {
+        let (t, c) = live[0];
+        ra.cluster_specifier = Some(route::route_action::ClusterSpecifier::Cluster(c.clone()));
+        r.request_headers_to_add
+            .push(variant_header(&t.virtual_node));
+    } else {
+        // Two or more live targets: the canary filter instance of this route chooses.
+        let config = CanaryConfig {
+            targets: targets
+                .iter()
+                .map(|(t, c)| Target {
+                    name: t.virtual_node.clone(),
+                    cluster: c.clone(),
+                    weight: t.weight,
+                })
+                .collect(),
+            rules: Vec::new(),
+            sticky: None,
+            cluster_header: defaults::CLUSTER_HEADER.into(),
+            variant_header: defaults::VARIANT_HEADER.into(),
+        };
+        if let Err(e) = config.validate() {
+            return Err(format!(
+                "{id}: its canary filter config is refused: {e} (skipped)"
+            ));
+        }
+        let Some(module) = cx.module("canary") else {
+            return Err(format!(
+                "{id}: splits traffic but the canary module is not served (skipped)"
+            ));
+        };
+        let name = names::versioned(
+            &names::canary_filter(&rt.virtual_router_name, &rt.route_name),
+            &module.sha256,
+        );
+        out.filters
+            .push(wasm_extension(&name, module, "canary", &config.to_json()));
+        filter = Some(ecds_filter(&name, true));
+        ra.cluster_specifier = Some(route::route_action::ClusterSpecifier::ClusterHeader(
+            defaults::CLUSTER_HEADER.into(),
+        ));
+        r.typed_per_filter_config.insert(
+            name,
+            // An empty `config` (present, no type) enables a disabled filter on this route.
+            any(&route::FilterConfig {
+                config: Some(Any::default()),
+                is_optional: false,
+                disabled: false,
+            }),
+        );
+    }
+    r.action = Some(route::route::Action::Route(ra));
+    Ok((r, filter))
+}

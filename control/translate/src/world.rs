@@ -1,0 +1,239 @@
+//! What a translation reads: the mesh's resources and the filter modules served, and the
+//! record of what each node's translation looked at ([`Dep`]), so that a change of the mesh
+//! re-translates only the nodes it can affect.
+
+use maille_model::{Key, Kind, Resource, Resources, Route, VirtualNode};
+use sha2::Digest;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::path::Path;
+
+/// A filter module the server hands out over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Module {
+    /// URL Envoy fetches it from (through the control cluster).
+    pub url: String,
+    /// Hex sha256 of its bytes; Envoy checks it and caches by it.
+    pub sha256: String,
+}
+
+/// Everything the translation reads.
+#[derive(Debug, Clone, Copy)]
+pub struct World<'a> {
+    /// All resources.
+    pub resources: &'a Resources,
+    /// Filter modules by name (`canary`, `breaker`).
+    pub modules: &'a BTreeMap<String, Module>,
+}
+
+/// One thing a node's translation read. A change to the mesh affects a node exactly when it
+/// changes something the node's translation read ([`Dep::of_change`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dep {
+    /// One resource, whether or not it existed.
+    Resource(Key),
+    /// The set of routes of a virtual router.
+    RoutesOf {
+        /// Its mesh.
+        mesh: String,
+        /// The router.
+        router: String,
+    },
+    /// The set of Maille `Filter`s of a mesh.
+    FiltersOf {
+        /// The mesh.
+        mesh: String,
+    },
+    /// A served module, by name.
+    Module(String),
+}
+
+impl Dep {
+    /// What a create, update or delete of the resource `key` changes: the node translations
+    /// that read any of these must be made again.
+    pub fn of_change(key: &Key) -> Vec<Dep> {
+        let mut out = vec![Dep::Resource(key.clone())];
+        match key.kind {
+            Kind::Route => {
+                if let Some((router, _)) = key.name.split_once('/') {
+                    out.push(Dep::RoutesOf {
+                        mesh: key.mesh.clone(),
+                        router: router.to_owned(),
+                    });
+                }
+            }
+            Kind::Filter => out.push(Dep::FiltersOf {
+                mesh: key.mesh.clone(),
+            }),
+            _ => {}
+        }
+        out
+    }
+}
+
+/// A translation in progress: reads the world and records what it read.
+#[derive(Debug)]
+pub(crate) struct Ctx<'a> {
+    world: World<'a>,
+    deps: RefCell<BTreeSet<Dep>>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(world: World<'a>) -> Ctx<'a> {
+        Ctx {
+            world,
+            deps: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    fn read(&self, d: Dep) {
+        self.deps.borrow_mut().insert(d);
+    }
+
+    pub(crate) fn into_deps(self) -> BTreeSet<Dep> {
+        self.deps.into_inner()
+    }
+
+    pub(crate) fn get(&self, kind: Kind, mesh: &str, name: &str) -> Option<&'a Resource> {
+        let key = Key {
+            kind,
+            mesh: mesh.to_owned(),
+            name: name.to_owned(),
+        };
+        let r = self.world.resources.get(&key).map(|r| r.as_ref());
+        self.read(Dep::Resource(key));
+        r
+    }
+
+    pub(crate) fn node(&self, mesh: &str, name: &str) -> Option<&'a VirtualNode> {
+        match self.get(Kind::VirtualNode, mesh, name) {
+            Some(Resource::VirtualNode(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn module(&self, name: &str) -> Option<&'a Module> {
+        self.read(Dep::Module(name.to_owned()));
+        self.world.modules.get(name)
+    }
+
+    /// The keys of `kind` in `mesh` whose name starts with `prefix`, with their resources.
+    fn range(
+        &self,
+        kind: Kind,
+        mesh: &str,
+        prefix: &str,
+    ) -> impl Iterator<Item = &'a Resource> + use<'a> {
+        let from = Key {
+            kind,
+            mesh: mesh.to_owned(),
+            name: prefix.to_owned(),
+        };
+        let prefix = prefix.to_owned();
+        let mesh = mesh.to_owned();
+        self.world
+            .resources
+            .range((Bound::Included(from), Bound::Unbounded))
+            .take_while(move |(k, _)| {
+                k.kind == kind && k.mesh == mesh && k.name.starts_with(&prefix)
+            })
+            .map(|(_, r)| r.as_ref())
+    }
+
+    /// The routes of `router`, in App Mesh order: by priority (0 first); routes without one
+    /// after, longest match first; then by name, so the order is stable.
+    pub(crate) fn routes_of(&self, mesh: &str, router: &str) -> Vec<&'a Route> {
+        self.read(Dep::RoutesOf {
+            mesh: mesh.to_owned(),
+            router: router.to_owned(),
+        });
+        let mut routes: Vec<&Route> = self
+            .range(Kind::Route, mesh, &format!("{router}/"))
+            .filter_map(|r| match r {
+                Resource::Route(rt) => Some(rt),
+                _ => None,
+            })
+            .collect();
+        routes.sort_by(|a, b| {
+            let pa = a.spec.priority.unwrap_or(u32::MAX);
+            let pb = b.spec.priority.unwrap_or(u32::MAX);
+            pa.cmp(&pb)
+                .then_with(|| specificity(b).cmp(&specificity(a)))
+                .then_with(|| a.route_name.cmp(&b.route_name))
+        });
+        routes
+    }
+
+    /// The Maille `Filter`s of `mesh`, in name order.
+    pub(crate) fn filters_of(&self, mesh: &str) -> Vec<&'a maille_model::Filter> {
+        self.read(Dep::FiltersOf {
+            mesh: mesh.to_owned(),
+        });
+        self.range(Kind::Filter, mesh, "")
+            .filter_map(|r| match r {
+                Resource::Filter(f) => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn specificity(r: &Route) -> usize {
+    let m = r
+        .spec
+        .http_route
+        .as_ref()
+        .or(r.spec.http2_route.as_ref())
+        .map(|h| &h.matches);
+    match m {
+        Some(m) => {
+            let path = match (&m.prefix, &m.path) {
+                (Some(p), _) => p.len(),
+                (_, Some(maille_model::PathMatch { exact: Some(e), .. })) => 10_000 + e.len(),
+                (_, Some(_)) => 5_000,
+                _ => 0,
+            };
+            path + 100 * (m.headers.len() + m.query_parameters.len())
+        }
+        None => 0,
+    }
+}
+
+/// The filter modules of `dir` (`<name>.wasm`) as a server at `http_base` serves them, with
+/// their bytes. An unreadable folder or file is skipped with a warning on stderr's log.
+pub fn modules_in(dir: &Path, http_base: &str) -> BTreeMap<String, (Module, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("wasm") {
+            continue;
+        }
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let sha = hex(&sha2::Sha256::digest(&bytes));
+        let module = Module {
+            url: format!("{http_base}/v1/modules/{name}.wasm?sha256={sha}"),
+            sha256: sha,
+        };
+        out.insert(name, (module, bytes));
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
