@@ -145,8 +145,8 @@ fn pack<T: Message + Name>(items: Vec<T>, name: impl Fn(&T) -> String) -> Conten
     Content::new(v)
 }
 
-impl NodeResources {
-    fn from_config(cfg: NodeConfig) -> NodeResources {
+impl From<NodeConfig> for NodeResources {
+    fn from(cfg: NodeConfig) -> NodeResources {
         let mut by_type = HashMap::new();
         by_type.insert(types::LISTENER, pack(cfg.listeners, |l| l.name.clone()));
         by_type.insert(types::ROUTE, pack(cfg.routes, |r| r.name.clone()));
@@ -427,7 +427,16 @@ impl Mesh {
         mut report: ApplyReport,
         commit: impl FnOnce(&dyn Store, u64) -> Result<(), StoreError>,
     ) -> Result<ApplyReport, ApplyError> {
-        let deps: Vec<Dep> = keys.iter().flat_map(Dep::of_change).collect();
+        let deps: Vec<Dep> = keys
+            .iter()
+            .flat_map(|k| {
+                Dep::of_change(
+                    k,
+                    cur.resources.get(k).map(|r| r.as_ref()),
+                    next.get(k).map(|r| r.as_ref()),
+                )
+            })
+            .collect();
         let version = cur.version + 1;
         let snap = Snapshot {
             version,
@@ -514,7 +523,7 @@ impl Mesh {
             }
         }
         let exists = snap.resources.contains_key(&node_key(mesh, node));
-        let res = Arc::new(NodeResources::from_config(node_config(
+        let res = Arc::new(NodeResources::from(node_config(
             snap.world(),
             mesh,
             node,

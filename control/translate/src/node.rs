@@ -308,10 +308,7 @@ fn egress(
     let mut node_filters = Vec::new();
 
     // Maille Filters attached to this node, in name order.
-    for f in cx.filters_of(mesh) {
-        if !f.spec.virtual_nodes.contains(&vn.virtual_node_name) {
-            continue;
-        }
+    for f in cx.filters_for(mesh, &vn.virtual_node_name) {
         let Some(module) = cx.module(&f.spec.module) else {
             out.warnings.push(format!(
                 "filter {:?}: module {:?} is not served (missing from the modules folder)",

@@ -40,19 +40,22 @@ pub enum Dep {
         /// The router.
         router: String,
     },
-    /// The set of Maille `Filter`s of a mesh.
-    FiltersOf {
+    /// The Maille `Filter`s attached to one virtual node.
+    FiltersFor {
         /// The mesh.
         mesh: String,
+        /// The virtual node.
+        node: String,
     },
     /// A served module, by name.
     Module(String),
 }
 
 impl Dep {
-    /// What a create, update or delete of the resource `key` changes: the node translations
-    /// that read any of these must be made again.
-    pub fn of_change(key: &Key) -> Vec<Dep> {
+    /// What a create, update or delete of the resource `key` changes (`old` before, `new`
+    /// after, `None` where it does not exist): the node translations that read any of these
+    /// must be made again.
+    pub fn of_change(key: &Key, old: Option<&Resource>, new: Option<&Resource>) -> Vec<Dep> {
         let mut out = vec![Dep::Resource(key.clone())];
         match key.kind {
             Kind::Route => {
@@ -63,9 +66,18 @@ impl Dep {
                     });
                 }
             }
-            Kind::Filter => out.push(Dep::FiltersOf {
-                mesh: key.mesh.clone(),
-            }),
+            Kind::Filter => {
+                for r in [old, new].into_iter().flatten() {
+                    if let Resource::Filter(f) = r {
+                        for n in &f.spec.virtual_nodes {
+                            out.push(Dep::FiltersFor {
+                                mesh: key.mesh.clone(),
+                                node: n.clone(),
+                            });
+                        }
+                    }
+                }
+            }
             _ => {}
         }
         out
@@ -165,14 +177,15 @@ impl<'a> Ctx<'a> {
         routes
     }
 
-    /// The Maille `Filter`s of `mesh`, in name order.
-    pub(crate) fn filters_of(&self, mesh: &str) -> Vec<&'a maille_model::Filter> {
-        self.read(Dep::FiltersOf {
+    /// The Maille `Filter`s of `mesh` attached to virtual node `node`, in name order.
+    pub(crate) fn filters_for(&self, mesh: &str, node: &str) -> Vec<&'a maille_model::Filter> {
+        self.read(Dep::FiltersFor {
             mesh: mesh.to_owned(),
+            node: node.to_owned(),
         });
         self.range(Kind::Filter, mesh, "")
             .filter_map(|r| match r {
-                Resource::Filter(f) => Some(f),
+                Resource::Filter(f) if f.spec.virtual_nodes.iter().any(|n| n == node) => Some(f),
                 _ => None,
             })
             .collect()

@@ -1,0 +1,398 @@
+//! Golden tests of what every ColorTeller node's Envoy gets, and a consistency check of every
+//! example: each RDS, EDS, ECDS and cluster name referenced exists. No Envoy, no server: part
+//! of the fast tier.
+//!
+//! The goldens (`tests/golden/<example>/<node>.json`) are Envoy's own JSON of the resources
+//! (proto field names, `Any`s expanded), so a diff reads like an Envoy config dump. After an
+//! intended change, `MAILLE_BLESS=1 cargo test -p maille-translate --test golden` rewrites
+//! them; review the diff before committing it.
+
+use maille_model::{Resource, Resources};
+use maille_translate::{node_config, Module, NodeConfig, NodeOptions, World};
+use prost::{Message, Name};
+use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage, SerializeOptions};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Envoy's protos, from the envoy-types crate's own copy, compiled once.
+fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+            .current_dir(repo())
+            .output()
+            .expect("cargo metadata");
+        assert!(
+            out.status.success(),
+            "cargo metadata: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+        let manifest = meta["packages"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "envoy-types"))
+            .and_then(|p| p["manifest_path"].as_str())
+            .expect("envoy-types in the dependency graph");
+        let proto = Path::new(manifest).parent().unwrap().join("proto");
+        let includes: Vec<PathBuf> = [
+            "data-plane-api",
+            "xds",
+            "protoc-gen-validate",
+            "googleapis",
+            "cel-spec",
+            "opentelemetry-proto",
+            "client_model",
+        ]
+        .iter()
+        .map(|d| proto.join(d))
+        .collect();
+        let files = [
+            "envoy/config/listener/v3/listener.proto",
+            "envoy/config/route/v3/route.proto",
+            "envoy/config/cluster/v3/cluster.proto",
+            "envoy/config/endpoint/v3/endpoint.proto",
+            "envoy/config/core/v3/extension.proto",
+            "envoy/config/trace/v3/opentelemetry.proto",
+            "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
+            "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
+            "envoy/extensions/filters/http/router/v3/router.proto",
+            "envoy/extensions/filters/http/wasm/v3/wasm.proto",
+            "envoy/extensions/filters/http/dynamic_modules/v3/dynamic_modules.proto",
+            "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
+            "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+            "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+            "google/protobuf/empty.proto",
+        ];
+        let fds = protox::compile(files, &includes).expect("Envoy's protos compile");
+        DescriptorPool::from_file_descriptor_set(fds).expect("descriptor pool")
+    })
+}
+
+/// A message as Envoy writes it in a config dump.
+fn envoy_json<T: Message + Name>(m: &T) -> Value {
+    let desc = pool()
+        .get_message_by_name(&T::full_name())
+        .unwrap_or_else(|| panic!("{} is not in the compiled protos", T::full_name()));
+    let mut dm = DynamicMessage::decode(desc, m.encode_to_vec().as_slice()).expect("decodes");
+    expand_anys(&mut dm);
+    let mut ser = serde_json::Serializer::new(Vec::new());
+    dm.serialize_with_options(
+        &mut ser,
+        &SerializeOptions::new().use_proto_field_name(true),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e} (an Any of a type not compiled?)", T::full_name()));
+    serde_json::from_slice(&ser.into_inner()).unwrap()
+}
+
+/// Makes every `Any` printable: an empty one (which enables a filter on a route) is shown as
+/// `google.protobuf.Empty`, and the contents of the others are made printable in turn.
+fn expand_anys(m: &mut DynamicMessage) {
+    use prost_reflect::Value as V;
+    fn walk(v: &mut V) {
+        match v {
+            V::Message(m) => {
+                if m.descriptor().full_name() == "google.protobuf.Any" {
+                    any(m)
+                } else {
+                    expand_anys(m)
+                }
+            }
+            V::List(items) => items.iter_mut().for_each(walk),
+            V::Map(entries) => entries.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    fn any(m: &mut DynamicMessage) {
+        let url = m
+            .get_field_by_name("type_url")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if url.is_empty() {
+            m.set_field_by_name(
+                "type_url",
+                V::String("type.googleapis.com/google.protobuf.Empty".into()),
+            );
+            return;
+        }
+        let name = url.rsplit('/').next().unwrap_or_default();
+        let Some(desc) = pool().get_message_by_name(name) else {
+            return;
+        };
+        let bytes = m
+            .get_field_by_name("value")
+            .and_then(|v| v.as_bytes().cloned())
+            .unwrap_or_default();
+        if let Ok(mut inner) = DynamicMessage::decode(desc, bytes) {
+            expand_anys(&mut inner);
+            m.set_field_by_name("value", V::Bytes(inner.encode_to_vec().into()));
+        }
+    }
+    for (_, v) in m.fields_mut() {
+        walk(v);
+    }
+}
+
+fn config_json(cfg: &NodeConfig) -> Value {
+    json!({
+        "listeners": cfg.listeners.iter().map(envoy_json).collect::<Vec<_>>(),
+        "routes": cfg.routes.iter().map(envoy_json).collect::<Vec<_>>(),
+        "clusters": cfg.clusters.iter().map(envoy_json).collect::<Vec<_>>(),
+        "endpoints": cfg.endpoints.iter().map(envoy_json).collect::<Vec<_>>(),
+        "filters": cfg.filters.iter().map(envoy_json).collect::<Vec<_>>(),
+        "warnings": cfg.warnings,
+    })
+}
+
+/// The modules a server would serve, with fixed hashes so that goldens do not follow builds.
+fn modules() -> BTreeMap<String, Module> {
+    ["canary", "breaker"]
+        .into_iter()
+        .map(|n| {
+            let sha = format!("{:0>64}", format!("{n}0"));
+            (
+                n.to_owned(),
+                Module {
+                    url: format!("http://127.0.0.1:18080/v1/modules/{n}.wasm?sha256={sha}"),
+                    sha256: sha,
+                },
+            )
+        })
+        .collect()
+}
+
+fn load(rel: &str) -> Resources {
+    let i = maille_import::import_paths(&[repo().join(rel)], &Default::default())
+        .unwrap_or_else(|e| panic!("{rel}: {e:?}"));
+    let r = maille_model::resources(i.resources);
+    maille_model::check_all(&r).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    r
+}
+
+fn nodes(r: &Resources) -> Vec<(String, String)> {
+    r.values()
+        .filter_map(|r| match r.as_ref() {
+            Resource::VirtualNode(n) => Some((n.mesh_name.clone(), n.virtual_node_name.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every value under a key named `key`, anywhere in `v`.
+fn values_of<'a>(v: &'a Value, key: &str, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == key {
+                    out.push(x);
+                }
+                values_of(x, key, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| values_of(x, key, out)),
+        _ => {}
+    }
+}
+
+fn strings<'a>(v: &'a Value, key: &str) -> BTreeSet<&'a str> {
+    let mut out = Vec::new();
+    values_of(v, key, &mut out);
+    out.into_iter().filter_map(Value::as_str).collect()
+}
+
+/// What a node's resources refer to exists among them.
+fn check_consistent(node: &str, j: &Value) {
+    let names = |what: &str, key: &str| -> BTreeSet<String> {
+        j[what]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[key].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let routes = names("routes", "name");
+    let clusters = names("clusters", "name");
+    let endpoints = names("endpoints", "cluster_name");
+    let filters = names("filters", "name");
+    for rds in strings(&j["listeners"], "route_config_name") {
+        assert!(routes.contains(rds), "{node}: RDS {rds:?} is not served");
+    }
+    for r in j["routes"].as_array().unwrap() {
+        let mut refs = strings(r, "cluster");
+        // weighted_clusters name their clusters in `name`.
+        let mut weighted = Vec::new();
+        values_of(r, "weighted_clusters", &mut weighted);
+        for w in weighted {
+            refs.extend(strings(w, "name"));
+        }
+        for c in refs {
+            assert!(
+                clusters.contains(c),
+                "{node}: route cluster {c:?} is not served"
+            );
+        }
+    }
+    for l in j["listeners"].as_array().unwrap() {
+        for c in strings(l, "cluster") {
+            assert!(
+                clusters.contains(c),
+                "{node}: listener cluster {c:?} is not served"
+            );
+        }
+    }
+    for c in j["clusters"].as_array().unwrap() {
+        if c["type"] == "EDS" {
+            let n = c["name"].as_str().unwrap();
+            assert!(
+                endpoints.contains(n),
+                "{node}: EDS cluster {n:?} has no assignment"
+            );
+        }
+    }
+    // ECDS: every filter an HTTP connection manager asks for is served, and every filter a
+    // route enables is in the chain.
+    let mut chain = BTreeSet::new();
+    let mut hf = Vec::new();
+    values_of(&j["listeners"], "http_filters", &mut hf);
+    for list in hf {
+        for f in list.as_array().unwrap() {
+            let n = f["name"].as_str().unwrap();
+            if f.get("config_discovery").is_some() {
+                assert!(
+                    filters.contains(n),
+                    "{node}: ECDS filter {n:?} is not served"
+                );
+            }
+            chain.insert(n.to_owned());
+        }
+    }
+    let mut per_route = Vec::new();
+    values_of(&j["routes"], "typed_per_filter_config", &mut per_route);
+    for m in per_route {
+        for k in m.as_object().unwrap().keys() {
+            assert!(
+                chain.contains(k),
+                "{node}: a route enables {k:?}, not in any chain"
+            );
+        }
+    }
+}
+
+fn golden(example: &str, rel: &str, opts: &[(&str, NodeOptions)]) {
+    let resources = load(rel);
+    let modules = modules();
+    let world = World {
+        resources: &resources,
+        modules: &modules,
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(example);
+    let bless = std::env::var_os("MAILLE_BLESS").is_some();
+    let mut mismatched = Vec::new();
+    for (mesh, node) in nodes(&resources) {
+        let o = opts
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default();
+        let cfg = node_config(world, &mesh, &node, &o);
+        let got = config_json(&cfg);
+        check_consistent(&node, &got);
+        let path = dir.join(format!("{node}.json"));
+        let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
+        if bless {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; write it with MAILLE_BLESS=1 cargo test -p maille-translate --test golden",
+                path.display()
+            )
+        });
+        if want != text {
+            mismatched.push(path.display().to_string());
+        }
+    }
+    assert!(
+        mismatched.is_empty(),
+        "Envoy resources differ from the goldens (see `git diff` after MAILLE_BLESS=1): {mismatched:?}"
+    );
+}
+
+#[test]
+fn the_colorteller_mesh_of_the_app_mesh_examples() {
+    golden(
+        "colorteller",
+        "deploy/examples/colorteller/appmesh-api.json",
+        &[],
+    );
+}
+
+#[test]
+fn the_demo_mesh_with_its_breaker_and_tracing() {
+    golden(
+        "colorteller-local",
+        "deploy/examples/colorteller/local/colorapp.json",
+        &[(
+            "colorgateway",
+            NodeOptions {
+                otlp_port: Some(4317),
+                ..NodeOptions::default()
+            },
+        )],
+    );
+}
+
+#[test]
+fn every_example_translates_to_consistent_resources() {
+    let modules = modules();
+    for rel in [
+        "deploy/examples/colorteller/appmesh-api.json",
+        "deploy/examples/colorteller/appmesh-cloudformation.yaml",
+        "deploy/examples/colorteller/appmesh-terraform.tf",
+        "deploy/examples/colorteller/local/colorapp.json",
+    ] {
+        let resources = load(rel);
+        let world = World {
+            resources: &resources,
+            modules: &modules,
+        };
+        let ns = nodes(&resources);
+        assert!(ns.len() >= 5, "{rel}");
+        for (mesh, node) in ns {
+            let cfg = node_config(world, &mesh, &node, &NodeOptions::default());
+            assert!(!cfg.listeners.is_empty(), "{rel}: {node} has no listener");
+            check_consistent(&format!("{rel}: {node}"), &config_json(&cfg));
+        }
+    }
+}
+
+#[test]
+fn the_consistency_check_catches_a_dangling_name() {
+    // The check itself: a route config name nobody serves is caught.
+    let resources = load("deploy/examples/colorteller/appmesh-api.json");
+    let modules = modules();
+    let world = World {
+        resources: &resources,
+        modules: &modules,
+    };
+    let (mesh, node) = nodes(&resources)
+        .into_iter()
+        .find(|(_, n)| n == "colorgateway")
+        .unwrap();
+    let mut cfg = node_config(world, &mesh, &node, &NodeOptions::default());
+    cfg.routes.retain(|r| r.name != "egress");
+    let j = config_json(&cfg);
+    let caught = std::panic::catch_unwind(|| check_consistent("gateway", &j));
+    assert!(caught.is_err(), "a missing RDS went unnoticed");
+}
