@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# Builds every filter crate under filters/ (those with a cdylib) to wasm32-unknown-unknown
-# and writes target/filters/<name>.wasm, size-optimised:
+# Builds every filter crate under filters/ (those with a cdylib) two ways:
+#
+# Native Envoy dynamic modules, target/filters/libmaille_<name>.so: the same crates for the
+# host (Linux x86-64) with the ordinary stable toolchain, release profile (panics unwind, so
+# that the module catches them at Envoy's boundary), and the crate's `dynamic-module` feature,
+# which exports the hooks. `libmaille_<name>.so` is the file Envoy looks up for
+# `dynamic_module_config: { name: maille_<name> }` in $ENVOY_DYNAMIC_MODULES_SEARCH_PATH;
+# deploy/envoy/*-native.yaml name the file itself (`module.local.filename`). A changed module
+# replaces the old file by rename, so Envoys that have the old one loaded keep running it.
+#
+# WebAssembly, target/filters/<name>.wasm, for wasm32-unknown-unknown, size-optimised:
 #   1. cargo +debian-web with std built from source (see ../shared/toolchain.md), profile
 #      `wasm` (opt-level z, LTO), std's `optimize_for_size`, panics that abort at once and
 #      no Debug formatting (`{:?}` prints nothing: messages quote values themselves). The
@@ -19,6 +28,27 @@ LLD_DIR="$(rustc +stable --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/b
 WASM_FEATURES=(--enable-sign-ext --enable-bulk-memory --enable-mutable-globals
   --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types)
 mkdir -p "$OUT"
+
+native_pkgs=() native_features=()
+for manifest in filters/*/Cargo.toml; do
+  grep -q cdylib "$manifest" && grep -q '^dynamic-module = ' "$manifest" || continue
+  crate=$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)
+  native_pkgs+=(-p "$crate"); native_features+=("$crate/dynamic-module")
+done
+if [ ${#native_pkgs[@]} -gt 0 ]; then
+  echo "[filters] building native modules (${native_features[*]%/dynamic-module})" >&2
+  cargo build -q --release "${native_pkgs[@]}" --features "$(IFS=,; echo "${native_features[*]}")"
+  for f in "${native_features[@]}"; do
+    crate=${f%/dynamic-module}; lib=lib${crate//-/_}.so
+    src=target/release/$lib
+    if [ "$OUT/$lib" -nt "$src" ]; then
+      echo "[filters] $OUT/$lib: up to date" >&2
+      continue
+    fi
+    cp "$src" "$OUT/.$lib.tmp" && mv -f "$OUT/.$lib.tmp" "$OUT/$lib"
+    echo "[filters] $OUT/$lib: $(stat -c %s "$OUT/$lib") bytes" >&2
+  done
+fi
 
 for manifest in filters/*/Cargo.toml; do
   grep -q cdylib "$manifest" || continue

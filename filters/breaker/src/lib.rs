@@ -13,14 +13,24 @@
 //! never touches a request.
 //!
 //! The configuration is [`maille_filter_config::breaker::BreakerConfig`]. The state machine
-//! in [`Circuit`] is plain Rust, tested natively; the proxy-wasm glue is compiled only for
-//! wasm32.
+//! in [`Circuit`] is plain Rust, tested natively. It runs in Envoy two ways: the proxy-wasm
+//! glue (`filter`, wasm32; records in proxy-wasm shared data) and the Envoy dynamic-module
+//! glue ([`native`], the host; records in process memory, [`store`]), whose hooks
+//! `libmaille_breaker.so` exports with the `dynamic-module` feature.
 #![forbid(unsafe_code)]
 
 mod circuit;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod store;
+
+#[cfg(all(feature = "dynamic-module", not(target_arch = "wasm32")))]
+maille_dynamic_module::export_http_filter!(native::BreakerModule);
 
 pub use circuit::{
     Admission, Bucket, Circuit, Outcome, Record, State, Transition, BUCKETS, RECORD_LEN,

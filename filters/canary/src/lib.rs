@@ -8,8 +8,10 @@
 //! variant, `stable` / `canary`) into a second header for traces and metrics.
 //!
 //! The configuration is [`maille_filter_config::canary::CanaryConfig`]. The decision logic in
-//! [`Router`] is plain Rust, tested and benchmarked natively; the proxy-wasm glue is compiled
-//! only for wasm32.
+//! [`Router`] is plain Rust, tested and benchmarked natively. It runs in Envoy two ways: the
+//! proxy-wasm glue (`filter`, compiled for wasm32) and the Envoy dynamic-module glue
+//! ([`native`], compiled for the host; its hooks are exported from `libmaille_canary.so` with
+//! the `dynamic-module` feature).
 #![forbid(unsafe_code)]
 
 mod router;
@@ -17,4 +19,10 @@ mod router;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+
 pub use router::{Decision, Reason, Request, Router, RouterTarget};
+
+#[cfg(all(feature = "dynamic-module", not(target_arch = "wasm32")))]
+maille_dynamic_module::export_http_filter!(native::CanaryModule);

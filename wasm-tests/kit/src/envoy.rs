@@ -44,6 +44,103 @@ pub fn filter_wasm(name: &str) -> PathBuf {
     p
 }
 
+/// Which build of a filter Envoy runs: the proxy-wasm module on V8, or the native Envoy
+/// dynamic module (`libmaille_<name>.so`), built from the same crate by
+/// `scripts/build-filters.sh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// `target/filters/<name>.wasm` with `envoy.filters.http.wasm`.
+    Wasm,
+    /// `target/filters/libmaille_<name>.so` with `envoy.filters.http.dynamic_modules`.
+    Native,
+}
+
+impl Runtime {
+    /// Both, wasm first.
+    pub const ALL: [Runtime; 2] = [Runtime::Wasm, Runtime::Native];
+
+    /// The built module of filter `name` (`canary`, `breaker`); fails the test if it is
+    /// missing.
+    pub fn module(self, name: &str) -> PathBuf {
+        match self {
+            Runtime::Wasm => filter_wasm(name),
+            Runtime::Native => filter_native(name),
+        }
+    }
+
+    /// The Envoy template of `deploy/envoy/` for filter `name` in this runtime.
+    pub fn template(self, name: &str) -> String {
+        match self {
+            Runtime::Wasm => format!("deploy/envoy/{name}.yaml"),
+            Runtime::Native => format!("deploy/envoy/{name}-native.yaml"),
+        }
+    }
+
+    /// The template variable that takes the module's path (`CANARY_WASM`, `BREAKER_MODULE`).
+    pub fn module_var(self, name: &str) -> String {
+        match self {
+            Runtime::Wasm => format!("{}_WASM", name.to_ascii_uppercase()),
+            Runtime::Native => format!("{}_MODULE", name.to_ascii_uppercase()),
+        }
+    }
+
+    /// The name Envoy's `/stats` gives a filter metric defined as `name`: wasm metrics are
+    /// under `wasmcustom.`, dynamic-module metrics under `dynamicmodulescustom.` (Envoy's
+    /// default `metrics_namespace`).
+    pub fn stat(self, name: &str) -> String {
+        match self {
+            Runtime::Wasm => format!("wasmcustom.{name}"),
+            Runtime::Native => format!("dynamicmodulescustom.{name}"),
+        }
+    }
+
+    /// The `/stats` name of the breaker's per-cluster metric `what` (`trips`, `state`, ...).
+    /// The wasm filter defines one metric per cluster, `maille_breaker.<cluster>.<what>`;
+    /// Envoy 1.40 lets a dynamic module define metrics only while its configuration loads,
+    /// so the native filter's are labelled by cluster, which `/stats` spells
+    /// `maille_breaker.<what>.cluster.<cluster>`.
+    pub fn breaker_stat(self, cluster: &str, what: &str) -> String {
+        match self {
+            Runtime::Wasm => self.stat(&format!("maille_breaker.{cluster}.{what}")),
+            Runtime::Native => self.stat(&format!("maille_breaker.{what}.cluster.{cluster}")),
+        }
+    }
+}
+
+/// Runs a test function `fn name(runtime: Runtime)` once per [`Runtime`], as the tests
+/// `name::wasm` and `name::native`.
+#[macro_export]
+macro_rules! for_each_runtime {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[test]
+                fn wasm() {
+                    super::$test($crate::Runtime::Wasm)
+                }
+                #[test]
+                fn native() {
+                    super::$test($crate::Runtime::Native)
+                }
+            }
+        )*
+    };
+}
+
+/// A built native filter module, `target/filters/libmaille_<name>.so` (the name Envoy looks
+/// up for `dynamic_module_config: { name: maille_<name> }`); fails the test if it is missing.
+pub fn filter_native(name: &str) -> PathBuf {
+    let p = repo_root()
+        .join("target/filters")
+        .join(format!("libmaille_{name}.so"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `make filters` first",
+        p.display()
+    );
+    p
+}
+
 /// A test fixture of this kit, `wasm-tests/kit/fixtures/<name>` (Envoy templates of
 /// upstreams the tests talk to, not configurations users deploy).
 pub fn fixture(name: &str) -> PathBuf {
@@ -296,19 +393,29 @@ pub fn yaml_single_quoted(json: &str) -> String {
 /// Front Envoy of `deploy/envoy/canary.yaml` with the canary filter configured by `config`
 /// (JSON), routing to `up`. Returns the Envoy and its listener port, or how it failed.
 pub fn start_canary(up: &Upstreams, config: &str) -> Result<(Envoy, u16), EnvoyExit> {
+    start_canary_on(Runtime::Wasm, up, config)
+}
+
+/// [`start_canary`] with the canary filter of `runtime` (`deploy/envoy/canary.yaml` or
+/// `deploy/envoy/canary-native.yaml`).
+pub fn start_canary_on(
+    runtime: Runtime,
+    up: &Upstreams,
+    config: &str,
+) -> Result<(Envoy, u16), EnvoyExit> {
     let admin = free_port();
     let listener = free_port();
-    let wasm = filter_wasm("canary");
+    let module = runtime.module("canary");
     // The config goes into a single-quoted YAML scalar: one line, quotes doubled.
     let quoted = yaml_single_quoted(config);
     let yaml = render(
-        &repo_root().join("deploy/envoy/canary.yaml"),
+        &repo_root().join(runtime.template("canary")),
         &[
             ("ADMIN_PORT", &admin.to_string()),
             ("LISTENER_PORT", &listener.to_string()),
             ("STABLE_PORT", &up.stable_port.to_string()),
             ("CANARY_PORT", &up.canary_port.to_string()),
-            ("CANARY_WASM", &wasm.display().to_string()),
+            (&runtime.module_var("canary"), &module.display().to_string()),
             ("CANARY_CONFIG", &quoted),
         ],
     );

@@ -1,10 +1,18 @@
-//! The canary filter in real Envoy (1.40, V8): routing, split, stickiness, refusal of bad
-//! configs, metrics and module size. Needs `make setup` and `make filters`.
+//! The canary filter in real Envoy 1.40, in both of its builds (the wasm module on V8 and the
+//! native dynamic module): routing, split, stickiness, refusal of bad configs, metrics, and
+//! the wasm module's size. Needs `make setup` and `make filters`.
 
 use std::collections::HashMap;
 
-use maille_testkit::{agent, filter_wasm};
-use maille_testkit::{start_canary, Envoy, Upstreams};
+use maille_testkit::{agent, filter_wasm, for_each_runtime, Runtime};
+use maille_testkit::{start_canary_on, Envoy, Upstreams};
+
+for_each_runtime!(
+    header_rule_sends_matching_requests_to_canary_and_others_to_stable,
+    random_split_90_10_over_2000_requests,
+    sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows,
+    bad_configs_are_refused_and_the_log_names_the_problem,
+);
 
 /// The module must stay small enough to ship in xDS and load fast.
 const MAX_MODULE_BYTES: u64 = 150_000;
@@ -16,8 +24,8 @@ struct Front {
 }
 
 impl Front {
-    fn start(up: &Upstreams, config: &str) -> Front {
-        let (envoy, port) = start_canary(up, config)
+    fn start(runtime: Runtime, up: &Upstreams, config: &str) -> Front {
+        let (envoy, port) = start_canary_on(runtime, up, config)
             .unwrap_or_else(|e| panic!("Envoy refused a good config ({}):\n{}", e.status, e.log));
         Front {
             envoy,
@@ -61,10 +69,10 @@ fn split_config(stable: u32, canary: u32) -> String {
     )
 }
 
-#[test]
-fn header_rule_sends_matching_requests_to_canary_and_others_to_stable() {
+fn header_rule_sends_matching_requests_to_canary_and_others_to_stable(runtime: Runtime) {
     let up = Upstreams::start();
     let front = Front::start(
+        runtime,
         &up,
         r#"{"targets": [{"name": "stable", "cluster": "stable", "weight": 100},
                         {"name": "canary", "cluster": "canary", "weight": 0}],
@@ -85,21 +93,20 @@ fn header_rule_sends_matching_requests_to_canary_and_others_to_stable() {
     }
     let stats = front.envoy.stats("maille_canary");
     assert_eq!(
-        stats.get("wasmcustom.maille_canary.decisions.canary.rule"),
+        stats.get(&runtime.stat("maille_canary.decisions.canary.rule")),
         Some(&100),
         "{stats:?}"
     );
     assert_eq!(
-        stats.get("wasmcustom.maille_canary.decisions.stable.random"),
+        stats.get(&runtime.stat("maille_canary.decisions.stable.random")),
         Some(&200),
         "{stats:?}"
     );
 }
 
-#[test]
-fn random_split_90_10_over_2000_requests() {
+fn random_split_90_10_over_2000_requests(runtime: Runtime) {
     let up = Upstreams::start();
-    let front = Front::start(&up, &split_config(90, 10));
+    let front = Front::start(runtime, &up, &split_config(90, 10));
     let n = 2_000;
     let canary = (0..n).filter(|_| front.get(&[]).0 == "canary").count();
     let share = canary as f64 / n as f64;
@@ -110,15 +117,14 @@ fn random_split_90_10_over_2000_requests() {
     let stats = front.envoy.stats("maille_canary");
     assert_eq!(
         stats
-            .get("wasmcustom.maille_canary.decisions.canary.random")
+            .get(&runtime.stat("maille_canary.decisions.canary.random"))
             .copied(),
         Some(canary as u64),
         "{stats:?}"
     );
 }
 
-#[test]
-fn sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows() {
+fn sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows(runtime: Runtime) {
     let up = Upstreams::start();
     let users: Vec<String> = (0..200).map(|i| format!("user-{i:03}")).collect();
     let assign = |front: &Front| -> HashMap<String, String> {
@@ -128,7 +134,7 @@ fn sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows() {
             .collect()
     };
 
-    let front = Front::start(&up, &split_config(90, 10));
+    let front = Front::start(runtime, &up, &split_config(90, 10));
     let first = assign(&front);
     for repeat in 0..3 {
         assert_eq!(assign(&front), first, "repeat {repeat} moved users");
@@ -145,7 +151,7 @@ fn sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows() {
     );
     drop(front);
 
-    let front = Front::start(&up, &split_config(80, 20));
+    let front = Front::start(runtime, &up, &split_config(80, 20));
     let after = assign(&front);
     for u in &on_canary {
         assert_eq!(
@@ -160,8 +166,7 @@ fn sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows() {
     );
 }
 
-#[test]
-fn bad_configs_are_refused_and_the_log_names_the_problem() {
+fn bad_configs_are_refused_and_the_log_names_the_problem(runtime: Runtime) {
     let up = Upstreams::start();
     let eleven: Vec<String> = (0..11)
         .map(|i| format!(r#"{{"name": "t{i}", "cluster": "stable", "weight": 1}}"#))
@@ -189,7 +194,7 @@ fn bad_configs_are_refused_and_the_log_names_the_problem() {
         ),
     ];
     for (config, expected) in cases {
-        match start_canary(&up, &config) {
+        match start_canary_on(runtime, &up, &config) {
             Ok((envoy, _)) => panic!(
                 "Envoy accepted a bad config:\n{config}\nlog:\n{}",
                 envoy.log()

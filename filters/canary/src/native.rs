@@ -1,0 +1,158 @@
+//! The Envoy dynamic-module glue (Linux shared library): the same [`Router`] as the wasm
+//! filter, with the same headers, metrics and refusals, through `maille-dynamic-module`.
+//!
+//! Metrics are plain counters defined when the configuration loads, one per target and
+//! reason: `maille_canary.decisions.<target>.<reason>` under Envoy's dynamic-module
+//! namespace (`dynamicmodulescustom.` by default, `metrics_namespace` in Envoy's
+//! `DynamicModuleConfig`), where the wasm build's are under `wasmcustom.`.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use maille_dynamic_module::{
+    log, ConfigContext, Configured, Counter, HeadersStatus, HttpFilter, HttpFilterConfig,
+    HttpFilterHandle, Level,
+};
+use xxhash_rust::xxh64::xxh64;
+
+use crate::{Reason, Request, Router};
+
+/// Prefix of every log line and metric of this filter.
+const NAME: &str = "maille_canary";
+
+/// One loaded configuration of the canary filter, shared by every worker.
+#[derive(Debug)]
+pub struct CanaryModule {
+    router: Router,
+    /// `[target][reason]`: `maille_canary.decisions.<target>.<reason>`.
+    counters: Vec<[Counter; 3]>,
+    /// Keys the random numbers of the non-sticky split (counter mode over xxh64, as the wasm
+    /// build does).
+    seed: u64,
+}
+
+/// Threads that have drawn random numbers so far: each gets its own stream of counters.
+static THREADS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// (this thread's number, its draws so far).
+    static DRAWS: Cell<(u64, u64)> = Cell::new((THREADS.fetch_add(1, Ordering::Relaxed), 0));
+}
+
+impl CanaryModule {
+    /// A uniformly random number for this request.
+    fn random(&self) -> u32 {
+        let (thread, n) = DRAWS.with(|d| {
+            let (t, n) = d.get();
+            d.set((t, n.wrapping_add(1)));
+            (t, n)
+        });
+        let mut block = [0u8; 16];
+        block[..8].copy_from_slice(&thread.to_le_bytes());
+        block[8..].copy_from_slice(&n.to_le_bytes());
+        xxh64(&block, self.seed) as u32
+    }
+}
+
+impl HttpFilterConfig for CanaryModule {
+    const NAME: &'static str = NAME;
+    type Filter = CanaryStream;
+
+    fn new(cx: &mut ConfigContext<'_>, config: &[u8]) -> Result<Self, String> {
+        if config.is_empty() {
+            return Err(
+                "no configuration: the filter needs a JSON configuration with `targets`".into(),
+            );
+        }
+        let router =
+            Router::from_json(config).map_err(|e| format!("invalid configuration: {e}"))?;
+        let mut counters = Vec::with_capacity(router.targets().len());
+        for t in router.targets() {
+            let mut ids = Vec::with_capacity(Reason::ALL.len());
+            for reason in Reason::ALL {
+                let name = format!("{NAME}.decisions.{}.{}", t.name, reason.as_str());
+                ids.push(
+                    cx.define_counter(&name)
+                        .map_err(|e| format!("metric {name}: {e}"))?,
+                );
+            }
+            counters.push([ids[0], ids[1], ids[2]]);
+        }
+        log(
+            Level::Info,
+            &format!("{NAME}: configured {} target(s)", router.targets().len()),
+        );
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0x5eed, |d| d.as_nanos() as u64);
+        Ok(CanaryModule {
+            router,
+            counters,
+            seed,
+        })
+    }
+
+    fn new_filter(&self) -> CanaryStream {
+        CanaryStream
+    }
+}
+
+/// A stream's filter: all its work happens in one hook, so it keeps nothing.
+#[derive(Debug)]
+pub struct CanaryStream;
+
+/// The request headers, read from Envoy on demand. Header values are bytes; one that is not
+/// UTF-8 is matched as its lossy text (invalid bytes become U+FFFD).
+struct EnvoyHeaders<'a, 'h>(&'a HttpFilterHandle<'h>);
+
+impl Request for EnvoyHeaders<'_, '_> {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.0.request_header(name).map(String::from_utf8_lossy)
+    }
+}
+
+impl HttpFilter for CanaryStream {
+    type Config = CanaryModule;
+
+    fn on_request_headers(
+        &mut self,
+        config: &Configured<CanaryModule>,
+        envoy: &mut HttpFilterHandle<'_>,
+        _end_of_stream: bool,
+    ) -> HeadersStatus {
+        let router = &config.router;
+        let decision = router.decide(&EnvoyHeaders(envoy), config.random());
+        let Some(target) = router.targets().get(decision.target) else {
+            // Unreachable by construction; never let a client-chosen cluster through.
+            envoy.remove_request_header(router.cluster_header());
+            return HeadersStatus::Continue;
+        };
+        // Replaces any value the client sent: clients must not pick clusters themselves.
+        if !envoy.set_request_header(router.cluster_header(), target.cluster.as_bytes()) {
+            envoy.remove_request_header(router.cluster_header());
+        }
+        envoy.set_request_header(router.variant_header(), target.name.as_bytes());
+        // The route reads the cluster header: route again with the value just written.
+        envoy.clear_route_cache();
+        if let Some(c) = config
+            .counters
+            .get(decision.target)
+            .map(|c| c[decision.reason.index()])
+        {
+            let _ = envoy.increment_counter(c, 1);
+        }
+        HeadersStatus::Continue
+    }
+
+    /// A panic while deciding: the request must not keep a cluster the client chose.
+    fn request_headers_panicked(
+        config: &Configured<CanaryModule>,
+        envoy: &mut HttpFilterHandle<'_>,
+    ) -> HeadersStatus {
+        envoy.remove_request_header(config.router.cluster_header());
+        envoy.clear_route_cache();
+        HeadersStatus::Continue
+    }
+}
