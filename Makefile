@@ -1,6 +1,6 @@
 # Maille: the two commands a newcomer runs are `make demo` and `make test`. Each installs
 # what it needs first (`make setup`, quick when everything is there).
-.PHONY: setup filters test lint demo bench-filters bench-filters-instructions bench-host bench-control bench-collector clean
+.PHONY: setup filters test test-fast lint demo bench-filters bench-filters-instructions bench-host bench-control bench-collector clean
 
 CARGO ?= cargo
 
@@ -14,6 +14,14 @@ filters: setup
 ## Everything CI runs: formatting, lints, unit tests, and end-to-end tests with real Envoy.
 test: filters lint
 	$(CARGO) test --workspace --locked
+
+## The fast tier: every unit test and the in-process integration tests (goldens of the Envoy
+## resources, validation, import of every format, the ADS stream, the write path, the CLI
+## against an in-process server, the wasm host's ABI). No Envoy, no moto, no wasm build:
+## under a minute on a warm build. Add a test here when it starts no external process.
+FAST_TESTS := import_and_validate golden ads_stream apply cli host_abi
+test-fast:
+	$(CARGO) test --workspace --locked --lib --bins $(addprefix --test ,$(FAST_TESTS))
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -30,8 +38,10 @@ bench-collector: setup
 	.venv/bin/pip install -q --disable-pip-version-check rotel==0.0.1a15
 	$(CARGO) bench -p maille-collector --bench otlp_throughput
 
-## ADS fan-out: 1,000 / 5,000 / 10,000 simulated Envoys, apply-to-ACK p50/p99, memory per client.
+## The control server: what a one-route apply costs in 1,000- and 10,000-node meshes; ADS
+## fan-out to 1,000 / 5,000 / 10,000 simulated Envoys, apply-to-ACK p50/p99, memory per client.
 bench-control: filters
+	$(CARGO) bench -p maille-control --bench apply
 	$(CARGO) bench -p maille-control --bench ads_fanout
 
 ## Envoy requests/s and latency: native routing vs canary.wasm vs Lua (a few minutes).

@@ -52,7 +52,7 @@ impl Drop for Server {
 impl Server {
     fn start() -> Server {
         let (xds, http) = (free_port(), free_port());
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
         let child = Command::new(env!("CARGO_BIN_EXE_maille-control"))
             .args(["--ephemeral", "--xds-addr", &format!("127.0.0.1:{xds}")])
             .args(["--http-addr", &format!("127.0.0.1:{http}")])
@@ -90,7 +90,7 @@ impl Server {
     fn apply(&self, weights: (u32, u32, u32)) -> u64 {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/examples/colorteller/appmesh-api.json"
+            "/../../deploy/examples/colorteller/appmesh-api.json"
         );
         let mut text = std::fs::read_to_string(path).expect("example");
         // The example's split is 8/1/1 (white/black/red).
