@@ -18,7 +18,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DEMO_T0=${DEMO_T0:-$(date +%s%N)}
 trap cleanup EXIT
-trap 'echo; echo "stopping everything the demo started"; exit 0' INT TERM
+trap 'STOPPING=1; echo; echo "stopping everything the demo started"; exit 0' INT TERM
 
 BIN=${MAILLE_BIN_DIR:-}
 if [ -z "$BIN" ]; then
@@ -175,7 +175,7 @@ TXT
 
 while :; do
   while read -r pid name; do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if [ -z "$STOPPING" ] && ! kill -0 "$pid" 2>/dev/null; then
       echo "$name exited; its log: $RUN_DIR/$name.log" >&2
       exit 1
     fi

@@ -25,10 +25,14 @@ track() {
   echo "$2 $1" >>"$RUN_DIR/pids"
 }
 
+# Every process is started in a session of its own (setsid), so that a Ctrl-C in the
+# terminal reaches this script only, which then stops them in order (cleanup): none dies
+# half-way before the script knows it is stopping. setsid execs in place (a background job
+# of a script is no group leader), so $! is the process itself.
 # start_bg NAME CMD...: runs CMD in the background, logging to $RUN_DIR/NAME.log.
 start_bg() {
   local name=$1; shift
-  "$@" >"$RUN_DIR/$name.log" 2>&1 &
+  setsid "$@" >"$RUN_DIR/$name.log" 2>&1 &
   track "$name" "$!"
 }
 
@@ -47,7 +51,7 @@ wait_for() {
 # until /ready answers LIVE (60 s at most), logs to $RUN_DIR/NAME.log.
 start_envoy() {
   local name=$1 config=$2 admin=$3; shift 3
-  "${ENVOY_WRAP[@]}" "$ENVOY" -c "$config" --concurrency 1 --use-dynamic-base-id -l info \
+  setsid "${ENVOY_WRAP[@]}" "$ENVOY" -c "$config" --concurrency 1 --use-dynamic-base-id -l info \
     --log-path "$RUN_DIR/$name.log" "$@" >/dev/null 2>&1 &
   local pid=$!
   track "$name" "$pid"
@@ -80,9 +84,20 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# cleanup: SIGTERM to everything started, newest first; whatever is still there after 10 s
+# gets SIGKILL.
+STOPPING=
 cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  STOPPING=1
+  local pid i
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[i]}" 2>/dev/null || true; done
+  for i in $(seq 1 100); do
+    local alive=
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ -z "$alive" ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 

@@ -50,16 +50,20 @@ impl Drop for Demo {
     }
 }
 
+/// Ctrl-C as a terminal sends it: SIGINT to the script's whole process group.
 fn interrupt(pid: u32) {
     let _ = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args(["-INT", "--", &format!("-{pid}")])
         .status();
 }
 
 impl Demo {
     fn start(run_dir: &Path) -> Demo {
+        use std::os::unix::process::CommandExt;
         let mut child = Command::new("bash")
             .arg(repo_root().join("scripts/demo.sh"))
+            // Its own process group, as a shell's foreground job: `interrupt` is a Ctrl-C.
+            .process_group(0)
             .env("MAILLE_BIN_DIR", bin_dir())
             .env("RUN_DIR", run_dir)
             .stdin(Stdio::null())
@@ -416,6 +420,20 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "the demo exits 0 on Ctrl-C: {status:?}");
+    // Drain what it printed while stopping: no process is reported as having died.
+    while let Ok(line) = demo.lines.recv_timeout(Duration::from_millis(500)) {
+        demo.output.push(line);
+    }
+    let stopping = demo
+        .output
+        .iter()
+        .position(|l| l.contains("stopping everything"))
+        .expect("the demo says it is stopping");
+    let after = &demo.output[stopping..];
+    assert!(
+        !after.iter().any(|l| l.contains("exited") || l.contains("rror")),
+        "error lines after Ctrl-C: {after:?}"
+    );
     let mut started = 0;
     for line in pids.lines() {
         let (pid, name) = line.split_once(' ').unwrap();
