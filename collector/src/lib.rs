@@ -1,16 +1,34 @@
-//! Maille's collector: a sidecar that receives OpenTelemetry traces from Envoy and
-//! applications (OTLP over gRPC and HTTP) and exports them to AWS X-Ray, losing nothing:
-//! batches within the API's limits, only unprocessed documents resent, throttling and
-//! server errors retried with backoff, and back-pressure to senders when the queue is full.
+//! Maille's collector: a sidecar that receives OpenTelemetry from Envoy and applications
+//! (OTLP over gRPC and HTTP, gzip or not) and exports traces to AWS X-Ray and metrics to AWS
+//! CloudWatch, losing nothing it accepted: a request is taken whole into a bounded queue or
+//! refused with a status that tells the sender whether to retry; one delivery loop per
+//! destination sends batches within the API's limits, several at once, retries what may
+//! succeed later and gives up, by name and count, only on what never will; an optional disk
+//! spool survives crashes and restarts.
 //!
-//! Metrics go to CloudWatch `PutMetricData`: cumulative counters and histograms as deltas,
-//! histograms as values and counts, within the API's limits.
+//! It does not sample, aggregate spans, or tail-sample; it speaks OTLP in and the AWS APIs
+//! out. Spans become X-Ray segment documents in `segment` (within X-Ray's 64 KB whatever field
+//! holds the bulk), metrics become CloudWatch datums in `metrics` (cumulative sums and
+//! histograms as deltas); `otlp` receives, `delivery` sends, `aws` reads AWS failures,
+//! `xray` and `cloudwatch` are the two destinations, `spool` the disk journal, `server`
+//! assembles them. The binary (`maille-collector`) parses flags and calls [`start`].
 #![forbid(unsafe_code)]
 
-pub mod export;
-pub mod metrics;
-pub mod metrics_export;
-pub mod receive;
-pub mod server;
-pub mod spool;
-pub mod xray;
+mod aws;
+mod cloudwatch;
+mod delivery;
+mod metrics;
+mod otlp;
+mod segment;
+mod server;
+mod spool;
+mod xray;
+
+pub use cloudwatch::CloudWatchSink;
+pub use delivery::{SendError, Stats};
+pub use otlp::DEFAULT_MAX_REQUEST_BYTES;
+pub use segment::{check_document, MAX_DOCUMENT_BYTES};
+pub use server::{
+    start, Config, Running, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_BYTES, DEFAULT_SHUTDOWN_TIMEOUT,
+};
+pub use xray::{Sink, Unprocessed, XraySink};

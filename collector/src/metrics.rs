@@ -15,7 +15,9 @@
 //!   150 non-empty buckets they become a statistic set (count, sum, min, max).
 //! - Dimensions come from an allowlist of attributes (resource or point), at most 30.
 //! - NaN and infinite values are dropped and counted.
-//! - Requests hold at most 1,000 datums and stay under 1 MB.
+//! - Requests hold at most 1,000 datums and stay under 1 MB (the delivery loop batches them).
+//! - A request's conversion is staged: the cumulative state (and the drop counts) move on
+//!   only when its datums are queued, so a request pushed back and sent again loses no delta.
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -25,20 +27,20 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use std::collections::{BTreeMap, HashMap};
 
 /// Most datums per `PutMetricData`.
-pub const MAX_DATUMS_PER_REQUEST: usize = 1000;
+pub(crate) const MAX_DATUMS_PER_REQUEST: usize = 1000;
 /// Largest `PutMetricData` payload, bytes (kept under with a margin for the encoding).
-pub const MAX_REQUEST_BYTES: usize = 1_000_000;
+pub(crate) const MAX_REQUEST_BYTES: usize = 1_000_000;
 /// Most dimensions per datum.
-pub const MAX_DIMENSIONS: usize = 30;
+pub(crate) const MAX_DIMENSIONS: usize = 30;
 /// Most distinct values per datum.
-pub const MAX_VALUES: usize = 150;
+pub(crate) const MAX_VALUES: usize = 150;
 /// Longest metric or dimension name.
-pub const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_NAME_LEN: usize = 255;
 /// Longest dimension value.
-pub const MAX_DIMENSION_VALUE_LEN: usize = 1024;
+pub(crate) const MAX_DIMENSION_VALUE_LEN: usize = 1024;
 
 /// Dimensions taken when no allowlist is configured: the service and Envoy's own tags.
-pub const DEFAULT_DIMENSIONS: [&str; 5] = [
+pub(crate) const DEFAULT_DIMENSIONS: [&str; 5] = [
     "service.name",
     "envoy.cluster_name",
     "envoy.response_code_class",
@@ -48,7 +50,7 @@ pub const DEFAULT_DIMENSIONS: [&str; 5] = [
 
 /// The value of a datum.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(crate) enum Value {
     /// One value.
     Single(f64),
     /// A distribution as values and their counts.
@@ -73,22 +75,22 @@ pub enum Value {
 
 /// One CloudWatch datum, before it becomes the SDK's type.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Datum {
+pub(crate) struct Datum {
     /// Metric name.
-    pub name: String,
+    pub(crate) name: String,
     /// Dimensions, sorted by name.
-    pub dimensions: Vec<(String, String)>,
+    pub(crate) dimensions: Vec<(String, String)>,
     /// Milliseconds since the epoch.
-    pub timestamp_ms: i64,
+    pub(crate) timestamp_ms: i64,
     /// The value.
-    pub value: Value,
+    pub(crate) value: Value,
     /// CloudWatch unit, when the OpenTelemetry unit maps to one.
-    pub unit: Option<&'static str>,
+    pub(crate) unit: Option<&'static str>,
 }
 
 impl Datum {
     /// A generous estimate of its encoded size, for request splitting.
-    pub fn approx_bytes(&self) -> usize {
+    pub(crate) fn approx_bytes(&self) -> usize {
         let dims: usize = self
             .dimensions
             .iter()
@@ -119,14 +121,42 @@ enum Prev {
 
 /// Turns OTLP metrics into datums, keeping the state cumulative series need.
 #[derive(Debug, Default)]
-pub struct Converter {
+pub(crate) struct Converter {
     /// Attribute keys that become dimensions.
-    pub dimensions: Vec<String>,
+    pub(crate) dimensions: Vec<String>,
     /// When this collector started, ns since the epoch: series that started later are new.
-    pub started_ns: u64,
+    pub(crate) started_ns: u64,
     state: HashMap<String, Prev>,
     /// Dropped points by reason.
-    pub dropped: BTreeMap<String, u64>,
+    pub(crate) dropped: BTreeMap<String, u64>,
+}
+
+/// What converting one request made: its datums, and the state it moves to once they are
+/// queued ([`Converter::commit`]).
+#[derive(Debug)]
+pub(crate) struct Converted {
+    pub(crate) datums: Vec<Datum>,
+    /// Points in the request.
+    pub(crate) points: u64,
+    pub(crate) staged: Staged,
+}
+
+/// State changes of a conversion not yet committed.
+#[derive(Debug, Default)]
+pub(crate) struct Staged {
+    state: HashMap<String, Prev>,
+    dropped: BTreeMap<String, u64>,
+}
+
+impl Staged {
+    /// Points this conversion drops, by reason.
+    pub(crate) fn dropped(&self) -> &BTreeMap<String, u64> {
+        &self.dropped
+    }
+
+    fn drop(&mut self, reason: &str) {
+        *self.dropped.entry(reason.to_owned()).or_default() += 1;
+    }
 }
 
 fn unit(u: &str) -> Option<&'static str> {
@@ -161,7 +191,7 @@ fn truncate(s: &str, n: usize) -> String {
 
 impl Converter {
     /// A converter taking `dimensions` (or [`DEFAULT_DIMENSIONS`] when empty).
-    pub fn new(dimensions: Vec<String>) -> Converter {
+    pub(crate) fn new(dimensions: Vec<String>) -> Converter {
         Converter {
             dimensions: if dimensions.is_empty() {
                 DEFAULT_DIMENSIONS.iter().map(|s| s.to_string()).collect()
@@ -187,8 +217,19 @@ impl Converter {
         start > 0 && start >= self.started_ns
     }
 
-    fn drop(&mut self, reason: &str) {
-        *self.dropped.entry(reason.to_owned()).or_default() += 1;
+    /// Moves on to the state a conversion staged.
+    pub(crate) fn commit(&mut self, staged: Staged) {
+        self.state.extend(staged.state);
+        for (reason, n) in staged.dropped {
+            *self.dropped.entry(reason).or_default() += n;
+        }
+    }
+
+    /// Records `now` for a series, returning what it had before (this request's earlier
+    /// point first).
+    fn swap(&self, staged: &mut Staged, key: String, now: Prev) -> Option<Prev> {
+        let before = self.state.get(&key).cloned();
+        staged.state.insert(key, now).or(before)
     }
 
     fn dims(&self, resource: &[KeyValue], point: &[KeyValue]) -> Vec<(String, String)> {
@@ -216,9 +257,11 @@ impl Converter {
         format!("{name}|{}", attrs.join(","))
     }
 
-    /// The datums of one request.
-    pub fn convert(&mut self, req: &ExportMetricsServiceRequest) -> Vec<Datum> {
+    /// The datums of one request, its state changes staged.
+    pub(crate) fn convert(&self, req: &ExportMetricsServiceRequest) -> Converted {
         let mut out = Vec::new();
+        let mut st = Staged::default();
+        let mut points = 0u64;
         for rm in &req.resource_metrics {
             let res: &[KeyValue] = rm
                 .resource
@@ -232,14 +275,17 @@ impl Converter {
                     match &m.data {
                         Some(Data::Gauge(g)) => {
                             for p in &g.data_points {
-                                self.number(&mut out, &name, u, res, p, false);
+                                points += 1;
+                                self.number(&mut st, &mut out, &name, u, res, p, false);
                             }
                         }
                         Some(Data::Sum(s)) => {
                             let cumulative = s.aggregation_temporality
                                 == AggregationTemporality::Cumulative as i32;
                             for p in &s.data_points {
+                                points += 1;
                                 self.number(
+                                    &mut st,
                                     &mut out,
                                     &name,
                                     u,
@@ -253,11 +299,13 @@ impl Converter {
                             let cumulative = h.aggregation_temporality
                                 == AggregationTemporality::Cumulative as i32;
                             for p in &h.data_points {
-                                self.histogram(&mut out, &name, u, res, p, cumulative);
+                                points += 1;
+                                self.histogram(&mut st, &mut out, &name, u, res, p, cumulative);
                             }
                         }
                         Some(Data::Summary(s)) => {
                             for p in &s.data_points {
+                                points += 1;
                                 // Summaries are cumulative by definition; CloudWatch gets
                                 // count and sum as a statistic set without min/max.
                                 if p.count > 0 && p.sum.is_finite() {
@@ -277,19 +325,28 @@ impl Converter {
                                 }
                             }
                         }
-                        Some(Data::ExponentialHistogram(_)) => {
-                            self.drop("exponential histograms are not supported")
+                        Some(Data::ExponentialHistogram(e)) => {
+                            for _ in &e.data_points {
+                                points += 1;
+                                st.drop("exponential histograms are not supported");
+                            }
                         }
-                        None => self.drop("metric without data"),
+                        None => st.drop("metric without data"),
                     }
                 }
             }
         }
-        out
+        Converted {
+            datums: out,
+            points,
+            staged: st,
+        }
     }
 
+    #[allow(clippy::too_many_arguments)] // One point and where it goes.
     fn number(
-        &mut self,
+        &self,
+        st: &mut Staged,
         out: &mut Vec<Datum>,
         name: &str,
         u: Option<&'static str>,
@@ -300,14 +357,15 @@ impl Converter {
         let v = match p.value {
             Some(number_data_point::Value::AsDouble(d)) => d,
             Some(number_data_point::Value::AsInt(i)) => i as f64,
-            None => return self.drop("point without value"),
+            None => return st.drop("point without value"),
         };
         if !v.is_finite() {
-            return self.drop("NaN or infinite value");
+            return st.drop("NaN or infinite value");
         }
         let value = if cumulative {
             let key = Self::series_key(name, res, &p.attributes);
-            let prev = self.state.insert(
+            let prev = self.swap(
+                st,
                 key,
                 Prev::Number {
                     start: p.start_time_unix_nano,
@@ -336,8 +394,10 @@ impl Converter {
         });
     }
 
+    #[allow(clippy::too_many_arguments)] // One point and where it goes.
     fn histogram(
-        &mut self,
+        &self,
+        st: &mut Staged,
         out: &mut Vec<Datum>,
         name: &str,
         u: Option<&'static str>,
@@ -347,11 +407,12 @@ impl Converter {
     ) {
         let sum = p.sum.unwrap_or(0.0);
         if !sum.is_finite() || p.explicit_bounds.iter().any(|b| !b.is_finite()) {
-            return self.drop("NaN or infinite value");
+            return st.drop("NaN or infinite value");
         }
         let (count, sum, buckets) = if cumulative {
             let key = Self::series_key(name, res, &p.attributes);
-            let prev = self.state.insert(
+            let prev = self.swap(
+                st,
                 key,
                 Prev::Histogram {
                     start: p.start_time_unix_nano,
@@ -437,27 +498,6 @@ impl Converter {
     }
 }
 
-/// Splits datums into requests of at most 1,000 datums and under 1 MB.
-pub fn requests(datums: Vec<Datum>) -> Vec<Vec<Datum>> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut bytes = 0;
-    for d in datums {
-        let b = d.approx_bytes();
-        if !cur.is_empty() && (cur.len() == MAX_DATUMS_PER_REQUEST || bytes + b > MAX_REQUEST_BYTES)
-        {
-            out.push(std::mem::take(&mut cur));
-            bytes = 0;
-        }
-        bytes += b;
-        cur.push(d);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +505,13 @@ mod tests {
     use opentelemetry_proto::tonic::metrics::v1::{
         Histogram, Metric, ResourceMetrics, ScopeMetrics, Sum,
     };
+
+    /// Converts and commits, as a request that was queued.
+    fn run(c: &mut Converter, req: &ExportMetricsServiceRequest) -> Vec<Datum> {
+        let done = c.convert(req);
+        c.commit(done.staged);
+        done.datums
+    }
 
     fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue {
@@ -518,10 +565,10 @@ mod tests {
     fn cumulative_counters_become_deltas_with_resets() {
         let mut c = Converter::new(vec![]);
         assert!(
-            c.convert(&counter(10.0, 1, 1_000_000_000)).is_empty(),
+            run(&mut c, &counter(10.0, 1, 1_000_000_000)).is_empty(),
             "first point is the baseline"
         );
-        let d = c.convert(&counter(25.0, 1, 2_000_000_000));
+        let d = run(&mut c, &counter(25.0, 1, 2_000_000_000));
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].value, Value::Single(15.0));
         assert_eq!(d[0].unit, Some("Count"));
@@ -534,11 +581,34 @@ mod tests {
             ]
         );
         // Envoy restarted: the counter starts over.
-        let d = c.convert(&counter(4.0, 5, 3_000_000_000));
+        let d = run(&mut c, &counter(4.0, 5, 3_000_000_000));
         assert_eq!(d[0].value, Value::Single(4.0));
         // NaN is dropped and counted.
-        assert!(c.convert(&counter(f64::NAN, 5, 4_000_000_000)).is_empty());
+        assert!(run(&mut c, &counter(f64::NAN, 5, 4_000_000_000)).is_empty());
         assert_eq!(c.dropped.get("NaN or infinite value"), Some(&1));
+    }
+
+    #[test]
+    fn a_conversion_that_is_not_queued_moves_no_state() {
+        let mut c = Converter::new(vec![]);
+        assert!(run(&mut c, &counter(10.0, 1, 1_000_000_000)).is_empty());
+        // Pushed back (queue full): converted, not committed; sent again, same delta.
+        let refused = c.convert(&counter(25.0, 1, 2_000_000_000));
+        assert_eq!(refused.datums[0].value, Value::Single(15.0));
+        let again = c.convert(&counter(25.0, 1, 2_000_000_000));
+        assert_eq!(again.datums[0].value, Value::Single(15.0));
+        c.commit(again.staged);
+        let d = run(&mut c, &counter(30.0, 1, 3_000_000_000));
+        assert_eq!(d[0].value, Value::Single(5.0));
+        // Two points of one series in one request: the second is a delta of the first.
+        let mut two = counter(40.0, 1, 4_000_000_000);
+        two.resource_metrics
+            .push(counter(44.0, 1, 5_000_000_000).resource_metrics.remove(0));
+        let d = run(&mut c, &two);
+        assert_eq!(
+            d.iter().map(|d| d.value.clone()).collect::<Vec<_>>(),
+            vec![Value::Single(10.0), Value::Single(4.0)]
+        );
     }
 
     #[test]
@@ -546,9 +616,10 @@ mod tests {
         let mut c = Converter::new(vec![]);
         // As Envoy sends it: start in microseconds, time in nanoseconds, first point at 13.
         let start_us = c.started_ns / 1000 + 5_000_000;
-        let d = c.convert(&counter(13.0, start_us, c.started_ns + 6_000_000_000));
+        let t0 = c.started_ns;
+        let d = run(&mut c, &counter(13.0, start_us, t0 + 6_000_000_000));
         assert_eq!(d[0].value, Value::Single(13.0));
-        let d = c.convert(&counter(13.0, start_us, c.started_ns + 7_000_000_000));
+        let d = run(&mut c, &counter(13.0, start_us, t0 + 7_000_000_000));
         assert_eq!(d[0].value, Value::Single(0.0));
     }
 
@@ -574,8 +645,8 @@ mod tests {
             })
         };
         let mut c = Converter::new(vec![]);
-        assert!(c.convert(&h(vec![1, 2, 0, 0], 7.0, 1)).is_empty());
-        let d = c.convert(&h(vec![1, 5, 2, 1], 60.0, 2));
+        assert!(run(&mut c, &h(vec![1, 2, 0, 0], 7.0, 1)).is_empty());
+        let d = run(&mut c, &h(vec![1, 5, 2, 1], 60.0, 2));
         assert_eq!(d[0].unit, Some("Milliseconds"));
         assert_eq!(
             d[0].value,
@@ -587,7 +658,7 @@ mod tests {
     }
 
     #[test]
-    fn many_buckets_become_a_statistic_set_and_requests_stay_in_limits() {
+    fn many_buckets_become_a_statistic_set_and_datum_sizes_are_estimated_generously() {
         let bounds: Vec<f64> = (1..=200).map(f64::from).collect();
         let m = req(Metric {
             name: "wide".into(),
@@ -607,7 +678,7 @@ mod tests {
             ..Default::default()
         });
         let mut c = Converter::new(vec![]);
-        let d = c.convert(&m);
+        let d = run(&mut c, &m);
         assert_eq!(
             d[0].value,
             Value::Stats {
@@ -616,12 +687,6 @@ mod tests {
                 min: 0.5,
                 max: 250.0
             }
-        );
-        let many: Vec<Datum> = (0..2500).map(|_| d[0].clone()).collect();
-        let reqs = requests(many);
-        assert_eq!(
-            reqs.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![1000, 1000, 500]
         );
         let big = Datum {
             name: "x".repeat(255),
@@ -632,12 +697,8 @@ mod tests {
             value: Value::Single(1.0),
             unit: None,
         };
-        let reqs = requests(vec![big; 100]);
-        assert!(
-            reqs.len() > 1
-                && reqs
-                    .iter()
-                    .all(|r| r.iter().map(Datum::approx_bytes).sum::<usize>() <= MAX_REQUEST_BYTES)
-        );
+        // The estimate the batches are cut by covers what the SDK sends.
+        let encoded: usize = 255 + 30 * (1024 + 20 + 60);
+        assert!(big.approx_bytes() >= encoded);
     }
 }

@@ -1,26 +1,37 @@
-//! Runs the collector: OTLP gRPC and HTTP receivers, a health and stats endpoint on the HTTP
-//! port, and the X-Ray exporter.
+//! The collector assembled: the OTLP gRPC and HTTP receivers, `/healthz` and `/stats` on the
+//! HTTP port, and two delivery loops, traces to X-Ray and metrics to CloudWatch, each over
+//! its own bounded queue.
 
-use crate::export::{self, Sink};
-use crate::metrics_export::{http_metrics, CloudWatchSink, MetricStats, MetricsReceiver};
-use crate::receive::{http_traces, Receiver};
-use crate::xray::Options;
+use crate::cloudwatch::CloudWatchSink;
+use crate::delivery::{Capacity, Item, Limits, Queue, Stats};
+use crate::metrics::{Converter, Datum, MAX_DATUMS_PER_REQUEST, MAX_REQUEST_BYTES};
+use crate::otlp::{http_export, Grpc, Intake, Metrics, Traces, DEFAULT_MAX_REQUEST_BYTES};
+use crate::segment::{Doc, Options, MAX_DOCUMENT_BYTES};
+use crate::spool::Spool;
+use crate::xray::{Sink, Xray, MAX_BATCH};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Settings.
+/// How long a partial batch waits for more.
+const LINGER: Duration = Duration::from_millis(200);
+
+/// Settings. [`Config::default`] listens on the OTLP ports of 127.0.0.1.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// OTLP gRPC address (4317 by convention).
     pub grpc_addr: SocketAddr,
     /// OTLP HTTP address (4318 by convention); also `/healthz` and `/stats`.
     pub http_addr: SocketAddr,
-    /// Queue capacity, documents.
+    /// Documents (and, separately, metric datums) held at most while X-Ray or CloudWatch is
+    /// slow or away; beyond, senders are told to retry.
     pub queue_capacity: usize,
-    /// Largest request, bytes.
+    /// Bytes of documents held at most.
+    pub queue_bytes: usize,
+    /// Largest request, bytes, and the most a gzip body may decompress to.
     pub max_request_bytes: usize,
     /// Span attributes to index as X-Ray annotations (besides the mesh's markers).
     pub annotations: Vec<String>,
@@ -28,6 +39,39 @@ pub struct Config {
     pub spool: Option<std::path::PathBuf>,
     /// Attribute keys that become CloudWatch dimensions (defaults when empty).
     pub dimensions: Vec<String>,
+    /// Calls in flight at once, to X-Ray and to CloudWatch each.
+    pub max_in_flight: usize,
+    /// Large requests converted at once, off the async workers.
+    pub converters: usize,
+    /// How long stopping may take: receivers end, what is held is delivered meanwhile, and
+    /// what is left after it stays in the spool (or is counted lost without one).
+    pub shutdown_timeout: Duration,
+}
+
+/// Default calls in flight: 64 calls of 50 documents every 100 ms carry 32,000 documents a
+/// second even with slow round trips; an idle collector has none.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// Default bytes of documents held.
+pub const DEFAULT_QUEUE_BYTES: usize = 512 * 1024 * 1024;
+/// Default time to stop in: SIGTERM ends the process within 5 s.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            queue_capacity: 100_000,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            annotations: Vec::new(),
+            spool: None,
+            dimensions: Vec::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            converters: 1,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
 }
 
 /// A running collector.
@@ -37,24 +81,65 @@ pub struct Running {
     pub grpc_port: u16,
     /// Bound HTTP port.
     pub http_port: u16,
-    /// The counters.
-    pub stats: Arc<export::Stats>,
+    /// The trace counters.
+    pub stats: Arc<Stats>,
     /// The metrics counters, when metrics are exported.
-    pub metric_stats: Option<Arc<MetricStats>>,
+    pub metric_stats: Option<Arc<Stats>>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
-    exporter: JoinHandle<()>,
+    traces: (Queue<Doc>, JoinHandle<()>),
+    metrics: Option<(Queue<Datum>, JoinHandle<()>)>,
+    spooled: bool,
+    shutdown_timeout: Duration,
 }
 
 impl Running {
-    /// Stops receiving, then waits until the exporter has delivered what was queued.
+    /// Stops receiving and delivers what is held, within the shutdown timeout; then stops
+    /// sending, and says how much was left (kept in the spool, or lost without one).
     pub async fn stop(self) {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         let _ = self.stop.send(true);
-        for s in self.servers {
-            let _ = s.await;
+        for mut s in self.servers {
+            if tokio::time::timeout_at(deadline, &mut s).await.is_err() {
+                s.abort();
+            }
         }
-        let _ = self.exporter.await;
+        self.traces.0.close();
+        if let Some((m, _)) = &self.metrics {
+            m.close();
+        }
+        let (queue, handle) = self.traces;
+        let left = drain(queue, handle, deadline).await;
+        if left > 0 && self.spooled {
+            tracing::warn!(undelivered = left, "stopping: {left} trace documents not delivered in time; kept in the spool, sent after a restart");
+        } else if left > 0 {
+            tracing::warn!(undelivered = left, "stopping: {left} trace documents not delivered in time and lost (--spool keeps them)");
+        }
+        if let Some((queue, handle)) = self.metrics {
+            let left = drain(queue, handle, deadline).await;
+            if left > 0 {
+                tracing::warn!(
+                    undelivered = left,
+                    "stopping: {left} metric datums not delivered in time and lost"
+                );
+            }
+        }
     }
+}
+
+/// Waits for a closed queue's exporter until `deadline`, then abandons what is left; how
+/// many items that was.
+async fn drain<T: Item>(
+    queue: Queue<T>,
+    mut handle: JoinHandle<()>,
+    deadline: tokio::time::Instant,
+) -> usize {
+    if tokio::time::timeout_at(deadline, &mut handle).await.is_ok() {
+        return 0;
+    }
+    let left = queue.abandon();
+    let _ = handle.await;
+    left
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -72,17 +157,42 @@ pub async fn start<S: Sink>(
     let http = TcpListener::bind(cfg.http_addr).await?;
     let grpc_port = grpc.local_addr()?.port();
     let http_port = http.local_addr()?.port();
-    let spool = match &cfg.spool {
-        Some(dir) => {
-            let (s, left) = crate::spool::Spool::open(dir).map_err(std::io::Error::other)?;
-            Some((Arc::new(s), left))
-        }
-        None => None,
+    let capacity = Capacity {
+        items: cfg.queue_capacity.max(MAX_BATCH),
+        bytes: cfg.queue_bytes.max(MAX_DOCUMENT_BYTES),
     };
-    let (queue, exporter) = export::start(sink, cfg.queue_capacity, spool);
-    let stats = queue.stats.clone();
-    let receiver = Receiver {
-        queue,
+    let in_flight = cfg.max_in_flight.max(1);
+    let (journal, leftover) = match &cfg.spool {
+        Some(dir) => {
+            let (s, left) = Spool::open(dir).map_err(std::io::Error::other)?;
+            if !left.is_empty() {
+                tracing::info!(documents = left.len(), "sending what the spool held");
+            }
+            (
+                Some(Arc::new(s) as Arc<dyn crate::delivery::Journal<Doc>>),
+                left,
+            )
+        }
+        None => (None, Vec::new()),
+    };
+    let spooled = journal.is_some();
+    let trace_queue = Queue::new("trace", capacity, journal, leftover);
+    let trace_exporter = trace_queue.export(
+        Xray(sink),
+        Limits {
+            max_items: MAX_BATCH,
+            max_bytes: MAX_BATCH * MAX_DOCUMENT_BYTES,
+            in_flight,
+            linger: LINGER,
+        },
+    );
+    let stats = trace_queue.stats().clone();
+    let intake = Intake {
+        max_request_bytes: cfg.max_request_bytes,
+        converters: Arc::new(tokio::sync::Semaphore::new(cfg.converters.max(1))),
+    };
+    let traces = Traces {
+        queue: trace_queue.clone(),
         options: Arc::new(Options {
             annotations: cfg.annotations.clone(),
             default_resource: Options::resource_from_env(
@@ -90,23 +200,48 @@ pub async fn start<S: Sink>(
                 std::env::var("OTEL_SERVICE_NAME").ok().as_deref(),
             ),
         }),
-        max_request_bytes: cfg.max_request_bytes,
     };
+    let metrics = metrics.map(|sink| {
+        let queue = Queue::new(
+            "metrics",
+            Capacity {
+                items: cfg.queue_capacity.max(MAX_DATUMS_PER_REQUEST),
+                bytes: cfg.queue_bytes.max(MAX_REQUEST_BYTES),
+            },
+            None,
+            Vec::new(),
+        );
+        let exporter = queue.export(
+            sink,
+            Limits {
+                max_items: MAX_DATUMS_PER_REQUEST,
+                max_bytes: MAX_REQUEST_BYTES,
+                in_flight,
+                linger: LINGER,
+            },
+        );
+        (
+            Metrics {
+                queue,
+                converter: Arc::new(Mutex::new(Converter::new(cfg.dimensions.clone()))),
+            },
+            exporter,
+        )
+    });
+    let metric_stats = metrics.as_ref().map(|(m, _)| m.queue.stats().clone());
+
     let (stop, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
-    let metrics = metrics.map(|m| MetricsReceiver::start(m, cfg.dimensions.clone(), 10_000));
-    let metric_stats = metrics.as_ref().map(|(m, _)| m.stats.clone());
-
-    let svc = receiver.clone().grpc();
-    let msvc = metrics
+    let trace_grpc = Grpc::new(traces.clone(), intake.clone());
+    let metric_grpc = metrics
         .as_ref()
-        .map(|(m, _)| m.clone().grpc(cfg.max_request_bytes));
+        .map(|(m, _)| Grpc::new(m.clone(), intake.clone()));
     let rx = stop_rx.clone();
     servers.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         if let Err(e) = tonic::transport::Server::builder()
-            .add_service(svc)
-            .add_optional_service(msvc)
+            .add_service(trace_grpc)
+            .add_optional_service(metric_grpc)
             .serve_with_incoming_shutdown(incoming, stopped(rx))
             .await
         {
@@ -116,41 +251,35 @@ pub async fn start<S: Sink>(
 
     let st = stats.clone();
     let ms = metric_stats.clone();
-    let mr = metrics.as_ref().map(|(m, _)| m.clone());
     let mut app = axum::Router::new()
-        .route("/v1/traces", axum::routing::post(http_traces))
+        .route(
+            "/v1/traces",
+            axum::routing::post(http_export::<Traces>).with_state((traces, intake.clone())),
+        )
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route(
             "/stats",
             axum::routing::get(move || {
-                let (st, ms, mr) = (st.clone(), ms.clone(), mr.clone());
+                let (st, ms) = (st.clone(), ms.clone());
                 async move {
                     let mut v = st.to_json();
-                    if let (Some(ms), Some(mr)) = (ms, mr) {
-                        v["metrics"] = serde_json::json!({
-                            "exported": ms.exported.load(std::sync::atomic::Ordering::Relaxed),
-                            "retried": ms.retried.load(std::sync::atomic::Ordering::Relaxed),
-                            "refused": ms.refused.load(std::sync::atomic::Ordering::Relaxed),
-                            "dropped": mr.dropped(),
-                        });
+                    if let Some(ms) = ms {
+                        v["metrics"] = ms.to_json();
                     }
                     axum::Json(v)
                 }
             }),
-        )
-        .with_state(receiver);
+        );
     if let Some((m, _)) = &metrics {
-        app = app.merge(
-            axum::Router::new()
-                .route("/v1/metrics", axum::routing::post(http_metrics))
-                .with_state(m.clone()),
+        app = app.route(
+            "/v1/metrics",
+            axum::routing::post(http_export::<Metrics>).with_state((m.clone(), intake.clone())),
         );
     }
     let app = app.layer(axum::extract::DefaultBodyLimit::max(cfg.max_request_bytes));
-    let rx = stop_rx;
     servers.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app)
-            .with_graceful_shutdown(stopped(rx))
+            .with_graceful_shutdown(stopped(stop_rx))
             .await
         {
             tracing::error!(error = %e, "OTLP HTTP receiver ended");
@@ -164,6 +293,9 @@ pub async fn start<S: Sink>(
         metric_stats,
         stop,
         servers,
-        exporter,
+        traces: (trace_queue, trace_exporter),
+        metrics: metrics.map(|(m, h)| (m.queue, h)),
+        spooled,
+        shutdown_timeout: cfg.shutdown_timeout,
     })
 }

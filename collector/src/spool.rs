@@ -1,13 +1,14 @@
 //! The optional disk spool: every accepted document is appended to `pending.jsonl` before
-//! the sender is answered, and the id of every document X-Ray has taken is appended to
-//! `acked.txt`. A restart (even after SIGKILL) sends again what is pending and not acked, so
-//! an outage or a crash loses nothing. A document sent just before a crash, whose ack was
-//! not yet written, is sent again: X-Ray keeps one segment per trace id and segment id.
+//! the sender is answered, and the id of every document settled (X-Ray has taken it, or it
+//! was given up on) is appended to `acked.txt`. A restart (even after SIGKILL) sends again
+//! what is pending and not settled, so an outage or a crash loses nothing, and a document
+//! given up on is not sent again. A document sent just before a crash, whose ack was not yet
+//! written, is sent again: X-Ray keeps one segment per trace id and segment id.
 //!
 //! The files are compacted at start and whenever most of `pending.jsonl` is acked.
 
-use crate::export::Doc;
-use serde_json::Value;
+use crate::delivery::Journal;
+use crate::segment::Doc;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -20,11 +21,11 @@ const COMPACT_AFTER: usize = 10_000;
 /// A spool failure, with the file.
 #[derive(Debug, thiserror::Error)]
 #[error("spool {path}: {source}")]
-pub struct SpoolError {
+pub(crate) struct SpoolError {
     /// The file or folder.
-    pub path: String,
+    path: String,
     /// Why.
-    pub source: std::io::Error,
+    source: std::io::Error,
 }
 
 #[derive(Debug)]
@@ -37,7 +38,7 @@ struct Files {
 
 /// The spool of one collector.
 #[derive(Debug)]
-pub struct Spool {
+pub(crate) struct Spool {
     dir: PathBuf,
     files: Mutex<Files>,
 }
@@ -51,7 +52,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> SpoolError + '_ {
 
 impl Spool {
     /// Opens the spool in `dir`; returns it and the documents still to send (oldest first).
-    pub fn open(dir: &Path) -> Result<(Spool, Vec<Doc>), SpoolError> {
+    pub(crate) fn open(dir: &Path) -> Result<(Spool, Vec<Doc>), SpoolError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let pending_path = dir.join("pending.jsonl");
         let acked_path = dir.join("acked.txt");
@@ -66,12 +67,14 @@ impl Spool {
             for line in BufReader::new(f).lines() {
                 let line = line.map_err(io(&pending_path))?;
                 // A line cut short by a crash is not a document that was accepted.
-                let Ok(doc) = serde_json::from_str::<Value>(&line) else {
+                let Ok(Id { id }) = serde_json::from_str::<Id<'_>>(&line) else {
                     continue;
                 };
-                let doc = Doc::new(&doc);
-                if !doc.id.is_empty() && !acked.contains(&doc.id) {
-                    left.push(doc);
+                let Ok(n) = u64::from_str_radix(id, 16) else {
+                    continue;
+                };
+                if !acked.contains(id) {
+                    left.push(Doc { id: n, json: line });
                 }
             }
         }
@@ -113,7 +116,7 @@ impl Spool {
     }
 
     /// Records accepted documents; they are in the file (OS buffers) when this returns.
-    pub fn append(&self, docs: &[Doc]) -> Result<(), SpoolError> {
+    pub(crate) fn append(&self, docs: &[Doc]) -> Result<(), SpoolError> {
         let path = self.dir.join("pending.jsonl");
         let mut f = self.files.lock().unwrap_or_else(|e| e.into_inner());
         for d in docs {
@@ -124,12 +127,12 @@ impl Spool {
         Ok(())
     }
 
-    /// Records documents X-Ray has taken (or refused for good).
-    pub fn ack(&self, docs: &[Doc]) -> Result<(), SpoolError> {
+    /// Records documents settled: X-Ray has taken them, or they were given up on.
+    pub(crate) fn ack(&self, docs: &[&Doc]) -> Result<(), SpoolError> {
         let path = self.dir.join("acked.txt");
         let mut f = self.files.lock().unwrap_or_else(|e| e.into_inner());
         for d in docs {
-            writeln!(f.acked, "{}", d.id).map_err(io(&path))?;
+            writeln!(f.acked, "{:016x}", d.id).map_err(io(&path))?;
         }
         f.acked.flush().map_err(io(&path))?;
         f.acked_count += docs.len();
@@ -151,22 +154,43 @@ impl Spool {
     }
 }
 
+/// The id of a spooled document, read without parsing the rest of it.
+#[derive(serde::Deserialize)]
+struct Id<'a> {
+    id: &'a str,
+}
+
+impl Journal<Doc> for Spool {
+    fn append(&self, docs: &[Doc]) -> Result<(), SpoolError> {
+        Spool::append(self, docs)
+    }
+
+    fn settled(&self, docs: &[&Doc]) {
+        if let Err(e) = self.ack(docs) {
+            // They would be sent again after a restart; X-Ray keeps one copy.
+            tracing::error!(error = %e, "cannot record settled documents in the spool");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn what_is_not_acked_comes_back_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let docs: Vec<Doc> = (0..10)
-            .map(|i| Doc::new(&json!({"id": format!("{i:016x}")})))
+            .map(|i| Doc {
+                id: i,
+                json: format!(r#"{{"id":"{i:016x}","name":"n"}}"#),
+            })
             .collect();
         {
             let (s, left) = Spool::open(dir.path()).unwrap();
             assert!(left.is_empty());
             s.append(&docs).unwrap();
-            s.ack(&docs[..6]).unwrap();
+            s.ack(&docs[..6].iter().collect::<Vec<_>>()).unwrap();
         }
         // A crash mid-line leaves a torn last line.
         let mut f = OpenOptions::new()
@@ -177,7 +201,7 @@ mod tests {
         drop(f);
         let (s, left) = Spool::open(dir.path()).unwrap();
         assert_eq!(left, docs[6..].to_vec());
-        s.ack(&left).unwrap();
+        Journal::settled(&s, &left.iter().collect::<Vec<_>>());
         drop(s);
         let (_, left) = Spool::open(dir.path()).unwrap();
         assert!(left.is_empty());

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use maille_collector::xray::check_document;
+use maille_collector::check_document;
 use maille_testkit::{agent, free_port, Envoy};
 use serde_json::Value;
 use std::time::{Duration, Instant};

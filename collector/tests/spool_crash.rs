@@ -146,3 +146,121 @@ fn sigkill_with_the_spool_on_loses_nothing() {
         accepted.len()
     );
 }
+
+fn stats(http: u16) -> serde_json::Value {
+    let mut r = maille_testkit::agent()
+        .get(&format!("http://127.0.0.1:{http}/stats"))
+        .call()
+        .expect("/stats");
+    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+/// Sends SIGTERM; how long the process took to exit (at most `limit`, then it is killed).
+fn terminate(c: &mut Child, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    while t.elapsed() < limit {
+        if c.try_wait().unwrap().is_some() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    None
+}
+
+#[test]
+fn sigterm_exits_within_5_s_and_the_spool_keeps_what_was_undelivered() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let moto_port = free_port();
+    let (grpc, http) = (free_port(), free_port());
+    // X-Ray is unreachable: everything waits in the queue and the spool.
+    let mut c = collector_process(grpc, http, moto_port, &spool);
+    let accepted = send(&rt, grpc, 0..100);
+    assert_eq!(accepted.len(), 100);
+    let took = terminate(&mut c, Duration::from_secs(20));
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(5)),
+        "exit after SIGTERM took {took:?}"
+    );
+    let moto = Moto::start_on(moto_port);
+    let mut c = collector_process(grpc, http, moto_port, &spool);
+    let xray_trace = "1-5f1e2d3f-040404040404040404040404".to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let got = stored_docs(&rt, &moto.url(), std::slice::from_ref(&xray_trace), true);
+        if accepted.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let _ = c.kill();
+    let _ = c.wait();
+    let missing = accepted.iter().filter(|id| !got.contains_key(*id)).count();
+    assert_eq!(
+        missing, 0,
+        "spans accepted before SIGTERM missing after the restart"
+    );
+}
+
+#[test]
+fn a_document_given_up_on_is_not_replayed_after_a_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let moto = Moto::start_on(free_port());
+    let bad = "aa00000000000007".to_string();
+    let b = bad.clone();
+    let front = Front::start(&rt, moto.url(), move |docs| {
+        if docs.iter().any(|d| d["id"] == b.as_str()) {
+            FrontRule::Unprocessed(vec![(b.clone(), "InvalidSegment".into())])
+        } else {
+            FrontRule::Forward
+        }
+    });
+    let (grpc, http) = (free_port(), free_port());
+    let mut c = collector_process(grpc, http, front.port, &spool);
+    assert_eq!(send(&rt, grpc, 0..50).len(), 50);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = stats(http);
+        if s["dropped"]["unprocessed by X-Ray: InvalidSegment"] == 1 && s["exported"] == 49 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not given up on: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = front.times_seen(&bad);
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let mut c = collector_process(grpc, http, front.port, &spool);
+    let later = send(&rt, grpc, 100..110);
+    let xray_trace = "1-5f1e2d3f-040404040404040404040404".to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = stored_docs(&rt, &moto.url(), std::slice::from_ref(&xray_trace), true);
+        if later.iter().all(|id| got.contains_key(id)) {
+            assert!(!got.contains_key(&bad));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted collector delivers"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    assert_eq!(
+        front.times_seen(&bad),
+        seen,
+        "the restart sent the given-up document again"
+    );
+}

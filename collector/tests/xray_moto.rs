@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use maille_collector::xray::check_document;
+use maille_collector::check_document;
 use maille_testkit::{agent, free_port};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -259,18 +259,9 @@ fn an_xray_outage_of_20_seconds_mid_stream_loses_nothing() {
         sent.push(format!("{:016x}", u64::from_be_bytes([i; 8])));
         if i == 120 {
             // 19 s into the outage: nothing sent since it began has been delivered.
-            let exported = running
-                .stats
-                .exported
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let exported = running.stats.exported();
             assert!(exported < 30, "{exported} exported while X-Ray is away");
-            assert!(
-                running
-                    .stats
-                    .retried
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    >= 1
-            );
+            assert!(running.stats.retried() >= 1);
         }
     }
     let moto = moto.expect("X-Ray is back");
@@ -290,13 +281,7 @@ fn an_xray_outage_of_20_seconds_mid_stream_loses_nothing() {
     got.sort();
     sent.sort();
     assert_eq!(got, sent, "every span id exactly once");
-    assert_eq!(
-        running
-            .stats
-            .exported
-            .load(std::sync::atomic::Ordering::Relaxed),
-        150
-    );
+    assert_eq!(running.stats.exported(), 150);
     rt.block_on(running.stop());
 }
 
@@ -339,7 +324,7 @@ fn the_python_opentelemetry_sdk_sends_over_grpc_and_http_and_spans_arrive() {
         let root = &docs[&span_ids[0]];
         let child = &docs[&span_ids[1]];
         for d in [root, child] {
-            maille_collector::xray::check_document(d).unwrap_or_else(|e| panic!("{d}: {e:?}"));
+            maille_collector::check_document(d).unwrap_or_else(|e| panic!("{d}: {e:?}"));
         }
         assert_eq!(root["name"], format!("shop-{protocol}").as_str());
         assert_eq!(root["origin"], "AWS::EC2::Instance");

@@ -1,15 +1,16 @@
 //! `maille-collector`: the sidecar. Flags in `--help`.
 
 use clap::Parser;
-use maille_collector::export::XraySink;
-use maille_collector::server::{start, Config};
+use maille_collector::{start, CloudWatchSink, Config, XraySink};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Maille's collector: receives OpenTelemetry traces over OTLP (gRPC and HTTP) from Envoy and
-/// applications, and exports them to AWS X-Ray without losing any. AWS access follows the
+/// Maille's collector: receives OpenTelemetry traces and metrics over OTLP (gRPC and HTTP,
+/// gzip or not) from Envoy and applications, and exports them to AWS X-Ray and CloudWatch
+/// without losing any it accepted. AWS access follows the
 /// default chain: AWS_REGION, credentials, and AWS_ENDPOINT_URL (e.g. a local moto server).
 /// OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME fill in what senders' resources lack
 /// (e.g. `cloud.platform=aws_ecs,aws.ecs.task.arn=...` for Envoy's spans on Fargate).
@@ -22,12 +23,24 @@ struct Args {
     /// OTLP HTTP listen address (also /healthz and /stats).
     #[arg(long, env = "MAILLE_OTLP_HTTP", default_value = "127.0.0.1:4318")]
     http_addr: SocketAddr,
-    /// Documents held while X-Ray is slow or away; when full, senders are told to retry.
+    /// Documents (and metric datums) held while X-Ray or CloudWatch is slow or away; when
+    /// full, senders are told to retry.
     #[arg(long, default_value_t = 100_000)]
     queue_capacity: usize,
-    /// Largest OTLP request accepted, bytes.
-    #[arg(long, default_value_t = maille_collector::receive::DEFAULT_MAX_REQUEST_BYTES)]
+    /// Bytes of documents held at most (as --queue-capacity).
+    #[arg(long, default_value_t = maille_collector::DEFAULT_QUEUE_BYTES)]
+    queue_bytes: usize,
+    /// Largest OTLP request accepted, bytes, and the most a gzip body may decompress to.
+    #[arg(long, default_value_t = maille_collector::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// PutTraceSegments (and PutMetricData) calls in flight at once; fewer while the API
+    /// throttles.
+    #[arg(long, env = "MAILLE_MAX_IN_FLIGHT", default_value_t = maille_collector::DEFAULT_MAX_IN_FLIGHT as u16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    max_in_flight: u16,
+    /// Seconds SIGTERM may take: what is held is delivered meanwhile, what is left stays in
+    /// the spool (or is counted lost without one).
+    #[arg(long, default_value_t = maille_collector::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64())]
+    shutdown_timeout: f64,
     /// Span attribute to index as an X-Ray annotation (repeatable); the mesh's markers
     /// (canary variant, circuit state, upstream cluster) always are.
     #[arg(long = "annotation")]
@@ -52,6 +65,7 @@ struct Args {
     no_metrics: bool,
     /// Worker threads. One keeps the sidecar to one core and spends the least CPU per span
     /// (about 100,000 spans/s on one core of the benchmark machine); raise it for more.
+    /// Requests over 64 KiB are converted beside them, as many at once as this.
     #[arg(long, env = "MAILLE_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
 }
@@ -85,24 +99,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if aws.region().is_none() {
         anyhow::bail!("no AWS region: set AWS_REGION (or a profile with one)");
     }
+    if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
+        anyhow::bail!(
+            "--shutdown-timeout {}: a number of seconds, 0 or more",
+            args.shutdown_timeout
+        );
+    }
     let running = start(
         Config {
             grpc_addr: args.grpc_addr,
             http_addr: args.http_addr,
             queue_capacity: args.queue_capacity,
+            queue_bytes: args.queue_bytes,
             max_request_bytes: args.max_request_bytes,
             annotations: args.annotations,
             spool: args.spool,
             dimensions: args.dimensions,
+            max_in_flight: usize::from(args.max_in_flight),
+            converters: usize::from(args.threads),
+            shutdown_timeout: Duration::from_secs_f64(args.shutdown_timeout),
         },
         XraySink::new(&aws),
-        (!args.no_metrics).then(|| {
-            maille_collector::metrics_export::CloudWatchSink::new(
-                &aws,
-                &args.namespace,
-                args.storage_resolution,
-            )
-        }),
+        (!args.no_metrics)
+            .then(|| CloudWatchSink::new(&aws, &args.namespace, args.storage_resolution)),
     )
     .await?;
     println!(
@@ -114,7 +133,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("stopping: delivering what is queued");
+    tracing::info!("stopping: delivering what is queued, for up to --shutdown-timeout");
     running.stop().await;
     Ok(())
 }

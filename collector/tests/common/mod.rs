@@ -4,8 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use aws_sdk_xray::config::{BehaviorVersion, Credentials, Region};
-use maille_collector::export::XraySink;
-use maille_collector::server::{start, Config, Running};
+use maille_collector::{start, Config, Running, SendError, Sink, Unprocessed, XraySink};
 use maille_testkit::{agent, repo_root};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -71,12 +70,10 @@ pub fn collector(rt: &tokio::runtime::Runtime, endpoint: &str) -> Running {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             queue_capacity: 10_000,
             max_request_bytes: 64 * 1024,
-            annotations: vec![],
-            spool: None,
-            dimensions: vec![],
+            ..Config::default()
         },
         XraySink::new(&sdk_config(endpoint)),
-        Some(maille_collector::metrics_export::CloudWatchSink::new(
+        Some(maille_collector::CloudWatchSink::new(
             &sdk_config(endpoint),
             "Maille",
             60,
@@ -128,10 +125,7 @@ pub fn stored_docs(
 pub fn wait_exported(running: &Running, n: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let done = running
-            .stats
-            .exported
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let done = running.stats.exported();
         if done >= n {
             return;
         }
@@ -187,4 +181,336 @@ pub fn raw_segment_count(
             .expect("BatchGetTraces");
         out.traces().iter().map(|t| t.segments().len()).sum()
     })
+}
+
+// === OTLP builders and a fake X-Ray, for the tests that start no external process ===
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+pub fn kv(k: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+pub fn text(k: &str, v: &str) -> KeyValue {
+    kv(k, any_value::Value::StringValue(v.into()))
+}
+
+pub fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Span `i` of trace `trace` (a root when `i` is 1, else a child of span 1).
+pub fn numbered_span(trace: u64, i: u64, attrs: Vec<KeyValue>) -> Span {
+    let t = now_nanos() - 1_000_000_000;
+    let mut trace_id = [7u8; 16];
+    trace_id[8..].copy_from_slice(&trace.to_be_bytes());
+    Span {
+        trace_id: trace_id.to_vec(),
+        span_id: i.to_be_bytes().to_vec(),
+        parent_span_id: if i == 1 {
+            Vec::new()
+        } else {
+            1u64.to_be_bytes().to_vec()
+        },
+        name: "work".into(),
+        kind: 1,
+        start_time_unix_nano: t,
+        end_time_unix_nano: t + 1_000_000,
+        attributes: attrs,
+        ..Default::default()
+    }
+}
+
+/// The X-Ray document id of span `i`.
+pub fn doc_id(i: u64) -> String {
+    format!("{i:016x}")
+}
+
+pub fn export_request(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: resource,
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// What a fake X-Ray answers to one `PutTraceSegments`: the ids it leaves unprocessed, with
+/// their error codes, or an error for the whole call.
+pub type Answer = Result<Vec<(String, String)>, SendError>;
+pub type Answering = Box<dyn Fn(&[Value]) -> Answer + Send + Sync>;
+
+/// A fake X-Ray: answers each call with `answer` after `delay`, stores what it processed,
+/// and records how many calls were in flight at once.
+pub struct FakeXray {
+    pub stored: std::sync::Mutex<Vec<Value>>,
+    pub calls: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicU64,
+    pub max_in_flight: std::sync::atomic::AtomicU64,
+    delay: Duration,
+    answer: Answering,
+}
+
+#[derive(Clone)]
+pub struct Fake(pub std::sync::Arc<FakeXray>);
+
+impl Fake {
+    pub fn new(
+        delay: Duration,
+        answer: impl Fn(&[Value]) -> Answer + Send + Sync + 'static,
+    ) -> Fake {
+        Fake(std::sync::Arc::new(FakeXray {
+            stored: Default::default(),
+            calls: Default::default(),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
+            delay,
+            answer: Box::new(answer),
+        }))
+    }
+
+    /// Takes everything.
+    pub fn ok() -> Fake {
+        Fake::new(Duration::ZERO, |_| Ok(Vec::new()))
+    }
+
+    pub fn stored(&self) -> Vec<Value> {
+        self.0.stored.lock().unwrap().clone()
+    }
+
+    pub fn stored_ids(&self) -> std::collections::BTreeSet<String> {
+        self.stored()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Waits (bounded) until `n` documents are stored.
+    pub fn wait_stored(
+        &self,
+        n: usize,
+        timeout: Duration,
+        stats: &dyn Fn() -> String,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.stored();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} documents stored within {timeout:?}; stats {}",
+                got.len(),
+                stats()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Sink for Fake {
+    async fn put(&self, docs: Vec<String>) -> Result<Vec<Unprocessed>, SendError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let f = &self.0;
+        f.calls.fetch_add(1, SeqCst);
+        let now = f.in_flight.fetch_add(1, SeqCst) + 1;
+        f.max_in_flight.fetch_max(now, SeqCst);
+        if !f.delay.is_zero() {
+            tokio::time::sleep(f.delay).await;
+        }
+        f.in_flight.fetch_sub(1, SeqCst);
+        let docs: Vec<Value> = docs
+            .iter()
+            .map(|d| serde_json::from_str(d).expect("documents are JSON"))
+            .collect();
+        let left = (f.answer)(&docs)?;
+        let mut stored = f.stored.lock().unwrap();
+        for d in docs {
+            if !left.iter().any(|(id, _)| d["id"] == id.as_str()) {
+                stored.push(d);
+            }
+        }
+        Ok(left
+            .into_iter()
+            .map(|(id, code)| Unprocessed {
+                id,
+                code: Some(code),
+            })
+            .collect())
+    }
+}
+
+/// Settings for a collector on free ports with nothing else around it.
+pub fn fast_config() -> Config {
+    Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
+}
+
+/// The collector in-process, exporting traces to `sink` and no metrics.
+pub fn fast_collector(rt: &tokio::runtime::Runtime, cfg: Config, sink: Fake) -> Running {
+    rt.block_on(start(cfg, sink, None))
+        .expect("collector starts")
+}
+
+/// What an X-Ray front answers to one `PutTraceSegments` (given its documents).
+pub enum FrontRule {
+    /// Pass the call to moto.
+    Forward,
+    /// Pass the other documents to moto and report these `(id, code)` unprocessed.
+    Unprocessed(Vec<(String, String)>),
+    /// Answer with this HTTP status and AWS error type, storing nothing.
+    Refuse(u16, &'static str),
+}
+
+/// An X-Ray endpoint in front of moto that bends `PutTraceSegments` answers by `rule`, and
+/// records the id of every document it was sent (in order, repeats included).
+pub struct Front {
+    pub port: u16,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Front {
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        moto: String,
+        rule: impl Fn(&[Value]) -> FrontRule + Send + Sync + 'static,
+    ) -> Front {
+        Front::start_on(rt, 0, moto, rule)
+    }
+
+    pub fn start_on(
+        rt: &tokio::runtime::Runtime,
+        port: u16,
+        moto: String,
+        rule: impl Fn(&[Value]) -> FrontRule + Send + Sync + 'static,
+    ) -> Front {
+        use axum::http::{HeaderMap, StatusCode};
+        use std::sync::{Arc, Mutex};
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let rule = Arc::new(rule);
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let forward = move |path: String,
+                            headers: HeaderMap,
+                            body: String|
+              -> (StatusCode, String) {
+            let mut req = agent().post(&format!("{moto}{path}"));
+            for (k, v) in headers.iter() {
+                if k == "authorization" || k == "content-type" || k.as_str().starts_with("x-amz") {
+                    req = req.header(k.as_str(), v.to_str().unwrap_or(""));
+                }
+            }
+            match req.send(body) {
+                Ok(mut r) => (
+                    StatusCode::from_u16(r.status().as_u16()).unwrap(),
+                    r.body_mut().read_to_string().unwrap_or_default(),
+                ),
+                Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()),
+            }
+        };
+        let s = seen.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: String| {
+                let (s, rule, forward) = (s.clone(), rule.clone(), forward.clone());
+                async move {
+                    let path = uri.path().to_owned();
+                    let pass = move |body: String| {
+                        let forward = forward.clone();
+                        let headers = headers.clone();
+                        let path = path.clone();
+                        async move {
+                            tokio::task::spawn_blocking(move || forward(path, headers, body))
+                                .await
+                                .unwrap()
+                        }
+                    };
+                    if uri.path() != "/TraceSegments" {
+                        return pass(body).await;
+                    }
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    let docs: Vec<Value> = v["TraceSegmentDocuments"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|d| serde_json::from_str(d.as_str().unwrap()).unwrap())
+                        .collect();
+                    s.lock().unwrap().extend(
+                        docs.iter()
+                            .map(|d| d["id"].as_str().unwrap_or_default().to_owned()),
+                    );
+                    match rule(&docs) {
+                        FrontRule::Forward => pass(body).await,
+                        FrontRule::Refuse(status, kind) => (
+                            StatusCode::from_u16(status).unwrap(),
+                            serde_json::json!({"__type": kind, "message": "refused by the test front"})
+                                .to_string(),
+                        ),
+                        FrontRule::Unprocessed(left) => {
+                            let keep: Vec<String> = docs
+                                .iter()
+                                .filter(|d| !left.iter().any(|(id, _)| d["id"] == id.as_str()))
+                                .map(|d| d.to_string())
+                                .collect();
+                            if !keep.is_empty() {
+                                let part = serde_json::json!({"TraceSegmentDocuments": keep}).to_string();
+                                let (status, answer) = pass(part).await;
+                                if !status.is_success() {
+                                    return (status, answer);
+                                }
+                            }
+                            let ids: Vec<Value> = left
+                                .iter()
+                                .map(|(id, code)| serde_json::json!({"Id": id, "ErrorCode": code, "Message": "bent by the test front"}))
+                                .collect();
+                            (
+                                StatusCode::OK,
+                                serde_json::json!({"UnprocessedTraceSegments": ids}).to_string(),
+                            )
+                        }
+                    }
+                }
+            },
+        );
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Front { port, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// How many times the document `id` reached this front.
+    pub fn times_seen(&self, id: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| *s == id)
+            .count()
+    }
 }

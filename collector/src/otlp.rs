@@ -1,0 +1,264 @@
+//! The OTLP receivers: gRPC (`TraceService/Export`, `MetricsService/Export`) and HTTP
+//! (`POST /v1/traces`, `/v1/metrics`, protobuf or JSON), gzip accepted on both.
+//!
+//! Each request is refused or taken whole. On its way in it is decompressed within the
+//! largest request size, counted on the wire ([`scan`]) so that one whose decoded form would
+//! be out of proportion to its size is refused before it is decoded, decoded, converted and
+//! queued. A request over 64 KiB (and every metrics request, whose conversion holds the
+//! cumulative state) is handled on the blocking pool, a bounded number at once, so that a
+//! large request cannot stall `/healthz` or other senders.
+//!
+//! Answers follow the OTLP specification: what can never succeed is not retried by clients
+//! (gRPC `INVALID_ARGUMENT`, HTTP 400/413/415); a full queue answers `RESOURCE_EXHAUSTED`
+//! with `RetryInfo` (HTTP 429 with `Retry-After`), which clients retry.
+
+mod grpc;
+mod http;
+mod scan;
+
+pub(crate) use grpc::Grpc;
+pub(crate) use http::http_export;
+
+use crate::delivery::{Queue, Refusal};
+use crate::metrics::{Converter, Datum};
+use crate::segment::{document, Doc, Options, ResourceView};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::bytes::Bytes;
+use prost::Message;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+/// Default largest request accepted, bytes, compressed or not (the OTLP exporters' default
+/// batch fits easily).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// Requests up to this size are handled on the async worker: converting them takes well
+/// under a millisecond.
+const INLINE_BYTES: usize = 64 * 1024;
+/// Bytes of X-Ray documents a request may make per byte of it: spans that repeat a sender's
+/// large resource in each of their segments can multiply it.
+const DOCUMENTS_PER_WIRE_BYTE: usize = 32;
+/// Bytes of documents any request may make.
+const DOCUMENTS_FLOOR: usize = 1 << 20;
+
+/// Why a request was not taken; nothing of it was.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refused {
+    /// Malformed, or out of proportion: never worth sending again.
+    #[error("{0}")]
+    Invalid(String),
+    /// Over the largest request size.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A content type or encoding the collector does not speak.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The queue could not take it (full: retry later; stopping or the spool failing).
+    #[error(transparent)]
+    Queue(#[from] Refusal),
+    /// The conversion failed inside (a bug); the request was not taken.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How a body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Protobuf,
+    Json,
+}
+
+/// What every request goes through: its size limit and the bound on conversions at once.
+#[derive(Debug, Clone)]
+pub(crate) struct Intake {
+    /// Largest request, bytes (also the most a gzip body may decompress to).
+    pub(crate) max_request_bytes: usize,
+    /// Conversions on the blocking pool at once.
+    pub(crate) converters: Arc<Semaphore>,
+}
+
+/// A kind of OTLP data: traces or metrics.
+pub(crate) trait Signal: Clone + Send + Sync + 'static {
+    type Request: Message + Default + serde::de::DeserializeOwned + Send + 'static;
+    type Response: Message + serde::Serialize + Send + 'static;
+    /// How messages name it ("trace", "metrics").
+    const WHAT: &'static str;
+    /// The gRPC service and its Export method's path.
+    const SERVICE: &'static str;
+    const METHOD: &'static str;
+    const ROOT: scan::Root;
+    /// Whether every request is handled on the blocking pool.
+    const ALWAYS_BLOCKING: bool;
+    /// Converts and queues a decoded request of `wire` bytes, all or nothing.
+    fn take(&self, req: Self::Request, wire: usize) -> Result<Self::Response, Refused>;
+}
+
+/// Handles one request body, off the async workers when it is large.
+pub(crate) async fn receive<S: Signal>(
+    sig: &S,
+    intake: &Intake,
+    body: Bytes,
+    format: Format,
+    gzip: bool,
+) -> Result<S::Response, Refused> {
+    let max = intake.max_request_bytes;
+    if !(S::ALWAYS_BLOCKING || gzip || body.len() > INLINE_BYTES) {
+        return process(sig, body, format, gzip, max);
+    }
+    let permit = intake
+        .converters
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Refusal::Closed)?;
+    let sig = sig.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        process(&sig, body, format, gzip, max)
+    })
+    .await
+    .unwrap_or_else(|e| Err(Refused::Internal(format!("conversion failed: {e}"))))
+}
+
+fn process<S: Signal>(
+    sig: &S,
+    body: Bytes,
+    format: Format,
+    gzip: bool,
+    max: usize,
+) -> Result<S::Response, Refused> {
+    let body = if gzip { gunzip(&body, max)? } else { body };
+    let wire = body.len();
+    let what = S::WHAT;
+    let req = match format {
+        Format::Protobuf => {
+            scan::check(S::ROOT, &body).map_err(|e| {
+                Refused::Invalid(format!("not an OTLP/protobuf {what} request: {e}"))
+            })?;
+            S::Request::decode(body).map_err(|e| {
+                Refused::Invalid(format!("not an OTLP/protobuf {what} request: {e}"))
+            })?
+        }
+        Format::Json => {
+            scan::check_json(S::ROOT, &body)
+                .map_err(|e| Refused::Invalid(format!("not an OTLP/JSON {what} request: {e}")))?;
+            serde_json::from_slice(&body)
+                .map_err(|e| Refused::Invalid(format!("not an OTLP/JSON {what} request: {e}")))?
+        }
+    };
+    sig.take(req, wire)
+}
+
+/// Decompresses a gzip body, to at most `max` bytes: a gzip bomb gets an error, not memory.
+fn gunzip(body: &[u8], max: usize) -> Result<Bytes, Refused> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(body)
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Refused::Invalid(format!("the body is not valid gzip: {e}")))?;
+    if out.len() > max {
+        return Err(Refused::TooLarge(format!(
+            "the gzip body decompresses to more than {max} bytes, the largest request taken (--max-request-bytes)"
+        )));
+    }
+    Ok(out.into())
+}
+
+// === impl Traces ===
+
+/// Spans to X-Ray documents into the trace queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Traces {
+    pub(crate) queue: Queue<Doc>,
+    pub(crate) options: Arc<Options>,
+}
+
+impl Signal for Traces {
+    type Request = ExportTraceServiceRequest;
+    type Response = ExportTraceServiceResponse;
+    const WHAT: &'static str = "trace";
+    const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const METHOD: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    const ROOT: scan::Root = scan::Root::Traces;
+    const ALWAYS_BLOCKING: bool = false;
+
+    fn take(&self, req: Self::Request, wire: usize) -> Result<Self::Response, Refused> {
+        let budget = DOCUMENTS_PER_WIRE_BYTE
+            .saturating_mul(wire)
+            .saturating_add(DOCUMENTS_FLOOR);
+        let (mut spans, mut invalid, mut trimmed, mut bytes) = (0u64, 0u64, 0u64, 0usize);
+        let mut docs = Vec::new();
+        for rs in &req.resource_spans {
+            let res = ResourceView::new(rs.resource.as_ref(), &self.options);
+            for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                spans += 1;
+                let Some(w) = document(span, &res, &self.options) else {
+                    invalid += 1;
+                    continue;
+                };
+                bytes += w.doc.json.len();
+                if bytes > budget {
+                    return Err(Refused::Invalid(format!(
+                        "the request's {spans} spans so far make more than {budget} bytes of X-Ray documents from {wire} bytes, more than {DOCUMENTS_PER_WIRE_BYTE}x its size (a large resource repeated in every segment?)"
+                    )));
+                }
+                trimmed += u64::from(w.trimmed);
+                docs.push(w.doc);
+            }
+        }
+        self.queue.offer(docs)?;
+        let stats = self.queue.stats();
+        stats.add_received(spans);
+        stats.add_trimmed(trimmed);
+        stats.drop_n("invalid trace or span id", invalid);
+        Ok(ExportTraceServiceResponse {
+            partial_success: (invalid > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: invalid as i64,
+                error_message: format!(
+                    "{invalid} span(s) without a valid 16-byte trace id and 8-byte span id"
+                ),
+            }),
+        })
+    }
+}
+
+// === impl Metrics ===
+
+/// Metric points to CloudWatch datums into the metrics queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Metrics {
+    pub(crate) queue: Queue<Datum>,
+    pub(crate) converter: Arc<Mutex<Converter>>,
+}
+
+impl Signal for Metrics {
+    type Request = ExportMetricsServiceRequest;
+    type Response = ExportMetricsServiceResponse;
+    const WHAT: &'static str = "metrics";
+    const SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const METHOD: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    const ROOT: scan::Root = scan::Root::Metrics;
+    const ALWAYS_BLOCKING: bool = true;
+
+    fn take(&self, req: Self::Request, _wire: usize) -> Result<Self::Response, Refused> {
+        // Held from conversion to queueing: the cumulative state moves on only when the
+        // datums were taken, so a request pushed back and sent again loses no delta.
+        let mut converter = self.converter.lock().unwrap_or_else(|e| e.into_inner());
+        let converted = converter.convert(&req);
+        self.queue.offer(converted.datums)?;
+        let stats = self.queue.stats();
+        for (reason, n) in converted.staged.dropped() {
+            stats.drop_n(reason, *n);
+        }
+        stats.add_received(converted.points);
+        converter.commit(converted.staged);
+        Ok(ExportMetricsServiceResponse {
+            partial_success: None,
+        })
+    }
+}

@@ -1,0 +1,393 @@
+//! A wire-level census of an OTLP request before it is decoded: how much memory its decoded
+//! form would take, so that a request whose decoded form is out of proportion to its size
+//! is refused before it is decoded.
+//!
+//! Why a census: protobuf's smallest values are two bytes on the wire (an empty array value
+//! or attribute is `0a 00`), and each decodes to a struct of 32 to 300 bytes; 7 MB of empty
+//! array values decode to hundreds of MB. Counting needs no allocation and reads each byte
+//! once; it follows the OTLP schema (which fields are messages, strings, or packed numbers)
+//! and prices each decoded value at the size of the struct it becomes (the
+//! `opentelemetry-proto` types' own sizes), twice over for the growth of the vectors holding
+//! them, plus the bytes of strings. Normal telemetry decodes to 2 to 6 times its size; the
+//! limit is [`DECODED_PER_WIRE_BYTE`] times, plus [`DECODED_FLOOR`].
+//!
+//! JSON bodies get a coarser bound: every decoded struct starts with a `{`, so their number
+//! times the largest struct bounds the decoded form.
+
+use opentelemetry_proto::tonic::collector::metrics::v1 as cm;
+use opentelemetry_proto::tonic::collector::trace::v1 as ct;
+use opentelemetry_proto::tonic::common::v1 as common;
+use opentelemetry_proto::tonic::metrics::v1 as metrics;
+use opentelemetry_proto::tonic::resource::v1 as resource;
+use opentelemetry_proto::tonic::trace::v1 as trace;
+use prost::encoding::{decode_varint, WireType};
+use std::mem::size_of;
+
+/// Decoded bytes allowed per byte on the wire.
+pub(crate) const DECODED_PER_WIRE_BYTE: usize = 16;
+/// Decoded bytes any request may take, whatever its size.
+pub(crate) const DECODED_FLOOR: usize = 1 << 20;
+/// Decoded bytes allowed per byte of JSON: the JSON bound prices every object at the
+/// largest struct, so it needs more room than the protobuf census.
+pub(crate) const DECODED_PER_JSON_BYTE: usize = 32;
+/// Deepest nesting followed (prost stops at 100).
+const MAX_DEPTH: u32 = 100;
+
+/// The requests the census knows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Root {
+    Traces,
+    Metrics,
+}
+
+/// What the census found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Census {
+    /// Estimated bytes of the decoded request.
+    pub(crate) decoded: usize,
+    /// Values in repeated fields (messages, strings, numbers).
+    pub(crate) values: usize,
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScanError {
+    #[error("malformed protobuf at byte {at}: {what}")]
+    Malformed { at: usize, what: &'static str },
+    #[error(
+        "the request would take about {} MB once decoded ({values} values in {wire} bytes), more than {limit}x its size: send fewer, fuller values",
+        decoded / 1_000_000 + 1
+    )]
+    OutOfProportion {
+        decoded: usize,
+        values: usize,
+        wire: usize,
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum M {
+    TraceRequest,
+    ResourceSpans,
+    Resource,
+    EntityRef,
+    ScopeSpans,
+    Scope,
+    Span,
+    Event,
+    Link,
+    Status,
+    KeyValue,
+    AnyValue,
+    ArrayValue,
+    KeyValueList,
+    MetricsRequest,
+    ResourceMetrics,
+    ScopeMetrics,
+    Metric,
+    Points,
+    NumberPoint,
+    HistogramPoint,
+    ExpHistogramPoint,
+    Buckets,
+    SummaryPoint,
+    Quantile,
+    Exemplar,
+    HistogramPoints,
+    ExpHistogramPoints,
+    SummaryPoints,
+}
+
+/// What a field of a message holds.
+enum F {
+    /// A repeated message: a new struct per value.
+    Many(M),
+    /// A singular message (or a oneof's): inside its parent's struct.
+    One(M),
+    /// A string or bytes: their bytes on the heap.
+    Text,
+    /// A repeated string.
+    Texts,
+    /// A repeated varint, packed or not: 8 bytes each decoded.
+    Varints,
+    /// A repeated fixed64 or double, packed or not.
+    Fixed64s,
+    /// A scalar, or a field OTLP does not have (prost skips it).
+    Other,
+}
+
+fn field(m: M, n: u32) -> F {
+    use F::*;
+    use M::*;
+    match (m, n) {
+        (TraceRequest, 1) => Many(ResourceSpans),
+        (ResourceSpans, 1) | (ResourceMetrics, 1) => One(Resource),
+        (ResourceSpans, 2) => Many(ScopeSpans),
+        (ResourceSpans | ResourceMetrics | ScopeSpans | ScopeMetrics, 3) => Text,
+        (Resource, 1) => Many(KeyValue),
+        (Resource, 3) => Many(EntityRef),
+        (EntityRef, 1 | 2) => Text,
+        (EntityRef, 3 | 4) => Texts,
+        (ScopeSpans, 1) | (ScopeMetrics, 1) => One(Scope),
+        (ScopeSpans, 2) => Many(Span),
+        (Scope, 1 | 2) => Text,
+        (Scope, 3) => Many(KeyValue),
+        (Span, 1..=5) => Text,
+        (Span, 9) => Many(KeyValue),
+        (Span, 11) => Many(Event),
+        (Span, 13) => Many(Link),
+        (Span, 15) => One(Status),
+        (Event, 2) => Text,
+        (Event, 3) => Many(KeyValue),
+        (Link, 1..=3) => Text,
+        (Link, 4) => Many(KeyValue),
+        (Status, 2) => Text,
+        (KeyValue, 1) => Text,
+        (KeyValue, 2) => One(AnyValue),
+        (AnyValue, 1 | 7) => Text,
+        (AnyValue, 5) => One(ArrayValue),
+        (AnyValue, 6) => One(KeyValueList),
+        (ArrayValue, 1) => Many(AnyValue),
+        (KeyValueList, 1) => Many(KeyValue),
+        (MetricsRequest, 1) => Many(ResourceMetrics),
+        (ResourceMetrics, 2) => Many(ScopeMetrics),
+        (ScopeMetrics, 2) => Many(Metric),
+        (Metric, 1..=3) => Text,
+        (Metric, 12) => Many(KeyValue),
+        (Metric, 5 | 7) => One(Points),
+        (Metric, 9) => One(HistogramPoints),
+        (Metric, 10) => One(ExpHistogramPoints),
+        (Metric, 11) => One(SummaryPoints),
+        (Points, 1) => Many(NumberPoint),
+        (HistogramPoints, 1) => Many(HistogramPoint),
+        (ExpHistogramPoints, 1) => Many(ExpHistogramPoint),
+        (SummaryPoints, 1) => Many(SummaryPoint),
+        (NumberPoint, 7) | (HistogramPoint, 9) | (ExpHistogramPoint, 1) => Many(KeyValue),
+        (SummaryPoint, 7) | (Exemplar, 7) => Many(KeyValue),
+        (NumberPoint, 5) | (HistogramPoint, 8) | (ExpHistogramPoint, 11) => Many(Exemplar),
+        (HistogramPoint, 6 | 7) => Fixed64s,
+        (ExpHistogramPoint, 8 | 9) => One(Buckets),
+        (Buckets, 2) => Varints,
+        (SummaryPoint, 6) => Many(Quantile),
+        (Exemplar, 4 | 5) => Text,
+        _ => Other,
+    }
+}
+
+/// The struct a message decodes to.
+fn size(m: M) -> usize {
+    use M::*;
+    match m {
+        TraceRequest => size_of::<ct::ExportTraceServiceRequest>(),
+        ResourceSpans => size_of::<trace::ResourceSpans>(),
+        Resource => size_of::<resource::Resource>(),
+        EntityRef => size_of::<common::EntityRef>(),
+        ScopeSpans => size_of::<trace::ScopeSpans>(),
+        Scope => size_of::<common::InstrumentationScope>(),
+        Span => size_of::<trace::Span>(),
+        Event => size_of::<trace::span::Event>(),
+        Link => size_of::<trace::span::Link>(),
+        Status => size_of::<trace::Status>(),
+        KeyValue => size_of::<common::KeyValue>(),
+        AnyValue => size_of::<common::AnyValue>(),
+        ArrayValue => size_of::<common::ArrayValue>(),
+        KeyValueList => size_of::<common::KeyValueList>(),
+        MetricsRequest => size_of::<cm::ExportMetricsServiceRequest>(),
+        ResourceMetrics => size_of::<metrics::ResourceMetrics>(),
+        ScopeMetrics => size_of::<metrics::ScopeMetrics>(),
+        Metric => size_of::<metrics::Metric>(),
+        NumberPoint => size_of::<metrics::NumberDataPoint>(),
+        HistogramPoint => size_of::<metrics::HistogramDataPoint>(),
+        ExpHistogramPoint => size_of::<metrics::ExponentialHistogramDataPoint>(),
+        Buckets => size_of::<metrics::exponential_histogram_data_point::Buckets>(),
+        SummaryPoint => size_of::<metrics::SummaryDataPoint>(),
+        Quantile => size_of::<metrics::summary_data_point::ValueAtQuantile>(),
+        Exemplar => size_of::<metrics::Exemplar>(),
+        // Inside `Metric`'s data.
+        Points | HistogramPoints | ExpHistogramPoints | SummaryPoints => 0,
+    }
+}
+
+/// The largest struct a JSON object of `root` can become.
+fn largest(root: Root) -> usize {
+    use M::*;
+    let own: &[M] = match root {
+        Root::Traces => &[
+            TraceRequest,
+            ResourceSpans,
+            ScopeSpans,
+            Span,
+            Event,
+            Link,
+            Status,
+        ],
+        Root::Metrics => &[
+            MetricsRequest,
+            ResourceMetrics,
+            ScopeMetrics,
+            Metric,
+            NumberPoint,
+            HistogramPoint,
+            ExpHistogramPoint,
+            Buckets,
+            SummaryPoint,
+            Quantile,
+            Exemplar,
+        ],
+    };
+    let common = [
+        Resource,
+        EntityRef,
+        Scope,
+        KeyValue,
+        AnyValue,
+        ArrayValue,
+        KeyValueList,
+    ];
+    own.iter()
+        .chain(&common)
+        .map(|m| size(*m))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Counts what `wire` (a protobuf request of `root`) decodes to.
+pub(crate) fn census(root: Root, wire: &[u8]) -> Result<Census, ScanError> {
+    let top = match root {
+        Root::Traces => M::TraceRequest,
+        Root::Metrics => M::MetricsRequest,
+    };
+    let mut c = Census {
+        decoded: size(top),
+        values: 0,
+    };
+    let mut elements = 0usize;
+    walk(top, wire, 0, 0, &mut c, &mut elements)?;
+    // Vectors grow by doubling: up to twice the elements' bytes.
+    c.decoded = c.decoded.saturating_add(elements.saturating_mul(2));
+    Ok(c)
+}
+
+/// Refuses a protobuf request whose decoded form would be out of proportion to its size.
+pub(crate) fn check(root: Root, wire: &[u8]) -> Result<Census, ScanError> {
+    let c = census(root, wire)?;
+    let limit = DECODED_PER_WIRE_BYTE
+        .saturating_mul(wire.len())
+        .saturating_add(DECODED_FLOOR);
+    if c.decoded > limit {
+        return Err(ScanError::OutOfProportion {
+            decoded: c.decoded,
+            values: c.values,
+            wire: wire.len(),
+            limit: DECODED_PER_WIRE_BYTE,
+        });
+    }
+    Ok(c)
+}
+
+/// Refuses a JSON request whose objects could decode to more than
+/// [`DECODED_PER_JSON_BYTE`] times its size.
+pub(crate) fn check_json(root: Root, body: &[u8]) -> Result<(), ScanError> {
+    let objects = body.iter().filter(|b| **b == b'{').count();
+    let decoded = objects
+        .saturating_mul(largest(root))
+        .saturating_add(body.len());
+    let limit = DECODED_PER_JSON_BYTE
+        .saturating_mul(body.len())
+        .saturating_add(DECODED_FLOOR);
+    if decoded > limit {
+        return Err(ScanError::OutOfProportion {
+            decoded,
+            values: objects,
+            wire: body.len(),
+            limit: DECODED_PER_JSON_BYTE,
+        });
+    }
+    Ok(())
+}
+
+fn walk(
+    m: M,
+    mut buf: &[u8],
+    base: usize,
+    depth: u32,
+    c: &mut Census,
+    elements: &mut usize,
+) -> Result<(), ScanError> {
+    if depth > MAX_DEPTH {
+        return Err(ScanError::Malformed {
+            at: base,
+            what: "nested more than 100 deep",
+        });
+    }
+    let len = buf.len();
+    while !buf.is_empty() {
+        let at = base + (len - buf.len());
+        let bad = |what| ScanError::Malformed { at, what };
+        let key = decode_varint(&mut buf).map_err(|_| bad("bad field key"))?;
+        let wire_type = WireType::try_from(key & 7).map_err(|_| bad("bad wire type"))?;
+        let kind = field(m, (key >> 3) as u32);
+        match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut buf).map_err(|_| bad("bad varint"))?;
+                if let F::Varints = kind {
+                    c.values += 1;
+                    *elements += 8;
+                }
+            }
+            WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                let n = if wire_type == WireType::SixtyFourBit {
+                    8
+                } else {
+                    4
+                };
+                if buf.len() < n {
+                    return Err(bad("truncated number"));
+                }
+                buf = &buf[n..];
+                if let F::Fixed64s = kind {
+                    c.values += 1;
+                    *elements += 8;
+                }
+            }
+            WireType::LengthDelimited => {
+                let n = decode_varint(&mut buf).map_err(|_| bad("bad length"))?;
+                if n > buf.len() as u64 {
+                    return Err(bad("length beyond the end"));
+                }
+                let (payload, rest) = buf.split_at(n as usize);
+                let inner = base + (len - buf.len());
+                buf = rest;
+                match kind {
+                    F::Many(child) => {
+                        c.values += 1;
+                        *elements += size(child);
+                        walk(child, payload, inner, depth + 1, c, elements)?;
+                    }
+                    F::One(child) => walk(child, payload, inner, depth + 1, c, elements)?,
+                    F::Text => c.decoded += payload.len(),
+                    F::Texts => {
+                        c.values += 1;
+                        *elements += size_of::<String>();
+                        c.decoded += payload.len();
+                    }
+                    F::Varints => {
+                        let n = payload.iter().filter(|b| **b < 0x80).count();
+                        c.values += n;
+                        *elements += 8 * n;
+                    }
+                    F::Fixed64s => {
+                        c.values += payload.len() / 8;
+                        *elements += payload.len();
+                    }
+                    F::Other => {}
+                }
+            }
+            WireType::StartGroup | WireType::EndGroup => {
+                return Err(bad("groups are not part of OTLP"));
+            }
+        }
+    }
+    Ok(())
+}
