@@ -64,20 +64,7 @@ fn envoy_routes_by_spec_follows_weights_and_keeps_last_good_on_nack() {
         .find(|l| l.contains("apply to last ACK"))
         .unwrap_or_else(|| panic!("no ACK time reported: {out}"));
     eprintln!("50/50: {ack_line}");
-    // Envoy acknowledges the canary filter's config before it has fetched the module; the
-    // route answers once the module is in.
-    let fetched = std::time::Instant::now();
-    eventually("the split route answers", Duration::from_secs(30), || {
-        let t = tally(egress, 10);
-        (
-            t.keys().all(|k| k == "white" || k == "black"),
-            (t, envoy.log()),
-        )
-    });
-    eprintln!(
-        "module fetched and running {:?} after the ACK",
-        fetched.elapsed()
-    );
+    // Envoy splits natively: every request after the ACK goes to a colour.
     let t = tally(egress, 400);
     let (w, b) = (
         t.get("white").copied().unwrap_or(0),
@@ -86,13 +73,17 @@ fn envoy_routes_by_spec_follows_weights_and_keeps_last_good_on_nack() {
     assert_eq!(w + b, 400, "every request answered by a colour: {t:?}");
     // 400 fair coin flips: outside 140..=260 has probability below 1e-9.
     assert!((140..=260).contains(&w), "50/50 split gave {t:?}");
-    // The canary filter made those choices and counted them.
-    let stats = envoy.stats("maille_canary.decisions");
-    let decided: u64 = stats.values().sum();
-    assert!(
-        decided >= 400,
-        "canary filter decisions in /stats: {stats:?}"
-    );
+    // Envoy made those choices itself (its per-cluster counters), with no filter.
+    let stats = envoy.stats("upstream_rq_total");
+    let counted = |c: &str| {
+        stats
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("cluster.node/{c}/")))
+            .map(|(_, v)| *v)
+            .sum::<u64>()
+    };
+    assert_eq!(counted("black") as usize, b, "{stats:?}");
+    assert!(counted("white") as usize >= w, "{stats:?}");
 
     // A version Envoy refuses (RE2 program too large for Envoy's limit) leaves the last good
     // routes serving, and `maillectl status` shows Envoy's error.
@@ -218,11 +209,15 @@ fn a_new_module_build_reaches_envoy_without_a_restart() {
     let wasm = std::fs::read(maille_testkit::filter_wasm("canary")).unwrap();
     std::fs::write(modules.join("canary.wasm"), &wasm).unwrap();
     let control = Control::start_with_modules(&rt, &dir.path().join("state.redb"), None, &modules);
-    let apps = Apps::start(&rt, &["white", "black"]);
+    // A sticky split over three targets: the one kind of split made by the canary filter.
+    let apps = Apps::start(&rt, &["white", "black", "blue"]);
     let f = write_spec(
         dir.path(),
         "mesh.json",
-        &colorteller(&apps, &[("white", 50), ("black", 50)]),
+        &sticky(
+            colorteller(&apps, &[("white", 34), ("black", 33), ("blue", 33)]),
+            "x-user-id",
+        ),
     );
     let (ok, _, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
     assert!(ok, "{err}");
@@ -231,12 +226,14 @@ fn a_new_module_build_reaches_envoy_without_a_restart() {
         .as_str()
         .unwrap()
         .to_owned();
+    let colours = |t: &std::collections::BTreeMap<String, usize>| {
+        t.len() == 3
+            && t.keys()
+                .all(|k| ["white", "black", "blue"].contains(&k.as_str()))
+    };
     eventually("the split answers", Duration::from_secs(30), || {
-        let t = tally(egress, 20);
-        (
-            t.len() == 2 && t.keys().all(|k| k == "white" || k == "black"),
-            t,
-        )
+        let t = tally(egress, 40);
+        (colours(&t), t)
     });
     assert!(envoy
         .log()
@@ -281,12 +278,104 @@ fn a_new_module_build_reaches_envoy_without_a_restart() {
         )
     });
     eventually("the split keeps answering", Duration::from_secs(30), || {
-        let t = tally(egress, 40);
-        (
-            t.len() == 2 && t.keys().all(|k| k == "white" || k == "black"),
-            t,
-        )
+        let t = tally(egress, 60);
+        (colours(&t), t)
     });
+}
+
+#[test]
+fn a_sticky_split_is_native_and_keeps_users_as_the_canary_grows() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    let apps = Apps::start(&rt, &["stable", "canary"]);
+    let spec = |canary: u32| {
+        sticky(
+            colorteller(&apps, &[("stable", 100 - canary), ("canary", canary)]),
+            "x-user-id",
+        )
+    };
+    let f = write_spec(dir.path(), "mesh.json", &spec(10));
+    let (ok, _, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
+    assert!(ok, "{err}");
+    let (envoy, egress) = control.envoy("demo", "gateway");
+    // Native: weighted clusters hashed on the user's header, and no filter in the chain.
+    let dump = envoy
+        .admin_get("/config_dump?resource=dynamic_route_configs")
+        .unwrap()
+        + &envoy
+            .admin_get("/config_dump?resource=dynamic_listeners")
+            .unwrap();
+    assert!(
+        dump.contains("\"weighted_clusters\""),
+        "no weighted_clusters"
+    );
+    assert!(dump.contains("\"use_hash_policy\": true"), "not hashed");
+    assert!(
+        dump.contains("\"header_name\": \"x-user-id\""),
+        "hash not on the header"
+    );
+    if let Some(i) = dump.find("extensions.filters.http.wasm") {
+        panic!(
+            "a wasm filter is configured: ...{}...",
+            &dump[i.saturating_sub(600)..(i + 200).min(dump.len())]
+        );
+    }
+    let node = control.get("/v1/nodes/mesh/demo/virtualNode/gateway");
+    assert_eq!(node["resources"]["ECDS"], serde_json::json!([]), "{node}");
+
+    let a = maille_testkit::agent();
+    let users: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    let first: Vec<String> = eventually("the split answers", Duration::from_secs(30), || {
+        let got: Vec<String> = users.iter().map(|u| answer_for(&a, egress, u)).collect();
+        (got.iter().all(|g| g == "stable" || g == "canary"), got)
+    });
+    // Each user gets the same answer again.
+    for (u, want) in users.iter().zip(&first) {
+        assert_eq!(
+            &answer_for(&a, egress, u),
+            want,
+            "{u} moved at the same weights"
+        );
+    }
+    let on_canary: Vec<&String> = users
+        .iter()
+        .zip(&first)
+        .filter(|(_, g)| *g == "canary")
+        .map(|(u, _)| u)
+        .collect();
+    assert!(
+        (8..=35).contains(&on_canary.len()),
+        "{} of 200 users on a 10% canary",
+        on_canary.len()
+    );
+
+    // 10% -> 20%: everyone on the canary stays there; more join.
+    let f = write_spec(dir.path(), "mesh.json", &spec(20));
+    let (ok, _, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
+    assert!(ok, "{err}");
+    let now: Vec<String> = eventually("the new weights apply", Duration::from_secs(30), || {
+        let got: Vec<String> = users.iter().map(|u| answer_for(&a, egress, u)).collect();
+        let n = got.iter().filter(|g| *g == "canary").count();
+        (n > on_canary.len(), got)
+    });
+    for (u, g) in users.iter().zip(&now) {
+        if on_canary.contains(&u) {
+            assert_eq!(g, "canary", "{u} left the canary when its weight rose");
+        }
+    }
+    // And the split holds over 2,000 users: 20% +- 3 points.
+    let canary = (0..2000)
+        .filter(|i| answer_for(&a, egress, &format!("other-{i}")) == "canary")
+        .count();
+    println!(
+        "sticky split at 20%: {canary} of 2000 on the canary; {} of 200 users kept",
+        on_canary.len()
+    );
+    assert!(
+        (340..=460).contains(&canary),
+        "{canary} of 2000 on a 20% canary"
+    );
 }
 
 #[test]

@@ -38,9 +38,9 @@ fn envoy_validates_every_node_of_every_example() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(stdout.matches(": valid (").count(), 5, "{f}: {stdout}");
-        // The gateway's split route carries a canary filter instance, checked by Envoy too.
+        // The gateway's split is Envoy's own weighted clusters: no filter.
         assert!(
-            stdout.contains("colorgateway: valid (2 listeners, 5 clusters, 1 filters)"),
+            stdout.contains("colorgateway: valid (2 listeners, 5 clusters, 0 filters)"),
             "{stdout}"
         );
     }
@@ -112,20 +112,24 @@ fn envoy_validates_http2_grpc_and_tcp_routes_and_tls() {
                          {"virtualService": {"virtualServiceName": "grpc.m.local"}},
                          {"virtualService": {"virtualServiceName": "db.m.local"}}],
             "backendDefaults": {"clientPolicy": {"tls": {"validation": {"trust": {"file": {"certificateChain": pem("cert.pem")}}}}}}}},
-        node("h2a", "http2", 8080), node("h2b", "http2", 8080), node("ga", "grpc", 9090), node("gb", "grpc", 9090), node("db", "tcp", 5432),
+        node("h2a", "http2", 8080), node("h2b", "http2", 8080), node("ga", "grpc", 9090), node("gb", "grpc", 9090), node("gc", "grpc", 9090), node("db", "tcp", 5432),
         {"meshName": "m", "virtualRouterName": "h2", "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http2"}}]}},
         {"meshName": "m", "virtualRouterName": "grpc", "spec": {"listeners": [{"portMapping": {"port": 9090, "protocol": "grpc"}}]}},
-        route("h2", "split", json!({"http2Route": {"match": {"prefix": "/", "method": "POST", "scheme": "https",
+        // Sticky on a cookie over two targets: Envoy's hash policy.
+        json!({"meshName": "m", "virtualRouterName": "h2", "routeName": "split",
+            "maille": {"sticky": {"cookie": "session"}}, "spec": {"http2Route": {"match": {"prefix": "/", "method": "POST", "scheme": "https",
             "queryParameters": [{"name": "beta", "match": {"exact": "1"}}],
             "headers": [{"name": "x-tier", "invert": true, "match": {"range": {"start": 1, "end": 3}}}]},
             "action": {"weightedTargets": [{"virtualNode": "h2a", "weight": 3}, {"virtualNode": "h2b", "weight": 1}]},
-            "retryPolicy": {"maxRetries": 3, "perRetryTimeout": {"unit": "ms", "value": 500}, "httpRetryEvents": ["stream-error", "client-error"]}}})),
+            "retryPolicy": {"maxRetries": 3, "perRetryTimeout": {"unit": "ms", "value": 500}, "httpRetryEvents": ["stream-error", "client-error"]}}}}),
         route("grpc", "method", json!({"priority": 1, "grpcRoute": {"match": {"serviceName": "colors.Teller", "methodName": "Tell",
             "metadata": [{"name": "x-variant", "match": {"suffix": "-b"}}]},
             "action": {"weightedTargets": [{"virtualNode": "gb", "weight": 1}]},
             "retryPolicy": {"maxRetries": 1, "perRetryTimeout": {"unit": "s", "value": 1}, "grpcRetryEvents": ["unavailable", "deadline-exceeded"]}}})),
-        route("grpc", "service", json!({"priority": 2, "grpcRoute": {"match": {"serviceName": "colors.Teller"},
-            "action": {"weightedTargets": [{"virtualNode": "ga", "weight": 9}, {"virtualNode": "gb", "weight": 1}]}}})),
+        // Sticky on a header over three targets: the canary filter.
+        json!({"meshName": "m", "virtualRouterName": "grpc", "routeName": "service",
+            "maille": {"sticky": {"header": "x-user-id"}}, "spec": {"priority": 2, "grpcRoute": {"match": {"serviceName": "colors.Teller"},
+            "action": {"weightedTargets": [{"virtualNode": "ga", "weight": 8}, {"virtualNode": "gb", "weight": 1}, {"virtualNode": "gc", "weight": 1}]}}}}),
         {"meshName": "m", "virtualServiceName": "h2.m.local", "spec": {"provider": {"virtualRouter": {"virtualRouterName": "h2"}}}},
         {"meshName": "m", "virtualServiceName": "grpc.m.local", "spec": {"provider": {"virtualRouter": {"virtualRouterName": "grpc"}}}},
         {"meshName": "m", "virtualServiceName": "db.m.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "db"}}}}
@@ -139,10 +143,10 @@ fn envoy_validates_http2_grpc_and_tcp_routes_and_tls() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The client: egress + egress-tcp listeners; 2 canary filters (h2 split, gRPC service split).
+    // The client: egress + egress-tcp listeners; one canary filter (the 3-target sticky split).
     assert!(
-        stdout.contains("mesh/m/virtualNode/client: valid (2 listeners, 5 clusters, 2 filters)"),
+        stdout.contains("mesh/m/virtualNode/client: valid (2 listeners, 6 clusters, 1 filters)"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches(": valid (").count(), 6, "{stdout}");
+    assert_eq!(stdout.matches(": valid (").count(), 7, "{stdout}");
 }

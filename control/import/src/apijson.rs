@@ -10,7 +10,7 @@ use serde_json::Value;
 /// Output-only fields of `describe-*`, ignored quietly: they are not configuration.
 const OUTPUT_ONLY: [&str; 2] = ["metadata", "status"];
 /// Request fields with no meaning here, ignored with a warning.
-const IGNORED: [&str; 3] = ["tags", "clientToken", "meshOwner"];
+const IGNORED: [&str; 2] = ["clientToken", "meshOwner"];
 
 pub(super) fn import(file: &str, text: &str) -> Result<Imported, ImportError> {
     let v: Value = serde_json::from_str(text).map_err(|e| ImportError {
@@ -107,6 +107,36 @@ fn one(file: &str, base: &str, v: Value, out: &mut Imported) -> Result<(), Impor
                     format!("{path}.")
                 }
             ));
+        }
+    }
+    if let Some(t) = inner.remove("tags") {
+        let tp = if path.is_empty() {
+            "tags".to_owned()
+        } else {
+            format!("{path}.tags")
+        };
+        let pairs = t
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| {
+                        Some((
+                            t.get("key")?.as_str()?.to_owned(),
+                            t.get("value")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_owned(),
+                        ))
+                    })
+                    .collect()
+            })
+            .ok_or_else(|| ImportError {
+                file: file.to_owned(),
+                path: tp.clone(),
+                message: "expected a list of {\"key\", \"value\"}".into(),
+            })?;
+        if let Some(m) = super::tags(file, &tp, kind, pairs, &mut out.warnings)? {
+            inner.insert("maille".into(), m);
         }
     }
     out.resources

@@ -132,13 +132,35 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
             _ => Map::new(),
         };
         let mut resolved = Map::new();
+        let mut maille = None;
         for (k, v) in props {
             let p = format!("{path}.Properties.{k}");
             match k.as_str() {
-                "Tags" | "MeshOwner" => {
+                "MeshOwner" => {
                     out.warnings.push(format!(
                         "{file}: {p}: ignored (not part of the mesh configuration)"
                     ));
+                    continue;
+                }
+                "Tags" => {
+                    let v = ctx.resolve(&p, &v, 0)?;
+                    let pairs = v
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|t| {
+                                    Some((
+                                        t.get("Key")?.as_str()?.to_owned(),
+                                        t.get("Value")
+                                            .and_then(Value::as_str)
+                                            .unwrap_or("")
+                                            .to_owned(),
+                                    ))
+                                })
+                                .collect()
+                        })
+                        .ok_or_else(|| err(&p, "expected a list of Key/Value".into()))?;
+                    maille = super::tags(file, &p, kind, pairs, &mut out.warnings)?;
                     continue;
                 }
                 _ => {}
@@ -157,7 +179,10 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
         resolved
             .entry(name_key.to_owned())
             .or_insert_with(|| Value::String(logical.clone()));
-        let v = super::camel_keys(Value::Object(resolved));
+        let mut v = super::camel_keys(Value::Object(resolved));
+        if let (Some(m), Value::Object(o)) = (maille, &mut v) {
+            o.insert("maille".into(), m);
+        }
         out.resources
             .push(typed(file, &format!("{path}.Properties"), kind, v)?);
     }

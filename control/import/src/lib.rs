@@ -151,6 +151,58 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The tag keys that carry Maille's settings, in every format (App Mesh's tags are the one
+/// extension point all its formats have): `maille:sticky-header` and `maille:sticky-cookie`
+/// on a route ask for a sticky split on that header or cookie.
+pub const MAILLE_TAGS: [&str; 2] = ["maille:sticky-header", "maille:sticky-cookie"];
+
+/// Reads a resource's tags: the `maille:` ones become its Maille settings (the value of its
+/// `maille` field); the others are not part of the mesh and get one warning. A `maille:` tag
+/// Maille does not know, or on a resource that takes none, is an error naming it.
+pub(crate) fn tags(
+    file: &str,
+    path: &str,
+    kind: maille_model::Kind,
+    tags: Vec<(String, String)>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<serde_json::Value>, ImportError> {
+    let mut sticky = serde_json::Map::new();
+    let mut others = false;
+    for (k, v) in tags {
+        let Some(name) = k.strip_prefix("maille:") else {
+            others = true;
+            continue;
+        };
+        let err = |message: String| ImportError {
+            file: file.to_owned(),
+            path: path.to_owned(),
+            message,
+        };
+        if kind != maille_model::Kind::Route {
+            return Err(err(format!(
+                "tag {k:?}: Maille's tags apply to routes only ({})",
+                MAILLE_TAGS.join(", ")
+            )));
+        }
+        match name {
+            "sticky-header" => sticky.insert("header".into(), v.into()),
+            "sticky-cookie" => sticky.insert("cookie".into(), v.into()),
+            _ => {
+                return Err(err(format!(
+                    "tag {k:?}: not a Maille tag; known: {}",
+                    MAILLE_TAGS.join(", ")
+                )))
+            }
+        };
+    }
+    if others {
+        warnings.push(format!(
+            "{file}: {path}: ignored (not part of the mesh configuration)"
+        ));
+    }
+    Ok((!sticky.is_empty()).then(|| serde_json::json!({ "sticky": sticky })))
+}
+
 /// Turns a JSON value in App Mesh API shape (camelCase) into a resource of `kind`, naming
 /// the path of a bad field.
 pub(crate) fn typed(

@@ -175,6 +175,7 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
     let ctx = context(&vars, &locals, &refs);
     for (kind, _, _, path, b) in blocks {
         let mut fields = Map::new();
+        let mut maille = None;
         for a in b.body.attributes() {
             let k = a.key.as_str();
             let ap = format!("{path}.{k}");
@@ -188,10 +189,31 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
                     ))
                 }
                 "depends_on" | "provider" => continue,
-                "tags" | "tags_all" | "mesh_owner" => {
+                "tags_all" | "mesh_owner" => {
                     out.warnings.push(format!(
                         "{file}: {ap}: ignored (not part of the mesh configuration)"
                     ));
+                    continue;
+                }
+                "tags" => {
+                    let v = a.expr.evaluate(&ctx).map_err(|e| err(&ap, e.to_string()))?;
+                    let v = to_json(&ap, v).map_err(|m| err(&ap, m))?;
+                    let pairs = v
+                        .as_object()
+                        .map(|o| {
+                            o.iter()
+                                .map(|(k, v)| {
+                                    (
+                                        k.clone(),
+                                        v.as_str()
+                                            .map(str::to_owned)
+                                            .unwrap_or_else(|| v.to_string()),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .ok_or_else(|| err(&ap, "expected a map of tags".into()))?;
+                    maille = super::tags(file, &ap, kind, pairs, &mut out.warnings)?;
                     continue;
                 }
                 _ => {}
@@ -219,6 +241,9 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
                     ))
                 }
             }
+        }
+        if let Some(m) = maille {
+            fields.insert("maille".into(), m);
         }
         out.resources
             .push(typed(file, &path, kind, Value::Object(fields))?);

@@ -269,3 +269,110 @@ fn validation_errors_give_resource_and_field_path() {
     );
     assert_eq!(e, vec!["virtualNode/m/t: spec.listeners[0].tls.mode: must be STRICT, PERMISSIVE or DISABLED, got \"LAX\""]);
 }
+
+#[test]
+fn maille_tags_ask_for_a_sticky_split_in_every_format() {
+    use maille_model::Sticky;
+    let p = Params::new();
+    let api = r#"[{"meshName": "m", "virtualRouterName": "r", "routeName": "x",
+        "spec": {"httpRoute": {"match": {"prefix": "/"}, "action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}}},
+        "tags": [{"key": "team", "value": "colors"}, {"key": "maille:sticky-header", "value": "x-user-id"}]}]"#;
+    let cfn = r#"
+Resources:
+  X:
+    Type: AWS::AppMesh::Route
+    Properties:
+      MeshName: m
+      VirtualRouterName: r
+      RouteName: x
+      Spec:
+        HttpRoute:
+          Match: { Prefix: / }
+          Action: { WeightedTargets: [{ VirtualNode: a, Weight: 1 }] }
+      Tags:
+        - { Key: "maille:sticky-cookie", Value: !Sub "session" }
+"#;
+    let tf = r#"
+resource "aws_appmesh_route" "x" {
+  name = "x"
+  mesh_name = "m"
+  virtual_router_name = "r"
+  spec {
+    http_route {
+      match { prefix = "/" }
+      action {
+        weighted_target {
+          virtual_node = "a"
+          weight = 1
+        }
+      }
+    }
+  }
+  tags = { "maille:sticky-header" = "x-user-id" }
+}
+"#;
+    let sticky_of = |i: maille_import::Imported| match &i.resources[0] {
+        Resource::Route(r) => r.maille.as_ref().and_then(|m| m.sticky.clone()),
+        _ => None,
+    };
+    let i = import_str("r.json", api, Format::ApiJson, &p).unwrap();
+    assert!(
+        i.warnings
+            .iter()
+            .any(|w| w.contains("r.json: [0].tags: ignored")),
+        "{:?}",
+        i.warnings
+    );
+    let header = Some(Sticky {
+        header: Some("x-user-id".into()),
+        cookie: None,
+    });
+    assert_eq!(sticky_of(i), header);
+    assert_eq!(
+        sticky_of(import_str("r.yaml", cfn, Format::CloudFormation, &p).unwrap()),
+        Some(Sticky {
+            header: None,
+            cookie: Some("session".into())
+        })
+    );
+    assert_eq!(
+        sticky_of(import_str("r.tf", tf, Format::Terraform, &p).unwrap()),
+        header
+    );
+
+    // An unknown Maille tag, or one on a resource that takes none, is refused by name.
+    let e = import_str(
+        "r.json",
+        &api.replace("maille:sticky-header", "maille:stiky"),
+        Format::ApiJson,
+        &p,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("\"maille:stiky\": not a Maille tag"),
+        "{e}"
+    );
+    let e = import_str(
+        "m.json",
+        r#"{"meshName": "m", "spec": {}, "tags": [{"key": "maille:sticky-header", "value": "x"}]}"#,
+        Format::ApiJson,
+        &p,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("apply to routes only"), "{e}");
+
+    // The value is checked like every field.
+    let bad = import_str(
+        "r.json",
+        &api.replace("x-user-id", "x user"),
+        Format::ApiJson,
+        &p,
+    )
+    .unwrap();
+    let e = check_all(&maille_model::resources(bad.resources)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("maille.sticky.header: must be a header name"),
+        "{e}"
+    );
+}

@@ -672,6 +672,34 @@ pub struct Route {
     pub route_name: String,
     /// Its settings.
     pub spec: RouteSpec,
+    /// Maille's settings of the route, beyond App Mesh's (from the `maille:` tags of any
+    /// format, or this field in Maille's JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maille: Option<RouteOptions>,
+}
+
+/// Maille's settings of a route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteOptions {
+    /// Keep each user on one target of the weighted split: the choice is a hash of this key,
+    /// so a user who reached a target stays there as long as the weights hold, and raising a
+    /// target's weight only moves users onto it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+}
+
+/// What identifies a user for a sticky split: exactly one of a request header or a cookie.
+/// Requests without it are split at random.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sticky {
+    /// A request header, such as `x-user-id` (tag `maille:sticky-header`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A cookie, such as `session` (tag `maille:sticky-cookie`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
 }
 
 /// `RouteSpec`: exactly one of the four route kinds.

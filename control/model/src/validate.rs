@@ -229,6 +229,9 @@ fn check_into(r: &Resource, errors: &mut Vec<SpecError>) {
             c.name("virtualRouterName", &rt.virtual_router_name);
             c.name("routeName", &rt.route_name);
             route_spec(&mut c, &rt.spec);
+            if let Some(s) = rt.maille.as_ref().and_then(|m| m.sticky.as_ref()) {
+                sticky(&mut c, s);
+            }
         }
         Resource::VirtualService(vs) => {
             c.name("meshName", &vs.mesh_name);
@@ -571,6 +574,39 @@ fn client_policy(c: &mut Check<'_>, p: &str, cp: &ClientPolicy) {
         certificate(c, &format!("{p}.tls.certificate"), cert);
     }
     validation(c, &format!("{p}.tls.validation"), &t.validation);
+}
+
+/// An HTTP token (RFC 9110): header and cookie names.
+fn token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= limits::MAX_NAME_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn sticky(c: &mut Check<'_>, s: &Sticky) {
+    match (&s.header, &s.cookie) {
+        (Some(h), None) => {
+            if !token(h) || h.starts_with(':') {
+                c.err(
+                    "maille.sticky.header",
+                    format!("must be a header name (letters, digits, -, _ ...), got {h:?}"),
+                );
+            }
+        }
+        (None, Some(k)) => {
+            if !token(k) {
+                c.err(
+                    "maille.sticky.cookie",
+                    format!("must be a cookie name, got {k:?}"),
+                );
+            }
+        }
+        _ => c.err(
+            "maille.sticky",
+            "exactly one of header or cookie is required",
+        ),
+    }
 }
 
 fn route_spec(c: &mut Check<'_>, s: &RouteSpec) {

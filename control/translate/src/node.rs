@@ -173,6 +173,7 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
                 &name,
                 Vec::new(),
                 opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
+                false,
             )
         };
         let mut l_out = listener::Listener {
@@ -221,13 +222,20 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
     }
 }
 
+/// Headers only Maille sets: removed from what the application sends to its egress listener,
+/// before routing and before any filter, so that no client picks a cluster or a variant.
+const MAILLE_HEADERS: [&str; 2] = [defaults::CLUSTER_HEADER, defaults::VARIANT_HEADER];
+
 /// An HTTP connection manager on route configuration `rds` (from ADS) with `filters` before
-/// the router.
+/// the router; with `strip_maille_headers`, requests lose [`MAILLE_HEADERS`] first.
 pub(crate) fn http_connection_manager(
     rds: &str,
     mut filters: Vec<hcm::HttpFilter>,
     tracing: Option<&str>,
+    strip_maille_headers: bool,
 ) -> listener::Filter {
+    use envoy_types::pb::envoy::config::common::mutation_rules::v3 as rules;
+    use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3 as ehm;
     filters.push(hcm::HttpFilter {
         name: "envoy.filters.http.router".into(),
         config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
@@ -247,6 +255,21 @@ pub(crate) fn http_connection_manager(
         strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
         http_filters: filters,
         tracing: tracing.map(trace_config),
+        early_header_mutation_extensions: if strip_maille_headers {
+            vec![core::TypedExtensionConfig {
+                name: "envoy.http.early_header_mutation.header_mutation".into(),
+                typed_config: Some(any(&ehm::HeaderMutation {
+                    mutations: MAILLE_HEADERS
+                        .iter()
+                        .map(|h| rules::HeaderMutation {
+                            action: Some(rules::header_mutation::Action::Remove((*h).into())),
+                        })
+                        .collect(),
+                })),
+            }]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     listener::Filter {
@@ -426,6 +449,7 @@ fn egress(
                     http_filters
                 },
                 opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
+                true,
             )],
             ..Default::default()
         }],

@@ -19,6 +19,10 @@ pub mod defaults {
     pub const MAX_RETRIES: u32 = 2;
     /// See [`RETRY_ON`].
     pub const PER_RETRY_TIMEOUT_MS: u64 = 15_000;
+    /// The sum every sticky split's weights are scaled to: with a constant total, Envoy maps a
+    /// user's hash to the same point of the range whatever the weights, so a weight change
+    /// only moves the users between the targets' old and new boundaries.
+    pub const STICKY_TOTAL_WEIGHT: u32 = 10_000;
     /// Request header the canary filter writes the chosen cluster into.
     pub const CLUSTER_HEADER: &str = maille_filter_config::canary::DEFAULT_CLUSTER_HEADER;
     /// Request header that carries the chosen variant (the target virtual node's name).

@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::config::route::v3 as route;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf::Any;
-use maille_filter_config::canary::{CanaryConfig, Target};
+use maille_filter_config::canary::{CanaryConfig, StickyKey, Target};
 use maille_model::*;
 
 pub(crate) fn prefix_match(p: &str) -> route::RouteMatch {
@@ -241,58 +241,157 @@ pub(crate) fn envoy_route(
         ..Default::default()
     };
     let live: Vec<_> = targets.iter().filter(|(t, _)| t.weight > 0).collect();
+    let sticky = rt.maille.as_ref().and_then(|m| m.sticky.as_ref());
     let mut filter = None;
-    if live.len() == 1 {
+    if live.is_empty() {
+        return Err(format!("{id}: no target has a weight above 0 (skipped)"));
+    } else if live.len() == 1 {
         let (t, c) = live[0];
         ra.cluster_specifier = Some(route::route_action::ClusterSpecifier::Cluster(c.clone()));
         r.request_headers_to_add
             .push(variant_header(&t.virtual_node));
+    } else if sticky.is_none() || targets.len() == 2 {
+        // Envoy splits natively, each cluster adding its variant header.
+        native_split(&mut ra, &targets, sticky);
     } else {
-        // Two or more live targets: the canary filter instance of this route chooses.
-        let config = CanaryConfig {
-            targets: targets
-                .iter()
-                .map(|(t, c)| Target {
-                    name: t.virtual_node.clone(),
-                    cluster: c.clone(),
-                    weight: t.weight,
-                })
-                .collect(),
-            rules: Vec::new(),
-            sticky: None,
-            cluster_header: defaults::CLUSTER_HEADER.into(),
-            variant_header: defaults::VARIANT_HEADER.into(),
-        };
-        if let Err(e) = config.validate() {
-            return Err(format!(
-                "{id}: its canary filter config is refused: {e} (skipped)"
-            ));
-        }
-        let Some(module) = cx.module("canary") else {
-            return Err(format!(
-                "{id}: splits traffic but the canary module is not served (skipped)"
-            ));
-        };
-        let name = names::versioned(
-            &names::canary_filter(&rt.virtual_router_name, &rt.route_name),
-            &module.sha256,
-        );
-        out.filters
-            .push(wasm_extension(&name, module, "canary", &config.to_json()));
-        filter = Some(ecds_filter(&name, true));
+        // A sticky split over three or more targets: Envoy's hash-based split would move
+        // users between the middle targets when weights change; the canary filter's
+        // rendezvous hashing moves users only onto a target whose weight rose.
+        let f = canary_split(out, cx, &id, rt, &targets, sticky, &mut r)?;
+        filter = Some(f);
         ra.cluster_specifier = Some(route::route_action::ClusterSpecifier::ClusterHeader(
             defaults::CLUSTER_HEADER.into(),
         ));
-        r.typed_per_filter_config.insert(
-            name,
-            // An empty `config` (present, no type) enables a disabled filter on this route.
-            any(&route::FilterConfig {
-                config: Some(Any::default()),
-                is_optional: false,
-                disabled: false,
-            }),
-        );
     }
     r.action = Some(route::route::Action::Route(ra));
     Ok((r, filter))
+}
+
+/// `weighted_clusters` over `targets` in the spec's order, each adding its variant header;
+/// when `sticky`, the choice is a hash of the user's key (`use_hash_policy`) and the weights
+/// are scaled to [`defaults::STICKY_TOTAL_WEIGHT`]. With two targets, raising either's weight moves
+/// users onto it only.
+fn native_split(
+    ra: &mut route::RouteAction,
+    targets: &[(&WeightedTarget, String)],
+    sticky: Option<&Sticky>,
+) {
+    let weights: Vec<u32> = match sticky {
+        None => targets.iter().map(|(t, _)| t.weight).collect(),
+        Some(_) => {
+            let sum: u64 = targets.iter().map(|(t, _)| u64::from(t.weight)).sum();
+            let mut scaled: Vec<u32> = targets
+                .iter()
+                .map(|(t, _)| {
+                    (u64::from(t.weight) * u64::from(defaults::STICKY_TOTAL_WEIGHT) / sum.max(1))
+                        as u32
+                })
+                .collect();
+            // Rounding goes to the last target with a weight, keeping the total exact.
+            let short = defaults::STICKY_TOTAL_WEIGHT - scaled.iter().sum::<u32>();
+            if let Some(i) = targets.iter().rposition(|(t, _)| t.weight > 0) {
+                scaled[i] += short;
+            }
+            scaled
+        }
+    };
+    ra.cluster_specifier = Some(route::route_action::ClusterSpecifier::WeightedClusters(
+        route::WeightedCluster {
+            clusters: targets
+                .iter()
+                .zip(weights)
+                .map(|((t, c), w)| route::weighted_cluster::ClusterWeight {
+                    name: c.clone(),
+                    weight: Some(u32v(w)),
+                    request_headers_to_add: vec![variant_header(&t.virtual_node)],
+                    ..Default::default()
+                })
+                .collect(),
+            random_value_specifier: sticky.map(|_| {
+                route::weighted_cluster::RandomValueSpecifier::UseHashPolicy(
+                    envoy_types::pb::google::protobuf::BoolValue { value: true },
+                )
+            }),
+            ..Default::default()
+        },
+    ));
+    if let Some(s) = sticky {
+        ra.hash_policy.push(hash_policy(s));
+    }
+}
+
+fn hash_policy(s: &Sticky) -> route::route_action::HashPolicy {
+    use route::route_action::hash_policy::{Cookie, Header, PolicySpecifier};
+    let spec = match (&s.header, &s.cookie) {
+        (Some(h), _) => PolicySpecifier::Header(Header {
+            header_name: h.to_ascii_lowercase(),
+            ..Default::default()
+        }),
+        (None, Some(c)) => PolicySpecifier::Cookie(Cookie {
+            name: c.clone(),
+            ..Default::default()
+        }),
+        (None, None) => PolicySpecifier::Header(Header::default()),
+    };
+    route::route_action::HashPolicy {
+        policy_specifier: Some(spec),
+        ..Default::default()
+    }
+}
+
+/// The canary filter instance of this route (ECDS, enabled on this route only), making a
+/// sticky choice over three or more targets and writing the cluster header the route reads.
+fn canary_split(
+    out: &mut NodeConfig,
+    cx: &Ctx<'_>,
+    id: &str,
+    rt: &Route,
+    targets: &[(&WeightedTarget, String)],
+    sticky: Option<&Sticky>,
+    r: &mut route::Route,
+) -> Result<hcm::HttpFilter, String> {
+    let config = CanaryConfig {
+        targets: targets
+            .iter()
+            .map(|(t, c)| Target {
+                name: t.virtual_node.clone(),
+                cluster: c.clone(),
+                weight: t.weight,
+            })
+            .collect(),
+        rules: Vec::new(),
+        sticky: sticky.map(|s| match (&s.header, &s.cookie) {
+            (Some(h), _) => StickyKey::Header(h.to_ascii_lowercase()),
+            (None, c) => StickyKey::Cookie(c.clone().unwrap_or_default()),
+        }),
+        cluster_header: defaults::CLUSTER_HEADER.into(),
+        variant_header: defaults::VARIANT_HEADER.into(),
+    };
+    if let Err(e) = config.validate() {
+        return Err(format!(
+            "{id}: its canary filter config is refused: {e} (skipped)"
+        ));
+    }
+    let Some(module) = cx.module("canary") else {
+        return Err(format!(
+            "{id}: a sticky split over {} targets needs the canary module, which is not served (skipped)",
+            targets.len()
+        ));
+    };
+    let name = names::versioned(
+        &names::canary_filter(&rt.virtual_router_name, &rt.route_name),
+        &module.sha256,
+    );
+    out.filters
+        .push(wasm_extension(&name, module, "canary", &config.to_json()));
+    r.typed_per_filter_config.insert(
+        name.clone(),
+        // An empty `config` (present, no type) enables a disabled filter on this route.
+        any(&route::FilterConfig {
+            config: Some(Any::default()),
+            is_optional: false,
+            disabled: false,
+        }),
+    );
+    Ok(ecds_filter(&name, true))
 }

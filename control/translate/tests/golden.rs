@@ -69,6 +69,7 @@ fn pool() -> &'static DescriptorPool {
             "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
             "envoy/extensions/transport_sockets/tls/v3/tls.proto",
             "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+            "envoy/extensions/http/early_header_mutation/header_mutation/v3/header_mutation.proto",
             "google/protobuf/empty.proto",
         ];
         let fds = protox::compile(files, &includes).expect("Envoy's protos compile");
@@ -395,4 +396,146 @@ fn the_consistency_check_catches_a_dangling_name() {
     let j = config_json(&cfg);
     let caught = std::panic::catch_unwind(|| check_consistent("gateway", &j));
     assert!(caught.is_err(), "a missing RDS went unnoticed");
+}
+
+/// The demo mesh with the weighted route's targets and stickiness replaced.
+fn with_route(targets: &[(&str, u32)], sticky: bool) -> Resources {
+    let mut r = load("deploy/examples/colorteller/local/colorapp.json");
+    let key = r
+        .keys()
+        .find(|k| k.name == "colorteller-vr/colorteller-route")
+        .unwrap()
+        .clone();
+    let mut route = (*r[&key]).clone();
+    if let Resource::Route(rt) = &mut route {
+        let action = &mut rt.spec.http_route.as_mut().unwrap().action;
+        action.weighted_targets = targets
+            .iter()
+            .map(|(n, w)| maille_model::WeightedTarget {
+                virtual_node: (*n).into(),
+                weight: *w,
+                port: None,
+            })
+            .collect();
+        rt.maille = sticky.then(|| maille_model::RouteOptions {
+            sticky: Some(maille_model::Sticky {
+                header: Some("X-User-Id".into()),
+                cookie: None,
+            }),
+        });
+    }
+    r.insert(key, std::sync::Arc::new(route));
+    r
+}
+
+fn gateway_json(r: &Resources) -> Value {
+    let modules = modules();
+    let world = World {
+        resources: r,
+        modules: &modules,
+    };
+    config_json(&node_config(
+        world,
+        "colorapp",
+        "colorgateway",
+        &NodeOptions::default(),
+    ))
+}
+
+fn split_of(j: &Value) -> Value {
+    let mut routes = Vec::new();
+    values_of(&j["routes"], "routes", &mut routes);
+    routes
+        .iter()
+        .flat_map(|rs| rs.as_array().unwrap())
+        .find(|r| r["name"] == "route/colorteller-vr/colorteller-route")
+        .unwrap()["route"]
+        .clone()
+}
+
+#[test]
+fn weighted_targets_split_natively_and_sticky_ones_keep_a_constant_total() {
+    // Random split: Envoy's weighted clusters with the spec's weights, no canary filter.
+    let j = gateway_json(&with_route(
+        &[("colorteller-white", 8), ("colorteller-black", 2)],
+        false,
+    ));
+    let route = split_of(&j);
+    let clusters = route["weighted_clusters"]["clusters"].as_array().unwrap();
+    let weights: Vec<(&str, u64)> = clusters
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["weight"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("node/colorteller-white/10011", 8),
+            ("node/colorteller-black/10012", 2)
+        ]
+    );
+    assert_eq!(
+        clusters[1]["request_headers_to_add"][0]["header"]["value"],
+        "colorteller-black"
+    );
+    assert!(route.get("hash_policy").is_none());
+    assert!(
+        !j["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"].as_str().unwrap().starts_with("filter/canary/")),
+        "a canary filter where Envoy splits natively"
+    );
+
+    // Sticky over two targets: hashed on the header, weights scaled to 10,000 whatever the
+    // spec's sum, so raising one's weight moves users onto it only.
+    for (w, b) in [(9, 1), (8, 2), (1, 2)] {
+        let j = gateway_json(&with_route(
+            &[("colorteller-white", w), ("colorteller-black", b)],
+            true,
+        ));
+        let route = split_of(&j);
+        assert_eq!(
+            route["hash_policy"][0]["header"]["header_name"],
+            "x-user-id"
+        );
+        assert_eq!(route["weighted_clusters"]["use_hash_policy"], true);
+        let ws: Vec<u64> = route["weighted_clusters"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["weight"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ws.iter().sum::<u64>(), 10_000, "{ws:?}");
+        assert_eq!(ws[0], u64::from(10_000 * w / (w + b)), "{ws:?}");
+    }
+
+    // Sticky over three targets: the canary filter's rendezvous hashing, enabled on this
+    // route only.
+    let j = gateway_json(&with_route(
+        &[
+            ("colorteller-white", 6),
+            ("colorteller-black", 2),
+            ("colorteller-red", 2),
+        ],
+        true,
+    ));
+    let route = split_of(&j);
+    assert_eq!(route["cluster_header"], "x-maille-cluster");
+    let canary = j["filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"].as_str().unwrap().starts_with("filter/canary/"))
+        .expect("the canary filter");
+    let config = canary
+        .pointer("/typed_config/config/configuration/value")
+        .unwrap();
+    assert!(
+        config
+            .as_str()
+            .unwrap()
+            .contains(r#""sticky":{"header":"x-user-id"}"#),
+        "{config}"
+    );
 }

@@ -250,6 +250,34 @@ pub fn colorteller(apps: &Apps, weights: &[(&str, u32)]) -> Value {
     Value::Array(docs)
 }
 
+/// `mesh` (from [`colorteller`]) with its route made sticky on request header `header`,
+/// asked the way App Mesh users can in every format: a `maille:sticky-header` tag.
+pub fn sticky(mut mesh: Value, header: &str) -> Value {
+    for d in mesh.as_array_mut().unwrap() {
+        if d.get("routeName").is_some() {
+            d["tags"] = json!([{"key": "maille:sticky-header", "value": header}]);
+        }
+    }
+    mesh
+}
+
+/// Which app answers user `user` (header `x-user-id`) through Envoy's egress port.
+pub fn answer_for(a: &ureq::Agent, egress: u16, user: &str) -> String {
+    let mut r = a
+        .get(&format!("http://127.0.0.1:{egress}/"))
+        .header("host", "colorteller.local")
+        .header("x-user-id", user)
+        .call()
+        .expect("request through Envoy");
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_string().unwrap_or_default();
+    if status == 200 {
+        body
+    } else {
+        format!("HTTP {status}")
+    }
+}
+
 /// Sends `n` requests for `colorteller.local` through Envoy's egress port; counts answers.
 pub fn tally(egress: u16, n: usize) -> BTreeMap<String, usize> {
     let a = agent();
