@@ -262,3 +262,144 @@ impl Signal for Metrics {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Condvar;
+    use std::time::Duration;
+
+    /// A signal whose conversion waits until the test opens its gate.
+    #[derive(Clone, Default)]
+    struct Gated {
+        gate: Arc<(Mutex<bool>, Condvar)>,
+        running: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Gated {
+        fn open(&self) {
+            *self.gate.0.lock().unwrap() = true;
+            self.gate.1.notify_all();
+        }
+    }
+
+    impl Signal for Gated {
+        type Request = ExportTraceServiceRequest;
+        type Response = ExportTraceServiceResponse;
+        const WHAT: &'static str = "trace";
+        const SERVICE: &'static str = "test";
+        const METHOD: &'static str = "/test/Export";
+        const ROOT: scan::Root = scan::Root::Traces;
+        const ALWAYS_BLOCKING: bool = false;
+
+        fn take(&self, _: Self::Request, _: usize) -> Result<Self::Response, Refused> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let (open, cv) = &*self.gate;
+            let mut g = open.lock().unwrap();
+            while !*g {
+                g = cv.wait(g).unwrap();
+            }
+            drop(g);
+            std::thread::sleep(Duration::from_millis(20));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(Default::default())
+        }
+    }
+
+    fn large_body() -> Bytes {
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        name: "n".repeat(INLINE_BYTES + 1),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    fn intake(converters: usize) -> Intake {
+        Intake {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            converters: Arc::new(Semaphore::new(converters)),
+        }
+    }
+
+    #[test]
+    fn a_large_request_is_converted_off_the_async_worker() {
+        let sig = Gated::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = sig.clone();
+        std::thread::spawn(move || {
+            // One thread for everything async: if the conversion ran on it, nothing else
+            // could open the gate.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let r = rt.block_on(async move {
+                let (s2, intake) = (s.clone(), intake(1));
+                let task = tokio::spawn(async move {
+                    receive(&s2, &intake, large_body(), Format::Protobuf, false).await
+                });
+                while s.running.load(Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                s.open();
+                task.await.unwrap()
+            });
+            let _ = tx.send(r.is_ok());
+        });
+        let ok = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the conversion held the async worker");
+        assert!(ok);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_conversions_run_a_bounded_number_at_once() {
+        let sig = Gated::default();
+        sig.open();
+        let intake = intake(2);
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let (s, i) = (sig.clone(), intake.clone());
+                tokio::spawn(
+                    async move { receive(&s, &i, large_body(), Format::Protobuf, false).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(sig.most.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn gzip_is_decompressed_within_the_limit() {
+        use std::io::Write;
+        let gz = |b: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(b).unwrap();
+            e.finish().unwrap()
+        };
+        assert_eq!(&gunzip(&gz(b"hello"), 5).unwrap()[..], b"hello");
+        // Two members, as `cat a.gz b.gz` makes.
+        let two = [gz(b"ab"), gz(b"cd")].concat();
+        assert_eq!(&gunzip(&two, 100).unwrap()[..], b"abcd");
+        match gunzip(&gz(&[0u8; 10_000]), 9_999) {
+            Err(Refused::TooLarge(m)) => assert!(m.contains("9999 bytes"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(gunzip(b"not gzip", 100), Err(Refused::Invalid(_))));
+    }
+}

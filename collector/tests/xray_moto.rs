@@ -286,20 +286,31 @@ fn an_xray_outage_of_20_seconds_mid_stream_loses_nothing() {
 }
 
 #[test]
-fn the_python_opentelemetry_sdk_sends_over_grpc_and_http_and_spans_arrive() {
+fn the_python_opentelemetry_sdk_sends_plain_and_gzip_over_grpc_and_http() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let moto = Moto::start_on(free_port());
     let running = collector(&rt, &moto.url());
     let python = maille_testkit::repo_root().join(".venv/bin/python");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel_sdk_client.py");
-    for (protocol, endpoint) in [
-        ("grpc", format!("http://127.0.0.1:{}", running.grpc_port)),
-        ("http", format!("http://127.0.0.1:{}", running.http_port)),
-    ] {
-        let out = std::process::Command::new(&python)
-            .args([script, protocol, &endpoint, &format!("shop-{protocol}")])
-            .output()
-            .expect("run the Python SDK client");
+    let runs = [
+        ("grpc", None),
+        ("http", None),
+        ("grpc", Some("gzip")),
+        ("http", Some("gzip")),
+    ];
+    for (run, (protocol, compression)) in runs.into_iter().enumerate() {
+        let endpoint = match protocol {
+            "grpc" => format!("http://127.0.0.1:{}", running.grpc_port),
+            _ => format!("http://127.0.0.1:{}", running.http_port),
+        };
+        let service = format!("shop-{protocol}-{}", compression.unwrap_or("plain"));
+        let mut cmd = std::process::Command::new(&python);
+        cmd.args([script, protocol, &endpoint, &service]);
+        if let Some(c) = compression {
+            // The SDK's own setting: every export is compressed.
+            cmd.env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", c);
+        }
+        let out = cmd.output().expect("run the Python SDK client");
         assert!(
             out.status.success(),
             "{protocol}: {}",
@@ -310,23 +321,19 @@ fn the_python_opentelemetry_sdk_sends_over_grpc_and_http_and_spans_arrive() {
             .map(str::to_owned)
             .collect();
         let (trace, span_ids) = (lines[0].clone(), &lines[1..]);
-        wait_exported(
-            &running,
-            2 * if protocol == "grpc" { 1 } else { 2 },
-            Duration::from_secs(20),
-        );
+        wait_exported(&running, 2 * (run as u64 + 1), Duration::from_secs(20));
         let docs = stored(&rt, &moto.url(), std::slice::from_ref(&trace));
         let mut got: Vec<&String> = docs.keys().collect();
         let mut want: Vec<&String> = span_ids.iter().collect();
         got.sort();
         want.sort();
-        assert_eq!(got, want, "{protocol}: the SDK's spans, each once");
+        assert_eq!(got, want, "{service}: the SDK's spans, each once");
         let root = &docs[&span_ids[0]];
         let child = &docs[&span_ids[1]];
         for d in [root, child] {
             maille_collector::check_document(d).unwrap_or_else(|e| panic!("{d}: {e:?}"));
         }
-        assert_eq!(root["name"], format!("shop-{protocol}").as_str());
+        assert_eq!(root["name"], service.as_str());
         assert_eq!(root["origin"], "AWS::EC2::Instance");
         assert_eq!(root["aws"]["ec2"]["instance_id"], "i-0123456789abcdef0");
         assert_eq!(root["http"]["response"]["status"], 201);
@@ -444,5 +451,110 @@ fn throttling_and_unprocessed_segments_are_retried_without_duplicates() {
     assert_eq!(stats["exported"], 40, "{stats}");
     // The SDK retries the throttled calls itself; the unprocessed half is resent by us.
     assert!(stats["retried"].as_u64().unwrap() >= 1, "{stats}");
+    rt.block_on(running.stop());
+}
+
+/// Spans `first..first + n` of trace `trace`, 100 to a request, over gRPC.
+fn send_spans(rt: &tokio::runtime::Runtime, port: u16, trace: &[u8; 16], first: u8, n: usize) {
+    let reqs: Vec<ExportTraceServiceRequest> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .map(|c| {
+            request(
+                "isolated",
+                c.iter()
+                    .map(|i| {
+                        let mut sp = span(trace, first, Some(1), SpanKind::Internal, "w", vec![]);
+                        sp.span_id = (*i as u64 + 1).to_be_bytes().to_vec();
+                        sp
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    rt.block_on(async move {
+        let mut c = TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        for r in reqs {
+            c.export(r).await.expect("accepted");
+        }
+    });
+}
+
+fn wait_dropped(running: &maille_collector::Running, reason: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = running.stats.to_json();
+        if s["dropped"][reason] == 1 {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{reason}: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_document_xray_always_leaves_unprocessed_is_dropped_by_code_and_the_rest_arrive() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start_on(free_port());
+    let bad = format!("{:016x}", 7u64);
+    let b = bad.clone();
+    let front = Front::start(&rt, moto.url(), move |docs| {
+        if docs.iter().any(|d| d["id"] == b.as_str()) {
+            FrontRule::Unprocessed(vec![(b.clone(), "InvalidSegment".into())])
+        } else {
+            FrontRule::Forward
+        }
+    });
+    let running = collector(&rt, &front.url());
+    let trace: [u8; 16] = [0x5f, 0x1e, 0x2d, 0x40, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3];
+    send_spans(&rt, running.grpc_port, &trace, 1, 2000);
+    wait_exported(&running, 1999, Duration::from_secs(60));
+    let stats = wait_dropped(&running, "unprocessed by X-Ray: InvalidSegment");
+    assert_eq!(stats["exported"], 1999, "{stats}");
+    let docs = stored(
+        &rt,
+        &moto.url(),
+        &["1-5f1e2d40-030303030303030303030303".to_string()],
+    );
+    assert_eq!(docs.len(), 1999);
+    assert!(!docs.contains_key(&bad));
+    for d in docs.values().take(50) {
+        check_document(d).unwrap_or_else(|e| panic!("{d}: {e:?}"));
+    }
+    assert_eq!(front.times_seen(&bad), 3, "a bounded number of attempts");
+    rt.block_on(running.stop());
+}
+
+#[test]
+fn a_batch_xray_answers_400_delivers_its_good_documents() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start_on(free_port());
+    let bad = format!("{:016x}", 17u64);
+    let b = bad.clone();
+    let front = Front::start(&rt, moto.url(), move |docs| {
+        if docs.iter().any(|d| d["id"] == b.as_str()) {
+            FrontRule::Refuse(400, "InvalidRequestException")
+        } else {
+            FrontRule::Forward
+        }
+    });
+    let running = collector(&rt, &front.url());
+    let trace: [u8; 16] = [0x5f, 0x1e, 0x2d, 0x41, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3];
+    send_spans(&rt, running.grpc_port, &trace, 1, 50);
+    wait_exported(&running, 49, Duration::from_secs(30));
+    let stats = wait_dropped(
+        &running,
+        "refused by X-Ray: X-Ray HTTP 400 InvalidRequestException: refused by the test front",
+    );
+    assert_eq!(stats["exported"], 49, "{stats}");
+    let docs = stored(
+        &rt,
+        &moto.url(),
+        &["1-5f1e2d41-030303030303030303030303".to_string()],
+    );
+    assert_eq!(docs.len(), 49);
+    assert!(!docs.contains_key(&bad));
     rt.block_on(running.stop());
 }

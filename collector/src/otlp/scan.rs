@@ -7,9 +7,11 @@
 //! array values decode to hundreds of MB. Counting needs no allocation and reads each byte
 //! once; it follows the OTLP schema (which fields are messages, strings, or packed numbers)
 //! and prices each decoded value at the size of the struct it becomes (the
-//! `opentelemetry-proto` types' own sizes), twice over for the growth of the vectors holding
-//! them, plus the bytes of strings. Normal telemetry decodes to 2 to 6 times its size; the
-//! limit is [`DECODED_PER_WIRE_BYTE`] times, plus [`DECODED_FLOOR`].
+//! `opentelemetry-proto` types' own sizes), plus the bytes of strings. Telemetry as Envoy and
+//! the SDKs send it comes to 3 to 9 times its size (its strings are short, prost's structs
+//! are not); an empty value is 16 times its two bytes, an empty attribute 32, an empty span
+//! over 100. The limit is [`DECODED_PER_WIRE_BYTE`] times, plus [`DECODED_FLOOR`]; the
+//! vectors' spare capacity can add up to as much again.
 //!
 //! JSON bodies get a coarser bound: every decoded struct starts with a `{`, so their number
 //! times the largest struct bounds the decoded form.
@@ -24,7 +26,7 @@ use prost::encoding::{decode_varint, WireType};
 use std::mem::size_of;
 
 /// Decoded bytes allowed per byte on the wire.
-pub(crate) const DECODED_PER_WIRE_BYTE: usize = 16;
+pub(crate) const DECODED_PER_WIRE_BYTE: usize = 12;
 /// Decoded bytes any request may take, whatever its size.
 pub(crate) const DECODED_FLOOR: usize = 1 << 20;
 /// Decoded bytes allowed per byte of JSON: the JSON bound prices every object at the
@@ -264,8 +266,7 @@ pub(crate) fn census(root: Root, wire: &[u8]) -> Result<Census, ScanError> {
     };
     let mut elements = 0usize;
     walk(top, wire, 0, 0, &mut c, &mut elements)?;
-    // Vectors grow by doubling: up to twice the elements' bytes.
-    c.decoded = c.decoded.saturating_add(elements.saturating_mul(2));
+    c.decoded = c.decoded.saturating_add(elements);
     Ok(c)
 }
 
@@ -390,4 +391,245 @@ fn walk(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use prost::Message;
+
+    fn s(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(spans: Vec<trace::Span>, resource: Vec<KeyValue>) -> ct::ExportTraceServiceRequest {
+        ct::ExportTraceServiceRequest {
+            resource_spans: vec![trace::ResourceSpans {
+                resource: Some(resource::Resource {
+                    attributes: resource,
+                    ..Default::default()
+                }),
+                scope_spans: vec![trace::ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// An Envoy-like span: ids, times, eight string tags.
+    fn envoy_span(i: u64) -> trace::Span {
+        trace::Span {
+            trace_id: vec![7; 16],
+            span_id: i.to_be_bytes().to_vec(),
+            parent_span_id: vec![1; 8],
+            name: "egress colorteller.local".into(),
+            kind: 3,
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_002_000_000,
+            attributes: vec![
+                s("http.method", "GET"),
+                s("http.url", "http://colorteller.local/color"),
+                s("http.status_code", "200"),
+                s("upstream_cluster", "node/colorteller-white/9080"),
+                s("x-maille-variant", "colorteller-white"),
+                s("user_agent", "curl/8.0"),
+                s("component", "proxy"),
+                s("response_flags", "-"),
+            ],
+            status: Some(Default::default()),
+            ..Default::default()
+        }
+    }
+
+    /// What prost really allocates is below the estimate: the census of a request against
+    /// the request decoded (strings and vectors at their capacity).
+    #[test]
+    fn normal_telemetry_is_far_within_the_limit() {
+        let req = request(
+            (0..100).map(envoy_span).collect(),
+            vec![s("service.name", "gateway")],
+        );
+        let wire = req.encode_to_vec();
+        let c = check(Root::Traces, &wire).expect("taken");
+        let ratio = c.decoded as f64 / wire.len() as f64;
+        println!("Envoy-like spans: {ratio:.1}x");
+        assert!(ratio < DECODED_PER_WIRE_BYTE as f64 * 0.75, "{ratio:.1}x");
+        assert!(ratio > 1.0, "{ratio:.1}x");
+        assert_eq!(c.values, 1 + 1 + 100 + 100 * 8 + 1);
+        // Small spans with numbers and booleans: still well within.
+        let tiny: Vec<trace::Span> = (0..1000)
+            .map(|i| trace::Span {
+                trace_id: vec![7; 16],
+                span_id: (i as u64).to_be_bytes().to_vec(),
+                attributes: vec![KeyValue {
+                    key: "ok".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::BoolValue(true)),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let wire = request(tiny, vec![]).encode_to_vec();
+        let c = census(Root::Traces, &wire).unwrap();
+        println!(
+            "spans of ids and a boolean: {:.1}x",
+            c.decoded as f64 / wire.len() as f64
+        );
+        assert!(
+            c.decoded < DECODED_PER_WIRE_BYTE * wire.len(),
+            "{:.1}x",
+            c.decoded as f64 / wire.len() as f64
+        );
+    }
+
+    #[test]
+    fn empty_values_by_the_million_are_refused_and_named() {
+        let empties = KeyValue {
+            key: "e".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::ArrayValue(common::ArrayValue {
+                    values: vec![AnyValue::default(); 1_000_000],
+                })),
+            }),
+            ..Default::default()
+        };
+        let mut sp = envoy_span(1);
+        sp.attributes.push(empties);
+        let wire = request(vec![sp], vec![]).encode_to_vec();
+        let e = check(Root::Traces, &wire).unwrap_err();
+        assert!(
+            e.to_string().contains("1000012 values") && e.to_string().contains("12x"),
+            "{e}"
+        );
+        // Empty spans and empty attributes alike.
+        let wire = request(vec![trace::Span::default(); 500_000], vec![]).encode_to_vec();
+        assert!(matches!(
+            check(Root::Traces, &wire),
+            Err(ScanError::OutOfProportion { .. })
+        ));
+        let wire = request(vec![], vec![KeyValue::default(); 500_000]).encode_to_vec();
+        assert!(matches!(
+            check(Root::Traces, &wire),
+            Err(ScanError::OutOfProportion { .. })
+        ));
+    }
+
+    #[test]
+    fn metrics_are_counted_too() {
+        use metrics::{
+            exponential_histogram_data_point::Buckets, metric::Data, ExponentialHistogram,
+            ExponentialHistogramDataPoint, Histogram, HistogramDataPoint, Metric, ResourceMetrics,
+            ScopeMetrics,
+        };
+        let req = |data: Data| cm::ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "m".into(),
+                        data: Some(data),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        // Envoy's histograms: twenty buckets, packed.
+        let hist = req(Data::Histogram(Histogram {
+            data_points: (0..200)
+                .map(|_| HistogramDataPoint {
+                    count: 10,
+                    bucket_counts: vec![1; 20],
+                    explicit_bounds: (0..19).map(f64::from).collect(),
+                    attributes: vec![s("envoy.cluster_name", "colorteller")],
+                    ..Default::default()
+                })
+                .collect(),
+            aggregation_temporality: 2,
+        }))
+        .encode_to_vec();
+        let c = check(Root::Metrics, &hist).expect("taken");
+        assert!(
+            c.decoded < 8 * hist.len(),
+            "{}",
+            c.decoded as f64 / hist.len() as f64
+        );
+        // A million zero bucket counts: one byte each packed, eight decoded: counted, and
+        // within proportion.
+        let zeros = req(Data::ExponentialHistogram(ExponentialHistogram {
+            data_points: vec![ExponentialHistogramDataPoint {
+                positive: Some(Buckets {
+                    offset: 0,
+                    bucket_counts: vec![0; 1_000_000],
+                }),
+                ..Default::default()
+            }],
+            aggregation_temporality: 1,
+        }))
+        .encode_to_vec();
+        let c = census(Root::Metrics, &zeros).unwrap();
+        assert!(c.values >= 1_000_000 && c.decoded >= 8_000_000, "{c:?}");
+        check(Root::Metrics, &zeros).expect("8x is within");
+    }
+
+    #[test]
+    fn malformed_input_is_refused_with_where() {
+        for (bad, what) in [
+            (&b"\xff\xff\xff"[..], "bad"),
+            (&b"\x0a\x05ab"[..], "length beyond the end"),
+            (&b"\x0b"[..], "groups"),
+        ] {
+            let e = census(Root::Traces, bad).unwrap_err();
+            assert!(e.to_string().contains(what), "{e}");
+        }
+        // Nesting deeper than prost follows.
+        let mut v = AnyValue::default();
+        for _ in 0..120 {
+            v = AnyValue {
+                value: Some(any_value::Value::ArrayValue(common::ArrayValue {
+                    values: vec![v],
+                })),
+            };
+        }
+        let mut sp = envoy_span(1);
+        sp.attributes.push(KeyValue {
+            key: "deep".into(),
+            value: Some(v),
+            ..Default::default()
+        });
+        let wire = request(vec![sp], vec![]).encode_to_vec();
+        assert!(census(Root::Traces, &wire)
+            .unwrap_err()
+            .to_string()
+            .contains("nested"));
+    }
+
+    #[test]
+    fn json_objects_bound_json_requests() {
+        let req = request(
+            (0..100).map(envoy_span).collect(),
+            vec![s("service.name", "g")],
+        );
+        let json = serde_json::to_vec(&req).unwrap();
+        check_json(Root::Traces, &json).expect("normal OTLP/JSON is taken");
+        let spans = format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+            vec!["{}"; 300_000].join(",")
+        );
+        assert!(matches!(
+            check_json(Root::Traces, spans.as_bytes()),
+            Err(ScanError::OutOfProportion { .. })
+        ));
+    }
 }

@@ -551,10 +551,17 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&doc["fault"], true);
         if doc["metadata"]["default"].get(TRIMMED).is_none() {
             // Not trimmed: nothing is missing.
-            proptest::prop_assert_eq!(
-                doc["metadata"]["default"].as_object().map_or(0, |m| m.len()),
-                many + bulks.iter().filter(|(p, ..)| PLACES[*p].starts_with("metadata")).count()
-            );
+            let want: std::collections::BTreeSet<&str> = sp
+                .attributes
+                .iter()
+                .map(|kv| kv.key.as_str())
+                .filter(|k| http_slot(k).is_none() && !opts.is_annotation(k))
+                .collect();
+            let got: std::collections::BTreeSet<&str> = doc["metadata"]["default"]
+                .as_object()
+                .map(|m| m.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 }
