@@ -13,6 +13,10 @@
 //! | GET | `/v1/modules/{name}.wasm` | a filter module |
 //! | POST | [`paths::SIGNAL`] | [`BreakerSignal`] (from the breaker filter) |
 //! | GET | [`paths::SIGNALS`] | [`SignalsAnswer`] |
+//! | GET | [`paths::ROLLOUTS`] | [`RolloutsAnswer`] |
+//! | GET | [`paths::ROLLOUTS`]`/{mesh}/{name}` | [`RolloutStatus`] |
+//! | POST | [`paths::ROLLOUTS`]`/{mesh}/{name}/{promote,pause,resume,abort}` | [`RolloutStatus`] |
+//! | GET | `/` | the web console |
 //!
 //! Every refusal is an [`ErrorBody`]; a refused apply lists each problem with its resource
 //! and field path.
@@ -45,6 +49,8 @@ pub mod paths {
     pub const SIGNALS: &str = "/v1/signals";
     /// Liveness.
     pub const HEALTH: &str = "/healthz";
+    /// Rollouts.
+    pub const ROLLOUTS: &str = "/v1/rollouts";
 }
 
 /// `POST /v1/apply`.
@@ -312,6 +318,188 @@ impl BreakerSignal {
 pub struct SignalsAnswer {
     /// The signals.
     pub signals: Vec<BreakerSignal>,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Moving through its steps (or holding at one for data, a gate or a rollback step).
+    #[default]
+    Progressing,
+    /// Held: by `pause`, or at a pause step until `promote`.
+    Paused,
+    /// Promoted: the canary serves.
+    Succeeded,
+    /// Traffic is back on the stable.
+    RolledBack,
+    /// Stopped by an error (the route or a node went away); traffic as it was left.
+    Failed,
+}
+
+impl Phase {
+    /// Whether the rollout has ended.
+    pub fn is_done(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack | Phase::Failed)
+    }
+}
+
+/// What one side (canary or stable) did in an analysis interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sample {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of which 5xx.
+    pub errors: u64,
+    /// Share of non-5xx answers, when there were requests.
+    pub success_rate: Option<f64>,
+    /// 99th percentile latency, ms, when there were requests.
+    pub p99_millis: Option<f64>,
+}
+
+/// One threshold of a check, with the values behind its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Measure {
+    /// `successRate` or `latencyP99`.
+    pub metric: String,
+    /// The canary's value.
+    pub value: Option<f64>,
+    /// The bound it was held to (absolute, or computed from the stable's value).
+    pub threshold: f64,
+    /// `>=` or `<=`.
+    pub op: String,
+    /// Whether it held.
+    pub pass: bool,
+}
+
+/// The verdict of an analysis interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Verdict {
+    /// Every threshold held.
+    Pass,
+    /// One did not.
+    Fail,
+    /// Too few canary requests to judge: held, neither passed nor failed.
+    NoData,
+}
+
+/// One analysis check: when, on what, with which values, and its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    /// When (ms since the epoch).
+    pub at_millis: u64,
+    /// The step it was made at (0-based).
+    pub step: usize,
+    /// The canary's weight then.
+    pub canary_weight: u32,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The canary's numbers.
+    pub canary: Sample,
+    /// The stable's numbers.
+    pub stable: Sample,
+    /// Each threshold.
+    pub measures: Vec<Measure>,
+}
+
+/// Something that happened to a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// When (ms since the epoch).
+    pub at_millis: u64,
+    /// `started`, `step`, `check-failed`, `no-data`, `webhook`, `paused`, `resumed`,
+    /// `promoted`, `succeeded`, `rollback`, `rolled-back`, `failed`.
+    pub kind: String,
+    /// What, in words.
+    pub message: String,
+}
+
+/// A rollout's state, as the server keeps it (and persists it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Its mesh.
+    pub mesh: String,
+    /// Its name.
+    pub name: String,
+    /// The route it drives (`router/route`).
+    pub route: String,
+    /// The stable and canary virtual nodes.
+    pub stable: String,
+    /// See `stable`.
+    pub canary: String,
+    /// Where it is.
+    pub phase: Phase,
+    /// The current step (0-based; equal to `steps` once past the last).
+    pub step: usize,
+    /// How many steps.
+    pub steps: usize,
+    /// The canary's weight now.
+    pub canary_weight: u32,
+    /// The weights of the steps.
+    pub plan: Vec<u32>,
+    /// When the current step began (ms since the epoch).
+    pub step_started_at_millis: u64,
+    /// When the next step is due, if time is what it waits for.
+    pub next_step_at_millis: Option<u64>,
+    /// What it waits for besides time (a gate, data, a promotion).
+    pub waiting_for: Option<String>,
+    /// Failed checks so far.
+    pub failed_checks: u32,
+    /// Intervals without data in a row.
+    pub no_data_intervals: u32,
+    /// Passing checks in the current step.
+    pub passed_in_step: u32,
+    /// When the last check was made.
+    pub last_check_at_millis: u64,
+    /// Stepping back down (a step-back rollback).
+    pub rolling_back: bool,
+    /// Why it ended, or why it rolls back.
+    pub reason: Option<String>,
+    /// The checks, oldest first (the newest kept).
+    pub checks: Vec<Check>,
+    /// The events, oldest first (the newest kept).
+    pub events: Vec<Event>,
+    /// A hash of the spec this status belongs to: a changed spec starts a new rollout.
+    pub spec_hash: u64,
+}
+
+/// `GET /v1/rollouts`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RolloutsAnswer {
+    /// Every rollout's status.
+    pub rollouts: Vec<RolloutStatus>,
+}
+
+/// What a user can ask of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutAction {
+    /// Past a pause step, or straight to promotion.
+    Promote,
+    /// Hold where it is.
+    Pause,
+    /// Go on after a pause.
+    Resume,
+    /// Roll back now.
+    Abort,
+}
+
+impl RolloutAction {
+    /// From its path segment.
+    pub fn parse(s: &str) -> Option<RolloutAction> {
+        match s {
+            "promote" => Some(RolloutAction::Promote),
+            "pause" => Some(RolloutAction::Pause),
+            "resume" => Some(RolloutAction::Resume),
+            "abort" => Some(RolloutAction::Abort),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ enum Command {
     },
     /// List resources.
     Get {
-        /// mesh, virtual-node, virtual-router, route, virtual-service or filter; all when absent.
+        /// mesh, virtual-node, virtual-router, route, virtual-service, filter or rollout; all when absent.
         kind: Option<String>,
         /// Only this mesh.
         #[arg(long)]
@@ -349,6 +349,6 @@ fn run(cli: Cli) -> Result<()> {
 
 fn parse_kind(kind: &str) -> Result<Kind> {
     Kind::parse(kind).with_context(|| {
-        format!("unknown kind {kind:?}: use mesh, virtual-node, virtual-router, route, virtual-service or filter")
+        format!("unknown kind {kind:?}: use mesh, virtual-node, virtual-router, route, virtual-service, filter or rollout")
     })
 }

@@ -126,6 +126,7 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
             advertise_address: control_dns.into(),
             state_path: Some(dir.path().join("state.redb")),
             modules_dir: Some(root.join("target/filters")),
+            cloudwatch: None,
         }))
         .unwrap();
     let url = format!("http://127.0.0.1:{}", server.http_port);

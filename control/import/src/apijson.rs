@@ -52,6 +52,8 @@ fn kind_of(obj: &serde_json::Map<String, Value>) -> Option<(Kind, bool)> {
         Kind::VirtualService
     } else if has("filterName") {
         Kind::Filter
+    } else if has("rolloutName") {
+        Kind::Rollout
     } else if has("meshName") {
         Kind::Mesh
     } else {

@@ -175,6 +175,7 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
             Kind::Route => "RouteName",
             Kind::VirtualService => "VirtualServiceName",
             Kind::Filter => "FilterName",
+            Kind::Rollout => "RolloutName",
         };
         resolved
             .entry(name_key.to_owned())

@@ -237,6 +237,7 @@ pub(crate) fn typed(
         Kind::Route => Resource::Route(de(file, base, v)?),
         Kind::VirtualService => Resource::VirtualService(de(file, base, v)?),
         Kind::Filter => Resource::Filter(de(file, base, v)?),
+        Kind::Rollout => Resource::Rollout(de(file, base, v)?),
     })
 }
 

@@ -45,6 +45,7 @@ fn name_field(kind: Kind) -> &'static str {
         Kind::Route => "routeName",
         Kind::VirtualService => "virtualServiceName",
         Kind::Filter => "filterName",
+        Kind::Rollout => "rolloutName",
     }
 }
 

@@ -7,9 +7,11 @@
 //! `maille-translate`): the server, the translation and `maillectl` all speak these types.
 #![forbid(unsafe_code)]
 
+mod rollout;
 mod spec;
 mod validate;
 
+pub use rollout::*;
 pub use spec::*;
 pub use validate::{
     check_all, check_changes, check_resource, limits, valid_name, SpecError, SpecErrors,

@@ -25,17 +25,20 @@ pub enum Kind {
     VirtualService,
     /// Maille: a wasm filter with its config, attached to virtual nodes.
     Filter,
+    /// Maille: a progressive delivery of a route from a stable node to a canary.
+    Rollout,
 }
 
 impl Kind {
     /// All kinds, in dependency order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Mesh,
         Kind::VirtualNode,
         Kind::VirtualRouter,
         Kind::Route,
         Kind::VirtualService,
         Kind::Filter,
+        Kind::Rollout,
     ];
 
     /// The App Mesh name of the kind, as in `describe-virtual-node` output keys.
@@ -47,6 +50,7 @@ impl Kind {
             Kind::Route => "route",
             Kind::VirtualService => "virtualService",
             Kind::Filter => "filter",
+            Kind::Rollout => "rollout",
         }
     }
 
@@ -120,6 +124,8 @@ pub enum Resource {
     VirtualService(VirtualService),
     /// Maille's wasm filter attachment.
     Filter(Filter),
+    /// Maille's progressive delivery.
+    Rollout(crate::rollout::Rollout),
 }
 
 impl Resource {
@@ -146,6 +152,7 @@ impl Resource {
                 r.virtual_service_name.clone(),
             ),
             Resource::Filter(r) => (Kind::Filter, &r.mesh_name, r.filter_name.clone()),
+            Resource::Rollout(r) => (Kind::Rollout, &r.mesh_name, r.rollout_name.clone()),
         };
         Key {
             kind,

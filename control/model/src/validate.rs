@@ -3,6 +3,7 @@
 //! `virtualNode/demo/white: spec.listeners[0].healthCheck.intervalMillis: must be
 //! 5000..=300000, got 100`.
 
+use crate::rollout::*;
 use crate::spec::*;
 use std::fmt;
 
@@ -223,6 +224,11 @@ fn check_into(r: &Resource, errors: &mut Vec<SpecError>) {
                     &l.port_mapping.protocol,
                 );
             }
+        }
+        Resource::Rollout(ro) => {
+            c.name("meshName", &ro.mesh_name);
+            c.name("rolloutName", &ro.rollout_name);
+            rollout_spec(&mut c, &ro.spec);
         }
         Resource::Route(rt) => {
             c.name("meshName", &rt.mesh_name);
@@ -585,11 +591,15 @@ fn token(s: &str) -> bool {
 }
 
 fn sticky(c: &mut Check<'_>, s: &Sticky) {
+    sticky_at(c, "maille.sticky", s)
+}
+
+fn sticky_at(c: &mut Check<'_>, p: &str, s: &Sticky) {
     match (&s.header, &s.cookie) {
         (Some(h), None) => {
             if !token(h) || h.starts_with(':') {
                 c.err(
-                    "maille.sticky.header",
+                    format!("{p}.header"),
                     format!("must be a header name (letters, digits, -, _ ...), got {h:?}"),
                 );
             }
@@ -597,7 +607,7 @@ fn sticky(c: &mut Check<'_>, s: &Sticky) {
         (None, Some(k)) => {
             if !token(k) {
                 c.err(
-                    "maille.sticky.cookie",
+                    format!("{p}.cookie"),
                     format!("must be a cookie name, got {k:?}"),
                 );
             }
@@ -606,6 +616,188 @@ fn sticky(c: &mut Check<'_>, s: &Sticky) {
             "maille.sticky",
             "exactly one of header or cookie is required",
         ),
+    }
+}
+
+fn duration_in(c: &mut Check<'_>, p: &str, d: &AmDuration, min_ms: u64, max_ms: u64) {
+    let ms = d.millis();
+    if !(min_ms..=max_ms).contains(&ms) {
+        c.err(
+            p,
+            format!("must be {} ms to {} ms, got {ms} ms", min_ms, max_ms),
+        );
+    }
+}
+
+fn rollout_spec(c: &mut Check<'_>, s: &RolloutSpec) {
+    c.name("spec.virtualRouterName", &s.virtual_router_name);
+    c.name("spec.routeName", &s.route_name);
+    c.name("spec.stable", &s.stable);
+    c.name("spec.canary", &s.canary);
+    if s.stable == s.canary {
+        c.err("spec.canary", "must differ from spec.stable");
+    }
+    match (s.step_weight, s.steps.is_empty()) {
+        (Some(_), false) => c.err("spec", "give stepWeight or steps, not both"),
+        (None, true) => c.err("spec", "one of stepWeight or steps is required"),
+        (Some(w), true) => {
+            c.range("spec.stepWeight", w, 1..=100);
+            let max = s.max_weight.unwrap_or(100);
+            c.range("spec.maxWeight", max, 1..=100);
+            if max < w {
+                c.err(
+                    "spec.maxWeight",
+                    format!("must be at least stepWeight ({w}), got {max}"),
+                );
+            }
+        }
+        (None, false) => {
+            if s.max_weight.is_some() {
+                c.err("spec.maxWeight", "goes with stepWeight, not steps");
+            }
+            if s.steps.len() > MAX_STEPS {
+                c.err(
+                    "spec.steps",
+                    format!("at most {MAX_STEPS} steps, got {}", s.steps.len()),
+                );
+            }
+            let mut last = 0;
+            for (i, st) in s.steps.iter().enumerate() {
+                let p = format!("spec.steps[{i}]");
+                c.range(&format!("{p}.weight"), st.weight, 0..=100);
+                if st.weight < last {
+                    c.err(
+                        format!("{p}.weight"),
+                        format!("weights must not decrease: {} after {last}", st.weight),
+                    );
+                }
+                last = st.weight;
+                match (&st.duration, st.pause) {
+                    (Some(_), true) => c.err(&p, "a pause step has no duration"),
+                    (Some(d), false) => {
+                        duration_in(c, &format!("{p}.duration"), d, 1000, MAX_STEP_MS)
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Some(d) = &s.step_duration {
+        duration_in(c, "spec.stepDuration", d, 1000, MAX_STEP_MS);
+    }
+    if let Some(st) = &s.sticky {
+        sticky_at(c, "spec.sticky", st);
+    }
+    if s.matches.len() > MAX_WEBHOOKS {
+        c.err(
+            "spec.matches",
+            format!("at most {MAX_WEBHOOKS}, got {}", s.matches.len()),
+        );
+    }
+    for (i, m) in s.matches.iter().enumerate() {
+        let p = format!("spec.matches[{i}]");
+        if m.headers.is_empty() && m.cookies.is_empty() {
+            c.err(&p, "needs at least one header or cookie condition");
+        }
+        headers(c, &format!("{p}.headers"), &m.headers);
+        for (j, k) in m.cookies.iter().enumerate() {
+            if !token(&k.name) {
+                c.err(
+                    format!("{p}.cookies[{j}].name"),
+                    format!("must be a cookie name, got {:?}", k.name),
+                );
+            }
+            if k.value.is_empty()
+                || k.value.len() > limits::MAX_MATCH_LEN
+                || k.value.contains([';', ',', ' ', '"'])
+            {
+                c.err(
+                    format!("{p}.cookies[{j}].value"),
+                    format!(
+                        "must be 1 to {} characters without ; , space or \", got {:?}",
+                        limits::MAX_MATCH_LEN,
+                        k.value
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(a) = &s.analysis {
+        if let Some(d) = &a.interval {
+            duration_in(c, "spec.analysis.interval", d, 1000, 3_600_000);
+        }
+        if a.min_requests == Some(0) {
+            c.err("spec.analysis.minRequests", "must be at least 1");
+        }
+        if a.success_rate.is_none() && a.latency_p99.is_none() {
+            c.err("spec.analysis", "needs successRate or latencyP99");
+        }
+        if let Some(sr) = &a.success_rate {
+            match (sr.min, sr.max_drop_from_stable) {
+                (Some(v), None) | (None, Some(v)) if (0.0..=1.0).contains(&v) => {}
+                (Some(_), None) | (None, Some(_)) => {
+                    c.err("spec.analysis.successRate", "must be 0..=1")
+                }
+                _ => c.err(
+                    "spec.analysis.successRate",
+                    "exactly one of min or maxDropFromStable",
+                ),
+            }
+        }
+        if let Some(l) = &a.latency_p99 {
+            match (l.max_millis, l.max_ratio_to_stable) {
+                (Some(v), None) | (None, Some(v)) if v > 0.0 && v.is_finite() => {}
+                (Some(_), None) | (None, Some(_)) => {
+                    c.err("spec.analysis.latencyP99", "must be above 0")
+                }
+                _ => c.err(
+                    "spec.analysis.latencyP99",
+                    "exactly one of maxMillis or maxRatioToStable",
+                ),
+            }
+        }
+        if let Some(ns) = &a.source.namespace {
+            if a.source.kind != SourceKind::Cloudwatch {
+                c.err(
+                    "spec.analysis.source.namespace",
+                    "goes with type cloudwatch",
+                );
+            }
+            if ns.is_empty() || ns.len() > 255 || ns.starts_with(':') {
+                c.err(
+                    "spec.analysis.source.namespace",
+                    format!("must be a CloudWatch namespace, got {ns:?}"),
+                );
+            }
+        }
+    }
+    if s.webhooks.len() > MAX_WEBHOOKS {
+        c.err(
+            "spec.webhooks",
+            format!("at most {MAX_WEBHOOKS}, got {}", s.webhooks.len()),
+        );
+    }
+    for (i, w) in s.webhooks.iter().enumerate() {
+        let p = format!("spec.webhooks[{i}]");
+        c.name(&format!("{p}.name"), &w.name);
+        if s.webhooks[..i].iter().any(|o| o.name == w.name) {
+            c.err(format!("{p}.name"), format!("{:?} is used twice", w.name));
+        }
+        let rest = w
+            .url
+            .strip_prefix("http://")
+            .or_else(|| w.url.strip_prefix("https://"));
+        if !rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+            || w.url.chars().any(char::is_whitespace)
+        {
+            c.err(
+                format!("{p}.url"),
+                format!("must be an http:// or https:// URL, got {:?}", w.url),
+            );
+        }
+        if let Some(t) = w.timeout_millis {
+            c.range(&format!("{p}.timeoutMillis"), t, 100..=60_000);
+        }
     }
 }
 
@@ -1025,6 +1217,28 @@ fn check_refs(resources: &Resources, key: &Key, r: &Resource, errors: &mut Vec<S
                         format!("spec.virtualNodes[{i}]"),
                         format!("no virtual node named {n:?}"),
                     );
+                }
+            }
+        }
+        Resource::Rollout(ro) => {
+            let s = &ro.spec;
+            let rk = Key {
+                kind: Kind::Route,
+                mesh: ro.mesh_name.clone(),
+                name: format!("{}/{}", s.virtual_router_name, s.route_name),
+            };
+            if !resources.contains_key(&rk) {
+                c.err(
+                    "spec.routeName",
+                    format!(
+                        "no route {:?} of virtual router {:?}",
+                        s.route_name, s.virtual_router_name
+                    ),
+                );
+            }
+            for (field, n) in [("spec.stable", &s.stable), ("spec.canary", &s.canary)] {
+                if !has(Kind::VirtualNode, &ro.mesh_name, n) {
+                    c.err(field, format!("no virtual node named {n:?}"));
                 }
             }
         }

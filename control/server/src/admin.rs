@@ -3,6 +3,7 @@
 
 use crate::clients::Clients;
 use crate::mesh::{types, ApplyError, Mesh};
+use crate::rollouts::{ActError, Rollouts};
 use crate::signals::Signals;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -11,7 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use maille_api::{
     paths, ApplyRequest, BootstrapQuery, BreakerSignal, DeleteRequest, ErrorBody, FieldError,
-    NodeAnswer, ResourcesAnswer, ServedModule, SignalsAnswer, StatusAnswer, MAX_SIGNAL_BYTES,
+    NodeAnswer, ResourcesAnswer, RolloutAction, RolloutsAnswer, ServedModule, SignalsAnswer,
+    StatusAnswer, MAX_SIGNAL_BYTES,
 };
 use maille_model::Kind;
 use maille_translate::bootstrap::{self, BootstrapParams, ControlEndpoints};
@@ -31,6 +33,8 @@ pub struct AppState {
     pub clients: Arc<Clients>,
     /// Breaker signals.
     pub signals: Arc<Signals>,
+    /// The rollouts.
+    pub rollouts: Rollouts,
     /// Where Envoys reach this server (for bootstraps).
     pub endpoints: ControlEndpoints,
 }
@@ -51,6 +55,16 @@ pub fn router(state: AppState) -> Router {
             post(signal).layer(axum::extract::DefaultBodyLimit::max(MAX_SIGNAL_BYTES)),
         )
         .route(paths::SIGNALS, get(signals))
+        .route(paths::ROLLOUTS, get(rollouts))
+        .route(
+            &format!("{}/{{mesh}}/{{name}}", paths::ROLLOUTS),
+            get(rollout),
+        )
+        .route(
+            &format!("{}/{{mesh}}/{{name}}/{{action}}", paths::ROLLOUTS),
+            post(rollout_action),
+        )
+        .route("/", get(crate::console::page))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -128,7 +142,7 @@ async fn resources(State(s): State<AppState>, Query(f): Query<Filter>) -> Respon
         Some((k, None)) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("unknown kind {k:?}: use mesh, virtual-node, virtual-router, route, virtual-service or filter"),
+                format!("unknown kind {k:?}: use mesh, virtual-node, virtual-router, route, virtual-service, filter or rollout"),
             )
         }
         Some((_, k)) => k,
@@ -262,6 +276,7 @@ async fn signal(State(s): State<AppState>, bytes: axum::body::Bytes) -> Response
         return error(StatusCode::BAD_REQUEST, e);
     }
     tracing::info!(cluster = %sig.cluster, from = ?sig.from, to = ?sig.to, generation = sig.generation, "breaker signal");
+    s.rollouts.on_signal(&sig);
     s.signals.record(sig, bytes.len());
     StatusCode::NO_CONTENT.into_response()
 }
@@ -271,4 +286,41 @@ async fn signals(State(s): State<AppState>) -> Response {
         signals: s.signals.list(),
     })
     .into_response()
+}
+
+async fn rollouts(State(s): State<AppState>) -> Response {
+    Json(RolloutsAnswer {
+        rollouts: s.rollouts.list(),
+    })
+    .into_response()
+}
+
+async fn rollout(
+    State(s): State<AppState>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> Response {
+    match s.rollouts.get(&mesh, &name) {
+        Some(r) => Json(r).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no rollout {name:?} in mesh {mesh:?}"),
+        ),
+    }
+}
+
+async fn rollout_action(
+    State(s): State<AppState>,
+    Path((mesh, name, action)): Path<(String, String, String)>,
+) -> Response {
+    let Some(a) = RolloutAction::parse(&action) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{action:?}: a rollout can promote, pause, resume or abort"),
+        );
+    };
+    match s.rollouts.act(&mesh, &name, a).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e @ ActError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ ActError::Refused(_)) => error(StatusCode::CONFLICT, e.to_string()),
+    }
 }

@@ -10,9 +10,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod analysis;
 pub mod clients;
+#[cfg(feature = "cloudwatch")]
+pub mod cloudwatch;
+pub mod console;
 pub mod mesh;
+pub mod metrics;
 pub mod modules;
+pub mod rollouts;
 pub mod server;
 pub mod signals;
 pub mod store;

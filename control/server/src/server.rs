@@ -4,7 +4,9 @@
 use crate::admin::{self, AppState};
 use crate::clients::Clients;
 use crate::mesh::Mesh;
+use crate::metrics::MeshMetrics;
 use crate::modules::Modules;
+use crate::rollouts::{MetricSource, Rollouts};
 use crate::signals::Signals;
 use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 use crate::xds::Ads;
@@ -33,6 +35,9 @@ pub struct ServerConfig {
     pub state_path: Option<PathBuf>,
     /// Folder of `<name>.wasm` modules.
     pub modules_dir: Option<PathBuf>,
+    /// Where rollouts with a CloudWatch analysis source read their numbers (none: such
+    /// rollouts hold, saying why).
+    pub cloudwatch: Option<Arc<dyn MetricSource>>,
 }
 
 /// Why the server could not start.
@@ -67,6 +72,10 @@ pub struct Running {
     pub clients: Arc<Clients>,
     /// The breaker signals received.
     pub signals: Arc<Signals>,
+    /// The rollouts.
+    pub rollouts: Rollouts,
+    /// The mesh's own stats, as received.
+    pub metrics: Arc<MeshMetrics>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -107,6 +116,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         cfg.modules_dir.clone(),
         &format!("http://{}:{http_port}", cfg.advertise_address),
     );
+    let store_for_rollouts = store.clone();
     let mesh = Arc::new(Mesh::new(store, modules)?);
     let clients = Arc::new(Clients::default());
     let signals = Arc::new(Signals::default());
@@ -118,13 +128,25 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
+    let metrics = Arc::new(MeshMetrics::default());
+    let (rollouts, supervisor) = Rollouts::start(
+        mesh.clone(),
+        store_for_rollouts,
+        metrics.clone(),
+        cfg.cloudwatch.clone(),
+        stop_rx.clone(),
+    );
+    tasks.push(supervisor);
+
     let mut rx = stop_rx.clone();
     let ads = Ads::new(mesh.clone(), clients.clone(), stop_rx.clone());
+    let stats = metrics.service();
     tasks.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds);
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(ads)
+            .add_service(stats)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
@@ -139,6 +161,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         mesh: mesh.clone(),
         clients: clients.clone(),
         signals: signals.clone(),
+        rollouts: rollouts.clone(),
         endpoints,
     });
     tasks.push(tokio::spawn(async move {
@@ -176,6 +199,8 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         mesh,
         clients,
         signals,
+        rollouts,
+        metrics,
         stop,
         tasks,
     })

@@ -23,10 +23,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Writes `upserts`, removes `deletes` and sets the version, all or nothing.
     fn commit(&self, version: u64, upserts: &[Resource], deletes: &[Key])
         -> Result<(), StoreError>;
+    /// Every rollout status kept, by rollout key (JSON documents of `maille-api`).
+    fn rollout_statuses(&self) -> Result<Vec<(Key, Vec<u8>)>, StoreError>;
+    /// Keeps (or, with `None`, forgets) a rollout's status.
+    fn save_rollout_status(&self, key: &Key, status: Option<&[u8]>) -> Result<(), StoreError>;
 }
 
 const RESOURCES: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("resources");
 const META: redb::TableDefinition<'_, &str, u64> = redb::TableDefinition::new("meta");
+const ROLLOUTS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("rollouts");
 
 fn key_string(k: &Key) -> String {
     // A JSON key keeps any name unambiguous.
@@ -54,6 +59,8 @@ impl RedbStore {
                 .map_err(|e| err("resources table")(e.into()))?;
             txn.open_table(META)
                 .map_err(|e| err("meta table")(e.into()))?;
+            txn.open_table(ROLLOUTS)
+                .map_err(|e| err("rollouts table")(e.into()))?;
         }
         txn.commit().map_err(|e| err("commit")(e.into()))?;
         Ok(RedbStore { db })
@@ -113,12 +120,56 @@ impl Store for RedbStore {
         }
         txn.commit().map_err(|e| err("commit")(e.into()))
     }
+
+    fn rollout_statuses(&self) -> Result<Vec<(Key, Vec<u8>)>, StoreError> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| err("begin read")(e.into()))?;
+        let t = txn
+            .open_table(ROLLOUTS)
+            .map_err(|e| err("rollouts")(e.into()))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| err("iterate")(e.into()))? {
+            let (k, v) = row.map_err(|e| err("read")(e.into()))?;
+            let key: Key = serde_json::from_str(k.value()).map_err(|e| {
+                StoreError(format!(
+                    "stored rollout key {} is unreadable: {e}",
+                    k.value()
+                ))
+            })?;
+            out.push((key, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn save_rollout_status(&self, key: &Key, status: Option<&[u8]>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| err("begin")(e.into()))?;
+        {
+            let mut t = txn
+                .open_table(ROLLOUTS)
+                .map_err(|e| err("rollouts")(e.into()))?;
+            let k = key_string(key);
+            match status {
+                Some(b) => {
+                    t.insert(k.as_str(), b)
+                        .map_err(|e| err("insert")(e.into()))?;
+                }
+                None => {
+                    t.remove(k.as_str()).map_err(|e| err("remove")(e.into()))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| err("commit")(e.into()))
+    }
 }
 
 /// A store in memory, for tests and `--ephemeral` runs.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<(u64, BTreeMap<Key, Resource>)>,
+    rollouts: Mutex<BTreeMap<Key, Vec<u8>>>,
 }
 
 impl Store for MemoryStore {
@@ -147,6 +198,28 @@ impl Store for MemoryStore {
         for k in deletes {
             g.1.remove(k);
         }
+        Ok(())
+    }
+
+    fn rollout_statuses(&self) -> Result<Vec<(Key, Vec<u8>)>, StoreError> {
+        Ok(self
+            .rollouts
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn save_rollout_status(&self, key: &Key, status: Option<&[u8]>) -> Result<(), StoreError> {
+        let mut g = self
+            .rollouts
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        match status {
+            Some(b) => g.insert(key.clone(), b.to_vec()),
+            None => g.remove(key),
+        };
         Ok(())
     }
 }

@@ -22,6 +22,9 @@ pub struct ControlEndpoints {
     pub http_port: u16,
 }
 
+/// How often Envoy sends its stats to its sinks.
+pub const STATS_FLUSH: &str = "5s";
+
 /// Envoy's admin port when none is asked for.
 pub const DEFAULT_ADMIN_PORT: u16 = 9901;
 
@@ -199,11 +202,26 @@ pub fn render(p: &BootstrapParams, server: &ControlEndpoints) -> String {
             "cds_config": {"ads": {}, "resource_api_version": "V3"}
         },
     });
+    // Envoy's stats, as deltas, to the control server (rollout analysis with no AWS at
+    // all): over the ADS cluster's HTTP/2 connection, every 5 s.
+    let mut sinks = vec![json!({
+        "name": "envoy.stat_sinks.open_telemetry",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": names::XDS_CLUSTER},
+                "timeout": "2s"
+            },
+            "report_counters_as_deltas": true,
+            "report_histograms_as_deltas": true,
+            "prefix": names::CONTROL_STATS_PREFIX
+        }
+    })];
+    doc["stats_flush_interval"] = json!(STATS_FLUSH);
     if let Some(port) = o.otlp_port {
         metadata["maille.otlp_port"] = json!(port);
         // Envoy's stats go to the collector sidecar too.
-        doc["stats_flush_interval"] = json!("10s");
-        doc["stats_sinks"] = json!([{
+        sinks.push(json!({
             "name": "envoy.stat_sinks.open_telemetry",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig",
@@ -213,7 +231,7 @@ pub fn render(p: &BootstrapParams, server: &ControlEndpoints) -> String {
                 },
                 "prefix": "envoy"
             }
-        }]);
+        }));
         clusters.push(static_cluster(
             names::COLLECTOR_CLUSTER,
             "127.0.0.1",
@@ -221,6 +239,7 @@ pub fn render(p: &BootstrapParams, server: &ControlEndpoints) -> String {
             true,
         ));
     }
+    doc["stats_sinks"] = json!(sinks);
     doc["node"]["metadata"] = metadata;
     doc["static_resources"] = json!({ "clusters": clusters });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();

@@ -77,3 +77,6 @@ pub const CONTROL_CLUSTER: &str = "maille_control";
 pub const COLLECTOR_CLUSTER: &str = "maille_collector";
 /// Path of the breaker's signal endpoint on the control server.
 pub const SIGNAL_PATH: &str = "/v1/signals/breaker";
+
+/// Prefix of the stats Envoys send the control server (`maille.cluster.upstream_rq_total`).
+pub const CONTROL_STATS_PREFIX: &str = "maille";

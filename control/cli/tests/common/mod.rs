@@ -52,6 +52,7 @@ impl Control {
                 advertise_address: "127.0.0.1".into(),
                 state_path: Some(state.to_path_buf()),
                 modules_dir: Some(modules.to_path_buf()),
+                cloudwatch: None,
             }))
             .expect("control server starts");
         Control {

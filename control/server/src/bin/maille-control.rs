@@ -33,6 +33,34 @@ struct Args {
     /// Folder of `<name>.wasm` filter modules to serve (`make filters` writes target/filters).
     #[arg(long, env = "MAILLE_MODULES", default_value = "target/filters")]
     modules: PathBuf,
+    /// CloudWatch namespace that rollouts with `analysis.source.type: cloudwatch` read (what
+    /// the collectors export, such as `Maille`), through the default AWS chain. Needs a
+    /// server built with `--features cloudwatch`.
+    #[arg(long, env = "MAILLE_CLOUDWATCH_NAMESPACE")]
+    cloudwatch_namespace: Option<String>,
+}
+
+#[cfg(feature = "cloudwatch")]
+async fn cloudwatch(
+    ns: Option<&str>,
+) -> anyhow::Result<Option<std::sync::Arc<dyn maille_control::rollouts::MetricSource>>> {
+    let Some(ns) = ns else { return Ok(None) };
+    Ok(Some(std::sync::Arc::new(
+        maille_control::cloudwatch::CloudWatchSource::from_env(ns).await,
+    )))
+}
+
+#[cfg(not(feature = "cloudwatch"))]
+async fn cloudwatch(
+    ns: Option<&str>,
+) -> anyhow::Result<Option<std::sync::Arc<dyn maille_control::rollouts::MetricSource>>> {
+    match ns {
+        Some(_) => anyhow::bail!(
+            "--cloudwatch-namespace: this server was built without CloudWatch support \
+             (cargo build -p maille-control --features cloudwatch)"
+        ),
+        None => Ok(None),
+    }
 }
 
 #[tokio::main]
@@ -52,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         advertise_address: args.advertise_address,
         state_path: (!args.ephemeral).then_some(args.state),
         modules_dir: Some(args.modules),
+        cloudwatch: cloudwatch(args.cloudwatch_namespace.as_deref()).await?,
     })
     .await?;
     println!(

@@ -1,0 +1,401 @@
+//! The mesh's own numbers for rollout analysis, with no AWS in between: every generated
+//! bootstrap has a second OpenTelemetry stats sink that sends Envoy's counters and
+//! histograms, as deltas, to this server (OTLP `MetricsService/Export` on the ADS port).
+//! Deltas need no memory of each sender: what arrives is added to the second it arrived in,
+//! per upstream cluster.
+//!
+//! Kept: `cluster.upstream_rq_total`, `cluster.upstream_rq_xx` (class 5) and
+//! `cluster.upstream_rq_time` of the mesh's target clusters (`node/<node>/<port>`), for the
+//! last hour, for at most [`MAX_CLUSTERS`] clusters. Everything else is read and dropped.
+
+use maille_api::Sample;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Seconds of history kept per cluster.
+pub const KEEP_SECONDS: u64 = 3600;
+/// Clusters tracked; past it, the one heard from least recently is forgotten.
+pub const MAX_CLUSTERS: usize = 2000;
+/// Largest stats request read, bytes (an Envoy with many clusters sends a few hundred KB).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// The prefix the bootstraps give this sink's metric names.
+pub const PREFIX: &str = maille_translate::names::CONTROL_STATS_PREFIX;
+
+/// One second of one cluster.
+#[derive(Debug, Clone, Default)]
+struct Second {
+    requests: u64,
+    errors: u64,
+    bounds: Vec<f64>,
+    buckets: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Cluster {
+    seconds: BTreeMap<u64, Second>,
+    last_heard: u64,
+}
+
+/// The numbers per upstream cluster.
+#[derive(Debug, Default)]
+pub struct MeshMetrics {
+    clusters: Mutex<HashMap<String, Cluster>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        }
+    })
+}
+
+fn number(p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> u64 {
+    match p.value {
+        Some(number_data_point::Value::AsInt(i)) => i.max(0) as u64,
+        Some(number_data_point::Value::AsDouble(d)) if d.is_finite() && d > 0.0 => d as u64,
+        _ => 0,
+    }
+}
+
+/// The p99 of a histogram (upper bounds `bounds`, counts per bucket, the last one open),
+/// interpolated within its bucket.
+pub fn p99(bounds: &[f64], buckets: &[u64]) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (total as f64 * 0.99).ceil() as u64;
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        if seen + n >= rank && *n > 0 {
+            let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
+            let Some(hi) = bounds.get(i).copied() else {
+                return Some(lo);
+            };
+            let frac = (rank - seen) as f64 / *n as f64;
+            return Some(lo + (hi - lo) * frac);
+        }
+        seen += n;
+    }
+    bounds.last().copied()
+}
+
+impl MeshMetrics {
+    /// Adds what one export request carries, at second `at`.
+    pub fn record(&self, req: &ExportMetricsServiceRequest, at: u64) {
+        let mut adds: Vec<(String, Second)> = Vec::new();
+        let suffix = |name: &str| -> Option<String> {
+            name.strip_prefix(PREFIX)
+                .and_then(|n| n.strip_prefix('.'))
+                .map(str::to_owned)
+        };
+        for rm in &req.resource_metrics {
+            for sm in &rm.scope_metrics {
+                for m in &sm.metrics {
+                    let Some(name) = suffix(&m.name) else {
+                        continue;
+                    };
+                    match (name.as_str(), &m.data) {
+                        ("cluster.upstream_rq_total", Some(Data::Sum(s))) => {
+                            for p in &s.data_points {
+                                if let Some(c) = attr(&p.attributes, "envoy.cluster_name") {
+                                    adds.push((
+                                        c.to_owned(),
+                                        Second {
+                                            requests: number(p),
+                                            ..Default::default()
+                                        },
+                                    ));
+                                }
+                            }
+                        }
+                        ("cluster.upstream_rq_xx", Some(Data::Sum(s))) => {
+                            for p in &s.data_points {
+                                if attr(&p.attributes, "envoy.response_code_class") != Some("5") {
+                                    continue;
+                                }
+                                if let Some(c) = attr(&p.attributes, "envoy.cluster_name") {
+                                    adds.push((
+                                        c.to_owned(),
+                                        Second {
+                                            errors: number(p),
+                                            ..Default::default()
+                                        },
+                                    ));
+                                }
+                            }
+                        }
+                        ("cluster.upstream_rq_time", Some(Data::Histogram(h))) => {
+                            for p in &h.data_points {
+                                if let Some(c) = attr(&p.attributes, "envoy.cluster_name") {
+                                    adds.push((
+                                        c.to_owned(),
+                                        Second {
+                                            bounds: p.explicit_bounds.clone(),
+                                            buckets: p.bucket_counts.clone(),
+                                            ..Default::default()
+                                        },
+                                    ));
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if adds.is_empty() {
+            return;
+        }
+        let mut g = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, add) in adds {
+            // Only the mesh's target clusters can be a rollout's.
+            if !name.starts_with("node/") {
+                continue;
+            }
+            if !g.contains_key(&name) && g.len() >= MAX_CLUSTERS {
+                if let Some(oldest) = g
+                    .iter()
+                    .min_by_key(|(_, c)| c.last_heard)
+                    .map(|(k, _)| k.clone())
+                {
+                    g.remove(&oldest);
+                }
+            }
+            let c = g.entry(name).or_default();
+            c.last_heard = at;
+            let s = c.seconds.entry(at).or_default();
+            s.requests += add.requests;
+            s.errors += add.errors;
+            if !add.buckets.is_empty() {
+                if s.bounds != add.bounds || s.buckets.len() != add.buckets.len() {
+                    s.bounds = add.bounds;
+                    s.buckets = add.buckets;
+                } else {
+                    for (a, b) in s.buckets.iter_mut().zip(add.buckets) {
+                        *a += b;
+                    }
+                }
+            }
+            while c
+                .seconds
+                .first_key_value()
+                .is_some_and(|(t, _)| *t + KEEP_SECONDS < at)
+            {
+                c.seconds.pop_first();
+            }
+        }
+    }
+
+    /// What `cluster` did in the seconds after `from_ms` up to and including `to_ms`.
+    pub fn sample(&self, cluster: &str, from_ms: u64, to_ms: u64) -> Sample {
+        let g = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = Sample::default();
+        let Some(c) = g.get(cluster) else {
+            return s;
+        };
+        let mut bounds: Vec<f64> = Vec::new();
+        let mut buckets: Vec<u64> = Vec::new();
+        for (_, sec) in c.seconds.range((from_ms / 1000 + 1)..=(to_ms / 1000)) {
+            s.requests += sec.requests;
+            s.errors += sec.errors;
+            if !sec.buckets.is_empty() {
+                if bounds.is_empty() {
+                    bounds = sec.bounds.clone();
+                    buckets = vec![0; sec.buckets.len()];
+                }
+                if sec.bounds == bounds {
+                    for (a, b) in buckets.iter_mut().zip(&sec.buckets) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+        if s.requests > 0 {
+            s.success_rate = Some(1.0 - s.errors.min(s.requests) as f64 / s.requests as f64);
+            s.p99_millis = p99(&bounds, &buckets);
+        }
+        s
+    }
+
+    /// The OTLP service that feeds it.
+    pub fn service(self: &Arc<Self>) -> MetricsServiceServer<Receiver> {
+        MetricsServiceServer::new(Receiver(self.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+}
+
+/// The OTLP metrics receiver of [`MeshMetrics`].
+#[derive(Debug, Clone)]
+pub struct Receiver(Arc<MeshMetrics>);
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.record(request.get_ref(), now_secs());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    };
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn sum(name: &str, points: Vec<(Vec<KeyValue>, i64)>) -> Metric {
+        Metric {
+            name: format!("{PREFIX}.{name}"),
+            data: Some(Data::Sum(Sum {
+                data_points: points
+                    .into_iter()
+                    .map(|(a, v)| NumberDataPoint {
+                        attributes: a,
+                        value: Some(number_data_point::Value::AsInt(v)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn request(
+        cluster: &str,
+        total: i64,
+        five: i64,
+        buckets: Vec<u64>,
+    ) -> ExportMetricsServiceRequest {
+        let c = || kv("envoy.cluster_name", cluster);
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        sum("cluster.upstream_rq_total", vec![(vec![c()], total)]),
+                        sum(
+                            "cluster.upstream_rq_xx",
+                            vec![
+                                (vec![c(), kv("envoy.response_code_class", "5")], five),
+                                (
+                                    vec![c(), kv("envoy.response_code_class", "2")],
+                                    total - five,
+                                ),
+                            ],
+                        ),
+                        Metric {
+                            name: format!("{PREFIX}.cluster.upstream_rq_time"),
+                            data: Some(Data::Histogram(Histogram {
+                                data_points: vec![HistogramDataPoint {
+                                    attributes: vec![c()],
+                                    explicit_bounds: vec![1.0, 5.0, 10.0, 100.0],
+                                    bucket_counts: buckets,
+                                    ..Default::default()
+                                }],
+                                ..Default::default()
+                            })),
+                            ..Default::default()
+                        },
+                        // Another sink's name and a non-mesh cluster: ignored.
+                        sum("cluster.other", vec![(vec![c()], 1000)]),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn deltas_from_several_envoys_add_up_per_second() {
+        let m = MeshMetrics::default();
+        m.record(
+            &request("node/canary/80", 50, 5, vec![0, 40, 10, 0, 0]),
+            100,
+        );
+        m.record(&request("node/canary/80", 50, 0, vec![0, 50, 0, 0, 0]), 100);
+        m.record(
+            &request("node/canary/80", 10, 10, vec![0, 0, 0, 0, 10]),
+            103,
+        );
+        m.record(&request("local/80", 10, 10, vec![0, 0, 0, 0, 10]), 100);
+        let s = m.sample("node/canary/80", 99_000, 100_999);
+        assert_eq!((s.requests, s.errors), (100, 5));
+        assert_eq!(s.success_rate, Some(0.95));
+        // 100 answers: the 99th is in the 1..5 ms bucket (90 there after 0 below).
+        let p = s.p99_millis.unwrap();
+        assert!((5.0..=10.0).contains(&p), "{p}");
+        // The window is (from, to]: the second at 103 is outside the first window.
+        assert_eq!(m.sample("node/canary/80", 100_999, 103_000).requests, 10);
+        assert_eq!(
+            m.sample("node/canary/80", 100_999, 103_000).p99_millis,
+            Some(100.0)
+        );
+        assert_eq!(m.sample("local/80", 0, u64::MAX).requests, 0);
+        assert_eq!(m.sample("node/none/1", 0, u64::MAX), Sample::default());
+    }
+
+    #[test]
+    fn history_and_clusters_are_bounded() {
+        let m = MeshMetrics::default();
+        for i in 0..(MAX_CLUSTERS as u64 + 10) {
+            m.record(
+                &request(&format!("node/n{i}/80"), 1, 0, vec![1, 0, 0, 0, 0]),
+                i,
+            );
+        }
+        assert_eq!(m.clusters.lock().unwrap().len(), MAX_CLUSTERS);
+        assert_eq!(
+            m.sample("node/n0/80", 0, u64::MAX).requests,
+            0,
+            "the oldest went"
+        );
+        for t in 0..(KEEP_SECONDS + 100) {
+            m.record(&request("node/x/80", 1, 0, vec![1, 0, 0, 0, 0]), t);
+        }
+        let kept = m.clusters.lock().unwrap()["node/x/80"].seconds.len() as u64;
+        assert!(kept <= KEEP_SECONDS + 1, "{kept}");
+    }
+
+    #[test]
+    fn p99_interpolates_in_its_bucket() {
+        assert_eq!(p99(&[10.0], &[0, 0]), None);
+        assert_eq!(p99(&[10.0, 20.0], &[100, 0, 0]), Some(9.9));
+        assert_eq!(p99(&[10.0], &[0, 5]), Some(10.0));
+    }
+}
