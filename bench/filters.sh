@@ -13,6 +13,9 @@
 #   lua     Envoy's Lua filter making the same choice (bench/envoy-lua.yaml)
 #   breaker native routing plus target/filters/breaker.wasm (closed circuit, default config)
 #   canary_breaker  canary.wasm then breaker.wasm (the breaker reads x-maille-cluster)
+#   canary_native, breaker_native, canary_breaker_native  the same three with the filters
+#           as native Envoy dynamic modules (target/filters/libmaille_*.so, the same crates
+#           built for the host; deploy/envoy/canary-native.yaml)
 # Each front Envoy has one worker, pinned to CPU 0; wrk (1 thread, 16 connections) and the
 # upstream Envoy share CPU 1. Two scenarios: a header rule matches (x-canary: always), and
 # the sticky split (x-user-id). ROUNDS rounds of SECONDS_PER_RUN s each, variants interleaved;
@@ -41,7 +44,8 @@ case $MEASURE in
   *) echo "MEASURE must be throughput or instructions, not '$MEASURE'" >&2; exit 1 ;;
 esac
 [ -f "$ROOT/target/filters/breaker.wasm" ] || { echo "run make filters" >&2; exit 1; }
-VARIANTS=(${VARIANTS:-native empty write_only bare canary lua breaker canary_breaker})
+[ -f "$ROOT/target/filters/libmaille_breaker.so" ] || { echo "run make filters" >&2; exit 1; }
+VARIANTS=(${VARIANTS:-native empty write_only bare canary lua breaker canary_breaker canary_native breaker_native canary_breaker_native})
 SCENARIOS=(${SCENARIOS:-rule sticky})
 [ "${VARIANTS[0]}" = native ] || { echo "VARIANTS must start with native (the baseline)" >&2; exit 1; }
 for scenario in "${SCENARIOS[@]}"; do
@@ -54,10 +58,10 @@ PIN_FRONT=(taskset -c 0); PIN_LOAD=(taskset -c 1)
 [ "$(nproc)" -ge 2 ] || { PIN_FRONT=(); PIN_LOAD=(); }
 
 export STABLE_PORT=$(free_port) CANARY_PORT=$(free_port)
-( export ADMIN_PORT=$(free_port); render "$ROOT/deploy/envoy/upstreams.yaml" "$RUN_DIR/up.yaml"; echo "$ADMIN_PORT" > "$RUN_DIR/up.admin" )
+( export ADMIN_PORT=$(free_port); render "$ROOT/wasm-tests/kit/fixtures/upstreams.yaml" "$RUN_DIR/up.yaml"; echo "$ADMIN_PORT" > "$RUN_DIR/up.admin" )
 ENVOY_WRAP=("${PIN_LOAD[@]}"); start_envoy upstreams "$RUN_DIR/up.yaml" "$(cat "$RUN_DIR/up.admin")"
 
-export CANARY_WASM
+export CANARY_WASM CANARY_MODULE=$ROOT/target/filters/libmaille_canary.so
 CANARY_CONFIG=$(one_line_json "$ROOT/deploy/examples/canary.json"); export CANARY_CONFIG
 declare -A PORT
 ENVOY_WRAP=("${PIN_FRONT[@]}")
@@ -71,6 +75,11 @@ wasm_filter() {
   printf '\n          - name: %s\n            typed_config:\n              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:\n                name: %s\n                root_id: %s\n                vm_config:\n                  vm_id: %s\n                  runtime: envoy.wasm.runtime.v8\n                  code: { local: { filename: "%s" } }\n                configuration:\n                  "@type": type.googleapis.com/google.protobuf.StringValue\n                  value: '"'"'%s'"'"'' "$1" "$1" "$1" "$1" "$2" "$3"
 }
 BREAKER_WASM=$ROOT/target/filters/breaker.wasm
+# A dynamic-module filter entry for the HTTP filter list: name, module path, JSON configuration.
+native_filter() {
+  printf '\n          - name: %s\n            typed_config:\n              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\n              dynamic_module_config: { name: %s, module: { local: { filename: "%s" } } }\n              filter_name: %s\n              filter_config:\n                "@type": type.googleapis.com/google.protobuf.StringValue\n                value: '"'"'%s'"'"'' "$1" "$1" "$2" "$1" "$3"
+}
+BREAKER_MODULE=$ROOT/target/filters/libmaille_breaker.so
 export WASM_FILTER=""
 for v in "${VARIANTS[@]}"; do
   case $v in
@@ -87,15 +96,22 @@ for v in "${VARIANTS[@]}"; do
     canary) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$ROOT/target/filters/canary.wasm ;;
     breaker) tpl=$ROOT/bench/envoy-native.yaml; WASM_FILTER=$(wasm_filter maille_breaker "$BREAKER_WASM" '{}') ;;
     canary_breaker) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$ROOT/target/filters/canary.wasm ;;
+    canary_native | canary_breaker_native) tpl=$ROOT/deploy/envoy/canary-native.yaml ;;
+    breaker_native) tpl=$ROOT/bench/envoy-native.yaml; WASM_FILTER=$(native_filter maille_breaker "$BREAKER_MODULE" '{}') ;;
     lua) tpl=$ROOT/bench/envoy-lua.yaml ;;
     *) [ -f "$RUN_DIR/$v.wasm" ] || { echo "unknown variant $v" >&2; exit 1; }
       tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$RUN_DIR/$v.wasm ;;
   esac
   export ADMIN_PORT=$(free_port) LISTENER_PORT=$(free_port)
   render "$tpl" "$RUN_DIR/$v.yaml"
-  if [ "$v" = canary_breaker ]; then
+  case $v in
+    canary_breaker) breaker_entry=$(wasm_filter maille_breaker "$BREAKER_WASM" '{}') ;;
+    canary_breaker_native) breaker_entry=$(native_filter maille_breaker "$BREAKER_MODULE" '{}') ;;
+    *) breaker_entry="" ;;
+  esac
+  if [ -n "$breaker_entry" ]; then
     # The breaker goes after the canary filter, before the router.
-    python3 - "$RUN_DIR/$v.yaml" "$(wasm_filter maille_breaker "$BREAKER_WASM" '{}')" <<'PY'
+    python3 - "$RUN_DIR/$v.yaml" "$breaker_entry" <<'PY'
 import sys
 path, entry = sys.argv[1], sys.argv[2]
 text = open(path).read()

@@ -213,6 +213,17 @@ impl Circuit {
         &self.config
     }
 
+    /// The start of the window bucket that `now_ms` falls in.
+    pub fn bucket_start(&self, now_ms: u64) -> u64 {
+        now_ms - now_ms % self.bucket_ms
+    }
+
+    /// Whether the window ending at `now_ms` holds no failure: then successes alone cannot
+    /// trip the circuit.
+    pub fn window_is_clean(&self, rec: &Record, now_ms: u64) -> bool {
+        rec.window(now_ms, self.config.window_millis).1 == 0
+    }
+
     /// Whether an outcome counts as a failure.
     pub fn is_failure(&self, o: &Outcome) -> bool {
         let f = &self.config.failure_on;
@@ -315,6 +326,10 @@ impl Circuit {
         }
         self.count_many(rec, now_ms, n, 0);
         rec.consecutive = 0;
+        // Successes alone trip nothing: the healthy case needs no window sum.
+        if rec.buckets.iter().all(|b| b.failures == 0) {
+            return None;
+        }
         let (total, failures) = rec.window(now_ms, self.config.window_millis);
         (total >= self.config.min_requests
             && f64::from(failures) > self.config.failure_ratio * f64::from(total))
@@ -326,7 +341,7 @@ impl Circuit {
     }
 
     fn count_many(&self, rec: &mut Record, now_ms: u64, total: u32, failures: u32) {
-        let start = now_ms - now_ms % self.bucket_ms;
+        let start = self.bucket_start(now_ms);
         let i = match rec
             .buckets
             .iter()

@@ -16,11 +16,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use maille_dynamic_module::{
-    log, CalloutResponse, CalloutResult, ConfigContext, Configured, CounterVec, GaugeVec,
-    HeadersStatus, HttpFilter, HttpFilterConfig, HttpFilterHandle, Level, MainThread, Wake,
+    coarse_now_ms, log, CalloutResponse, CalloutResult, ConfigContext, Configured, CounterVec,
+    GaugeVec, HeadersStatus, HttpFilter, HttpFilterConfig, HttpFilterHandle, Level, MainThread,
+    Wake,
 };
 use maille_filter_config::breaker::BreakerConfig;
 
@@ -33,12 +34,6 @@ const NAME: &str = "maille_breaker";
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Signals waiting to be sent, at most; beyond, the oldest are dropped (and logged).
 const MAX_PENDING_SIGNALS: usize = 256;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The metrics, one series per cluster.
 #[derive(Debug)]
@@ -99,9 +94,6 @@ impl BreakerModule {
 
     /// Logs the changes a request made and wakes the main thread for the signals and metrics.
     fn changed(&self, config: &Configured<BreakerModule>, cluster: &str, changes: &[Transition]) {
-        if changes.is_empty() {
-            return;
-        }
         for t in changes {
             log(
                 Level::Info,
@@ -119,17 +111,34 @@ impl BreakerModule {
         config.notify_main_thread();
     }
 
-    /// The cluster a request goes to: the configured header (set by the canary filter) when
-    /// present, else the route's cluster.
-    fn cluster_of(&self, envoy: &HttpFilterHandle<'_>) -> Option<Arc<ClusterCircuit>> {
+    /// The cluster a request goes to: the route's cluster as Envoy resolves it now, else the
+    /// configured header. Behind the canary filter (which writes that header and re-routes)
+    /// the route's cluster is the one the canary chose; the route is also what a client
+    /// cannot name by sending the header itself. (The wasm build reads the header first: a
+    /// wasm filter's header read costs more than a property read here.)
+    /// `last` is the cluster this stream object found before (objects are reused by
+    /// worker, and a worker's requests mostly go to the same few clusters).
+    fn cluster_of(
+        &self,
+        envoy: &HttpFilterHandle<'_>,
+        last: &mut Option<(Box<[u8]>, Arc<ClusterCircuit>)>,
+    ) -> bool {
         let header = &self.circuit.config().cluster_header;
-        let name = envoy
-            .request_header(header)
+        let Some(name) = envoy
+            .route_cluster()
             .filter(|v| !v.is_empty())
-            .or_else(|| envoy.route_cluster())?;
-        let name = String::from_utf8_lossy(name);
-        match self.store.cluster(&name) {
-            Ok(c) => Some(c),
+            .or_else(|| envoy.request_header(header).filter(|v| !v.is_empty()))
+        else {
+            return false;
+        };
+        if last.as_ref().is_some_and(|(n, _)| **n == *name) {
+            return true;
+        }
+        match self.store.cluster(&String::from_utf8_lossy(name)) {
+            Ok(c) => {
+                *last = Some((name.into(), c));
+                true
+            }
             Err(e) => {
                 if !self.warned_untracked.swap(true, Ordering::Relaxed) {
                     log(
@@ -137,7 +146,7 @@ impl BreakerModule {
                         &format!("{NAME}: not tracking a cluster ({e}); its requests pass unchecked (logged once)"),
                     );
                 }
-                None
+                false
             }
         }
     }
@@ -274,9 +283,17 @@ impl HttpFilterConfig for BreakerModule {
     fn new_filter(&self) -> BreakerStream {
         BreakerStream {
             cluster: None,
+            admitted: false,
             probe: false,
             started: None,
         }
+    }
+
+    /// Keeps the cluster found last: the next request on this worker likely goes there too.
+    fn reuse_filter(&self, filter: &mut BreakerStream) {
+        filter.admitted = false;
+        filter.probe = false;
+        filter.started = None;
     }
 
     fn on_main_thread(&self, main: &mut MainThread<'_>, _why: Wake) {
@@ -312,8 +329,11 @@ impl HttpFilterConfig for BreakerModule {
 /// A stream's filter.
 #[derive(Debug)]
 pub struct BreakerStream {
-    /// The circuit of the upstream cluster, once admitted upstream.
-    cluster: Option<Arc<ClusterCircuit>>,
+    /// The upstream cluster (its name as Envoy gave it, and its circuit), kept when the
+    /// object is reused for another stream.
+    cluster: Option<(Box<[u8]>, Arc<ClusterCircuit>)>,
+    /// This stream went upstream: its outcome counts.
+    admitted: bool,
     /// Admitted as a half-open probe.
     probe: bool,
     /// When the request headers arrived, if latency counts.
@@ -329,7 +349,10 @@ impl HttpFilter for BreakerStream {
         envoy: &mut HttpFilterHandle<'_>,
         _end_of_stream: bool,
     ) -> HeadersStatus {
-        let Some(cluster) = config.cluster_of(envoy) else {
+        if !config.cluster_of(envoy, &mut self.cluster) {
+            return HeadersStatus::Continue;
+        }
+        let Some((_, cluster)) = &self.cluster else {
             return HeadersStatus::Continue;
         };
         let circuit = &config.circuit;
@@ -337,11 +360,13 @@ impl HttpFilter for BreakerStream {
             self.started = Some(Instant::now());
         }
         let mut changes = Vec::new();
-        let admission = cluster.admit(circuit, now_ms, |name, t| {
+        let admission = cluster.admit(circuit, coarse_now_ms, |name, t| {
             config.queue_signal(name, t);
             changes.push(t);
         });
-        config.changed(config, cluster.name(), &changes);
+        if !changes.is_empty() {
+            config.changed(config, cluster.name(), &changes);
+        }
         match admission {
             Admission::Allow => {}
             Admission::Probe => self.probe = true,
@@ -362,7 +387,7 @@ impl HttpFilter for BreakerStream {
                 return HeadersStatus::StopIteration;
             }
         }
-        self.cluster = Some(cluster);
+        self.admitted = true;
         HeadersStatus::Continue
     }
 
@@ -372,13 +397,22 @@ impl HttpFilter for BreakerStream {
         envoy: &mut HttpFilterHandle<'_>,
         _end_of_stream: bool,
     ) -> HeadersStatus {
-        let Some(cluster) = self.cluster.take() else {
+        if !std::mem::take(&mut self.admitted) {
+            return HeadersStatus::Continue;
+        }
+        let Some((_, cluster)) = &self.cluster else {
             return HeadersStatus::Continue;
         };
         let circuit = &config.circuit;
+        // Envoy's `response.code` costs a fraction of a `:status` header read.
         let status = envoy
-            .response_header(":status")
-            .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u32>().ok())
+            .response_code()
+            .and_then(|c| u32::try_from(c).ok())
+            .or_else(|| {
+                envoy
+                    .response_header(":status")
+                    .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u32>().ok())
+            })
             .unwrap_or(0);
         // Only a 5xx can carry Envoy's reset details: skip the lookup otherwise.
         let reset = circuit.config().failure_on.resets
@@ -393,11 +427,13 @@ impl HttpFilter for BreakerStream {
             latency_ms,
         });
         let mut changes = Vec::new();
-        cluster.outcome(circuit, now_ms(), failed, self.probe, |name, t| {
+        cluster.outcome(circuit, coarse_now_ms(), failed, self.probe, |name, t| {
             config.queue_signal(name, t);
             changes.push(t);
         });
-        config.changed(config, cluster.name(), &changes);
+        if !changes.is_empty() {
+            config.changed(config, cluster.name(), &changes);
+        }
         HeadersStatus::Continue
     }
 }

@@ -2,10 +2,19 @@
 //! counterpart of the wasm build's proxy-wasm shared data.
 //!
 //! One [`ClusterCircuit`] per upstream cluster holds the [`Record`] behind a mutex, so every
-//! outcome of every worker goes into it in full (no lost update, no batching) and a state
-//! change is seen by the next request of any worker. Its state is mirrored in an atomic that
-//! the healthy path reads without locking. Counts for the metrics accumulate in atomics until
-//! Envoy's main thread takes them.
+//! outcome of every worker goes into it (no lost update) and a state change is seen by the
+//! next request of any worker. Its state is mirrored in an atomic that the healthy path reads
+//! without locking.
+//!
+//! The healthy path does not lock for successes either: while the circuit is closed and its
+//! window holds no failure, successes cannot trip it, so they are added to an atomic count
+//! tagged with their window bucket, and folded into the record under the lock before anything
+//! reads it (a failure, a new bucket, an admission while not closed, [`ClusterCircuit::record`]).
+//! Once the window holds a failure every outcome takes the lock, so the circuit trips on the
+//! outcome that crosses its limits, as [`Circuit`] alone would. A success that races with the
+//! change of bucket can be counted in the next bucket; none is lost.
+//!
+//! Counts for the metrics accumulate in atomics until Envoy's main thread takes them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -65,6 +74,9 @@ impl Counts {
     }
 }
 
+/// Bucket tag of no pending successes.
+const NO_BUCKET: u64 = u64::MAX;
+
 /// One cluster's circuit.
 #[derive(Debug)]
 pub struct ClusterCircuit {
@@ -72,6 +84,11 @@ pub struct ClusterCircuit {
     /// `record.state`, written under the lock, read without it.
     state: AtomicU8,
     record: Mutex<Record>,
+    /// The bucket whose successes may be counted in `pending` without the lock: set under
+    /// the lock when the circuit is closed and its window clean, else [`NO_BUCKET`].
+    clean_bucket: AtomicU64,
+    /// Successes of `clean_bucket` not yet in the record.
+    pending: AtomicU64,
     counts: Counts,
 }
 
@@ -89,6 +106,8 @@ impl ClusterCircuit {
             name,
             state: AtomicU8::new(State::Closed as u8),
             record: Mutex::new(Record::default()),
+            clean_bucket: AtomicU64::new(NO_BUCKET),
+            pending: AtomicU64::new(0),
             counts: Counts::default(),
         }
     }
@@ -108,14 +127,29 @@ impl ClusterCircuit {
         &self.counts
     }
 
-    /// A copy of the record (for tests and diagnostics).
-    pub fn record(&self) -> Record {
-        self.lock().clone()
+    /// A copy of the record, pending successes folded in (for tests and diagnostics).
+    pub fn record(&self, circuit: &Circuit) -> Record {
+        let mut rec = self.lock();
+        let t = self.fold(circuit, &mut rec);
+        self.settle(&rec, t, &mut |_, _| {});
+        rec.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
         // A panic while holding the lock leaves a record that is still well-formed data.
         self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the pending successes into the record, in their bucket. Under the lock.
+    fn fold(&self, circuit: &Circuit, rec: &mut Record) -> Option<Transition> {
+        let bucket = self.clean_bucket.swap(NO_BUCKET, Ordering::AcqRel);
+        let n = self.pending.swap(0, Ordering::AcqRel);
+        if n == 0 || bucket == NO_BUCKET {
+            return None;
+        }
+        // Successes of a closed, clean window: they cannot trip it (`record_successes` checks
+        // anyway, and ignores them if the circuit has changed state since).
+        circuit.record_successes(rec, bucket, u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// Applies the end of an update: mirrors the state, counts a trip, and hands every change
@@ -128,6 +162,7 @@ impl ClusterCircuit {
         on_change: &mut impl FnMut(&str, Transition),
     ) {
         self.state.store(rec.state as u8, Ordering::Release);
+        // Pending successes must be zero while the tag is unset: `fold` left them so.
         for t in changes {
             if t.to == State::Open {
                 self.counts.trips.fetch_add(1, Ordering::Relaxed);
@@ -148,6 +183,8 @@ impl ClusterCircuit {
             Admission::Allow
         } else {
             let mut rec = self.lock();
+            let folded = self.fold(circuit, &mut rec);
+            self.settle(&rec, folded, &mut on_change);
             if rec.state == State::Closed {
                 Admission::Allow
             } else {
@@ -176,14 +213,27 @@ impl ClusterCircuit {
     ) {
         if failed {
             self.counts.failures.fetch_add(1, Ordering::Relaxed);
+        } else if !probe {
+            let bucket = circuit.bucket_start(now_ms);
+            if self.clean_bucket.load(Ordering::Acquire) == bucket {
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
         }
         let mut rec = self.lock();
+        let folded = self.fold(circuit, &mut rec);
+        self.settle(&rec, folded, &mut on_change);
         let t = if failed || probe {
             circuit.record(&mut rec, now_ms, failed, probe)
         } else {
             circuit.record_successes(&mut rec, now_ms, 1)
         };
         self.settle(&rec, t, &mut on_change);
+        // Closed with a clean window: this bucket's next successes need no lock.
+        if rec.state == State::Closed && circuit.window_is_clean(&rec, now_ms) {
+            self.clean_bucket
+                .store(circuit.bucket_start(now_ms), Ordering::Release);
+        }
     }
 }
 
@@ -298,7 +348,7 @@ mod tests {
             .map(|t| (0..per).filter(|i| (i + t) % 3 == 0).count() as u32)
             .sum();
         assert_eq!(
-            cc.record().window(1_010, 600_000),
+            cc.record(&c).window(1_010, 600_000),
             (threads * per, expected_failures)
         );
         let taken = cc.counts().take();
@@ -400,6 +450,70 @@ mod tests {
         let seen = seen.into_inner().unwrap();
         assert!(seen.len() > 100, "{} changes", seen.len());
         assert_eq!(seen, (1..=seen.len() as u32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn lock_free_successes_are_all_counted_in_their_buckets() {
+        // All successes: after the first of each bucket they skip the lock.
+        let c = circuit(r#"{"windowMillis": 10000, "minRequests": 1000000}"#);
+        let store = Store::new(10);
+        let start = Barrier::new(4);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (store, c, start) = (&store, &c, &start);
+                s.spawn(move || {
+                    let cc = store.cluster("svc").unwrap();
+                    start.wait();
+                    for i in 0..10_000u64 {
+                        // Two buckets (1 s each): 50_000.. and 51_000..
+                        let now = 50_000 + (i / 5_000) * 1_000 + i % 7;
+                        cc.outcome(c, now, false, false, |_, _| panic!("no change"));
+                    }
+                });
+            }
+        });
+        let rec = store.cluster("svc").unwrap().record(&c);
+        assert_eq!(rec.window(51_010, 10_000), (40_000, 0), "none lost");
+        let mut per_bucket: Vec<(u64, u32)> = rec
+            .buckets
+            .iter()
+            .filter(|b| b.total > 0)
+            .map(|b| (b.start_ms, b.total))
+            .collect();
+        per_bucket.sort_unstable();
+        // Each thread's first 5,000 in the first bucket; a success racing with the change of
+        // bucket may land in the next one.
+        assert_eq!(per_bucket.len(), 2, "{per_bucket:?}");
+        assert!(
+            per_bucket[0].0 == 50_000 && per_bucket[0].1 >= 19_990,
+            "{per_bucket:?}"
+        );
+    }
+
+    #[test]
+    fn successes_after_a_failure_trip_on_the_one_that_crosses_the_limit() {
+        // 6 failures, then successes: the 10th request in the window trips (6 of 10 > 0.5),
+        // exactly as the circuit alone decides, although successes were lock-free before.
+        let c = circuit(r#"{"minRequests": 10, "failureRatio": 0.5, "consecutiveFailures": 0}"#);
+        let store = Store::new(1);
+        let cc = store.cluster("svc").unwrap();
+        let trips = std::cell::RefCell::new(Vec::new());
+        let push = |_: &str, t: Transition| trips.borrow_mut().push((t.requests, t.failures));
+        for i in 0..30 {
+            // Clean window: these go to the pending count...
+            cc.outcome(&c, 1_000 + i, false, false, push);
+        }
+        // ...and leave the window: 20 s later they are out of it.
+        for i in 0..6 {
+            cc.outcome(&c, 30_000 + i, true, false, push);
+        }
+        for i in 0..3 {
+            cc.outcome(&c, 30_100 + i, false, false, push);
+            assert!(trips.borrow().is_empty(), "tripped early at success {i}");
+        }
+        cc.outcome(&c, 30_200, false, false, push);
+        assert_eq!(*trips.borrow(), [(10, 6)]);
+        assert_eq!(cc.state(), State::Open);
     }
 
     #[test]

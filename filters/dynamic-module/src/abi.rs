@@ -162,6 +162,10 @@ macro_rules! host_table {
 host_table! {
     log = "envoy_dynamic_module_callback_log": fn(u32, ModuleBuffer);
     log_enabled = "envoy_dynamic_module_callback_log_enabled": fn(u32) -> bool;
+    /// Main thread only.
+    get_concurrency = "envoy_dynamic_module_callback_get_concurrency": fn() -> u32;
+    worker_index = "envoy_dynamic_module_callback_http_filter_get_worker_index":
+        fn(*mut c_void) -> u32;
     get_header = "envoy_dynamic_module_callback_http_get_header":
         fn(*mut c_void, u32, ModuleBuffer, *mut EnvoyBuffer, usize, *mut usize) -> bool;
     set_header = "envoy_dynamic_module_callback_http_set_header":

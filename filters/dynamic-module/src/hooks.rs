@@ -10,7 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -63,8 +63,12 @@ pub(crate) fn init(host: Result<Host, &'static str>) -> *const c_char {
             // symbols).
             let _ = HOST.set(h);
             // Panics are caught at every hook and logged through Envoy; the hook keeps the
-            // message and location for that instead of printing to stderr.
-            std::panic::set_hook(Box::new(|info| {
+            // message and location for that instead of printing to stderr (tests print too).
+            #[cfg(test)]
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                #[cfg(test)]
+                previous(info);
                 let msg = match (
                     info.payload().downcast_ref::<&str>(),
                     info.payload().downcast_ref::<String>(),
@@ -180,11 +184,70 @@ impl Drop for Ticker {
     }
 }
 
+/// One worker's spare stream objects: the last one freed in an atomic slot (a worker
+/// serving one request after another takes it back with a single swap), more behind a lock.
+struct Pool<C: HttpFilterConfig> {
+    last: AtomicPtr<Stream<C>>,
+    spare: Mutex<Vec<Box<Stream<C>>>>,
+}
+
+impl<C: HttpFilterConfig> Pool<C> {
+    fn new() -> Self {
+        Pool {
+            last: AtomicPtr::new(std::ptr::null_mut()),
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Option<Box<Stream<C>>> {
+        let p = self.last.swap(std::ptr::null_mut(), Ordering::Acquire);
+        if p.is_null() {
+            return self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        }
+        // SAFETY: the slot holds only pointers from `Box::into_raw` in `give`, and the swap
+        // made this thread their only owner.
+        Some(unsafe { Box::from_raw(p) })
+    }
+
+    /// Keeps `s` for reuse, or hands it back when the pool is full.
+    fn give(&self, s: Box<Stream<C>>) -> Option<Box<Stream<C>>> {
+        let previous = self.last.swap(Box::into_raw(s), Ordering::AcqRel);
+        if previous.is_null() {
+            return None;
+        }
+        // SAFETY: as in `take`: the swap made this thread the owner of the previous one.
+        let previous = unsafe { Box::from_raw(previous) };
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < POOLED_PER_WORKER {
+            spare.push(previous);
+            None
+        } else {
+            Some(previous)
+        }
+    }
+}
+
+impl<C: HttpFilterConfig> Drop for Pool<C> {
+    fn drop(&mut self) {
+        let p = *self.last.get_mut();
+        if !p.is_null() {
+            // SAFETY: a pointer from `Box::into_raw`, owned by the pool being dropped.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+/// Spare stream objects kept per worker, at most: a new stream takes one instead of
+/// allocating (Envoy 1.40 creates and destroys a filter per request).
+const POOLED_PER_WORKER: usize = 256;
+
 /// A loaded configuration as its streams see it: the filter's own configuration (through
 /// `Deref`) and a way to wake Envoy's main thread.
-#[derive(Debug)]
-pub struct Configured<C> {
+pub struct Configured<C: HttpFilterConfig> {
     config: C,
+    /// Spare streams, one pool per Envoy worker (uncontended: a worker's streams are made
+    /// and destroyed on it).
+    pools: Box<[Pool<C>]>,
     // Held for its Drop, which joins the thread; fields drop in order, so the ticker stops
     // before the scheduler it commits to is deleted.
     _ticker: Option<Ticker>,
@@ -192,14 +255,22 @@ pub struct Configured<C> {
     notified: AtomicBool,
 }
 
-impl<C> std::ops::Deref for Configured<C> {
+impl<C: HttpFilterConfig + std::fmt::Debug> std::fmt::Debug for Configured<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Configured")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: HttpFilterConfig> std::ops::Deref for Configured<C> {
     type Target = C;
     fn deref(&self) -> &C {
         &self.config
     }
 }
 
-impl<C> Configured<C> {
+impl<C: HttpFilterConfig> Configured<C> {
     /// Asks for [`HttpFilterConfig::on_main_thread`] with [`Wake::Notified`] soon. Calls
     /// before it runs are merged into one. Safe from any worker.
     pub fn notify_main_thread(&self) {
@@ -267,8 +338,16 @@ pub unsafe fn config_new<C: HttpFilterConfig>(
         },
         None => None,
     };
+    // Workers are numbered 0..concurrency; stateless filters need no pools.
+    let workers = if stateless::<C>() {
+        0
+    } else {
+        // SAFETY: on the main thread, as `get_concurrency` requires.
+        unsafe { (host.get_concurrency)() as usize }
+    };
     Box::into_raw(Box::new(Configured {
         config,
+        pools: (0..workers).map(|_| Pool::new()).collect(),
         _ticker: ticker,
         scheduler,
         notified: AtomicBool::new(false),
@@ -358,40 +437,78 @@ pub unsafe fn config_callout_done<C: HttpFilterConfig>(
     }
 }
 
+/// Whether `C`'s filters keep no per-stream state (zero-sized): Envoy then gets the
+/// configuration's own pointer for every stream, nothing is allocated, and each hook runs on
+/// a fresh value from [`HttpFilterConfig::new_filter`].
+const fn stateless<C: HttpFilterConfig>() -> bool {
+    std::mem::size_of::<C::Filter>() == 0
+}
+
 /// One stream's filter.
 struct Stream<C: HttpFilterConfig> {
     config: *const Configured<C>,
+    /// Kept when the object waits in a pool, for [`HttpFilterConfig::reuse_filter`].
     filter: RefCell<C::Filter>,
     /// A hook panicked: the filter is not called again.
     poisoned: Cell<bool>,
+    /// The pool it returns to.
+    worker: usize,
 }
+
+// SAFETY: the filter is `Send` (a trait bound) and so are the cells around it; the one raw
+// pointer, `config`, points at a `Sync` value that outlives the stream.
+unsafe impl<C: HttpFilterConfig> Send for Stream<C> {}
 
 /// `envoy_dynamic_module_on_http_filter_new` (a worker).
 ///
 /// # Safety
-/// `config` is the pointer [`config_new`] returned for `C`.
+/// `config` is the pointer [`config_new`] returned for `C`. For a stateless `C::Filter` the
+/// answer is that same pointer; the hooks know it from `C`.
 pub unsafe fn filter_new<C: HttpFilterConfig>(
     config: *const c_void,
-    _envoy: *mut c_void,
+    envoy: *mut c_void,
 ) -> *const c_void {
     // SAFETY: Envoy creates streams only from a configuration that loaded.
     let Some(cfg) = (unsafe { configured::<C>(config) }) else {
         return std::ptr::null();
     };
-    match catch_unwind(AssertUnwindSafe(|| cfg.config.new_filter())) {
-        Ok(filter) => Box::into_raw(Box::new(Stream::<C> {
-            config: cfg,
-            filter: RefCell::new(filter),
-            poisoned: Cell::new(false),
-        }))
-        .cast::<c_void>()
-        .cast_const(),
-        Err(p) => {
-            // Envoy closes the stream when this is null.
-            log_panic::<C>("new_filter", &*p);
-            std::ptr::null()
-        }
+    if stateless::<C>() {
+        return config;
     }
+    let worker = match host() {
+        // SAFETY: Envoy's filter of this stream, on its worker.
+        Some(h) => unsafe { (h.worker_index)(envoy) as usize },
+        None => usize::MAX,
+    };
+    let spare = cfg.pools.get(worker).and_then(Pool::take);
+    let stream = match spare {
+        Some(mut s) => {
+            let made = catch_unwind(AssertUnwindSafe(|| {
+                cfg.config.reuse_filter(s.filter.get_mut());
+            }));
+            if let Err(p) = made {
+                // The object is dropped: it may hold a half-reset filter.
+                log_panic::<C>("reuse_filter", &*p);
+                return std::ptr::null();
+            }
+            s.poisoned.set(false);
+            s
+        }
+        None => match catch_unwind(AssertUnwindSafe(|| cfg.config.new_filter())) {
+            Ok(filter) => Box::new(Stream::<C> {
+                config: cfg,
+                filter: RefCell::new(filter),
+                poisoned: Cell::new(false),
+                worker,
+            }),
+            Err(p) => {
+                // Envoy closes the stream when this is null.
+                log_panic::<C>("new_filter", &*p);
+                return std::ptr::null();
+            }
+        },
+    };
+    Box::into_raw(stream).cast::<c_void>().cast_const()
 }
 
 /// # Safety
@@ -414,6 +531,22 @@ unsafe fn run_hook<C: HttpFilterConfig, R>(
     recover: impl FnOnce(&Configured<C>, &mut HttpFilterHandle<'_>) -> R,
 ) -> R {
     let Some(host) = host() else { return default };
+    if stateless::<C>() {
+        // SAFETY: for stateless filters `module` is the configuration `filter_new` was given.
+        let Some(cfg) = (unsafe { configured::<C>(module) }) else {
+            return default;
+        };
+        let mut handle = HttpFilterHandle::new(host, envoy);
+        return match catch_unwind(AssertUnwindSafe(|| {
+            body(&mut cfg.config.new_filter(), cfg, &mut handle)
+        })) {
+            Ok(r) => r,
+            Err(p) => {
+                log_panic::<C>(name, &*p);
+                catch_unwind(AssertUnwindSafe(|| recover(cfg, &mut handle))).unwrap_or(default)
+            }
+        };
+    }
     // SAFETY: per this function's contract.
     let Some(s) = (unsafe { stream::<C>(module) }) else {
         return default;
@@ -484,35 +617,27 @@ pub unsafe fn response_headers<C: HttpFilterConfig>(
     status.to_abi()
 }
 
-/// `envoy_dynamic_module_on_http_filter_stream_complete`.
-///
-/// # Safety
-/// Envoy's arguments for a live stream.
-pub unsafe fn stream_complete<C: HttpFilterConfig>(envoy: *mut c_void, module: *const c_void) {
-    // SAFETY: Envoy's arguments, per this function's contract.
-    unsafe {
-        run_hook::<C, ()>(
-            "on_stream_complete",
-            envoy,
-            module,
-            (),
-            |f, cfg, h| f.on_stream_complete(cfg, h),
-            |_, _| (),
-        )
-    }
-}
-
 /// `envoy_dynamic_module_on_http_filter_destroy`.
 ///
 /// # Safety
 /// `module` is null or a `Stream<C>` from [`filter_new`], not used again.
 pub unsafe fn filter_destroy<C: HttpFilterConfig>(module: *const c_void) {
-    if module.is_null() {
+    if module.is_null() || stateless::<C>() {
         return;
     }
     // SAFETY: `module` came from `Box::into_raw` in `filter_new::<C>`; Envoy destroys each
     // stream's filter once.
     let boxed = unsafe { Box::from_raw(module.cast_mut().cast::<Stream<C>>()) };
+    // SAFETY: the configuration outlives its streams (Envoy's filter holds it).
+    let cfg = unsafe { &*boxed.config };
+    // A poisoned filter is not reused: the panic may have left it half-changed.
+    let boxed = match cfg.pools.get(boxed.worker) {
+        Some(pool) if !boxed.poisoned.get() => match pool.give(boxed) {
+            None => return,
+            Some(extra) => extra,
+        },
+        _ => boxed,
+    };
     if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(boxed))) {
         log_panic::<C>("filter destroy", &*p);
     }

@@ -89,6 +89,23 @@ pub fn log_enabled(level: Level) -> bool {
     }
 }
 
+/// Milliseconds since the Unix epoch from the kernel's coarse real-time clock (a few ms of
+/// resolution, a fraction of `SystemTime::now`'s cost): for time buckets and timestamps on
+/// the request path, not for measuring latencies.
+pub fn coarse_now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid place to write; CLOCK_REALTIME_COARSE exists on Linux ≥ 2.6.32.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() * 1000 + u64::from(d.subsec_millis()));
+    }
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
 /// A filter's configuration: made once per loaded configuration on Envoy's main thread,
 /// then shared by the streams of every worker.
 pub trait HttpFilterConfig: Sized + Send + Sync + 'static {
@@ -102,8 +119,18 @@ pub trait HttpFilterConfig: Sized + Send + Sync + 'static {
     /// configuration: Envoy logs `NAME: <error>` and rejects it.
     fn new(cx: &mut ConfigContext<'_>, config: &[u8]) -> Result<Self, String>;
 
-    /// The filter of a new stream (on its worker).
+    /// The filter of a new stream (on its worker). A zero-sized filter keeps no per-stream
+    /// state: nothing is allocated per stream and this is called at each hook instead, so it
+    /// must have no effect of its own there.
     fn new_filter(&self) -> Self::Filter;
+
+    /// Prepares the filter of a finished stream for a new one on the same worker (the wrapper
+    /// keeps finished streams' objects for reuse). The default replaces it with
+    /// [`HttpFilterConfig::new_filter`]; a filter may instead reset its per-stream fields and
+    /// keep what it learnt, such as a lookup it will need again.
+    fn reuse_filter(&self, filter: &mut Self::Filter) {
+        *filter = self.new_filter();
+    }
 
     /// On Envoy's main thread, after [`ConfigContext::tick_every`]'s period or a
     /// [`Configured::notify_main_thread`].
@@ -120,7 +147,8 @@ pub trait HttpFilterConfig: Sized + Send + Sync + 'static {
 }
 
 /// The filter of one HTTP stream; its hooks run on the stream's worker, one at a time.
-pub trait HttpFilter: Sized + 'static {
+/// (`Send`: a finished stream's object waits for reuse in its configuration's pool.)
+pub trait HttpFilter: Sized + Send + 'static {
     /// Its configuration.
     type Config: HttpFilterConfig<Filter = Self>;
 
@@ -142,14 +170,6 @@ pub trait HttpFilter: Sized + 'static {
         _end_of_stream: bool,
     ) -> HeadersStatus {
         HeadersStatus::Continue
-    }
-
-    /// The stream is done.
-    fn on_stream_complete(
-        &mut self,
-        _config: &Configured<Self::Config>,
-        _envoy: &mut HttpFilterHandle<'_>,
-    ) {
     }
 
     /// [`HttpFilter::on_request_headers`] panicked (and was logged): leave the request in a
@@ -258,15 +278,6 @@ macro_rules! export_http_filter {
             }
 
             #[no_mangle]
-            unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-                envoy: *mut c_void,
-                module: *const c_void,
-            ) {
-                // SAFETY: Envoy's arguments, as `hooks` requires them.
-                unsafe { hooks::stream_complete::<$config>(envoy, module) }
-            }
-
-            #[no_mangle]
             unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
                 module: *const c_void,
             ) {
@@ -275,7 +286,16 @@ macro_rules! export_http_filter {
             }
 
             // Hooks Envoy 1.40 requires that these filters do not use: bodies and trailers
-            // pass through, per-stream callouts, streams and schedulers are never started.
+            // pass through, per-stream callouts, streams and schedulers are never started,
+            // and the end of a stream needs nothing (its object goes back to the pool when
+            // Envoy destroys it).
+            #[no_mangle]
+            extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+                _: *mut c_void,
+                _: *const c_void,
+            ) {
+            }
+
             #[no_mangle]
             extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
                 _: *mut c_void,

@@ -39,6 +39,8 @@ struct FakeStream {
     local_reply: Option<LocalReply>,
     counters: HashMap<usize, u64>,
     route_cleared: usize,
+    /// The worker the stream runs on.
+    worker: u32,
     /// Called from inside `send_response`, as Envoy's local reply re-enters the filter.
     reenter: Option<Box<dyn Fn(*mut c_void)>>,
 }
@@ -91,6 +93,15 @@ unsafe extern "C" fn fake_log(level: u32, msg: ModuleBuffer) {
 
 unsafe extern "C" fn fake_log_enabled(level: u32) -> bool {
     level >= abi::LOG_INFO
+}
+
+unsafe extern "C" fn fake_concurrency() -> u32 {
+    2
+}
+
+unsafe extern "C" fn fake_worker_index(f: *mut c_void) -> u32 {
+    // SAFETY: a `FakeStream`.
+    unsafe { stream(f) }.worker
 }
 
 unsafe extern "C" fn fake_get_header(
@@ -397,6 +408,8 @@ fn fake_host() -> Host {
     Host {
         log: fake_log,
         log_enabled: fake_log_enabled,
+        get_concurrency: fake_concurrency,
+        worker_index: fake_worker_index,
         get_header: fake_get_header,
         set_header: fake_set_header,
         send_response: fake_send_response,
@@ -431,6 +444,7 @@ struct TestConfig {
     state: GaugeVec,
     main_calls: Mutex<Vec<Wake>>,
     callouts: Mutex<Vec<Answer>>,
+    reuses: AtomicUsize,
 }
 
 struct TestFilter {
@@ -462,11 +476,17 @@ impl HttpFilterConfig for TestConfig {
                 .map_err(|e| e.to_string())?,
             main_calls: Mutex::new(Vec::new()),
             callouts: Mutex::new(Vec::new()),
+            reuses: AtomicUsize::new(0),
         })
     }
 
     fn new_filter(&self) -> TestFilter {
         TestFilter { seen: Vec::new() }
+    }
+
+    fn reuse_filter(&self, filter: &mut TestFilter) {
+        self.reuses.fetch_add(1, Ordering::SeqCst);
+        filter.seen = vec!["reused".into()];
     }
 
     fn on_main_thread(&self, main: &mut MainThread<'_>, why: Wake) {
@@ -695,7 +715,6 @@ fn hooks_read_and_write_headers_count_and_see_the_route() {
             hooks::response_headers::<TestConfig>(env, f, false),
             abi::STATUS_CONTINUE
         );
-        hooks::stream_complete::<TestConfig>(env, f);
         hooks::filter_destroy::<TestConfig>(f);
     }
     // Bytes, not text: a value that is not UTF-8 is copied as it was.
@@ -1013,3 +1032,204 @@ fn the_export_macro_emits_every_hook_envoy_1_40_requires() {
 }
 
 crate::export_http_filter!(TestConfig);
+
+#[test]
+fn stream_objects_are_reused_per_worker_and_start_fresh() {
+    install();
+    let mut cfg = FakeConfig::default();
+    let module = load(&mut cfg, b"{}");
+    let run = |s: &mut FakeStream| -> usize {
+        let env = envoy_ptr(s);
+        // SAFETY: live fakes; one stream at a time, destroyed at the end.
+        unsafe {
+            let f = hooks::filter_new::<TestConfig>(module, env);
+            hooks::request_headers::<TestConfig>(env, f, true);
+            stream(env).response = vec![(":status".into(), b"200".to_vec())];
+            hooks::response_headers::<TestConfig>(env, f, false);
+            hooks::filter_destroy::<TestConfig>(f);
+            f as usize
+        }
+    };
+    // SAFETY: the live configuration.
+    let configured = unsafe { &*module.cast::<Configured<TestConfig>>() };
+    let mut a = FakeStream::default();
+    let first = run(&mut a);
+    let mut b = FakeStream {
+        request: vec![("x-mode".into(), b"panic".to_vec())],
+        ..FakeStream::default()
+    };
+    assert_eq!(run(&mut b), first, "worker 0 reused its spare object");
+    assert_eq!(configured.reuses.load(Ordering::SeqCst), 1);
+    // B panicked: its object is dropped, not pooled, so C gets a new filter.
+    let mut c = FakeStream {
+        cluster: Some("c".into()),
+        ..FakeStream::default()
+    };
+    run(&mut c);
+    assert_eq!(
+        configured.reuses.load(Ordering::SeqCst),
+        1,
+        "a poisoned object came back"
+    );
+    assert_eq!(
+        request_header_value(&c, "x-summary").as_deref(),
+        Some("Some([50, 48, 48]) None None after [\"cluster=Some(\\\"c\\\")\"]")
+    );
+    // C's object is pooled and reused, through `reuse_filter`.
+    let mut c2 = FakeStream::default();
+    run(&mut c2);
+    assert_eq!(configured.reuses.load(Ordering::SeqCst), 2);
+    assert!(
+        request_header_value(&c2, "x-summary")
+            .is_some_and(|s| s.ends_with("after [\"reused\", \"cluster=None\"]")),
+        "{:?}",
+        request_header_value(&c2, "x-summary")
+    );
+    // Two streams alive at once on worker 0: when both end, one waits in the atomic slot and
+    // one in the locked list; two new streams get both back.
+    let mut s1 = FakeStream::default();
+    let mut s2 = FakeStream::default();
+    let (e1, e2) = (envoy_ptr(&mut s1), envoy_ptr(&mut s2));
+    // SAFETY: live fakes; each stream destroyed once.
+    unsafe {
+        let f1 = hooks::filter_new::<TestConfig>(module, e1);
+        let f2 = hooks::filter_new::<TestConfig>(module, e2);
+        assert_ne!(f1, f2);
+        hooks::filter_destroy::<TestConfig>(f1);
+        hooks::filter_destroy::<TestConfig>(f2);
+        let before = configured.reuses.load(Ordering::SeqCst);
+        let g1 = hooks::filter_new::<TestConfig>(module, e1);
+        let g2 = hooks::filter_new::<TestConfig>(module, e2);
+        assert_eq!(configured.reuses.load(Ordering::SeqCst), before + 2);
+        let mut got = [g1 as usize, g2 as usize];
+        let mut had = [f1 as usize, f2 as usize];
+        got.sort_unstable();
+        had.sort_unstable();
+        assert_eq!(got, had);
+        hooks::filter_destroy::<TestConfig>(g1);
+        hooks::filter_destroy::<TestConfig>(g2);
+    }
+    // Another worker has its own pool; a worker Envoy numbers beyond the concurrency it
+    // announced still gets a working (unpooled) object.
+    let mut other = FakeStream {
+        worker: 1,
+        ..FakeStream::default()
+    };
+    run(&mut other);
+    // (5: the two single reuses above, f1 taking c2's object, and g1 and g2.)
+    assert_eq!(
+        configured.reuses.load(Ordering::SeqCst),
+        5,
+        "worker 1's pool was empty"
+    );
+    let mut d = FakeStream {
+        worker: 9,
+        cluster: Some("d".into()),
+        ..FakeStream::default()
+    };
+    run(&mut d);
+    assert!(request_header_value(&d, "x-summary").is_some_and(|s| s.contains(r#"Some(\"d\")"#)));
+    // SAFETY: destroyed once, after its streams.
+    unsafe { hooks::config_destroy::<TestConfig>(module) };
+}
+
+/// A filter without per-stream state.
+#[derive(Debug)]
+struct StatelessConfig;
+
+struct StatelessFilter;
+
+impl HttpFilterConfig for StatelessConfig {
+    const NAME: &'static str = "stateless";
+    type Filter = StatelessFilter;
+
+    fn new(_: &mut ConfigContext<'_>, _: &[u8]) -> Result<Self, String> {
+        Ok(StatelessConfig)
+    }
+
+    fn new_filter(&self) -> StatelessFilter {
+        StatelessFilter
+    }
+}
+
+impl HttpFilter for StatelessFilter {
+    type Config = StatelessConfig;
+
+    fn on_request_headers(
+        &mut self,
+        _: &Configured<StatelessConfig>,
+        envoy: &mut HttpFilterHandle<'_>,
+        _: bool,
+    ) -> HeadersStatus {
+        if envoy.request_header("x-mode").is_some() {
+            panic!("stateless exploded");
+        }
+        envoy.set_request_header("x-seen", b"1");
+        HeadersStatus::Continue
+    }
+
+    fn request_headers_panicked(
+        _: &Configured<StatelessConfig>,
+        envoy: &mut HttpFilterHandle<'_>,
+    ) -> HeadersStatus {
+        envoy.set_request_header("x-recovered", b"1");
+        HeadersStatus::Continue
+    }
+}
+
+#[test]
+fn a_stateless_filter_costs_no_allocation_and_still_recovers_from_panics() {
+    install();
+    let mut cfg = FakeConfig::default();
+    // SAFETY: the fake configuration stands for Envoy's.
+    let module = unsafe {
+        hooks::config_new::<StatelessConfig>(
+            envoy_ptr(&mut cfg),
+            EnvoyBuffer::empty(),
+            EnvoyBuffer::empty(),
+        )
+    };
+    let mut ok = FakeStream::default();
+    let mut bad = FakeStream {
+        request: vec![("x-mode".into(), b"panic".to_vec())],
+        ..FakeStream::default()
+    };
+    // SAFETY: live fakes.
+    unsafe {
+        let f = hooks::filter_new::<StatelessConfig>(module, envoy_ptr(&mut ok));
+        assert_eq!(
+            f, module,
+            "the configuration's own pointer: nothing allocated"
+        );
+        hooks::request_headers::<StatelessConfig>(envoy_ptr(&mut ok), f, true);
+        hooks::filter_destroy::<StatelessConfig>(f);
+        for _ in 0..2 {
+            // No per-stream poisoning to remember: each panic is caught and recovered.
+            hooks::request_headers::<StatelessConfig>(envoy_ptr(&mut bad), module, true);
+        }
+    }
+    assert_eq!(request_header_value(&ok, "x-seen").as_deref(), Some("1"));
+    assert_eq!(
+        request_header_value(&bad, "x-recovered").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        logs()
+            .iter()
+            .filter(|m| m.starts_with("stateless: panic in on_request_headers: stateless exploded"))
+            .count(),
+        2
+    );
+    // SAFETY: destroyed once.
+    unsafe { hooks::config_destroy::<StatelessConfig>(module) };
+}
+
+#[test]
+fn the_coarse_clock_is_the_wall_clock_to_within_its_resolution() {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let coarse = coarse_now_ms();
+    assert!(coarse.abs_diff(wall) < 50, "coarse {coarse}, wall {wall}");
+}
