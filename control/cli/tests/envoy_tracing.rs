@@ -5,8 +5,7 @@
 mod common;
 
 use common::*;
-use maille_collector::export::{SendError, Sink, Unprocessed};
-use maille_collector::server::{start, Config};
+use maille_collector::{start, Config, SendError, Sink, Unprocessed};
 use maille_testkit::free_port;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -38,9 +37,7 @@ fn requests_through_the_mesh_become_one_trace() {
                 http_addr: "127.0.0.1:0".parse().unwrap(),
                 queue_capacity: 1000,
                 max_request_bytes: 4 << 20,
-                annotations: vec![],
-                spool: None,
-                dimensions: vec![],
+                ..Config::default()
             },
             recorder.clone(),
             None,
@@ -86,7 +83,7 @@ fn requests_through_the_mesh_become_one_trace() {
         .find(|d| d["name"] == "gateway" && d["trace_id"] == white["trace_id"])
         .unwrap_or_else(|| panic!("no gateway span in white's trace: {docs:#?}"));
     for d in [white, gateway] {
-        maille_collector::xray::check_document(d).unwrap_or_else(|e| panic!("{d}: {e:?}"));
+        maille_collector::check_document(d).unwrap_or_else(|e| panic!("{d}: {e:?}"));
         assert_eq!(d["http"]["response"]["status"], 200, "{d}");
     }
     assert_eq!(

@@ -129,32 +129,162 @@ impl Control {
         ingress: u16,
         otlp: Option<u16>,
     ) -> (Envoy, u16) {
-        let admin = free_port();
-        let egress = free_port();
-        let mut args: Vec<String> = [
-            "bootstrap",
-            "--node",
-            &format!("{mesh}/{node}"),
-            "--admin-port",
-            &admin.to_string(),
-            "--ingress-port",
-            &ingress.to_string(),
-            "--egress-port",
-            &egress.to_string(),
-            "--listen-address",
-            "127.0.0.1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(p) = otlp {
-            args.extend(["--otlp-port".to_owned(), p.to_string()]);
-        }
-        let (ok, yaml, err) = self.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(ok, "maillectl bootstrap failed: {err}");
-        let envoy = Envoy::start(&yaml, admin)
-            .unwrap_or_else(|e| panic!("Envoy exited ({}):\n{}", e.status, e.log));
-        (envoy, egress)
+        envoy_via(|a| self.ctl(a), mesh, node, ingress, otlp)
+    }
+
+    /// POST `body` (JSON) to the admin API; the answer as JSON (whatever its status).
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        post(&self.url(), path, body)
+    }
+}
+
+fn post(base: &str, path: &str, body: &Value) -> Value {
+    let mut r = agent()
+        .post(&format!("{base}{path}"))
+        .send_json(body)
+        .expect("admin API answers");
+    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null)
+}
+
+/// Envoy for `node` from a bootstrap `maillectl` gets through `ctl`; it and its egress port.
+pub fn envoy_via(
+    ctl: impl Fn(&[&str]) -> (bool, String, String),
+    mesh: &str,
+    node: &str,
+    ingress: u16,
+    otlp: Option<u16>,
+) -> (Envoy, u16) {
+    let admin = free_port();
+    let egress = free_port();
+    let mut args: Vec<String> = [
+        "bootstrap",
+        "--node",
+        &format!("{mesh}/{node}"),
+        "--admin-port",
+        &admin.to_string(),
+        "--ingress-port",
+        &ingress.to_string(),
+        "--egress-port",
+        &egress.to_string(),
+        "--listen-address",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(p) = otlp {
+        args.extend(["--otlp-port".to_owned(), p.to_string()]);
+    }
+    let (ok, yaml, err) = ctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "maillectl bootstrap failed: {err}");
+    let envoy = Envoy::start(&yaml, admin)
+        .unwrap_or_else(|e| panic!("Envoy exited ({}):\n{}", e.status, e.log));
+    (envoy, egress)
+}
+
+/// The control server as its own process (the built `maille-control` next to `maillectl`),
+/// on fixed ports so that it can be killed and started again on the same state.
+pub struct Process {
+    child: std::process::Child,
+    state: PathBuf,
+    xds: u16,
+    http: u16,
+}
+
+impl Process {
+    pub fn start(state: &Path) -> Process {
+        Process::start_on(state, free_port(), free_port())
+    }
+
+    fn start_on(state: &Path, xds: u16, http: u16) -> Process {
+        let bin = Path::new(env!("CARGO_BIN_EXE_maillectl"))
+            .parent()
+            .unwrap()
+            .join("maille-control");
+        assert!(
+            bin.exists(),
+            "{} missing: build the workspace's binaries (cargo build --bins)",
+            bin.display()
+        );
+        let log = std::fs::File::create(state.with_extension("log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .arg("--state")
+            .arg(state)
+            .arg("--modules")
+            .arg(repo_root().join("target/filters"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start maille-control");
+        let p = Process {
+            child,
+            state: state.to_path_buf(),
+            xds,
+            http,
+        };
+        eventually(
+            "the control server answers",
+            Duration::from_secs(20),
+            || {
+                let ok = agent()
+                    .get(&format!("{}/healthz", p.url()))
+                    .call()
+                    .is_ok_and(|r| r.status() == 200);
+                (
+                    ok,
+                    std::fs::read_to_string(p.state.with_extension("log")).unwrap_or_default(),
+                )
+            },
+        );
+        p
+    }
+
+    /// SIGKILL, then the same server again on the same state and ports.
+    pub fn kill_and_restart(mut self) -> Process {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (state, xds, http) = (self.state.clone(), self.xds, self.http);
+        std::mem::forget(self);
+        Process::start_on(&state, xds, http)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let mut r = agent()
+            .get(&format!("{}{path}", self.url()))
+            .call()
+            .expect("admin API answers");
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_maillectl"))
+            .arg("--server")
+            .arg(self.url())
+            .args(args)
+            .output()
+            .expect("run maillectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn envoy(&self, mesh: &str, node: &str) -> (Envoy, u16) {
+        envoy_via(|a| self.ctl(a), mesh, node, free_port(), None)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -164,6 +294,8 @@ pub struct Apps {
     pub ports: BTreeMap<String, u16>,
     pub hits: BTreeMap<String, Arc<AtomicU64>>,
     pub failing: BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>,
+    /// Per app: every n-th request answers 500 (0: none).
+    pub error_every: BTreeMap<String, Arc<AtomicU64>>,
 }
 
 impl Apps {
@@ -171,6 +303,7 @@ impl Apps {
         let mut ports = BTreeMap::new();
         let mut hits = BTreeMap::new();
         let mut failing = BTreeMap::new();
+        let mut error_every = BTreeMap::new();
         for name in names {
             let listener = rt
                 .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -178,11 +311,24 @@ impl Apps {
             let port = listener.local_addr().unwrap().port();
             let counter = Arc::new(AtomicU64::new(0));
             let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let (n, c, f) = (name.to_string(), counter.clone(), fail.clone());
+            let every = Arc::new(AtomicU64::new(0));
+            let (n, c, f, e) = (
+                name.to_string(),
+                counter.clone(),
+                fail.clone(),
+                every.clone(),
+            );
             let app = axum::Router::new().fallback(move || {
-                let (n, c, f) = (n.clone(), c.clone(), f.clone());
+                let (n, c, f, e) = (n.clone(), c.clone(), f.clone(), e.clone());
                 async move {
-                    c.fetch_add(1, Ordering::Relaxed);
+                    let i = c.fetch_add(1, Ordering::Relaxed);
+                    let every = e.load(Ordering::Relaxed);
+                    if every > 0 && i % every == 0 {
+                        return (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("{n} errs"),
+                        );
+                    }
                     if f.load(Ordering::Relaxed) {
                         (
                             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -199,11 +345,13 @@ impl Apps {
             ports.insert(name.to_string(), port);
             hits.insert(name.to_string(), counter);
             failing.insert(name.to_string(), fail);
+            error_every.insert(name.to_string(), every);
         }
         Apps {
             ports,
             hits,
             failing,
+            error_every,
         }
     }
 }
