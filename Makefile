@@ -14,6 +14,7 @@ filters: setup
 ## Everything CI runs: formatting, lints, unit tests, and end-to-end tests with real Envoy.
 test: filters lint
 	$(CARGO) test --workspace --locked
+	$(CARGO) test -p maille-control --locked --features cloudwatch --test cloudwatch_analysis
 
 ## The fast tier: every unit test and the in-process integration tests (goldens of the Envoy
 ## resources, validation, import of every format, the ADS stream, the write path, the CLI
@@ -26,6 +27,7 @@ test-fast:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --locked --all-targets -q -- -D warnings
+	$(CARGO) clippy -p maille-control --locked --features cloudwatch --all-targets -q -- -D warnings
 
 ## The ColorTeller mesh: moto (X-Ray, CloudWatch), the control server, five demo services each
 ## with Envoy and collector sidecars; prints what to try. Ctrl-C stops it all.
