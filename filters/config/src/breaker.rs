@@ -65,7 +65,10 @@ pub struct BreakerConfig {
     /// Response header on local answers while open. Default `x-maille-circuit`.
     pub circuit_header: String,
     /// Request header holding the upstream cluster, when present. Default
-    /// `x-maille-cluster` (set by the canary filter, placed before this one).
+    /// `x-maille-cluster` (set by the canary filter, placed before this one). The wasm
+    /// build reads it first, then the route's cluster; the native build asks Envoy for the
+    /// route's cluster first (behind the canary's `cluster_header` route, the canary's
+    /// choice) and reads the header only when the route has none.
     pub cluster_header: String,
 }
 

@@ -80,11 +80,20 @@ impl Validator {
 /// Longest header, cookie or query parameter name accepted.
 const MAX_NAME_LEN: usize = 255;
 
-/// `"value"` with non-printable and non-ASCII characters escaped. Written out rather than
+/// Characters of a value quoted in an error, at most: a hostile configuration must not turn
+/// into a log line of its own size.
+const MAX_QUOTED_CHARS: usize = 100;
+
+/// `"value"` with non-printable and non-ASCII characters escaped, cut after
+/// [`MAX_QUOTED_CHARS`] characters (`"nnn..." (200000 bytes)`). Written out rather than
 /// `{:?}` because the filters are built with `-Zfmt-debug=none`, which blanks Debug output.
 pub(crate) fn quoted(s: &str) -> String {
-    format!("\"{}\"", s.escape_default())
+    match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => format!("\"{}\"", s.escape_default()),
+        Some((cut, _)) => format!("\"{}...\" ({} bytes)", s[..cut].escape_default(), s.len()),
+    }
 }
+
 
 /// RFC 9110 token characters: what header, cookie and query parameter names are made of.
 fn is_token(s: &str) -> bool {
@@ -133,5 +142,20 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
     #[cfg(not(feature = "field-paths"))]
     {
         serde_json::from_slice(bytes).map_err(|e| ConfigError::single("", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_in_errors() {
+        assert_eq!(quoted("a\"b"), r#""a\"b""#);
+        let long = "n".repeat(200_000);
+        let q = quoted(&long);
+        assert_eq!(q, format!("\"{}...\" (200000 bytes)", "n".repeat(100)));
+        // Cut on a character boundary.
+        assert!(quoted(&"é".repeat(150)).ends_with("...\" (300 bytes)"));
     }
 }

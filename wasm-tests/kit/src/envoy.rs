@@ -288,6 +288,11 @@ impl Envoy {
             .read_to_string()
     }
 
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Everything Envoy has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
@@ -420,6 +425,69 @@ pub fn start_canary_on(
         ],
     );
     Envoy::start(&yaml, admin).map(|e| (e, listener))
+}
+
+/// Front Envoy of the breaker template of `runtime` (`deploy/envoy/breaker.yaml` or
+/// `deploy/envoy/breaker-native.yaml`) with the breaker configured by `config` (JSON), in
+/// front of `flaky_port`, signalling to `signal_port`. Returns the Envoy and its listener
+/// port, or how it failed.
+pub fn start_breaker_on(
+    runtime: Runtime,
+    config: &str,
+    flaky_port: u16,
+    signal_port: u16,
+) -> Result<(Envoy, u16), EnvoyExit> {
+    let (admin, port) = (free_port(), free_port());
+    Envoy::from_template(
+        runtime.template("breaker"),
+        &[
+            ("ADMIN_PORT", &admin.to_string()),
+            ("LISTENER_PORT", &port.to_string()),
+            ("FLAKY_PORT", &flaky_port.to_string()),
+            ("SIGNAL_PORT", &signal_port.to_string()),
+            (
+                &runtime.module_var("breaker"),
+                &runtime.module("breaker").display().to_string(),
+            ),
+            ("BREAKER_CONFIG", &yaml_single_quoted(config)),
+        ],
+        admin,
+    )
+    .map(|e| (e, port))
+}
+
+/// Front Envoy of `deploy/envoy/canary-breaker-native.yaml`: both filters as native modules,
+/// the canary's `canary` and the breaker's `breaker` configurations (JSON), routing to `up`,
+/// signalling to `signal_port`.
+pub fn start_canary_breaker_native(
+    up: &Upstreams,
+    canary: &str,
+    breaker: &str,
+    signal_port: u16,
+) -> Result<(Envoy, u16), EnvoyExit> {
+    let (admin, port) = (free_port(), free_port());
+    Envoy::from_template(
+        "deploy/envoy/canary-breaker-native.yaml",
+        &[
+            ("ADMIN_PORT", &admin.to_string()),
+            ("LISTENER_PORT", &port.to_string()),
+            ("STABLE_PORT", &up.stable_port.to_string()),
+            ("CANARY_PORT", &up.canary_port.to_string()),
+            ("SIGNAL_PORT", &signal_port.to_string()),
+            (
+                "CANARY_MODULE",
+                &filter_native("canary").display().to_string(),
+            ),
+            (
+                "BREAKER_MODULE",
+                &filter_native("breaker").display().to_string(),
+            ),
+            ("CANARY_CONFIG", &yaml_single_quoted(canary)),
+            ("BREAKER_CONFIG", &yaml_single_quoted(breaker)),
+        ],
+        admin,
+    )
+    .map(|e| (e, port))
 }
 
 /// One request a [`RecordingServer`] received.

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use maille_testkit::{agent, eventually, fixture, for_each_runtime, yaml_single_quoted};
+use maille_testkit::{agent, eventually, fixture, for_each_runtime, start_breaker_on};
 use maille_testkit::{free_port, Envoy, RecordingServer, Runtime};
 
 for_each_runtime!(
@@ -43,23 +43,8 @@ impl Setup {
             up_admin,
         )
         .unwrap_or_else(|e| panic!("upstream: {}\n{}", e.status, e.log));
-        let (admin, port) = (free_port(), free_port());
-        let front = Envoy::from_template(
-            runtime.template("breaker"),
-            &[
-                ("ADMIN_PORT", &admin.to_string()),
-                ("LISTENER_PORT", &port.to_string()),
-                ("FLAKY_PORT", &flaky.to_string()),
-                ("SIGNAL_PORT", &signal_port.to_string()),
-                (
-                    &runtime.module_var("breaker"),
-                    &runtime.module("breaker").display().to_string(),
-                ),
-                ("BREAKER_CONFIG", &yaml_single_quoted(CONFIG)),
-            ],
-            admin,
-        )
-        .unwrap_or_else(|e| panic!("front: {}\n{}", e.status, e.log));
+        let (front, port) = start_breaker_on(runtime, CONFIG, flaky, signal_port)
+            .unwrap_or_else(|e| panic!("front: {}\n{}", e.status, e.log));
         Setup {
             runtime,
             front,

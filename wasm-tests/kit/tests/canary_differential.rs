@@ -1,11 +1,15 @@
-//! The same request sequences through canary.wasm in real Envoy and in the wasmtime host:
-//! the same routing outcome for every request, and the same metric counts at the end.
+//! The same request sequences through the canary filter in real Envoy (canary.wasm on V8,
+//! or the native dynamic module) and through canary.wasm in the wasmtime host: the same
+//! routing outcome for every request, and the same metric counts at the end. With the native
+//! module in Envoy this holds the two builds of the filter to each other.
 
 use std::collections::HashMap;
 
-use maille_testkit::{agent, filter_wasm};
-use maille_testkit::{start_canary, Upstreams};
+use maille_testkit::{agent, filter_wasm, for_each_runtime, Runtime};
+use maille_testkit::{start_canary_on, Upstreams};
 use maille_wasm_host::Host;
+
+for_each_runtime!(envoy_and_the_host_route_alike_and_count_alike);
 
 const CONFIG: &str = r#"{
   "targets": [{"name": "stable", "cluster": "stable", "weight": 70},
@@ -71,10 +75,9 @@ fn sequences() -> Vec<Vec<Req>> {
     seqs
 }
 
-#[test]
-fn envoy_and_the_host_route_alike_and_count_alike() {
+fn envoy_and_the_host_route_alike_and_count_alike(runtime: Runtime) {
     let up = Upstreams::start();
-    let (envoy, port) = start_canary(&up, CONFIG)
+    let (envoy, port) = start_canary_on(runtime, &up, CONFIG)
         .unwrap_or_else(|e| panic!("Envoy refused the config: {}\n{}", e.status, e.log));
     let http = agent();
 
@@ -113,10 +116,11 @@ fn envoy_and_the_host_route_alike_and_count_alike() {
         }
     }
 
+    let prefix = runtime.stat("");
     let envoy_counts: HashMap<String, u64> = envoy
         .stats("maille_canary.decisions")
         .into_iter()
-        .map(|(k, v)| (k.trim_start_matches("wasmcustom.").to_owned(), v))
+        .map(|(k, v)| (k.trim_start_matches(prefix.as_str()).to_owned(), v))
         .collect();
     let host_counts = host.metrics();
     assert_eq!(envoy_counts, host_counts);
