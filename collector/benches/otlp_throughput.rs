@@ -5,8 +5,9 @@
 //! `make bench-collector` (installs Rotel into .venv first). Environment: `SECONDS` of load
 //! per collector (default 10), `CLIENTS` concurrent gRPC senders (default 4), `BATCH` spans
 //! per request (default 100). Reports spans/s delivered, CPU seconds per million spans,
-//! peak memory; then Maille under 10x overload (a sink 10x slower than the load) to show
-//! memory stays bounded while senders are pushed back.
+//! peak memory; then Maille with a sink taking 100 ms per call (a distant X-Ray: what
+//! several calls in flight carry), and under overload (a sink taking 500 ms per call) to
+//! show memory stays bounded while senders are pushed back.
 
 use axum::body::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -381,12 +382,26 @@ fn main() {
         );
     }
 
-    // 10x overload: the sink takes 10 times longer per request than the load allows.
+    // A slow X-Ray: 100 ms per call. Delivered while the load lasts, per second.
+    let (slow_port, slow_count) = sink(&rt, Duration::from_millis(100));
+    let (p, port) = maille(slow_port, 100_000);
+    let t0 = Instant::now();
+    let (accepted, refused) = load(&rt, port, secs, clients, batch);
+    let delivered = slow_count.load(Ordering::Relaxed);
+    println!(
+        "sink 100 ms per call: delivered {:.0} spans/s ({delivered} in {:.1} s), accepted {accepted}, pushed back {refused} requests, peak {:.1} MiB",
+        delivered as f64 / t0.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64(),
+        p.peak_mib()
+    );
+    drop(p);
+
+    // Overload: the sink takes 500 ms per call, far slower than the load.
     let (slow_port, slow_count) = sink(&rt, Duration::from_millis(500));
     let (p, port) = maille(slow_port, 20_000);
     let (accepted, refused) = load(&rt, port, secs, clients, batch);
     println!(
-        "overload (sink 500 ms per request): accepted {accepted}, pushed back {refused} requests, delivered {} so far, peak {:.1} MiB",
+        "overload (sink 500 ms per call, queue 20,000): accepted {accepted}, pushed back {refused} requests, delivered {} so far, peak {:.1} MiB",
         slow_count.load(Ordering::Relaxed),
         p.peak_mib()
     );

@@ -14,7 +14,8 @@
 //! - `error` (4xx), `throttle` (429) and `fault` (5xx, span status ERROR, or exceptions
 //!   without a status) from status codes; `cause` from `exception` events.
 //! - Annotations from a configured list of attributes plus the mesh's markers (canary variant,
-//!   circuit state, upstream cluster), keys made X-Ray-safe, at most 50; the other attributes
+//!   circuit state, upstream cluster), keys made X-Ray-safe, values of at most 1,000
+//!   characters, at most 50; the other attributes
 //!   (and annotations beyond 50 or whose X-Ray key is taken) go to metadata. A repeated
 //!   attribute key keeps its last value. NaN and the infinities are written as text.
 //! - `origin` and the `aws` block from resource attributes (EC2, ECS/Fargate, EKS), each
@@ -22,7 +23,8 @@
 //! - A document over [`MAX_DOCUMENT_BYTES`] is trimmed, never dropped: metadata values go
 //!   first (largest first), then exception stacks, then exceptions beyond what fits, and
 //!   the remaining long strings (URL, user agent, method, client address, annotation values,
-//!   exception types and messages) are cut to a common length. A trimmed document says so in
+//!   exception types and messages) are cut to a common length. A trimmed document (or one
+//!   whose name, annotation or `aws` value was cut to X-Ray's limits) says so in
 //!   `metadata.default["maille.trimmed"]`. The plan is computed from the sizes of the parts,
 //!   so trimming takes time linear in the span's size.
 
@@ -273,7 +275,8 @@ pub(crate) struct ResourceView {
     origin: Option<&'static str>,
     /// The `aws` block, written.
     aws_json: Option<String>,
-    /// Some `aws` value was cut to [`MAX_AWS_VALUE_BYTES`].
+    /// The service name was cut to [`MAX_NAME_CHARS`], or an `aws` value to
+    /// [`MAX_AWS_VALUE_BYTES`].
     trimmed: bool,
 }
 
@@ -362,8 +365,10 @@ impl ResourceView {
             w.raw("}}");
             String::from_utf8(w.0).unwrap_or_default()
         });
+        let service = get("service.name");
+        trimmed |= service.is_some_and(|s| s.chars().nth(MAX_NAME_CHARS).is_some());
         ResourceView {
-            service: get("service.name").map(|s| segment_name(s).into_owned()),
+            service: service.map(|s| segment_name(s).into_owned()),
             origin,
             aws_json,
             trimmed,
@@ -488,6 +493,8 @@ pub(crate) struct Facts<'a> {
     flags: &'static [&'static str],
     annotations: Vec<(Cow<'a, str>, Annotation<'a>)>,
     exceptions: Vec<Exception<'a>>,
+    /// A name or an annotation was cut to X-Ray's limit: the document says it was trimmed.
+    cut: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -521,13 +528,19 @@ impl<'a> Facts<'a> {
         let has_parent =
             span.parent_span_id.len() == 8 && span.parent_span_id.iter().any(|b| *b != 0);
         let is_segment = kind == SpanKind::Server || !has_parent;
+        let too_long = |s: &str| s.chars().nth(MAX_NAME_CHARS).is_some();
+        let mut cut = false;
         let name = if is_segment {
             match &res.service {
                 Some(s) => Cow::Borrowed(s.as_str()),
-                None => segment_name(&span.name),
+                None => {
+                    cut |= too_long(&span.name);
+                    segment_name(&span.name)
+                }
             }
         } else {
             let peer_name = peer.iter().flatten().find_map(|v| text(v));
+            cut |= too_long(peer_name.as_deref().unwrap_or(&span.name));
             match peer_name {
                 Some(Cow::Borrowed(s)) => segment_name(s),
                 Some(Cow::Owned(s)) => Cow::Owned(segment_name(&s).into_owned()),
@@ -579,7 +592,9 @@ impl<'a> Facts<'a> {
             let key = annotation_name(a.key);
             let value = match a.value {
                 Some(V::StringValue(s)) => {
-                    Some(Annotation::Text(Cow::Borrowed(annotation_text(s))))
+                    let t = annotation_text(s);
+                    cut |= t.len() < s.len();
+                    Some(Annotation::Text(Cow::Borrowed(t)))
                 }
                 Some(V::IntValue(i)) => Some(Annotation::Int(*i)),
                 Some(V::BoolValue(b)) => Some(Annotation::Bool(*b)),
@@ -593,7 +608,9 @@ impl<'a> Facts<'a> {
                         Some(V::DoubleValue(d)) => json::non_finite(*d).to_owned(),
                         _ => t,
                     };
-                    Some(Annotation::Text(Cow::Owned(annotation_text(&t).to_owned())))
+                    let short = annotation_text(&t);
+                    cut |= short.len() < t.len();
+                    Some(Annotation::Text(Cow::Owned(short.to_owned())))
                 }
             };
             // Nothing is lost: what cannot be an annotation stays in metadata.
@@ -621,6 +638,7 @@ impl<'a> Facts<'a> {
             flags,
             annotations,
             exceptions,
+            cut,
         })
     }
 

@@ -29,14 +29,14 @@ pub(super) struct Plan {
 const MARKER_ROOM: usize = 48;
 
 impl Plan {
-    /// Everything, marked trimmed when the resource was.
+    /// Everything, marked trimmed when a name, annotation or the resource was cut.
     pub(super) fn whole(f: &Facts<'_>) -> Plan {
         Plan {
             drop_metadata: Vec::new(),
             drop_stack: Vec::new(),
             exceptions: usize::MAX,
             cap: usize::MAX,
-            marker: f.res.trimmed,
+            marker: f.res.trimmed || f.cut,
         }
     }
 
