@@ -1,14 +1,54 @@
 //! A typed client of the control server's admin API (the types of `maille-api`).
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use maille_api::{
     paths, ApplyReport, ApplyRequest, BootstrapQuery, DeleteRequest, ErrorBody, ResourcesAnswer,
-    SignalsAnswer, StatusAnswer,
+    RolloutAction, RolloutStatus, RolloutsAnswer, SignalsAnswer, StatusAnswer,
 };
 use maille_model::{Key, Kind, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::{Duration, Instant};
+
+/// Why a call of the admin API did not give its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No connection, or it broke: the server may be down or restarting.
+    #[error("cannot reach the control server at {base}")]
+    Unreachable {
+        /// The server.
+        base: String,
+        /// What the connection said.
+        #[source]
+        source: ureq::Error,
+    },
+    /// The server refused, saying why (an [`ErrorBody`]).
+    #[error("{body}")]
+    Refused {
+        /// The HTTP status (404 for an unknown name, 409 for a refused action, ...).
+        status: u16,
+        /// The server's words.
+        body: ErrorBody,
+    },
+    /// The server answered something that is not the API's: a proxy's page, a truncated body.
+    #[error("{url} answered {detail}")]
+    Unexpected {
+        /// What was asked.
+        url: String,
+        /// What came back.
+        detail: String,
+    },
+}
+
+impl ApiError {
+    /// The HTTP status of a refusal.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
 
 /// The admin API of one control server.
 #[derive(Debug)]
@@ -17,72 +57,116 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
+/// Longest answer read from the server (a big mesh in one listing).
+const MAX_ANSWER: u64 = 64 * 1024 * 1024;
+
 impl Client {
     /// The server at `base` (`http://127.0.0.1:18080`).
     pub fn new(base: &str) -> Client {
+        Client::with_timeout(base, Duration::from_secs(30))
+    }
+
+    /// As [`Client::new`], each call bounded by `timeout` (a live view polls with short ones,
+    /// so that a stalled server shows as such instead of freezing the view).
+    pub fn with_timeout(base: &str, timeout: Duration) -> Client {
         Client {
             base: base.trim_end_matches('/').to_owned(),
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(30)))
+                .timeout_global(Some(timeout))
                 .build()
                 .into(),
         }
     }
 
-    fn reach(&self) -> String {
-        format!("cannot reach the control server at {}", self.base)
+    /// The server's address.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
-    fn answer(&self, path: &str, mut resp: ureq::http::Response<ureq::Body>) -> Result<String> {
+    fn unreachable(&self, source: ureq::Error) -> ApiError {
+        ApiError::Unreachable {
+            base: self.base.clone(),
+            source,
+        }
+    }
+
+    fn answer(
+        &self,
+        path: &str,
+        mut resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<String, ApiError> {
         let status = resp.status();
         let body = resp
             .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
             .read_to_string()
-            .with_context(|| format!("reading the answer of {}{path}", self.base))?;
+            .map_err(|e| self.unreachable(e))?;
         if status.is_success() {
             return Ok(body);
         }
         match serde_json::from_str::<ErrorBody>(&body) {
-            Ok(e) => bail!("{e}"),
-            Err(_) => bail!("{}{path} answered {status}: {body}", self.base),
+            Ok(e) => Err(ApiError::Refused {
+                status: status.as_u16(),
+                body: e,
+            }),
+            Err(_) => Err(ApiError::Unexpected {
+                url: format!("{}{path}", self.base),
+                detail: format!("{status}: {body}"),
+            }),
         }
     }
 
-    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let text = self.get_text(path)?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}{path} answered something unexpected: {text}", self.base))
+    fn parse<T: DeserializeOwned>(&self, path: &str, text: &str) -> Result<T, ApiError> {
+        serde_json::from_str(text).map_err(|e| ApiError::Unexpected {
+            url: format!("{}{path}", self.base),
+            detail: format!("something unexpected ({e}): {text}"),
+        })
     }
 
-    fn get_text(&self, path: &str) -> Result<String> {
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        let text = self.get_text(path)?;
+        self.parse(path, &text)
+    }
+
+    fn get_text(&self, path: &str) -> Result<String, ApiError> {
         let resp = self
             .agent
             .get(&format!("{}{path}", self.base))
             .call()
-            .with_context(|| self.reach())?;
+            .map_err(|e| self.unreachable(e))?;
         self.answer(path, resp)
     }
 
-    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ApiError> {
         let resp = self
             .agent
             .post(&format!("{}{path}", self.base))
             .send_json(body)
-            .with_context(|| self.reach())?;
+            .map_err(|e| self.unreachable(e))?;
         let text = self.answer(path, resp)?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}{path} answered something unexpected: {text}", self.base))
+        self.parse(path, &text)
+    }
+
+    fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        let resp = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .send_empty()
+            .map_err(|e| self.unreachable(e))?;
+        let text = self.answer(path, resp)?;
+        self.parse(path, &text)
     }
 
     /// Creates or replaces `resources`.
     pub fn apply(&self, resources: Vec<Resource>, dry_run: bool) -> Result<ApplyReport> {
-        self.post(paths::APPLY, &ApplyRequest { resources, dry_run })
+        Ok(self.post(paths::APPLY, &ApplyRequest { resources, dry_run })?)
     }
 
     /// Deletes `keys`.
     pub fn delete(&self, keys: Vec<Key>, dry_run: bool) -> Result<ApplyReport> {
-        self.post(paths::DELETE, &DeleteRequest { keys, dry_run })
+        Ok(self.post(paths::DELETE, &DeleteRequest { keys, dry_run })?)
     }
 
     /// The stored resources, optionally of one kind or mesh.
@@ -94,17 +178,61 @@ impl Client {
         if let Some(m) = mesh {
             q.push(("mesh", m.to_owned()));
         }
-        self.get(&format!("{}?{}", paths::RESOURCES, query(&q)))
+        Ok(self.get(&format!("{}?{}", paths::RESOURCES, query(&q)))?)
     }
 
     /// Connected Envoys.
     pub fn status(&self) -> Result<StatusAnswer> {
-        self.get(paths::STATUS)
+        Ok(self.get(paths::STATUS)?)
     }
 
     /// The breaker signals received.
     pub fn signals(&self) -> Result<SignalsAnswer> {
-        self.get(paths::SIGNALS)
+        Ok(self.get(paths::SIGNALS)?)
+    }
+
+    /// Every rollout's status.
+    pub fn rollouts(&self) -> Result<RolloutsAnswer, ApiError> {
+        self.get(paths::ROLLOUTS)
+    }
+
+    /// One rollout's status; [`ApiError::Refused`] with 404 when there is none of that name.
+    pub fn rollout(&self, mesh: &str, name: &str) -> Result<RolloutStatus, ApiError> {
+        self.get(&rollout_path(mesh, name))
+    }
+
+    /// Asks a rollout to promote, pause, resume or abort; its status after. A refusal (409:
+    /// the rollout cannot do it now; 404: no such rollout) carries the server's reason.
+    pub fn rollout_action(
+        &self,
+        mesh: &str,
+        name: &str,
+        action: RolloutAction,
+    ) -> Result<RolloutStatus, ApiError> {
+        self.post_empty(&format!(
+            "{}/{}",
+            rollout_path(mesh, name),
+            action_segment(action)
+        ))
+    }
+
+    /// The stored Rollout resources (their specs), of one mesh or all.
+    pub fn rollout_specs(
+        &self,
+        mesh: Option<&str>,
+    ) -> Result<Vec<maille_model::Rollout>, ApiError> {
+        let mut q = vec![("kind", Kind::Rollout.as_str().to_owned())];
+        if let Some(m) = mesh {
+            q.push(("mesh", m.to_owned()));
+        }
+        let a: ResourcesAnswer = self.get(&format!("{}?{}", paths::RESOURCES, query(&q)))?;
+        Ok(a.resources
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::Rollout(r) => Some(r),
+                _ => None,
+            })
+            .collect())
     }
 
     /// An Envoy bootstrap.
@@ -123,7 +251,7 @@ impl Client {
                 )
             })
             .collect();
-        self.get_text(&format!("{}?{}", paths::BOOTSTRAP, query(&pairs)))
+        Ok(self.get_text(&format!("{}?{}", paths::BOOTSTRAP, query(&pairs)))?)
     }
 
     /// Waits until every connected Envoy has acknowledged `version`; the line to print, or
@@ -164,10 +292,25 @@ impl Client {
                         }
                     }
                 }
-                bail!("{msg}");
+                anyhow::bail!("{msg}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// `/v1/rollouts/{mesh}/{name}`, each name one path segment whatever it holds.
+fn rollout_path(mesh: &str, name: &str) -> String {
+    format!("{}/{}/{}", paths::ROLLOUTS, segment(mesh), segment(name))
+}
+
+/// The path segment of an action, as the server parses it ([`RolloutAction::parse`]).
+pub fn action_segment(a: RolloutAction) -> &'static str {
+    match a {
+        RolloutAction::Promote => "promote",
+        RolloutAction::Pause => "pause",
+        RolloutAction::Resume => "resume",
+        RolloutAction::Abort => "abort",
     }
 }
 
@@ -181,9 +324,18 @@ fn query(pairs: &[(&str, String)]) -> String {
 }
 
 fn encode(s: &str) -> String {
+    encode_keeping(s, b"-._~/")
+}
+
+/// One path segment: a `/` in a name stays in the name.
+fn segment(s: &str) -> String {
+    encode_keeping(s, b"-._~")
+}
+
+fn encode_keeping(s: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -202,5 +354,18 @@ mod tests {
             query(&[("node", "mesh/a b/virtualNode/x\nadmin:".into())]),
             "node=mesh/a%20b/virtualNode/x%0Aadmin%3A"
         );
+    }
+
+    #[test]
+    fn rollout_names_are_one_segment_each() {
+        assert_eq!(rollout_path("m", "a/b c"), "/v1/rollouts/m/a%2Fb%20c");
+        for a in [
+            RolloutAction::Promote,
+            RolloutAction::Pause,
+            RolloutAction::Resume,
+            RolloutAction::Abort,
+        ] {
+            assert_eq!(RolloutAction::parse(action_segment(a)), Some(a));
+        }
     }
 }

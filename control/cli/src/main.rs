@@ -1,5 +1,7 @@
 //! `maillectl`: the command line of Maille's control server. Flags in `--help`; the work is
-//! in the library (`maillectl::client`, `offline`, `traces_cmd`).
+//! in the library (`maillectl::client`, `offline`, `traces_cmd`) and `rollout_cmd`.
+
+mod rollout_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -148,6 +150,9 @@ enum Command {
     /// The AWS CLI reads the same data: `aws xray get-trace-summaries --start-time ...
     /// --end-time ... --filter-expression 'annotation.maille_variant = "canary"'`.
     Traces(TracesArgs),
+    /// Progressive delivery: list rollouts, show one (`--watch` live, `-o json`), wait for
+    /// one to end (`--wait`: exit 0 only when it succeeded), promote, pause, resume, abort.
+    Rollout(rollout_cmd::RolloutArgs),
 }
 
 fn read(files: &[PathBuf], params: Vec<(String, String)>) -> Result<Vec<Resource>> {
@@ -207,13 +212,17 @@ fn main() {
         default_hook(info)
     }));
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs the command; the exit code (`rollout --wait` says how the rollout ended with it).
+fn run(cli: Cli) -> Result<i32> {
     let api = Client::new(&cli.server);
     match cli.command {
         Command::Apply {
@@ -272,7 +281,7 @@ fn run(cli: Cli) -> Result<()> {
             let v = api.status()?;
             if output == "json" {
                 println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
+                return Ok(0);
             }
             println!("served version {}", v.version);
             if v.clients.is_empty() {
@@ -343,8 +352,9 @@ fn run(cli: Cli) -> Result<()> {
                 .build()?;
             rt.block_on(traces_cmd::run(args))?;
         }
+        Command::Rollout(args) => return rollout_cmd::run(&cli.server, args),
     }
-    Ok(())
+    Ok(0)
 }
 
 fn parse_kind(kind: &str) -> Result<Kind> {
