@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A cluster name that would run script if the page wrote it as markup.
+const HOSTILE: &str = r#"node/<img src=x onerror="document.title='pwned'">/1"#;
+
 /// The browser check's bound, start to end.
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(240);
 
@@ -138,12 +141,14 @@ fn the_console_shows_the_mesh_and_its_rollouts_and_aborts_one() {
             }
         })
     };
-    // A breaker opened on red, another half-opened on black (neither is a canary).
+    // A breaker opened on red, another half-opened on black (neither is a canary), and a
+    // signal whose cluster is markup: anyone can post one, and the page must show it as text.
     let a = maille_testkit::agent();
     for (cluster, from, to, gen) in [
         ("node/colorteller-red/10014", "closed", "open", 1),
         ("node/colorteller-black/10012", "closed", "open", 1),
         ("node/colorteller-black/10012", "open", "half_open", 2),
+        (HOSTILE, "open", "closed", 1),
     ] {
         let r = a
             .post(&format!("{}/v1/signals/breaker", control.url()))
@@ -304,10 +309,14 @@ fn the_console_shows_the_mesh_and_its_rollouts_and_aborts_one() {
     // Breakers: the latest state per cluster.
     assert_eq!(
         report["breakers"],
-        json!({"node/colorteller-red/10014": "open", "node/colorteller-black/10012": "half-open"}),
+        json!({"node/colorteller-red/10014": "open", "node/colorteller-black/10012": "half-open", HOSTILE: "closed"}),
         "{ctx}"
     );
-    assert_eq!(report["signalRows"], 3, "{ctx}");
+    assert_eq!(report["signalRows"], 4, "{ctx}");
+    // The markup showed as its characters: no element made of it, no script run.
+    assert_eq!(report["hostileText"], HOSTILE, "{ctx}");
+    assert_eq!(report["images"], 0, "{ctx}");
+    assert_eq!(report["titleAtEnd"], "Maille console", "{ctx}");
 
     // The refusal, in the server's words; the buttons say what they act on.
     assert_eq!(report["resumeLabel"], "Resume colorapp3/gated", "{ctx}");

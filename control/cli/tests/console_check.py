@@ -131,6 +131,12 @@ def main():
             for b in driver.find_elements(By.CSS_SELECTOR, ".breaker[data-cluster]")
         }
         report["signalRows"] = len(driver.find_elements(By.CSS_SELECTOR, "#signals tbody tr"))
+        # What a cluster name full of markup became: its text, and no element.
+        report["hostileText"] = next(
+            (b.find_element(By.CLASS_NAME, "cl").text
+             for b in driver.find_elements(By.CSS_SELECTOR, ".breaker[data-cluster]")
+             if "<" in b.get_attribute("data-cluster")), None)
+        report["images"] = len(driver.find_elements(By.TAG_NAME, "img"))
         driver.save_screenshot(os.path.join(args.shots, "console-running.png"))
         # Nothing went wrong while the page only read.
         report["consoleErrors"] = severe(driver)
@@ -180,6 +186,7 @@ def main():
         wait(driver, "the banner to go", lambda d: not d.find_element(By.ID, "down").is_displayed(), timeout=30)
         report["connectionBack"] = driver.find_element(By.ID, "conn").text
         report["phaseAfterRestart"] = card(driver, args.abort).find_element(By.CLASS_NAME, "phase").text
+        report["titleAtEnd"] = driver.title
     except Exception as e:  # noqa: BLE001 - reported with a picture of the page
         try:
             driver.save_screenshot(os.path.join(args.shots, "console-failure.png"))
