@@ -35,7 +35,7 @@ fn status_advances_and_wait_exits_0_on_success() {
         dir.path(),
         "colorapp",
         "blue",
-        steps(&[20, 50, 80], 1500),
+        steps(&[20, 50, 80], 2000),
     );
 
     // A live view in a pipe: one line per change, no screen control.
@@ -485,7 +485,7 @@ fn watch_in_a_terminal_redraws_in_place() {
         dir.path(),
         "colorapp",
         "blue",
-        steps(&[25, 75], 1500),
+        steps(&[25, 75], 2000),
     );
     // `script` (util-linux) gives the command a terminal and copies what it draws.
     let cmd = format!(
