@@ -53,6 +53,23 @@ fn status_advances_and_wait_exits_0_on_success() {
         .spawn()
         .unwrap();
 
+    // A pipeline reading JSON: one document per change.
+    let json_wait = Command::new(env!("CARGO_BIN_EXE_maillectl"))
+        .args([
+            "--server",
+            &control.url(),
+            "rollout",
+            "status",
+            "colorapp/blue",
+            "--wait",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
     // `status -o json`: the phase and the canary's weight move with the steps.
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -143,6 +160,23 @@ fn status_advances_and_wait_exits_0_on_success() {
         assert_eq!(n, 1, "one line for the step at {w}: {log}");
     }
     assert!(log.contains("colorapp/blue Succeeded"), "{log}");
+
+    let out = json_wait.wait_with_output().unwrap();
+    let log = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{log}{}", text(&out.stderr));
+    let docs: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let mut weights: Vec<u64> = docs
+        .iter()
+        .map(|d| d["canaryWeight"].as_u64().unwrap())
+        .collect();
+    weights.dedup();
+    // (0 until the first step is set, if it started that early)
+    weights.retain(|w| *w > 0);
+    assert_eq!(weights, [20, 50, 80, 100], "{log}");
+    assert_eq!(docs.last().unwrap()["phase"], "Succeeded", "{log}");
 }
 
 #[test]
