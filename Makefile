@@ -20,7 +20,7 @@ test: filters lint
 ## resources, validation, import of every format, the ADS stream, the write path, the CLI
 ## against an in-process server, the wasm host's ABI). No Envoy, no moto, no wasm build:
 ## under a minute on a warm build. Add a test here when it starts no external process.
-FAST_TESTS := import_and_validate golden ads_stream apply rollout_engine cli host_abi
+FAST_TESTS := import_and_validate golden ads_stream apply rollout_engine cli host_abi receivers delivery
 test-fast:
 	$(CARGO) test --workspace --locked --lib --bins $(addprefix --test ,$(FAST_TESTS))
 
@@ -40,11 +40,14 @@ bench-collector: setup
 	.venv/bin/pip install -q --disable-pip-version-check rotel==0.0.1a15
 	$(CARGO) bench -p maille-collector --bench otlp_throughput
 
-## The control server: what a one-route apply costs in 1,000- and 10,000-node meshes; ADS
+## The control server: what a one-route apply costs in 1,000- and 10,000-node meshes; CPU of
+## 100 rollouts; time from a failing canary to traffic back on stable (analysis, breaker); ADS
 ## fan-out to 1,000 / 5,000 / 10,000 simulated Envoys, apply-to-ACK p50/p99, memory per client.
 bench-control: filters
 	$(CARGO) bench -p maille-control --bench apply
+	$(CARGO) bench -p maille-control --bench rollouts
 	$(CARGO) bench -p maille-control --bench ads_fanout
+	$(CARGO) bench -p maillectl --bench rollback
 
 ## Envoy requests/s and latency: native routing vs canary.wasm vs Lua (a few minutes).
 bench-filters: filters

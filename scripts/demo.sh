@@ -144,8 +144,9 @@ LOCAL=deploy/examples/colorteller/local
 cat <<TXT
 
 The ColorTeller mesh is up: colorgateway -> colorteller.demo.local (router colorteller-vr:
-white 8 / black 1 / red 1, and x-color-canary: blue -> blue), every hop through Envoy with
-Maille's canary and breaker filters, traces and metrics through each service's collector.
+white 8 / black 1 / red 1, split by Envoy itself, and x-color-canary: blue -> blue), every
+hop through Envoy with Maille's breaker on the gateway, traces and metrics through each
+service's collector, and every Envoy's stats to the control server for rollouts.
 
 In another shell, first:   source $RUN_DIR/env.sh
 
@@ -169,6 +170,21 @@ In another shell, first:   source $RUN_DIR/env.sh
      aws cloudwatch list-metrics --namespace Maille --metric-name envoy.cluster.upstream_rq_total
 6. What Envoy got and acknowledged:  maillectl status ; maillectl get
    Envoy admin: http://127.0.0.1:10030 (gateway) .. 10034 (red); ports in $RUN_DIR/ports
+7. Rollouts need traffic to judge a canary; in a third shell keep some going:
+     while :; do curl -s -o /dev/null $URL -H "x-user-id: user-\$((RANDOM % 500))"; sleep 0.02; done
+   A rollout that fails: red (failing every request) as the canary of colorteller-route; the
+   gateway's breaker opens on red's cluster and the rollout rolls back at once, by itself:
+     curl -s -X POST 'http://127.0.0.1:10014/fault?rate=1'
+     maillectl apply -f $LOCAL/rollout-red.json
+     maillectl rollout status red --watch
+8. Blue takes over colorteller-route from white, 20/40/60/80% every 10 s, each step checked
+   (success rate against white's, p99 under 500 ms), sticky on x-user-id, and requests with
+   x-color-beta: yes on blue throughout:
+     maillectl apply -f $LOCAL/rollout-blue.json
+     maillectl rollout status blue --watch      # or: --wait, which exits 0 on success
+     maillectl rollout pause blue ; maillectl rollout resume blue ; maillectl rollout abort blue
+   The web console (routes and weights, rollouts with their checks over time, breakers, and
+   promote / pause / abort buttons):  $MAILLE_SERVER/
 
 Serving; Ctrl-C stops everything.
 TXT

@@ -405,6 +405,101 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
         "{clusters}"
     );
 
+    // 7. Rollouts, with traffic running as the tour says. A failing canary (red, every
+    // request) rolls itself back. (Half its requests would not do: the route retries 5xx, so
+    // callers see successes and the canary is fine by them.)
+    let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let on = on.clone();
+        std::thread::spawn(move || {
+            let a = agent();
+            let mut i = 0u64;
+            while on.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = a
+                    .get(GATEWAY)
+                    .header("x-user-id", &format!("user-{}", i % 500))
+                    .call();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let status = |name: &str| -> serde_json::Value {
+        let mut r = agent()
+            .get(&format!(
+                "http://127.0.0.1:10061/v1/rollouts/colorapp/{name}"
+            ))
+            .call()
+            .unwrap();
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or_default()
+    };
+    let r = agent()
+        .post("http://127.0.0.1:10014/fault?rate=1")
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out = demo.ctl(&[
+        "apply",
+        "-f",
+        "deploy/examples/colorteller/local/rollout-red.json",
+    ]);
+    assert!(out.contains("rollout/colorapp/red created"), "{out}");
+    let red = eventually(
+        "the failing canary rolls back",
+        Duration::from_secs(90),
+        || {
+            let s = status("red");
+            (s["phase"] == "RolledBack", s)
+        },
+    );
+    println!("red rolled back: {}", red["reason"]);
+    assert!(
+        red["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("breaker opened on node/colorteller-red/")
+            || red["failedChecks"].as_u64().unwrap_or(0) >= 2,
+        "{red}"
+    );
+    let t = tally(50, None);
+    assert_eq!(
+        t.get("white"),
+        Some(&50),
+        "all traffic back on white: {t:?}"
+    );
+    // Blue takes over from white, step by step, checked at each; A/B users on blue throughout.
+    let out = demo.ctl(&[
+        "apply",
+        "-f",
+        "deploy/examples/colorteller/local/rollout-blue.json",
+    ]);
+    assert!(out.contains("rollout/colorapp/blue created"), "{out}");
+    eventually("blue's first step", Duration::from_secs(30), || {
+        let s = status("blue");
+        (s["canaryWeight"] == 20, s)
+    });
+    let t = tally(20, Some(("x-color-beta", "yes")));
+    assert_eq!(t.get("blue"), Some(&20), "A/B users get blue: {t:?}");
+    let blue = eventually("blue succeeds", Duration::from_secs(180), || {
+        let s = status("blue");
+        (s["phase"] == "Succeeded", s)
+    });
+    on.store(false, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(blue["canaryWeight"], 100);
+    let passed = blue["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["verdict"] == "pass")
+        .count();
+    assert!(passed >= 4, "a passing check per step: {blue}");
+    let t = tally(50, None);
+    assert_eq!(t.get("blue"), Some(&50), "blue serves: {t:?}");
+    // The console is served by the control server.
+    let mut r = agent().get("http://127.0.0.1:10061/").call().unwrap();
+    assert!(r.body_mut().read_to_string().unwrap().contains("Maille"));
+
     // 6. Ctrl-C stops everything the demo started.
     let pids = std::fs::read_to_string(dir.path().join("pids")).unwrap();
     interrupt(demo.child.id());
@@ -431,7 +526,9 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
         .expect("the demo says it is stopping");
     let after = &demo.output[stopping..];
     assert!(
-        !after.iter().any(|l| l.contains("exited") || l.contains("rror")),
+        !after
+            .iter()
+            .any(|l| l.contains("exited") || l.contains("rror")),
         "error lines after Ctrl-C: {after:?}"
     );
     let mut started = 0;

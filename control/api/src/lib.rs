@@ -253,9 +253,9 @@ pub struct BootstrapQuery {
     pub otlp_port: Option<u16>,
 }
 
-/// A circuit's state, as the breaker filter names it.
+/// A circuit's state, as the breaker filter names it (`closed`, `open`, `half_open`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "snake_case")]
 pub enum CircuitState {
     /// Requests pass.
     Closed,
@@ -514,9 +514,37 @@ mod tests {
         assert_eq!(s.to, CircuitState::Open);
         assert_eq!(s.consecutive_failures, 5);
         s.check().unwrap();
+        // As the breaker writes it (filters/breaker `State::as_str`).
         let half: BreakerSignal =
-            serde_json::from_str(&body.replace(r#""to":"open""#, r#""to":"half-open""#)).unwrap();
-        assert_eq!(half.to, CircuitState::HalfOpen);
+            serde_json::from_str(&body.replace(r#""from":"closed""#, r#""from":"half_open""#))
+                .unwrap();
+        assert_eq!(half.from, CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn every_signal_the_breaker_writes_reads_as_a_signal() {
+        use maille_breaker::{signal_body, State, Transition};
+        let states = [State::Closed, State::Open, State::HalfOpen];
+        for from in states {
+            for to in states {
+                let t = Transition {
+                    from,
+                    to,
+                    at_ms: 1_767_225_600_000,
+                    requests: 40,
+                    failures: 25,
+                    consecutive: 3,
+                    generation: 7,
+                };
+                let body = signal_body("node/red/9080", &t);
+                let s: BreakerSignal =
+                    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
+                s.check().unwrap();
+                let name = |c: CircuitState| serde_json::to_value(c).unwrap();
+                assert_eq!(name(s.from), from.as_str(), "{body}");
+                assert_eq!(name(s.to), to.as_str(), "{body}");
+            }
+        }
     }
 
     #[test]

@@ -478,14 +478,18 @@ impl Run {
     async fn command(&mut self, c: Cmd) -> Flow {
         match c {
             Cmd::Breaker(s) => {
-                self.rollback(
+                let why = if s.from == CircuitState::HalfOpen {
+                    format!(
+                        "breaker opened on {} again: a half-open probe failed",
+                        s.cluster
+                    )
+                } else {
                     format!(
                         "breaker opened on {} (failure ratio {:.2}: {} of {} requests, {} in a row)",
                         s.cluster, s.failure_ratio, s.failures, s.requests, s.consecutive_failures
-                    ),
-                    true,
-                )
-                .await
+                    )
+                };
+                self.rollback(why, true).await
             }
             Cmd::Act(a, tx) => {
                 let (answer, flow) = match a {
@@ -525,7 +529,10 @@ impl Run {
                         let f = if self.at_pause_step() {
                             self.status.phase = Phase::Progressing;
                             self.status.waiting_for = None;
-                            self.event("promoted", format!("past pause step {}", self.status.step + 1));
+                            self.event(
+                                "promoted",
+                                format!("past pause step {}", self.status.step + 1),
+                            );
                             self.advance().await
                         } else {
                             self.event("promoted", "by a user: the remaining steps are skipped");
