@@ -20,7 +20,7 @@ test: filters lint
 ## resources, validation, import of every format, the ADS stream, the write path, the CLI
 ## against an in-process server, the wasm host's ABI). No Envoy, no moto, no wasm build:
 ## under a minute on a warm build. Add a test here when it starts no external process.
-FAST_TESTS := import_and_validate golden ads_stream apply rollout_engine cli host_abi receivers delivery
+FAST_TESTS := import_and_validate golden ads_stream apply rollout_engine cli rollout_cli host_abi receivers delivery
 test-fast:
 	$(CARGO) test --workspace --locked --lib --bins $(addprefix --test ,$(FAST_TESTS))
 

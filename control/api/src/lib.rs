@@ -51,6 +51,10 @@ pub mod paths {
     pub const HEALTH: &str = "/healthz";
     /// Rollouts.
     pub const ROLLOUTS: &str = "/v1/rollouts";
+    /// A request header every change (apply, delete, a rollout's actions) must carry, with
+    /// the client's name: a browser cannot send it cross-site without a CORS preflight this
+    /// server never grants, so another web page cannot make a change (CSRF).
+    pub const CLIENT_HEADER: &str = "x-maille-client";
 }
 
 /// `POST /v1/apply`.

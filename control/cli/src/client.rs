@@ -50,6 +50,9 @@ impl ApiError {
     }
 }
 
+/// What `maillectl` says it is in [`paths::CLIENT_HEADER`].
+const CLIENT: &str = concat!("maillectl/", env!("CARGO_PKG_VERSION"));
+
 /// The admin API of one control server.
 #[derive(Debug)]
 pub struct Client {
@@ -143,6 +146,7 @@ impl Client {
         let resp = self
             .agent
             .post(&format!("{}{path}", self.base))
+            .header(paths::CLIENT_HEADER, CLIENT)
             .send_json(body)
             .map_err(|e| self.unreachable(e))?;
         let text = self.answer(path, resp)?;
@@ -153,6 +157,7 @@ impl Client {
         let resp = self
             .agent
             .post(&format!("{}{path}", self.base))
+            .header(paths::CLIENT_HEADER, CLIENT)
             .send_empty()
             .map_err(|e| self.unreachable(e))?;
         let text = self.answer(path, resp)?;

@@ -183,3 +183,25 @@ fn maillectl_apply_diff_get_delete_and_refusals() {
         "{err}"
     );
 }
+
+#[test]
+fn a_change_without_the_client_header_is_refused_as_a_cross_site_request() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    // What another web page could make a browser send: a simple POST, no custom header.
+    for path in ["/v1/apply", "/v1/delete", "/v1/rollouts/m/r/abort"] {
+        let mut r = maille_testkit::agent()
+            .post(&format!("{}{path}", control.url()))
+            .content_type("text/plain")
+            .send(r#"{"resources": [{"mesh": {"meshName": "x", "spec": {}}}]}"#)
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        let body = r.body_mut().read_to_string().unwrap();
+        assert!(body.contains("x-maille-client"), "{path}: {body}");
+    }
+    assert_eq!(control.get("/v1/resources")["resources"], serde_json::json!([]));
+    // maillectl sends it.
+    let (ok, _, err) = control.ctl(&["delete", "mesh", "nothing"]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+}

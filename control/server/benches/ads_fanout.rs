@@ -121,6 +121,7 @@ impl Server {
         .expect("import");
         let body = serde_json::json!({ "resources": i.resources });
         let mut r = ureq::post(&format!("http://127.0.0.1:{}/v1/apply", self.http))
+            .header(maille_api::paths::CLIENT_HEADER, "bench")
             .send_json(&body)
             .expect("apply");
         let v: serde_json::Value =

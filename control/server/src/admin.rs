@@ -96,6 +96,22 @@ fn apply_error(e: ApplyError) -> Response {
     }
 }
 
+/// Refuses a change that does not say which client sends it (see
+/// [`paths::CLIENT_HEADER`]).
+fn client(headers: &axum::http::HeaderMap) -> Result<(), Response> {
+    if headers.contains_key(paths::CLIENT_HEADER) {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a change must carry the {} header (maillectl and the console send it)",
+                paths::CLIENT_HEADER
+            ),
+        ))
+    }
+}
+
 /// A JSON body of type `T`, or the 400 to answer, naming the field path that is wrong.
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
@@ -108,7 +124,14 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>
     })
 }
 
-async fn apply(State(s): State<AppState>, bytes: axum::body::Bytes) -> Response {
+async fn apply(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = client(&headers) {
+        return r;
+    }
     let req: ApplyRequest = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return *r,
@@ -119,7 +142,14 @@ async fn apply(State(s): State<AppState>, bytes: axum::body::Bytes) -> Response 
     }
 }
 
-async fn delete(State(s): State<AppState>, bytes: axum::body::Bytes) -> Response {
+async fn delete(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = client(&headers) {
+        return r;
+    }
     let req: DeleteRequest = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return *r,
@@ -311,7 +341,11 @@ async fn rollout(
 async fn rollout_action(
     State(s): State<AppState>,
     Path((mesh, name, action)): Path<(String, String, String)>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
+    if let Err(r) = client(&headers) {
+        return r;
+    }
     let Some(a) = RolloutAction::parse(&action) else {
         return error(
             StatusCode::NOT_FOUND,

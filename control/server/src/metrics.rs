@@ -205,7 +205,9 @@ impl MeshMetrics {
         }
     }
 
-    /// What `cluster` did in the seconds after `from_ms` up to and including `to_ms`.
+    /// What `cluster` did in the whole seconds from `from_ms`'s up to, not including,
+    /// `to_ms`'s: the second still filling is left to the next window, so that successive
+    /// windows `[a, b)`, `[b, c)` count every delta once.
     pub fn sample(&self, cluster: &str, from_ms: u64, to_ms: u64) -> Sample {
         let g = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
         let mut s = Sample::default();
@@ -214,7 +216,7 @@ impl MeshMetrics {
         };
         let mut bounds: Vec<f64> = Vec::new();
         let mut buckets: Vec<u64> = Vec::new();
-        for (_, sec) in c.seconds.range((from_ms / 1000 + 1)..=(to_ms / 1000)) {
+        for (_, sec) in c.seconds.range((from_ms / 1000)..(to_ms / 1000)) {
             s.requests += sec.requests;
             s.errors += sec.errors;
             if !sec.buckets.is_empty() {
@@ -354,16 +356,18 @@ mod tests {
             103,
         );
         m.record(&request("local/80", 10, 10, vec![0, 0, 0, 0, 10]), 100);
-        let s = m.sample("node/canary/80", 99_000, 100_999);
+        let s = m.sample("node/canary/80", 100_000, 101_000);
         assert_eq!((s.requests, s.errors), (100, 5));
         assert_eq!(s.success_rate, Some(0.95));
         // 100 answers: the 99th is in the 1..5 ms bucket (90 there after 0 below).
         let p = s.p99_millis.unwrap();
         assert!((5.0..=10.0).contains(&p), "{p}");
-        // The window is (from, to]: the second at 103 is outside the first window.
-        assert_eq!(m.sample("node/canary/80", 100_999, 103_000).requests, 10);
+        // Windows are whole seconds, [from, to): the second still filling is left to the
+        // next window, which counts it.
+        assert_eq!(m.sample("node/canary/80", 100_000, 103_999).requests, 100);
+        assert_eq!(m.sample("node/canary/80", 101_000, 104_000).requests, 10);
         assert_eq!(
-            m.sample("node/canary/80", 100_999, 103_000).p99_millis,
+            m.sample("node/canary/80", 101_000, 104_000).p99_millis,
             Some(100.0)
         );
         assert_eq!(m.sample("local/80", 0, u64::MAX).requests, 0);

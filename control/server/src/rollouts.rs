@@ -41,7 +41,8 @@ pub fn now_ms() -> u64 {
 /// Where analysis reads the numbers of a cluster over a time window.
 #[tonic::async_trait]
 pub trait MetricSource: Send + Sync + std::fmt::Debug {
-    /// What `cluster` did in `(from_ms, to_ms]`.
+    /// What `cluster` did from `from_ms` to `to_ms` (whole seconds where the source keeps
+    /// seconds: successive windows `[a, b)`, `[b, c)` count every request once).
     async fn sample(&self, cluster: &str, from_ms: u64, to_ms: u64) -> Result<Sample, String>;
 }
 
@@ -274,13 +275,19 @@ impl Rollouts {
             return Err(ActError::NotFound(k.to_string()));
         };
         let (otx, orx) = oneshot::channel();
+        let ended = |r: &Rollouts| {
+            let phase = r.get(mesh, name).map(|s| s.phase).unwrap_or_default();
+            ActError::Refused(format!(
+                "{k} has ended ({phase:?}); apply a changed spec to start again"
+            ))
+        };
         if tx.send(Cmd::Act(action, otx)).await.is_err() {
-            return Err(ActError::Refused(format!("{k} has ended")));
+            return Err(ended(self));
         }
         match tokio::time::timeout(Duration::from_secs(10), orx).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => return Err(ActError::Refused(e)),
-            Ok(Err(_)) => return Err(ActError::Refused(format!("{k} has ended"))),
+            Ok(Err(_)) => return Err(ended(self)),
             Err(_) => return Err(ActError::Refused(format!("{k} did not answer within 10 s"))),
         }
         self.get(mesh, name)
@@ -589,7 +596,11 @@ impl Run {
             (true, true) => due.min(next_check),
             (true, false) => next_check,
         };
-        self.status.next_step_at_millis = step_ready.then_some(due);
+        let next = step_ready.then_some(due);
+        if self.status.next_step_at_millis != next {
+            self.status.next_step_at_millis = next;
+            self.save();
+        }
         match self.wait(Some(until)).await {
             Wake::Cmd(c) => return self.command(c).await,
             Wake::Time => {}

@@ -141,6 +141,7 @@ impl Control {
 fn post(base: &str, path: &str, body: &Value) -> Value {
     let mut r = agent()
         .post(&format!("{base}{path}"))
+        .header(maille_api::paths::CLIENT_HEADER, "test")
         .send_json(body)
         .expect("admin API answers");
     serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null)
