@@ -98,17 +98,17 @@ fn apply_error(e: ApplyError) -> Response {
 
 /// Refuses a change that does not say which client sends it (see
 /// [`paths::CLIENT_HEADER`]).
-fn client(headers: &axum::http::HeaderMap) -> Result<(), Response> {
+fn client(headers: &axum::http::HeaderMap) -> Result<(), Box<Response>> {
     if headers.contains_key(paths::CLIENT_HEADER) {
         Ok(())
     } else {
-        Err(error(
+        Err(Box::new(error(
             StatusCode::FORBIDDEN,
             format!(
                 "a change must carry the {} header (maillectl and the console send it)",
                 paths::CLIENT_HEADER
             ),
-        ))
+        )))
     }
 }
 
@@ -130,7 +130,7 @@ async fn apply(
     bytes: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = client(&headers) {
-        return r;
+        return *r;
     }
     let req: ApplyRequest = match body(&bytes) {
         Ok(b) => b,
@@ -148,7 +148,7 @@ async fn delete(
     bytes: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = client(&headers) {
-        return r;
+        return *r;
     }
     let req: DeleteRequest = match body(&bytes) {
         Ok(b) => b,
@@ -344,7 +344,7 @@ async fn rollout_action(
     headers: axum::http::HeaderMap,
 ) -> Response {
     if let Err(r) = client(&headers) {
-        return r;
+        return *r;
     }
     let Some(a) = RolloutAction::parse(&action) else {
         return error(
