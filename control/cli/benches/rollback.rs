@@ -9,7 +9,6 @@
 //! `cargo bench -p maillectl --bench rollback` (part of `make bench-control`); `RUNS=5`.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::*;
