@@ -276,7 +276,14 @@ pub async fn start<S: Sink>(
             axum::routing::post(http_export::<Metrics>).with_state((m.clone(), intake.clone())),
         );
     }
-    let app = app.layer(axum::extract::DefaultBodyLimit::max(cfg.max_request_bytes));
+    let max = cfg.max_request_bytes;
+    let app = app
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                announced_size(max, req, next)
+            },
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(max));
     servers.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app)
             .with_graceful_shutdown(stopped(stop_rx))
@@ -298,4 +305,28 @@ pub async fn start<S: Sink>(
         spooled,
         shutdown_timeout: cfg.shutdown_timeout,
     })
+}
+
+/// Refuses a request whose `Content-Length` is over `max` before its body is read: the
+/// client gets 413 while it may still be sending, rather than a closed connection.
+async fn announced_size(
+    max: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match announced {
+        Some(n) if n > max as u64 => (
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            [(axum::http::header::CONTENT_TYPE, "text/plain")],
+            format!("request body of {n} bytes: the limit is {max} bytes (--max-request-bytes)"),
+        )
+            .into_response(),
+        _ => next.run(req).await,
+    }
 }
