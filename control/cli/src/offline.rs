@@ -43,7 +43,7 @@ pub fn validate(resources: Vec<Resource>, envoy: &Path, modules_dir: &Path) -> R
         let id = names::node_id(&n.mesh_name, &n.virtual_node_name);
         let pb = bootstrap::static_bootstrap(&id, &cfg, |sha| {
             let (name, _) = modules.iter().find(|(_, m)| m.sha256 == sha)?;
-            std::fs::canonicalize(modules_dir.join(format!("{name}.wasm")))
+            std::fs::canonicalize(modules_dir.join(name))
                 .ok()
                 .map(|p| p.display().to_string())
         });

@@ -200,7 +200,10 @@ fn a_change_without_the_client_header_is_refused_as_a_cross_site_request() {
         let body = r.body_mut().read_to_string().unwrap();
         assert!(body.contains("x-maille-client"), "{path}: {body}");
     }
-    assert_eq!(control.get("/v1/resources")["resources"], serde_json::json!([]));
+    assert_eq!(
+        control.get("/v1/resources")["resources"],
+        serde_json::json!([])
+    );
     // maillectl sends it.
     let (ok, _, err) = control.ctl(&["delete", "mesh", "nothing"]);
     assert!(!ok && err.contains("does not exist"), "{err}");

@@ -222,7 +222,7 @@ fn a_new_module_build_reaches_envoy_without_a_restart() {
     let (ok, _, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
     assert!(ok, "{err}");
     let (envoy, egress) = control.envoy("demo", "gateway");
-    let sha_before = control.get("/v1/status")["modules"]["canary"]["sha256"]
+    let sha_before = control.get("/v1/status")["modules"]["canary.wasm"]["sha256"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -255,7 +255,7 @@ fn a_new_module_build_reaches_envoy_without_a_restart() {
         "the server serves the new module",
         Duration::from_secs(20),
         || {
-            let s = control.get("/v1/status")["modules"]["canary"]["sha256"]
+            let s = control.get("/v1/status")["modules"]["canary.wasm"]["sha256"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();

@@ -1015,12 +1015,38 @@ pub struct Filter {
     pub spec: FilterSpec,
 }
 
+/// How Envoy runs one of Maille's filters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Runtime {
+    /// An Envoy dynamic module (`libmaille_<module>.so`), fetched from the control server by
+    /// sha256: native code with direct access to Envoy's headers.
+    #[default]
+    Native,
+    /// A proxy-wasm module (`<module>.wasm`) on Envoy's V8 runtime: portable and sandboxed.
+    Wasm,
+}
+
+impl Runtime {
+    /// The file the control server serves for `module` in this runtime.
+    pub fn file(self, module: &str) -> String {
+        match self {
+            Runtime::Native => format!("libmaille_{module}.so"),
+            Runtime::Wasm => format!("{module}.wasm"),
+        }
+    }
+}
+
 /// `FilterSpec`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterSpec {
     /// The module: `breaker` (a module the server serves from its modules folder).
     pub module: String,
+    /// How Envoy runs it: `native` (the default: an Envoy dynamic module, fastest) or `wasm`
+    /// (proxy-wasm on V8: portable and sandboxed).
+    #[serde(default)]
+    pub runtime: Runtime,
     /// The module's configuration, checked against the module's schema where Maille knows it.
     pub config: serde_json::Value,
     /// Virtual nodes whose outbound traffic passes through it.

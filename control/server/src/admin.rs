@@ -278,22 +278,23 @@ async fn bootstrap(
 }
 
 async fn module(State(s): State<AppState>, Path(file): Path<String>) -> Response {
-    let Some(name) = file.strip_suffix(".wasm") else {
+    if !maille_translate::is_module_file(&file) {
         return error(
             StatusCode::NOT_FOUND,
-            format!("{file:?}: modules end in .wasm"),
+            format!("{file:?}: modules are <name>.wasm or lib<name>.so"),
         );
-    };
-    match s.mesh.modules().bytes(name) {
+    }
+    match s.mesh.modules().bytes(&file) {
         Some(bytes) => {
-            tracing::info!(module = name, bytes = bytes.len(), "module download");
-            (
-                [(header::CONTENT_TYPE, "application/wasm")],
-                bytes.as_ref().clone(),
-            )
-                .into_response()
+            tracing::info!(module = %file, bytes = bytes.len(), "module download");
+            let ct = if file.ends_with(".wasm") {
+                "application/wasm"
+            } else {
+                "application/octet-stream"
+            };
+            ([(header::CONTENT_TYPE, ct)], bytes.as_ref().clone()).into_response()
         }
-        None => error(StatusCode::NOT_FOUND, format!("no module {name:?}")),
+        None => error(StatusCode::NOT_FOUND, format!("no module {file:?}")),
     }
 }
 

@@ -72,6 +72,18 @@ struct Stream_ {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     /// Snapshot version being delivered, and whether every type has been acknowledged.
     target_version: u64,
+    /// Types to send again, and when: Envoy refused them only because it is still fetching
+    /// a module they name (`nack_on_cache_miss`). With the number of tries so far.
+    resend: HashMap<&'static str, (tokio::time::Instant, u32)>,
+}
+
+/// What Envoy says when it refuses a config only while it fetches a dynamic module.
+const FETCHING: &str = "not cached";
+
+/// The wait before resending a config Envoy refused while fetching: 250 ms, doubling, at
+/// most 30 s.
+fn resend_after(tries: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(250u64.saturating_mul(1 << tries.min(7)).min(30_000))
 }
 
 impl Stream_ {
@@ -185,8 +197,19 @@ impl Stream_ {
                 return Ok(());
             }
             if let Some(err) = &req.error_detail {
-                tracing::warn!(node = %node, type_url = %short, version = %st.sent_version, error = %err.message, "Envoy refused (NACK)");
-                self.clients.refused(&node, type_url, st.sent.hash);
+                if err.message.contains(FETCHING) {
+                    // Not a refusal of the content: Envoy fetches the module in the
+                    // background and takes the same config once it has it.
+                    let tries = self.resend.get(type_url).map_or(0, |(_, n)| n + 1);
+                    tracing::info!(node = %node, type_url = %short, tries, "Envoy is fetching a module; the config follows");
+                    self.resend.insert(
+                        type_url,
+                        (tokio::time::Instant::now() + resend_after(tries), tries),
+                    );
+                } else {
+                    tracing::warn!(node = %node, type_url = %short, version = %st.sent_version, error = %err.message, "Envoy refused (NACK)");
+                    self.clients.refused(&node, type_url, st.sent.hash);
+                }
                 let nack = Nack {
                     version: st.sent_version.clone(),
                     message: bounded(&err.message),
@@ -196,6 +219,7 @@ impl Stream_ {
                     c.types.entry(short).or_default().last_nack = Some(nack);
                 });
             } else {
+                self.resend.remove(type_url);
                 st.acked_hash = Some(st.sent.hash);
                 self.clients.accepted(&node, type_url, st.sent.clone());
                 let v = req.version_info.clone();
@@ -262,6 +286,17 @@ fn bounded(message: &str) -> String {
     }
 }
 
+/// The type whose resend is due first, when it is due; never, when none is.
+async fn next_resend(resend: &HashMap<&'static str, (tokio::time::Instant, u32)>) -> &'static str {
+    match resend.iter().min_by_key(|(_, (at, _))| *at) {
+        Some((t, (at, _))) => {
+            tokio::time::sleep_until(*at).await;
+            t
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
@@ -297,6 +332,7 @@ impl AggregatedDiscoveryService for Ads {
             nonce: 0,
             tx,
             target_version,
+            resend: HashMap::new(),
         };
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
@@ -314,6 +350,15 @@ impl AggregatedDiscoveryService for Ads {
                     },
                     changed = snapshots.changed() => {
                         if changed.is_err() || s.on_snapshot().await.is_err() {
+                            break;
+                        }
+                    }
+                    t = next_resend(&s.resend) => {
+                        let snap = s.mesh.current();
+                        let tries = s.resend.get(t).map_or(0, |(_, n)| *n);
+                        // Due again only if Envoy refuses again.
+                        s.resend.insert(t, (tokio::time::Instant::now() + std::time::Duration::from_secs(3600), tries));
+                        if s.send(&snap, t, true).await.is_err() {
                             break;
                         }
                     }

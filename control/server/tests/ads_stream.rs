@@ -41,8 +41,14 @@ fn colorapp() -> Vec<Resource> {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    for m in ["canary", "breaker"] {
-        std::fs::write(dir.path().join(format!("{m}.wasm")), m.as_bytes()).unwrap();
+    // Stand-ins: the server only hashes and serves them.
+    for f in [
+        "canary.wasm",
+        "breaker.wasm",
+        "libmaille_canary.so",
+        "libmaille_breaker.so",
+    ] {
+        std::fs::write(dir.path().join(f), f.as_bytes()).unwrap();
     }
     let mesh = Arc::new(
         Mesh::new(

@@ -20,8 +20,14 @@ fn colorapp() -> Vec<Resource> {
 
 fn modules_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for m in ["canary", "breaker"] {
-        std::fs::write(dir.path().join(format!("{m}.wasm")), m.as_bytes()).unwrap();
+    // Stand-ins: the server only hashes and serves them.
+    for f in [
+        "canary.wasm",
+        "breaker.wasm",
+        "libmaille_canary.so",
+        "libmaille_breaker.so",
+    ] {
+        std::fs::write(dir.path().join(f), f.as_bytes()).unwrap();
     }
     dir
 }
@@ -96,12 +102,12 @@ async fn refusals_name_the_field_and_change_nothing() {
 async fn dry_runs_report_and_warnings_come_from_the_affected_nodes() {
     // The breaker's module is not in the folder: the gateway's Envoy will not get it.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("canary.wasm"), b"canary").unwrap();
+    std::fs::write(dir.path().join("libmaille_canary.so"), b"canary").unwrap();
     let mesh = mesh_in(&dir);
     let r = mesh.apply(colorapp(), false).await.unwrap();
     assert_eq!(r.affected_nodes, 5, "{r:?}");
     let warning =
-        "virtualNode/colorapp/colorgateway: filter \"breaker\": module \"breaker\" is not served";
+        "virtualNode/colorapp/colorgateway: filter \"breaker\": module \"libmaille_breaker.so\" is not served";
     assert!(r.warnings.iter().any(|w| w.starts_with(warning)), "{r:?}");
     let v = mesh.current().version;
     let mut f = find(&colorapp(), Kind::Filter, "breaker");
@@ -293,7 +299,11 @@ async fn incremental_translation_equals_translating_from_scratch() {
         applied += usize::from(ok);
         if step % 50 == 0 {
             // A module changes too.
-            std::fs::write(dir.path().join("canary.wasm"), format!("canary {step}")).unwrap();
+            std::fs::write(
+                dir.path().join("libmaille_breaker.so"),
+                format!("breaker {step}"),
+            )
+            .unwrap();
             assert!(mesh.reload_modules().await.unwrap());
         }
         let snap = mesh.current();

@@ -198,7 +198,7 @@ async fn no_data_holds_then_traffic_moves_it_and_failures_roll_it_back() {
     let f = with_mesh().await;
     f.mesh
         .apply(
-            vec![rollout(json!({"stepWeight": 25, "maxWeight": 50,
+            vec![rollout(json!({"stepWeight": 25, "maxWeight": 75,
                 "analysis": {"interval": {"unit": "ms", "value": 1000}, "minRequests": 10, "failureLimit": 1,
                              "successRate": {"min": 0.9}}}))],
             false,
@@ -237,7 +237,8 @@ async fn no_data_holds_then_traffic_moves_it_and_failures_roll_it_back() {
     assert_eq!(pass.measures[0].threshold, 0.9);
     t.abort();
     // The canary fails half its requests: two failed checks (one more than the limit) and
-    // it rolls back.
+    // it rolls back. (The check that ends step 2 may still see the healthy traffic of the
+    // window before: step 3 is there so that the rollout cannot end before the failures.)
     let t = traffic(&f, on, 10);
     let s = until(&f, "rolled back", Duration::from_secs(15), |s| {
         s.phase == Phase::RolledBack

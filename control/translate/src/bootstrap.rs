@@ -266,25 +266,42 @@ pub fn static_bootstrap(
     use envoy_types::pb::google::protobuf::Any;
     use prost::{Message, Name};
 
+    // A remote module becomes the local file with its sha256.
+    let local = |code: Option<&core::AsyncDataSource>| -> core::AsyncDataSource {
+        let sha = match code.and_then(|c| c.specifier.as_ref()) {
+            Some(core::async_data_source::Specifier::Remote(r)) => r.sha256.clone(),
+            _ => String::new(),
+        };
+        core::AsyncDataSource {
+            specifier: Some(core::async_data_source::Specifier::Local(
+                core::DataSource {
+                    specifier: module_file(&sha).map(core::data_source::Specifier::Filename),
+                    ..Default::default()
+                },
+            )),
+        }
+    };
     let inline_filter = |name: &str| -> Option<Any> {
+        use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3 as dm_filter;
         let ext = cfg.filters.iter().find(|f| f.name == name)?;
-        let mut w = wasm_filter::Wasm::decode(ext.typed_config.as_ref()?.value.as_slice()).ok()?;
+        let any = ext.typed_config.as_ref()?;
+        if any.type_url == dm_filter::DynamicModuleFilter::type_url() {
+            let mut f = dm_filter::DynamicModuleFilter::decode(any.value.as_slice()).ok()?;
+            if let Some(c) = f.dynamic_module_config.as_mut() {
+                c.module = Some(local(c.module.as_ref()));
+                // A static bootstrap has the file; there is nothing to wait for.
+                c.nack_on_cache_miss = false;
+            }
+            return Some(Any {
+                type_url: dm_filter::DynamicModuleFilter::type_url(),
+                value: f.encode_to_vec(),
+            });
+        }
+        let mut w = wasm_filter::Wasm::decode(any.value.as_slice()).ok()?;
         if let Some(envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm::VmConfig(vm)) =
             w.config.as_mut().and_then(|c| c.vm.as_mut())
         {
-            // The remote module's sha256 says which module file this is.
-            let sha = match vm.code.as_ref().and_then(|c| c.specifier.as_ref()) {
-                Some(core::async_data_source::Specifier::Remote(r)) => r.sha256.clone(),
-                _ => String::new(),
-            };
-            vm.code = Some(core::AsyncDataSource {
-                specifier: Some(core::async_data_source::Specifier::Local(
-                    core::DataSource {
-                        specifier: module_file(&sha).map(core::data_source::Specifier::Filename),
-                        ..Default::default()
-                    },
-                )),
-            });
+            vm.code = Some(local(vm.code.as_ref()));
         }
         Some(Any {
             type_url: wasm_filter::Wasm::type_url(),

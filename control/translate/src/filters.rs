@@ -4,26 +4,81 @@ use crate::names;
 use crate::proto::*;
 use crate::world::Module;
 use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::dynamic_modules::v3 as dm;
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3 as dm_filter;
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3 as wasm_filter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::wasm::v3 as wasm;
 use envoy_types::pb::google::protobuf::StringValue;
+use maille_model::Runtime;
 use prost::Name;
 
 /// An HTTP filter whose config comes over ECDS; `disabled` filters run only on routes that
 /// enable them.
-pub(crate) fn ecds_filter(name: &str, disabled: bool) -> hcm::HttpFilter {
+pub(crate) fn ecds_filter(name: &str, disabled: bool, runtime: Runtime) -> hcm::HttpFilter {
+    let type_url = match runtime {
+        Runtime::Wasm => wasm_filter::Wasm::type_url(),
+        Runtime::Native => dm_filter::DynamicModuleFilter::type_url(),
+    };
     hcm::HttpFilter {
         name: name.to_owned(),
         disabled,
         config_type: Some(hcm::http_filter::ConfigType::ConfigDiscovery(
             core::ExtensionConfigSource {
                 config_source: Some(ads()),
-                type_urls: vec![wasm_filter::Wasm::type_url()],
+                type_urls: vec![type_url],
                 ..Default::default()
             },
         )),
         ..Default::default()
+    }
+}
+
+/// The ECDS resource of a filter as an Envoy dynamic module: the library fetched from the
+/// control server through its cluster and checked by sha256 (Envoy keeps it by sha256), the
+/// filter `maille_<module>` of it, with `config`. `nack_on_cache_miss`: an Envoy that does not
+/// have the library yet refuses the config while it fetches it (the server sends it again),
+/// so that no listener ever runs without the filter.
+pub(crate) fn native_extension(
+    name: &str,
+    module: &Module,
+    filter: &str,
+    config: &str,
+) -> core::TypedExtensionConfig {
+    let lib = format!("maille_{filter}");
+    let f = dm_filter::DynamicModuleFilter {
+        dynamic_module_config: Some(dm::DynamicModuleConfig {
+            name: lib.clone(),
+            module: Some(core::AsyncDataSource {
+                specifier: Some(core::async_data_source::Specifier::Remote(
+                    core::RemoteDataSource {
+                        http_uri: Some(core::HttpUri {
+                            uri: module.url.clone(),
+                            timeout: Some(ms(10_000)),
+                            http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(
+                                names::CONTROL_CLUSTER.into(),
+                            )),
+                        }),
+                        sha256: module.sha256.clone(),
+                        retry_policy: Some(core::RetryPolicy {
+                            num_retries: Some(u32v(5)),
+                            ..Default::default()
+                        }),
+                    },
+                )),
+            }),
+            nack_on_cache_miss: true,
+            ..Default::default()
+        }),
+        filter_name: lib,
+        filter_config: Some(any(&StringValue {
+            value: config.to_owned(),
+        })),
+        terminal_filter: false,
+    };
+    core::TypedExtensionConfig {
+        name: name.to_owned(),
+        typed_config: Some(any(&f)),
     }
 }
 

@@ -30,4 +30,4 @@ mod world;
 
 pub use node::{node_config, NodeConfig};
 pub use options::{defaults, NodeOptions};
-pub use world::{modules_in, Dep, Module, World};
+pub use world::{is_module_file, modules_in, Dep, Module, World};

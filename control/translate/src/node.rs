@@ -332,21 +332,22 @@ fn egress(
 
     // Maille Filters attached to this node, in name order.
     for f in cx.filters_for(mesh, &vn.virtual_node_name) {
-        let Some(module) = cx.module(&f.spec.module) else {
+        let runtime = f.spec.runtime;
+        let file = runtime.file(&f.spec.module);
+        let Some(module) = cx.module(&file) else {
             out.warnings.push(format!(
-                "filter {:?}: module {:?} is not served (missing from the modules folder)",
-                f.filter_name, f.spec.module
+                "filter {:?}: module {file:?} is not served (missing from the modules folder)",
+                f.filter_name
             ));
             continue;
         };
         let name = names::versioned(&names::filter(&f.filter_name), &module.sha256);
-        out.filters.push(wasm_extension(
-            &name,
-            module,
-            &f.spec.module,
-            &f.spec.config.to_string(),
-        ));
-        node_filters.push(ecds_filter(&name, false));
+        let config = f.spec.config.to_string();
+        out.filters.push(match runtime {
+            Runtime::Native => native_extension(&name, module, &f.spec.module, &config),
+            Runtime::Wasm => wasm_extension(&name, module, &f.spec.module, &config),
+        });
+        node_filters.push(ecds_filter(&name, false, runtime));
     }
 
     for b in &vn.spec.backends {

@@ -372,9 +372,13 @@ fn canary_split(
             "{id}: its canary filter config is refused: {e} (skipped)"
         ));
     }
-    let Some(module) = cx.module("canary") else {
+    // The native module when served, else the wasm one.
+    let found = [Runtime::Native, Runtime::Wasm]
+        .into_iter()
+        .find_map(|r| cx.module(&r.file("canary")).map(|m| (r, m)));
+    let Some((runtime, module)) = found else {
         return Err(format!(
-            "{id}: a sticky split over {} targets needs the canary module, which is not served (skipped)",
+            "{id}: a sticky split over {} targets needs the canary module (libmaille_canary.so or canary.wasm), which is not served (skipped)",
             targets.len()
         ));
     };
@@ -382,8 +386,10 @@ fn canary_split(
         &names::canary_filter(&rt.virtual_router_name, &rt.route_name),
         &module.sha256,
     );
-    out.filters
-        .push(wasm_extension(&name, module, "canary", &config.to_json()));
+    out.filters.push(match runtime {
+        Runtime::Native => native_extension(&name, module, "canary", &config.to_json()),
+        Runtime::Wasm => wasm_extension(&name, module, "canary", &config.to_json()),
+    });
     r.typed_per_filter_config.insert(
         name.clone(),
         // An empty `config` (present, no type) enables a disabled filter on this route.
@@ -393,5 +399,5 @@ fn canary_split(
             disabled: false,
         }),
     );
-    Ok(ecds_filter(&name, true))
+    Ok(ecds_filter(&name, true, runtime))
 }

@@ -23,7 +23,7 @@ pub struct Module {
 pub struct World<'a> {
     /// All resources.
     pub resources: &'a Resources,
-    /// Filter modules by name (`canary`, `breaker`).
+    /// Filter modules by file name (`canary.wasm`, `libmaille_breaker.so`).
     pub modules: &'a BTreeMap<String, Module>,
 }
 
@@ -213,8 +213,19 @@ fn specificity(r: &Route) -> usize {
     }
 }
 
-/// The filter modules of `dir` (`<name>.wasm`) as a server at `http_base` serves them, with
-/// their bytes. An unreadable folder or file is skipped with a warning on stderr's log.
+/// Whether `file` is a module the server serves: `<name>.wasm` (proxy-wasm) or
+/// `lib<name>.so` (an Envoy dynamic module), a plain file name.
+pub fn is_module_file(file: &str) -> bool {
+    let plain = !file.is_empty()
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !file.starts_with('.');
+    plain && (file.ends_with(".wasm") || (file.starts_with("lib") && file.ends_with(".so")))
+}
+
+/// The filter modules of `dir` (`<name>.wasm`, `lib<name>.so`) by file name, as a server at
+/// `http_base` serves them, with their bytes. Unreadable files are skipped.
 pub fn modules_in(dir: &Path, http_base: &str) -> BTreeMap<String, (Module, Vec<u8>)> {
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -222,18 +233,18 @@ pub fn modules_in(dir: &Path, http_base: &str) -> BTreeMap<String, (Module, Vec<
     };
     for e in entries.flatten() {
         let path = e.path();
-        if path.extension().and_then(|x| x.to_str()) != Some("wasm") {
-            continue;
-        }
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+        let Some(name) = path.file_name().and_then(|s| s.to_str()).map(str::to_owned) else {
             continue;
         };
+        if !is_module_file(&name) || !path.is_file() {
+            continue;
+        }
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
         let sha = hex(&sha2::Sha256::digest(&bytes));
         let module = Module {
-            url: format!("{http_base}/v1/modules/{name}.wasm?sha256={sha}"),
+            url: format!("{http_base}/v1/modules/{name}?sha256={sha}"),
             sha256: sha,
         };
         out.insert(name, (module, bytes));

@@ -26,7 +26,12 @@ fn pool() -> &'static DescriptorPool {
     POOL.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = std::process::Command::new(cargo)
+            // This platform's packages only: the others need not be downloaded.
             .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+            .args([
+                "--filter-platform",
+                &format!("{}-unknown-linux-gnu", std::env::consts::ARCH),
+            ])
             .current_dir(repo())
             .output()
             .expect("cargo metadata");
@@ -154,19 +159,25 @@ fn config_json(cfg: &NodeConfig) -> Value {
 
 /// The modules a server would serve, with fixed hashes so that goldens do not follow builds.
 fn modules() -> BTreeMap<String, Module> {
-    ["canary", "breaker"]
-        .into_iter()
-        .map(|n| {
-            let sha = format!("{:0>64}", format!("{n}0"));
-            (
-                n.to_owned(),
-                Module {
-                    url: format!("http://127.0.0.1:18080/v1/modules/{n}.wasm?sha256={sha}"),
-                    sha256: sha,
-                },
-            )
-        })
-        .collect()
+    [
+        "canary.wasm",
+        "breaker.wasm",
+        "libmaille_canary.so",
+        "libmaille_breaker.so",
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, n)| {
+        let sha = format!("{:0>64}", i + 1);
+        (
+            n.to_owned(),
+            Module {
+                url: format!("http://127.0.0.1:18080/v1/modules/{n}?sha256={sha}"),
+                sha256: sha,
+            },
+        )
+    })
+    .collect()
 }
 
 fn load(rel: &str) -> Resources {
@@ -528,9 +539,16 @@ fn weighted_targets_split_natively_and_sticky_ones_keep_a_constant_total() {
         .iter()
         .find(|f| f["name"].as_str().unwrap().starts_with("filter/canary/"))
         .expect("the canary filter");
-    let config = canary
-        .pointer("/typed_config/config/configuration/value")
-        .unwrap();
+    // Maille's own filter runs native: the dynamic module, fetched from the server.
+    assert_eq!(
+        canary["typed_config"]["@type"],
+        "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+    );
+    assert_eq!(
+        canary.pointer("/typed_config/dynamic_module_config/module/remote/sha256"),
+        Some(&json!(format!("{:0>64}", 3)))
+    );
+    let config = canary.pointer("/typed_config/filter_config/value").unwrap();
     assert!(
         config
             .as_str()

@@ -94,7 +94,6 @@ pub(crate) fn quoted(s: &str) -> String {
     }
 }
 
-
 /// RFC 9110 token characters: what header, cookie and query parameter names are made of.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
