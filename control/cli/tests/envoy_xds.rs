@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use maille_testkit::repo_root;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -380,9 +381,41 @@ fn a_sticky_split_is_native_and_keeps_users_as_the_canary_grows() {
 
 #[test]
 fn a_breaker_filter_resource_trips_and_signals_the_control_server() {
+    // The default runtime: the breaker as an Envoy dynamic module, fetched by Envoy from
+    // the control server.
+    breaker_filter_resource(None);
+}
+
+#[test]
+fn a_wasm_breaker_filter_resource_trips_and_signals_the_control_server() {
+    breaker_filter_resource(Some("wasm"));
+}
+
+fn breaker_filter_resource(kind: Option<&str>) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    // The modules served: a copy of the built breaker with a trailer of its own (an ELF
+    // loader ignores it), so that its sha256 is new to this host and Envoy really fetches it
+    // (Envoy caches fetched modules in /tmp by sha256 across processes): the path where Envoy
+    // refuses the config until the module is cached, and the server sends it again.
+    let modules = dir.path().join("modules");
+    std::fs::create_dir(&modules).unwrap();
+    let built = repo_root().join("target/filters");
+    for f in ["libmaille_breaker.so", "breaker.wasm"] {
+        let mut bytes = std::fs::read(built.join(f)).expect("built filters (make filters)");
+        if f.ends_with(".so") {
+            bytes.extend(
+                format!(
+                    "maille-test-{}-{:?}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                )
+                .bytes(),
+            );
+        }
+        std::fs::write(modules.join(f), bytes).unwrap();
+    }
+    let control = Control::start_with_modules(&rt, &dir.path().join("state.redb"), None, &modules);
     let apps = Apps::start(&rt, &["white", "black"]);
     let mut mesh = colorteller(&apps, &[("white", 0), ("black", 100)]);
     // Maille's Filter resource: the breaker on the gateway's outbound path, signalling the
@@ -395,6 +428,10 @@ fn a_breaker_filter_resource_trips_and_signals_the_control_server() {
             "config": {"windowMillis": 10000, "minRequests": 5, "failureRatio": 0.5,
                        "consecutiveFailures": 3, "openMillis": 60000,
                        "signal": {"cluster": "maille_control", "path": "/v1/signals/breaker"}}}}}));
+    if let Some(r) = kind {
+        let last = mesh.as_array().unwrap().len() - 1;
+        mesh[last]["filter"]["spec"]["runtime"] = r.into();
+    }
     let f = write_spec(dir.path(), "mesh.json", &mesh);
     let (ok, out, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
     assert!(ok, "{out}{err}");
@@ -442,9 +479,24 @@ fn a_breaker_filter_resource_trips_and_signals_the_control_server() {
     );
     let (ok, out, _) = control.ctl(&["signals"]);
     assert!(ok && out.contains("\"to\":\"open\""), "{out}");
+    // The trips counter under the runtime's own names: the wasm filter's
+    // `wasmcustom.maille_breaker.<cluster>.trips`, the module's
+    // `dynamicmodulescustom.maille_breaker.trips.cluster.<cluster>`.
     let stats = envoy.stats("maille_breaker");
-    assert!(
-        stats.iter().any(|(k, v)| k.ends_with(".trips") && *v >= 1),
-        "{stats:?}"
-    );
+    let trips = stats.iter().find(|(k, v)| {
+        **v >= 1
+            && match kind {
+                Some("wasm") => {
+                    k.starts_with("wasmcustom.maille_breaker.") && k.ends_with(".trips")
+                }
+                _ => k.starts_with("dynamicmodulescustom.maille_breaker.trips.cluster.node/black/"),
+            }
+    });
+    assert!(trips.is_some(), "{stats:?}");
+    drop(envoy);
+    // Envoy's cached copy of this test's module.
+    if let Some(m) = control.get("/v1/status")["modules"]["libmaille_breaker.so"]["sha256"].as_str()
+    {
+        let _ = std::fs::remove_file(format!("/tmp/envoy_dynamic_module_{m}.so"));
+    }
 }

@@ -118,6 +118,11 @@ impl Stream_ {
             .map(|t| t.names.clone())
             .unwrap_or_default();
         let mut content = self.content(snap, type_url, &names_);
+        if force && type_url == types::EXTENSION {
+            if let Some((_, tries)) = self.resend.get(type_url) {
+                content = refetch_marked(&content, tries + 1);
+            }
+        }
         let node = self.node_id().to_owned();
         let st = self.types.entry(type_url).or_default();
         if st.sent.hash == 0 {
@@ -284,6 +289,46 @@ fn bounded(message: &str) -> String {
         Some((cut, _)) => format!("{}…", &message[..cut]),
         None => message.to_owned(),
     }
+}
+
+/// `content` with each remote dynamic module's URL marked with `attempt` (`&attempt=N`).
+/// Envoy 1.40 keeps the hash of an extension config it refused and takes no notice of the
+/// same config sent again, even once the module it waited for is cached: the config sent
+/// after a "not cached" refusal must differ. The URL is the part that may: Envoy finds the
+/// module by its sha256, and the server ignores the query's other fields.
+fn refetch_marked(content: &Content, attempt: u32) -> Content {
+    use envoy_types::pb::envoy::config::core::v3::{async_data_source, TypedExtensionConfig};
+    use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
+    use prost::{Message, Name};
+    let items = content
+        .items
+        .iter()
+        .map(|(name, any)| {
+            let marked = (|| {
+                let mut ext = TypedExtensionConfig::decode(any.value.as_slice()).ok()?;
+                let inner = ext.typed_config.as_mut()?;
+                if inner.type_url != DynamicModuleFilter::type_url() {
+                    return None;
+                }
+                let mut f = DynamicModuleFilter::decode(inner.value.as_slice()).ok()?;
+                let module = f.dynamic_module_config.as_mut()?.module.as_mut()?;
+                let Some(async_data_source::Specifier::Remote(r)) = module.specifier.as_mut()
+                else {
+                    return None;
+                };
+                let uri = &mut r.http_uri.as_mut()?.uri;
+                let base = uri.split("&attempt=").next().unwrap_or_default().to_owned();
+                *uri = format!("{base}&attempt={attempt}");
+                inner.value = f.encode_to_vec();
+                Some(envoy_types::pb::google::protobuf::Any {
+                    type_url: any.type_url.clone(),
+                    value: ext.encode_to_vec(),
+                })
+            })();
+            (name.clone(), marked.unwrap_or_else(|| any.clone()))
+        })
+        .collect();
+    Content::new(items)
 }
 
 /// The type whose resend is due first, when it is due; never, when none is.
