@@ -7,7 +7,8 @@ CARGO ?= cargo
 setup:
 	@scripts/setup.sh
 
-## Every filter to target/filters/<name>.wasm (release, size-optimised).
+## Every filter, both kinds: target/filters/<name>.wasm (proxy-wasm, size-optimised) and
+## target/filters/libmaille_<name>.so (Envoy dynamic module, native). Release builds.
 filters: setup
 	@scripts/build-filters.sh
 

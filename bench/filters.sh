@@ -16,9 +16,16 @@
 #   canary_native, breaker_native, canary_breaker_native  the same three with the filters
 #           as native Envoy dynamic modules (target/filters/libmaille_*.so, the same crates
 #           built for the host; deploy/envoy/canary-native.yaml)
+#   mesh_hand, mesh  (scenario `mesh` only) the ColorTeller gateway's egress: mesh_hand is its
+#           routing written by hand for plain Envoy (bench/mesh-hand.yaml, the baseline of this
+#           scenario); mesh is the gateway's listeners, routes, clusters and filters exactly as
+#           the control server generates them from deploy/examples/colorteller/local/colorapp.json
+#           (`maillectl validate --write-bootstraps`: the breaker as a native module, the
+#           header scrubbing, the stats sink), against colour services on 127.0.0.1:10001-10004
+#           (bench/mesh-upstreams.yaml). Requests go to colorteller.demo.local: the 8/1/1 split.
 # Each front Envoy has one worker, pinned to CPU 0; wrk (1 thread, 16 connections) and the
 # upstream Envoy share CPU 1. Two scenarios: a header rule matches (x-canary: always), and
-# the sticky split (x-user-id). ROUNDS rounds of SECONDS_PER_RUN s each, variants interleaved;
+# the sticky split (x-user-id); and `mesh` (above). ROUNDS rounds of SECONDS_PER_RUN s each, variants interleaved;
 # the table gives medians and ratios to native, of requests/s and of requests per second of
 # the front Envoy's CPU time (less affected by the machine's other tenants).
 #
@@ -45,12 +52,20 @@ case $MEASURE in
 esac
 [ -f "$ROOT/target/filters/breaker.wasm" ] || { echo "run make filters" >&2; exit 1; }
 [ -f "$ROOT/target/filters/libmaille_breaker.so" ] || { echo "run make filters" >&2; exit 1; }
-VARIANTS=(${VARIANTS:-native empty write_only bare canary lua breaker canary_breaker canary_native breaker_native canary_breaker_native})
-SCENARIOS=(${SCENARIOS:-rule sticky})
+VARIANTS=(${VARIANTS:-native empty write_only bare canary lua breaker canary_breaker canary_native breaker_native canary_breaker_native mesh_hand mesh})
+SCENARIOS=(${SCENARIOS:-rule sticky mesh})
 [ "${VARIANTS[0]}" = native ] || { echo "VARIANTS must start with native (the baseline)" >&2; exit 1; }
 for scenario in "${SCENARIOS[@]}"; do
-  case $scenario in rule | sticky) ;; *) echo "unknown scenario '$scenario' (rule, sticky)" >&2; exit 1 ;; esac
+  case $scenario in rule | sticky | mesh) ;; *) echo "unknown scenario '$scenario' (rule, sticky, mesh)" >&2; exit 1 ;; esac
 done
+# Whether variant $1 runs in scenario $2: the mesh variants in the mesh scenario, the others
+# in the others.
+belongs() {
+  case $1 in mesh_hand | mesh) [ "$2" = mesh ] ;; *) [ "$2" != mesh ] ;; esac
+}
+MESH=0
+for v in "${VARIANTS[@]}"; do case $v in mesh_hand | mesh) MESH=1 ;; esac; done
+for s_ in "${SCENARIOS[@]}"; do [ "$s_" != mesh ] || [ "$MESH" = 1 ] || { echo "scenario mesh needs the variants mesh_hand and mesh" >&2; exit 1; }; done
 for wat in "$ROOT"/bench/*.wat; do
   wat2wasm "$wat" -o "$RUN_DIR/$(basename "$wat" .wat).wasm"
 done
@@ -60,6 +75,10 @@ PIN_FRONT=(taskset -c 0); PIN_LOAD=(taskset -c 1)
 export STABLE_PORT=$(free_port) CANARY_PORT=$(free_port)
 ( export ADMIN_PORT=$(free_port); render "$ROOT/wasm-tests/kit/fixtures/upstreams.yaml" "$RUN_DIR/up.yaml"; echo "$ADMIN_PORT" > "$RUN_DIR/up.admin" )
 ENVOY_WRAP=("${PIN_LOAD[@]}"); start_envoy upstreams "$RUN_DIR/up.yaml" "$(cat "$RUN_DIR/up.admin")"
+if [ "$MESH" = 1 ]; then
+  ( export ADMIN_PORT=$(free_port); render "$ROOT/bench/mesh-upstreams.yaml" "$RUN_DIR/mesh-up.yaml"; echo "$ADMIN_PORT" > "$RUN_DIR/mesh-up.admin" )
+  start_envoy mesh_upstreams "$RUN_DIR/mesh-up.yaml" "$(cat "$RUN_DIR/mesh-up.admin")"
+fi
 
 export CANARY_WASM CANARY_MODULE=$ROOT/target/filters/libmaille_canary.so
 CANARY_CONFIG=$(one_line_json "$ROOT/deploy/examples/canary.json"); export CANARY_CONFIG
@@ -99,10 +118,23 @@ for v in "${VARIANTS[@]}"; do
     canary_native | canary_breaker_native) tpl=$ROOT/deploy/envoy/canary-native.yaml ;;
     breaker_native) tpl=$ROOT/bench/envoy-native.yaml; WASM_FILTER=$(native_filter maille_breaker "$BREAKER_MODULE" '{}') ;;
     lua) tpl=$ROOT/bench/envoy-lua.yaml ;;
+    mesh_hand) tpl=$ROOT/bench/mesh-hand.yaml ;;
+    mesh) tpl="" ;;
     *) [ -f "$RUN_DIR/$v.wasm" ] || { echo "unknown variant $v" >&2; exit 1; }
       tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$RUN_DIR/$v.wasm ;;
   esac
   export ADMIN_PORT=$(free_port) LISTENER_PORT=$(free_port)
+  if [ "$v" = mesh ]; then
+    # What the control server would serve the gateway, in one self-contained bootstrap, its
+    # egress listener on LISTENER_PORT; an admin listener added on the command line.
+    (cd "$ROOT" && cargo run -q --locked -p maillectl -- validate -f deploy/examples/colorteller/local/colorapp.json \
+      --envoy "$ENVOY" --modules target/filters --write-bootstraps "$RUN_DIR/mesh" \
+      --egress-port "$LISTENER_PORT" --ingress-port "$(free_port)" >/dev/null)
+    start_envoy "$v" "$RUN_DIR/mesh/colorapp-colorgateway.pb" "$ADMIN_PORT" \
+      --config-yaml "admin: { address: { socket_address: { address: 127.0.0.1, port_value: $ADMIN_PORT } } }"
+    PORT[$v]=$LISTENER_PORT
+    continue
+  fi
   render "$tpl" "$RUN_DIR/$v.yaml"
   case $v in
     canary_breaker) breaker_entry=$(wasm_filter maille_breaker "$BREAKER_WASM" '{}') ;;
@@ -127,6 +159,11 @@ done
 
 # Every variant must route the scenarios as intended before it is measured.
 for v in "${VARIANTS[@]}"; do
+  if belongs "$v" mesh; then
+    got=$(curl -s -H 'host: colorteller.demo.local' -H 'x-color-canary: blue' "http://127.0.0.1:${PORT[$v]}/")
+    [ "$got" = blue ] || { echo "$v: x-color-canary: blue went to '$got'" >&2; exit 1; }
+    continue
+  fi
   got=$(curl -s -H 'x-canary: always' "http://127.0.0.1:${PORT[$v]}/")
   [ "$got" = canary ] || { echo "$v: x-canary: always went to '$got'" >&2; exit 1; }
 done
@@ -136,6 +173,7 @@ scenario_header() {
   case $1 in
     rule) echo 'x-canary: always' ;;
     sticky) echo 'x-user-id: user-4242' ;;
+    mesh) echo 'Host: colorteller.demo.local' ;;  # wrk adds its own Host unless it is spelt so
   esac
 }
 # The pid of a variant's front Envoy.
@@ -153,6 +191,7 @@ if [ "$MEASURE" = instructions ]; then
   for scenario in "${SCENARIOS[@]}"; do
     hdr=$(scenario_header "$scenario")
     for v in "${VARIANTS[@]}"; do
+      belongs "$v" "$scenario" || continue
       pid=$(front_pid "$v")
       python3 "$ROOT/bench/requests.py" "${PORT[$v]}" 200 "$hdr" >/dev/null   # warm-up
       callgrind_control -z "$pid" >/dev/null 2>&1
@@ -171,10 +210,13 @@ for line in open(sys.argv[1]):
     scen, var, ir = line.split()
     rows[(scen, var)] = int(ir) / int(sys.argv[2])
 print()
-print(f"{'scenario':<8} {'variant':<22} {'instructions/request':>21} {'over native':>12} {'native/variant':>15}")
+print("baseline: native, and mesh_hand in the mesh scenario")
+print(f"{'scenario':<8} {'variant':<22} {'instructions/request':>21} {'over base':>12} {'base/variant':>15}")
 for scen in sys.argv[3].split():
-    base = rows[(scen, 'native')]
+    base = rows[(scen, 'mesh_hand' if scen == 'mesh' else 'native')]
     for var in sys.argv[4].split():
+        if (scen, var) not in rows:
+            continue
         ir = rows[(scen, var)]
         print(f"{scen:<8} {var:<22} {ir:>21,.0f} {ir - base:>+12,.0f} {base / ir:>15.3f}")
 PY
@@ -191,6 +233,7 @@ for scenario in "${SCENARIOS[@]}"; do
   hdr=$(scenario_header "$scenario")
   for r in $(seq 1 "$ROUNDS"); do
     for v in "${VARIANTS[@]}"; do
+      belongs "$v" "$scenario" || continue
       url="http://127.0.0.1:${PORT[$v]}/"
       "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s -H "$hdr" "$url" >/dev/null   # warm-up
       pid=$(front_pid "$v"); t0=$(cpu_ticks "$pid")
@@ -225,15 +268,19 @@ for line in open(sys.argv[1]):
 print()
 # Ratios: of the medians, and the median of each round's ratio to native measured next to it
 # ("paired": the machine's load drifts between rounds; within a round it changes less).
-print(f"{'scenario':<8} {'variant':<22} {'req/s':>9} {'x native':>9} {'req/CPU-s':>10} {'x native':>9} {'paired':>7} {'p50 ms':>7} {'p99 ms':>7}   (runs: req/CPU-s)")
+print("baseline: native, and mesh_hand in the mesh scenario")
+print(f"{'scenario':<8} {'variant':<22} {'req/s':>9} {'x base':>9} {'req/CPU-s':>10} {'x base':>9} {'paired':>7} {'p50 ms':>7} {'p99 ms':>7}   (runs: req/CPU-s)")
 for scen in sys.argv[2].split():
-    base = statistics.median(r[0] for r in rows[(scen, 'native')])
-    base_cpu = statistics.median(r[3] for r in rows[(scen, 'native')])
+    baseline = 'mesh_hand' if scen == 'mesh' else 'native'
+    base = statistics.median(r[0] for r in rows[(scen, baseline)])
+    base_cpu = statistics.median(r[3] for r in rows[(scen, baseline)])
     for var in sys.argv[3].split():
+        if (scen, var) not in rows:
+            continue
         rs = rows[(scen, var)]
         rps = statistics.median(r[0] for r in rs)
         cpu = statistics.median(r[3] for r in rs)
-        paired = statistics.median(r[3] / n[3] for r, n in zip(rs, rows[(scen, 'native')]))
+        paired = statistics.median(r[3] / n[3] for r, n in zip(rs, rows[(scen, baseline)]))
         print(f"{scen:<8} {var:<22} {rps:>9.0f} {rps / base:>9.3f} {cpu:>10.0f} {cpu / base_cpu:>9.3f} {paired:>7.3f} "
               f"{statistics.median(r[1] for r in rs):>7.3f} {statistics.median(r[2] for r in rs):>7.3f}   "
               f"({', '.join(f'{r[3]:.0f}' for r in rs)})")

@@ -29,8 +29,10 @@ fi
 for b in maille-control maillectl maille-collector colorapp; do
   [ -x "$BIN/$b" ] || { echo "missing $BIN/$b (build with: cargo build --bins)" >&2; exit 1; }
 done
-for m in canary breaker; do
-  [ -f "$ROOT/target/filters/$m.wasm" ] || { echo "missing target/filters/$m.wasm: run 'make filters'" >&2; exit 1; }
+# The filters run as native Envoy dynamic modules (a Filter's default runtime); the wasm
+# builds are served beside them for Filters that ask for `runtime: wasm`.
+for f in libmaille_canary.so libmaille_breaker.so canary.wasm breaker.wasm; do
+  [ -f "$ROOT/target/filters/$f" ] || { echo "missing target/filters/$f: run 'make filters'" >&2; exit 1; }
 done
 [ -x "$ROOT/.venv/bin/moto_server" ] || { echo "missing .venv/bin/moto_server: run 'make setup'" >&2; exit 1; }
 

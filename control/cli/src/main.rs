@@ -142,6 +142,17 @@ enum Command {
         /// Folder of the filter modules.
         #[arg(long, default_value = "target/filters")]
         modules: PathBuf,
+        /// Also keep each node's self-contained bootstrap in this folder
+        /// (`<mesh>-<node>.pb`, binary protobuf: `envoy -c FILE`, with `--config-yaml` to add
+        /// an admin listener): the node's configuration run with no control server.
+        #[arg(long, value_name = "DIR")]
+        write_bootstraps: Option<PathBuf>,
+        /// Envoy port of the (first) ingress listener in the nodes' configurations.
+        #[arg(long, default_value_t = maille_translate::defaults::INGRESS_PORT)]
+        ingress_port: u16,
+        /// Envoy port of the egress listener in the nodes' configurations.
+        #[arg(long, default_value_t = maille_translate::defaults::EGRESS_PORT)]
+        egress_port: u16,
     },
     /// Read traces back from AWS X-Ray (or a local endpoint: AWS_ENDPOINT_URL): recent traces,
     /// filtered by annotation (e.g. the canary variant) or service; one trace as a waterfall;
@@ -340,7 +351,20 @@ fn run(cli: Cli) -> Result<i32> {
             params,
             envoy,
             modules,
-        } => offline::validate(read(&files, params)?, &envoy, &modules)?,
+            write_bootstraps,
+            ingress_port,
+            egress_port,
+        } => offline::validate(
+            read(&files, params)?,
+            &envoy,
+            &modules,
+            &maille_translate::NodeOptions {
+                ingress_port,
+                egress_port,
+                ..Default::default()
+            },
+            write_bootstraps.as_deref(),
+        )?,
         Command::Signals => {
             for s in api.signals()?.signals {
                 println!("{}", serde_json::to_string(&s)?);

@@ -7,10 +7,20 @@ use maille_translate::{bootstrap, modules_in, names, node_config, Module, NodeOp
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Checks `resources`, translates every virtual node, and has `envoy` validate each node's
-/// configuration (`envoy --mode validate` on a static bootstrap holding what the node would
-/// get over ADS, with the modules of `modules_dir`).
-pub fn validate(resources: Vec<Resource>, envoy: &Path, modules_dir: &Path) -> Result<()> {
+/// Checks `resources`, translates every virtual node with `opts`, and has `envoy` validate
+/// each node's configuration (`envoy --mode validate` on a static bootstrap holding what the
+/// node would get over ADS, with the modules of `modules_dir`); keeps the bootstraps in
+/// `keep` when given.
+pub fn validate(
+    resources: Vec<Resource>,
+    envoy: &Path,
+    modules_dir: &Path,
+    opts: &NodeOptions,
+    keep: Option<&Path>,
+) -> Result<()> {
+    if let Some(k) = keep {
+        std::fs::create_dir_all(k).with_context(|| format!("creating {}", k.display()))?;
+    }
     let map = maille_model::resources(resources);
     if let Err(e) = maille_model::check_all(&map) {
         bail!("the definitions are invalid:\n{e}");
@@ -31,12 +41,7 @@ pub fn validate(resources: Vec<Resource>, envoy: &Path, modules_dir: &Path) -> R
         let Resource::VirtualNode(n) = r.as_ref() else {
             continue;
         };
-        let cfg = node_config(
-            world,
-            &n.mesh_name,
-            &n.virtual_node_name,
-            &NodeOptions::default(),
-        );
+        let cfg = node_config(world, &n.mesh_name, &n.virtual_node_name, opts);
         for w in &cfg.warnings {
             eprintln!("warning: {}: {w}", r.key());
         }
@@ -48,6 +53,10 @@ pub fn validate(resources: Vec<Resource>, envoy: &Path, modules_dir: &Path) -> R
                 .map(|p| p.display().to_string())
         });
         let file = dir.join(format!("{}-{}.pb", n.mesh_name, n.virtual_node_name));
+        if let Some(k) = keep {
+            let kept = k.join(file.file_name().unwrap_or_default());
+            std::fs::write(&kept, &pb).with_context(|| format!("writing {}", kept.display()))?;
+        }
         std::fs::write(&file, pb)?;
         let out = std::process::Command::new(envoy)
             .args([
