@@ -2,6 +2,8 @@
 //! peer (as Envoy speaks it): first requests, ACKs, NACKs, stale nonces, pushes on change, and
 //! a reconnect after a NACK. Also what an apply touches. No Envoy: part of the fast tier.
 
+mod common;
+
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -41,15 +43,7 @@ fn colorapp() -> Vec<Resource> {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    // Stand-ins: the server only hashes and serves them.
-    for f in [
-        "canary.wasm",
-        "breaker.wasm",
-        "libmaille_canary.so",
-        "libmaille_breaker.so",
-    ] {
-        std::fs::write(dir.path().join(f), f.as_bytes()).unwrap();
-    }
+    common::stand_in_modules(dir.path());
     let mesh = Arc::new(
         Mesh::new(
             Arc::new(MemoryStore::default()),

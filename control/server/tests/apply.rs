@@ -2,6 +2,8 @@
 //! change affects, and the incremental translation held against translating from scratch
 //! over random sequences of changes. No Envoy: part of the fast tier.
 
+mod common;
+
 use maille_control::mesh::{types, NodeResources};
 use maille_control::modules::Modules;
 use maille_control::store::{MemoryStore, RedbStore};
@@ -20,15 +22,7 @@ fn colorapp() -> Vec<Resource> {
 
 fn modules_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    // Stand-ins: the server only hashes and serves them.
-    for f in [
-        "canary.wasm",
-        "breaker.wasm",
-        "libmaille_canary.so",
-        "libmaille_breaker.so",
-    ] {
-        std::fs::write(dir.path().join(f), f.as_bytes()).unwrap();
-    }
+    common::stand_in_modules(dir.path());
     dir
 }
 

@@ -34,6 +34,29 @@ pub(crate) fn ecds_filter(name: &str, disabled: bool, runtime: Runtime) -> hcm::
     }
 }
 
+/// `module` as Envoy fetches it: from the control server through its cluster, checked by
+/// sha256, with retries.
+fn remote(module: &Module) -> core::AsyncDataSource {
+    core::AsyncDataSource {
+        specifier: Some(core::async_data_source::Specifier::Remote(
+            core::RemoteDataSource {
+                http_uri: Some(core::HttpUri {
+                    uri: module.url.clone(),
+                    timeout: Some(ms(10_000)),
+                    http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(
+                        names::CONTROL_CLUSTER.into(),
+                    )),
+                }),
+                sha256: module.sha256.clone(),
+                retry_policy: Some(core::RetryPolicy {
+                    num_retries: Some(u32v(5)),
+                    ..Default::default()
+                }),
+            },
+        )),
+    }
+}
+
 /// The ECDS resource of a filter as an Envoy dynamic module: the library fetched from the
 /// control server through its cluster and checked by sha256 (Envoy keeps it by sha256), the
 /// filter `maille_<module>` of it, with `config`. `nack_on_cache_miss`: an Envoy that does not
@@ -49,24 +72,7 @@ pub(crate) fn native_extension(
     let f = dm_filter::DynamicModuleFilter {
         dynamic_module_config: Some(dm::DynamicModuleConfig {
             name: lib.clone(),
-            module: Some(core::AsyncDataSource {
-                specifier: Some(core::async_data_source::Specifier::Remote(
-                    core::RemoteDataSource {
-                        http_uri: Some(core::HttpUri {
-                            uri: module.url.clone(),
-                            timeout: Some(ms(10_000)),
-                            http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(
-                                names::CONTROL_CLUSTER.into(),
-                            )),
-                        }),
-                        sha256: module.sha256.clone(),
-                        retry_policy: Some(core::RetryPolicy {
-                            num_retries: Some(u32v(5)),
-                            ..Default::default()
-                        }),
-                    },
-                )),
-            }),
+            module: Some(remote(module)),
             nack_on_cache_miss: true,
             ..Default::default()
         }),
@@ -96,24 +102,7 @@ pub(crate) fn wasm_extension(
             &module.sha256[..module.sha256.len().min(12)]
         ),
         runtime: "envoy.wasm.runtime.v8".into(),
-        code: Some(core::AsyncDataSource {
-            specifier: Some(core::async_data_source::Specifier::Remote(
-                core::RemoteDataSource {
-                    http_uri: Some(core::HttpUri {
-                        uri: module.url.clone(),
-                        timeout: Some(ms(10_000)),
-                        http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(
-                            names::CONTROL_CLUSTER.into(),
-                        )),
-                    }),
-                    sha256: module.sha256.clone(),
-                    retry_policy: Some(core::RetryPolicy {
-                        num_retries: Some(u32v(5)),
-                        ..Default::default()
-                    }),
-                },
-            )),
-        }),
+        code: Some(remote(module)),
         ..Default::default()
     };
     let plugin = wasm::PluginConfig {
