@@ -4,7 +4,7 @@ use std::path::Path;
 
 /// Writes stand-ins for every module the server serves into `dir`: the server only hashes
 /// and serves them, so their bytes are their names.
-pub fn stand_in_modules(dir: &Path) {
+pub(crate) fn stand_in_modules(dir: &Path) {
     for f in [
         "canary.wasm",
         "breaker.wasm",
