@@ -35,7 +35,7 @@
 # half a percent from run to run, so it shows the cost of each host call, and the ratio native/variant
 # is the requests/s ratio a CPU-bound worker would reach at equal instructions per cycle.
 # Environment: ROUNDS (default 3), SECONDS_PER_RUN (default 10), CONNECTIONS (default 16),
-# VARIANTS (default all of the above, native first), SCENARIOS (default "rule sticky").
+# VARIANTS (default all of the above, native first), SCENARIOS (default "rule sticky mesh").
 # A variant named after another bench/NAME.wat runs that module in canary's place.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -63,9 +63,18 @@ done
 belongs() {
   case $1 in mesh_hand | mesh) [ "$2" = mesh ] ;; *) [ "$2" != mesh ] ;; esac
 }
-MESH=0
-for v in "${VARIANTS[@]}"; do case $v in mesh_hand | mesh) MESH=1 ;; esac; done
-for s_ in "${SCENARIOS[@]}"; do [ "$s_" != mesh ] || [ "$MESH" = 1 ] || { echo "scenario mesh needs the variants mesh_hand and mesh" >&2; exit 1; }; done
+HAS_HAND=0 HAS_MESH=0
+for v in "${VARIANTS[@]}"; do case $v in mesh_hand) HAS_HAND=1 ;; mesh) HAS_MESH=1 ;; esac; done
+MESH=$((HAS_HAND | HAS_MESH)) MESH_BOTH=$((HAS_HAND & HAS_MESH))
+for s_ in "${SCENARIOS[@]}"; do
+  [ "$s_" != mesh ] || [ "$MESH_BOTH" = 1 ] || { echo "scenario mesh needs both variants mesh_hand and mesh" >&2; exit 1; }
+done
+[ "$MESH" = 0 ] || [ "$MESH_BOTH" = 1 ] || { echo "the mesh variants run together: give both mesh_hand and mesh" >&2; exit 1; }
+if [ "$MESH" = 1 ]; then
+  for p in 10001 10002 10003 10004; do
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "port $p is in use (make demo?): the mesh scenario's colour services need 10001-10004" >&2; exit 1; }
+  done
+fi
 for wat in "$ROOT"/bench/*.wat; do
   wat2wasm "$wat" -o "$RUN_DIR/$(basename "$wat" .wat).wasm"
 done
@@ -130,7 +139,7 @@ for v in "${VARIANTS[@]}"; do
     (cd "$ROOT" && cargo run -q --locked -p maillectl -- validate -f deploy/examples/colorteller/local/colorapp.json \
       --envoy "$ENVOY" --modules target/filters --write-bootstraps "$RUN_DIR/mesh" \
       --egress-port "$LISTENER_PORT" --ingress-port "$(free_port)" >/dev/null)
-    start_envoy "$v" "$RUN_DIR/mesh/colorapp-colorgateway.pb" "$ADMIN_PORT" \
+    start_envoy "$v" "$RUN_DIR/mesh/colorapp/colorgateway.pb" "$ADMIN_PORT" \
       --config-yaml "admin: { address: { socket_address: { address: 127.0.0.1, port_value: $ADMIN_PORT } } }"
     PORT[$v]=$LISTENER_PORT
     continue

@@ -143,7 +143,7 @@ enum Command {
         #[arg(long, default_value = "target/filters")]
         modules: PathBuf,
         /// Also keep each node's self-contained bootstrap in this folder
-        /// (`<mesh>-<node>.pb`, binary protobuf: `envoy -c FILE`, with `--config-yaml` to add
+        /// (`<mesh>/<node>.pb`, binary protobuf: `envoy -c FILE`, with `--config-yaml` to add
         /// an admin listener): the node's configuration run with no control server.
         #[arg(long, value_name = "DIR")]
         write_bootstraps: Option<PathBuf>,

@@ -18,8 +18,12 @@ pub fn validate(
     opts: &NodeOptions,
     keep: Option<&Path>,
 ) -> Result<()> {
-    if let Some(k) = keep {
-        std::fs::create_dir_all(k).with_context(|| format!("creating {}", k.display()))?;
+    let needs_modules = resources.iter().any(|r| matches!(r, Resource::Filter(_)));
+    if needs_modules && !modules_dir.is_dir() {
+        bail!(
+            "the definitions have Filters, and the modules folder {} does not exist (give it with --modules; `make filters` builds target/filters)",
+            modules_dir.display()
+        );
     }
     let map = maille_model::resources(resources);
     if let Err(e) = maille_model::check_all(&map) {
@@ -54,7 +58,11 @@ pub fn validate(
         });
         let file = dir.join(format!("{}-{}.pb", n.mesh_name, n.virtual_node_name));
         if let Some(k) = keep {
-            let kept = k.join(file.file_name().unwrap_or_default());
+            // One folder per mesh: names may hold `-`, so `<mesh>-<node>` could collide.
+            let folder = k.join(&n.mesh_name);
+            std::fs::create_dir_all(&folder)
+                .with_context(|| format!("creating {}", folder.display()))?;
+            let kept = folder.join(format!("{}.pb", n.virtual_node_name));
             std::fs::write(&kept, &pb).with_context(|| format!("writing {}", kept.display()))?;
         }
         std::fs::write(&file, pb)?;

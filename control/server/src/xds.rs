@@ -72,18 +72,44 @@ struct Stream_ {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     /// Snapshot version being delivered, and whether every type has been acknowledged.
     target_version: u64,
-    /// Types to send again, and when: Envoy refused them only because it is still fetching
-    /// a module they name (`nack_on_cache_miss`). With the number of tries so far.
-    resend: HashMap<&'static str, (tokio::time::Instant, u32)>,
+    /// The extension configs Envoy refused only because it is still fetching a dynamic
+    /// module they name (`nack_on_cache_miss`): sent again, marked, until it takes them.
+    fetching: Option<Fetching>,
 }
 
-/// What Envoy says when it refuses a config only while it fetches a dynamic module.
-const FETCHING: &str = "not cached";
+/// A module fetch Envoy is waiting on, for this stream's extension configs.
+struct Fetching {
+    /// The modules (sha256) Envoy said it does not have yet; empty: it did not say which.
+    shas: std::collections::HashSet<String>,
+    /// Refusals so far.
+    tries: u32,
+    /// When to send again; `None` once sent, until Envoy answers.
+    due: Option<tokio::time::Instant>,
+}
+
+/// What Envoy 1.40 says when it refuses an extension config only while it fetches a dynamic
+/// module: "Remote module not cached; background fetch in progress. SHA256: <hex>".
+const FETCHING: &str = "Remote module not cached; background fetch in progress";
+
+/// Refusals while fetching after which the config counts as refused (a module Envoy can
+/// never fetch: its server down, a wrong sha256): about 4 minutes of tries.
+const MAX_FETCH_TRIES: u32 = 12;
 
 /// The wait before resending a config Envoy refused while fetching: 250 ms, doubling, at
 /// most 30 s.
 fn resend_after(tries: u32) -> std::time::Duration {
     std::time::Duration::from_millis(250u64.saturating_mul(1 << tries.min(7)).min(30_000))
+}
+
+/// The sha256 a "not cached" refusal names, if it names one.
+fn fetching_sha(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("SHA256: ")?;
+    let hex: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .take(64)
+        .collect();
+    (hex.len() == 64).then_some(hex)
 }
 
 impl Stream_ {
@@ -118,11 +144,6 @@ impl Stream_ {
             .map(|t| t.names.clone())
             .unwrap_or_default();
         let mut content = self.content(snap, type_url, &names_);
-        if force && type_url == types::EXTENSION {
-            if let Some((_, tries)) = self.resend.get(type_url) {
-                content = refetch_marked(&content, tries + 1);
-            }
-        }
         let node = self.node_id().to_owned();
         let st = self.types.entry(type_url).or_default();
         if st.sent.hash == 0 {
@@ -146,9 +167,16 @@ impl Stream_ {
         st.sent = content.clone();
         st.sent_version = version.clone();
         st.nonce = nonce.clone();
+        // While Envoy fetches a module, the configs naming it go out marked, so that Envoy
+        // takes them once it has the module. What is recorded as sent (and then refused or
+        // accepted) is the config itself, unmarked.
+        let wire = match (&self.fetching, type_url) {
+            (Some(f), types::EXTENSION) => refetch_marked(&content, &f.shas),
+            _ => content,
+        };
         let resp = DiscoveryResponse {
             version_info: version.clone(),
-            resources: content.items.iter().map(|(_, a)| a.clone()).collect(),
+            resources: wire.items.iter().map(|(_, a)| a.clone()).collect(),
             type_url: type_url.to_owned(),
             nonce,
             ..Default::default()
@@ -202,16 +230,26 @@ impl Stream_ {
                 return Ok(());
             }
             if let Some(err) = &req.error_detail {
-                if err.message.contains(FETCHING) {
+                let tries = self.fetching.as_ref().map_or(0, |f| f.tries) + 1;
+                if type_url == types::EXTENSION
+                    && err.message.contains(FETCHING)
+                    && tries <= MAX_FETCH_TRIES
+                {
                     // Not a refusal of the content: Envoy fetches the module in the
-                    // background and takes the same config once it has it.
-                    let tries = self.resend.get(type_url).map_or(0, |(_, n)| n + 1);
+                    // background and takes the config once it has it.
                     tracing::info!(node = %node, type_url = %short, tries, "Envoy is fetching a module; the config follows");
-                    self.resend.insert(
-                        type_url,
-                        (tokio::time::Instant::now() + resend_after(tries), tries),
-                    );
+                    let f = self.fetching.get_or_insert_with(|| Fetching {
+                        shas: Default::default(),
+                        tries: 0,
+                        due: None,
+                    });
+                    f.tries = tries;
+                    f.shas.extend(fetching_sha(&err.message));
+                    f.due = Some(tokio::time::Instant::now() + resend_after(tries - 1));
                 } else {
+                    if type_url == types::EXTENSION {
+                        self.fetching = None;
+                    }
                     tracing::warn!(node = %node, type_url = %short, version = %st.sent_version, error = %err.message, "Envoy refused (NACK)");
                     self.clients.refused(&node, type_url, st.sent.hash);
                 }
@@ -224,7 +262,9 @@ impl Stream_ {
                     c.types.entry(short).or_default().last_nack = Some(nack);
                 });
             } else {
-                self.resend.remove(type_url);
+                if type_url == types::EXTENSION {
+                    self.fetching = None;
+                }
                 st.acked_hash = Some(st.sent.hash);
                 self.clients.accepted(&node, type_url, st.sent.clone());
                 let v = req.version_info.clone();
@@ -291,12 +331,16 @@ fn bounded(message: &str) -> String {
     }
 }
 
-/// `content` with each remote dynamic module's URL marked with `attempt` (`&attempt=N`).
-/// Envoy 1.40 keeps the hash of an extension config it refused and takes no notice of the
-/// same config sent again, even once the module it waited for is cached: the config sent
-/// after a "not cached" refusal must differ. The URL is the part that may: Envoy finds the
-/// module by its sha256, and the server ignores the query's other fields.
-fn refetch_marked(content: &Content, attempt: u32) -> Content {
+/// `content` with the URL of each remote dynamic module in `shas` (every one, when `shas`
+/// is empty) marked with the time (`&attempt=<ms>`). Envoy 1.40 keeps the hash of an
+/// extension config it refused and takes no notice of the same config sent again, even
+/// once the module it waited for is cached: the config sent after a "not cached" refusal
+/// must differ. The URL is the part that may: Envoy finds the module by its sha256, and the
+/// server ignores the query's other fields.
+fn refetch_marked(content: &Content, shas: &std::collections::HashSet<String>) -> Content {
+    let attempt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     use envoy_types::pb::envoy::config::core::v3::{async_data_source, TypedExtensionConfig};
     use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
     use prost::{Message, Name};
@@ -316,6 +360,9 @@ fn refetch_marked(content: &Content, attempt: u32) -> Content {
                 else {
                     return None;
                 };
+                if !shas.is_empty() && !shas.contains(&r.sha256) {
+                    return None;
+                }
                 let uri = &mut r.http_uri.as_mut()?.uri;
                 let base = uri.split("&attempt=").next().unwrap_or_default().to_owned();
                 *uri = format!("{base}&attempt={attempt}");
@@ -331,13 +378,10 @@ fn refetch_marked(content: &Content, attempt: u32) -> Content {
     Content::new(items)
 }
 
-/// The type whose resend is due first, when it is due; never, when none is.
-async fn next_resend(resend: &HashMap<&'static str, (tokio::time::Instant, u32)>) -> &'static str {
-    match resend.iter().min_by_key(|(_, (at, _))| *at) {
-        Some((t, (at, _))) => {
-            tokio::time::sleep_until(*at).await;
-            t
-        }
+/// Resolves when the extension configs are due to be sent again; never, when they are not.
+async fn resend_due(fetching: &Option<Fetching>) {
+    match fetching.as_ref().and_then(|f| f.due) {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -377,7 +421,7 @@ impl AggregatedDiscoveryService for Ads {
             nonce: 0,
             tx,
             target_version,
-            resend: HashMap::new(),
+            fetching: None,
         };
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
@@ -398,12 +442,13 @@ impl AggregatedDiscoveryService for Ads {
                             break;
                         }
                     }
-                    t = next_resend(&s.resend) => {
-                        let snap = s.mesh.current();
-                        let tries = s.resend.get(t).map_or(0, |(_, n)| *n);
+                    () = resend_due(&s.fetching) => {
                         // Due again only if Envoy refuses again.
-                        s.resend.insert(t, (tokio::time::Instant::now() + std::time::Duration::from_secs(3600), tries));
-                        if s.send(&snap, t, true).await.is_err() {
+                        if let Some(f) = s.fetching.as_mut() {
+                            f.due = None;
+                        }
+                        let snap = s.mesh.current();
+                        if s.send(&snap, types::EXTENSION, true).await.is_err() {
                             break;
                         }
                     }
@@ -424,5 +469,92 @@ impl AggregatedDiscoveryService for Ads {
         Err(Status::unimplemented(
             "Maille serves state-of-the-world ADS; set api_type: GRPC (not DELTA_GRPC)",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
+    use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::{Message, Name};
+
+    fn native(name: &str, sha: &str) -> (String, Any) {
+        let f = DynamicModuleFilter {
+            dynamic_module_config: Some(DynamicModuleConfig {
+                module: Some(core::AsyncDataSource {
+                    specifier: Some(core::async_data_source::Specifier::Remote(
+                        core::RemoteDataSource {
+                            http_uri: Some(core::HttpUri {
+                                uri: format!("http://c/v1/modules/x.so?sha256={sha}"),
+                                ..Default::default()
+                            }),
+                            sha256: sha.into(),
+                            ..Default::default()
+                        },
+                    )),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ext = core::TypedExtensionConfig {
+            name: name.into(),
+            typed_config: Some(Any {
+                type_url: DynamicModuleFilter::type_url(),
+                value: f.encode_to_vec(),
+            }),
+        };
+        (
+            name.into(),
+            Any {
+                type_url: core::TypedExtensionConfig::type_url(),
+                value: ext.encode_to_vec(),
+            },
+        )
+    }
+
+    fn uri(item: &(String, Any)) -> String {
+        let ext = core::TypedExtensionConfig::decode(item.1.value.as_slice()).unwrap();
+        let f = DynamicModuleFilter::decode(ext.typed_config.unwrap().value.as_slice()).unwrap();
+        match f
+            .dynamic_module_config
+            .unwrap()
+            .module
+            .unwrap()
+            .specifier
+            .unwrap()
+        {
+            core::async_data_source::Specifier::Remote(r) => r.http_uri.unwrap().uri,
+            _ => panic!("not remote"),
+        }
+    }
+
+    #[test]
+    fn only_the_configs_of_the_modules_being_fetched_are_marked() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let content = Content::new(vec![native("one", &a), native("two", &b)]);
+        let msg = format!("Remote module not cached; background fetch in progress. SHA256: {a}");
+        assert!(msg.contains(FETCHING));
+        let shas: std::collections::HashSet<String> = fetching_sha(&msg).into_iter().collect();
+        assert_eq!(shas.len(), 1);
+        let marked = refetch_marked(&content, &shas);
+        assert!(
+            uri(&marked.items[0]).contains("&attempt="),
+            "{}",
+            uri(&marked.items[0])
+        );
+        assert_eq!(uri(&marked.items[1]), uri(&content.items[1]));
+        assert_ne!(marked.hash, content.hash);
+        // Marked again: the URL carries one mark, not two.
+        let again = refetch_marked(&marked, &shas);
+        assert_eq!(uri(&again.items[0]).matches("&attempt=").count(), 1);
+        // A refusal that names no module marks every module.
+        let all = refetch_marked(&content, &Default::default());
+        assert!(all.items.iter().all(|i| uri(i).contains("&attempt=")));
+        assert_eq!(fetching_sha("no sha here"), None);
+        assert_eq!(fetching_sha("SHA256: abc"), None);
     }
 }
