@@ -401,7 +401,11 @@ static_resources:
         "{} series of maille_breaker.requests",
         series.len()
     );
-    let log = front.log();
+    // Envoy's log file is flushed a moment after the stats move.
+    let log = eventually("the bound in Envoy's log", Duration::from_secs(10), || {
+        let log = front.log();
+        (log.contains("already tracking 1000 clusters"), log)
+    });
     assert_eq!(
         log.matches("maille_breaker: not tracking a cluster")
             .count(),

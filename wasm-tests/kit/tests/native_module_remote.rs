@@ -224,12 +224,17 @@ fn with_nack_on_cache_miss_lds_rejects_until_the_module_is_cached_then_accepts()
     eventually("the first rejection", Duration::from_secs(10), || {
         (lds_stat("rejected") == 1, envoy.log().len())
     });
-    assert!(
-        envoy
-            .log()
-            .contains("Remote module not cached; background fetch in progress"),
-        "{}",
-        envoy.log()
+    // Envoy's log file is flushed a moment after the stat moves.
+    eventually(
+        "the refusal in Envoy's log",
+        Duration::from_secs(10),
+        || {
+            let log = envoy.log();
+            (
+                log.contains("Remote module not cached; background fetch in progress"),
+                log.len(),
+            )
+        },
     );
     assert_eq!(lds_stat("success"), 0);
     // The right sha256: rejected once more while the background fetch fills the cache...
