@@ -89,12 +89,7 @@ impl Check<'_> {
     }
 
     fn name(&mut self, path: &str, name: &str) {
-        if name.is_empty()
-            || name.len() > limits::MAX_NAME_LEN
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !valid_name(name) {
             self.err(
                 path,
                 format!(

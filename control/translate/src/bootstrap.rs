@@ -292,10 +292,7 @@ pub fn static_bootstrap(
                 // A static bootstrap has the file; there is nothing to wait for.
                 c.nack_on_cache_miss = false;
             }
-            return Some(Any {
-                type_url: dm_filter::DynamicModuleFilter::type_url(),
-                value: f.encode_to_vec(),
-            });
+            return Some(crate::proto::any(&f));
         }
         let mut w = wasm_filter::Wasm::decode(any.value.as_slice()).ok()?;
         if let Some(envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm::VmConfig(vm)) =
@@ -303,10 +300,7 @@ pub fn static_bootstrap(
         {
             vm.code = Some(local(vm.code.as_ref()));
         }
-        Some(Any {
-            type_url: wasm_filter::Wasm::type_url(),
-            value: w.encode_to_vec(),
-        })
+        Some(crate::proto::any(&w))
     };
 
     let listeners = cfg
@@ -347,10 +341,7 @@ pub fn static_bootstrap(
                             }
                         }
                     }
-                    *any = Any {
-                        type_url: hcm::HttpConnectionManager::type_url(),
-                        value: m.encode_to_vec(),
-                    };
+                    *any = crate::proto::any(&m);
                 }
             }
             l

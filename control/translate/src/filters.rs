@@ -34,6 +34,23 @@ pub(crate) fn ecds_filter(name: &str, disabled: bool, runtime: Runtime) -> hcm::
     }
 }
 
+/// The ECDS resource `name` of Maille's filter `filter` (`canary`, `breaker`) in `runtime`,
+/// from `module` with `config`, and the HTTP filter entry that names it.
+pub(crate) fn extension(
+    runtime: Runtime,
+    name: &str,
+    module: &Module,
+    filter: &str,
+    config: &str,
+    disabled: bool,
+) -> (core::TypedExtensionConfig, hcm::HttpFilter) {
+    let ext = match runtime {
+        Runtime::Native => native_extension(name, module, filter, config),
+        Runtime::Wasm => wasm_extension(name, module, filter, config),
+    };
+    (ext, ecds_filter(name, disabled, runtime))
+}
+
 /// `module` as Envoy fetches it: from the control server through its cluster, checked by
 /// sha256, with retries.
 fn remote(module: &Module) -> core::AsyncDataSource {

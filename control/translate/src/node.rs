@@ -343,11 +343,9 @@ fn egress(
         };
         let name = names::versioned(&names::filter(&f.filter_name), &module.sha256);
         let config = f.spec.config.to_string();
-        out.filters.push(match runtime {
-            Runtime::Native => native_extension(&name, module, &f.spec.module, &config),
-            Runtime::Wasm => wasm_extension(&name, module, &f.spec.module, &config),
-        });
-        node_filters.push(ecds_filter(&name, false, runtime));
+        let (ext, filter) = extension(runtime, &name, module, &f.spec.module, &config, false);
+        out.filters.push(ext);
+        node_filters.push(filter);
     }
 
     for b in &vn.spec.backends {

@@ -386,10 +386,8 @@ fn canary_split(
         &names::canary_filter(&rt.virtual_router_name, &rt.route_name),
         &module.sha256,
     );
-    out.filters.push(match runtime {
-        Runtime::Native => native_extension(&name, module, "canary", &config.to_json()),
-        Runtime::Wasm => wasm_extension(&name, module, "canary", &config.to_json()),
-    });
+    let (ext, filter) = extension(runtime, &name, module, "canary", &config.to_json(), true);
+    out.filters.push(ext);
     r.typed_per_filter_config.insert(
         name.clone(),
         // An empty `config` (present, no type) enables a disabled filter on this route.
@@ -399,5 +397,5 @@ fn canary_split(
             disabled: false,
         }),
     );
-    Ok(ecds_filter(&name, true, runtime))
+    Ok(filter)
 }
