@@ -21,8 +21,14 @@ impl CloudWatchSink {
         namespace: &str,
         storage_resolution: i32,
     ) -> CloudWatchSink {
+        // The SDK's own retries are off: the delivery loop retries, and backs off, itself.
+        use aws_sdk_cloudwatch::config::{retry::RetryConfig, Builder};
         CloudWatchSink {
-            client: aws_sdk_cloudwatch::Client::new(config),
+            client: aws_sdk_cloudwatch::Client::from_conf(
+                Builder::from(config)
+                    .retry_config(RetryConfig::disabled())
+                    .build(),
+            ),
             namespace: namespace.to_owned(),
             storage_resolution,
         }

@@ -33,6 +33,10 @@ use prost::Message;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
+/// How long a sender pushed back by a full queue is told to wait (gRPC `RetryInfo`, HTTP
+/// `Retry-After`).
+pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Default largest request accepted, bytes, compressed or not (the OTLP exporters' default
 /// batch fits easily).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;

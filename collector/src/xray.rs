@@ -38,9 +38,15 @@ pub struct XraySink {
 
 impl XraySink {
     /// From an SDK config (region, credentials, `AWS_ENDPOINT_URL` from the default chain).
+    /// The SDK's own retries are off: the delivery loop retries, and backs off, itself.
     pub fn new(config: &aws_config::SdkConfig) -> XraySink {
+        use aws_sdk_xray::config::{retry::RetryConfig, Builder};
         XraySink {
-            client: aws_sdk_xray::Client::new(config),
+            client: aws_sdk_xray::Client::from_conf(
+                Builder::from(config)
+                    .retry_config(RetryConfig::disabled())
+                    .build(),
+            ),
         }
     }
 }

@@ -18,8 +18,7 @@ use tonic::codec::{
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::{Code, Status};
 
-/// How long a sender pushed back by a full queue is told to wait.
-const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+use super::RETRY_AFTER;
 
 /// One signal's gRPC service.
 #[derive(Debug, Clone)]

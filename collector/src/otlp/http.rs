@@ -21,7 +21,10 @@ fn refusal(e: Refused) -> Response {
         Refused::Unsupported(m) => error(StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
         Refused::Queue(full @ Refusal::Full { .. }) => (
             StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "1")],
+            [(
+                header::RETRY_AFTER,
+                super::RETRY_AFTER.as_secs().to_string(),
+            )],
             full.to_string(),
         )
             .into_response(),

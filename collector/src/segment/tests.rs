@@ -564,3 +564,11 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn every_http_key_reads_into_its_own_slot() {
+    // `HTTP_KEYS` sizes the slots `http_slot` fills: the two must agree, key for key.
+    for (i, key) in HTTP_KEYS.iter().enumerate() {
+        assert_eq!(http_slot(key), Some(i), "{key}");
+    }
+}
