@@ -361,6 +361,20 @@ pub struct Sample {
     pub p99_millis: Option<f64>,
 }
 
+impl Sample {
+    /// `requests` answered, `errors` of them 5xx, with their p99: the success rate and the
+    /// p99 only when there were requests.
+    pub fn from_counts(requests: u64, errors: u64, p99_millis: Option<f64>) -> Sample {
+        Sample {
+            requests,
+            errors,
+            success_rate: (requests > 0)
+                .then(|| 1.0 - errors.min(requests) as f64 / requests as f64),
+            p99_millis: if requests > 0 { p99_millis } else { None },
+        }
+    }
+}
+
 /// One threshold of a check, with the values behind its verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -64,12 +64,7 @@ mod tests {
     use maille_model::{LatencyP99, SuccessRate};
 
     fn sample(requests: u64, errors: u64, p99: f64) -> Sample {
-        Sample {
-            requests,
-            errors,
-            success_rate: (requests > 0).then(|| 1.0 - errors as f64 / requests as f64),
-            p99_millis: (requests > 0).then_some(p99),
-        }
+        Sample::from_counts(requests, errors, Some(p99))
     }
 
     fn analysis(sr: SuccessRate, lat: Option<LatencyP99>) -> Analysis {

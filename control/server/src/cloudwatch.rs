@@ -116,10 +116,7 @@ impl MetricSource for CloudWatchSource {
                 _ => {}
             }
         }
-        if s.requests > 0 {
-            s.success_rate = Some(1.0 - s.errors.min(s.requests) as f64 / s.requests as f64);
-            s.p99_millis = p99;
-        }
+        let s = Sample::from_counts(s.requests, s.errors, p99);
         Ok(s)
     }
 }

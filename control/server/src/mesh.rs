@@ -327,6 +327,23 @@ impl Mesh {
         resources: Vec<Resource>,
         dry_run: bool,
     ) -> Result<ApplyReport, ApplyError> {
+        self.apply_and_delete(resources, Vec::new(), dry_run).await
+    }
+
+    /// Deletes `keys`; refused when something left would refer to them.
+    pub async fn delete(&self, keys: Vec<Key>, dry_run: bool) -> Result<ApplyReport, ApplyError> {
+        self.apply_and_delete(Vec::new(), keys, dry_run).await
+    }
+
+    /// Creates or replaces `resources` and deletes `keys` in one change (one version, one
+    /// commit, one push): validated one by one, then together with what is left. A key to
+    /// delete that does not exist is refused.
+    pub async fn apply_and_delete(
+        &self,
+        resources: Vec<Resource>,
+        keys: Vec<Key>,
+        dry_run: bool,
+    ) -> Result<ApplyReport, ApplyError> {
         let mut errors = Vec::new();
         for r in &resources {
             if let Err(e) = check_resource(r) {
@@ -358,40 +375,28 @@ impl Mesh {
             upserts.push((key.clone(), r.clone()));
             next.insert(key, r);
         }
-        let keys: Vec<Key> = upserts.iter().map(|(k, _)| k.clone()).collect();
-        check_changes(&next, &keys, &[])?;
-        if upserts.is_empty() {
-            return Ok(report);
-        }
-        let stored: Vec<Resource> = upserts.iter().map(|(_, r)| (**r).clone()).collect();
-        self.change(cur, next, keys, dry_run, report, |store, version| {
-            store.commit(version, &stored, &[])
-        })
-    }
-
-    /// Deletes `keys`; refused when something left would refer to them.
-    pub async fn delete(&self, keys: Vec<Key>, dry_run: bool) -> Result<ApplyReport, ApplyError> {
-        let _guard = self.write.lock().await;
-        let cur = self.current();
-        let mut next = cur.resources.clone();
-        let mut report = ApplyReport {
-            version: cur.version,
-            ..Default::default()
-        };
         for k in &keys {
             if next.remove(k).is_none() {
                 return Err(ApplyError::NotFound(k.to_string()));
             }
             report.deleted.push(k.to_string());
         }
-        check_changes(&next, &[], &keys)?;
-        if keys.is_empty() {
+        let upserted: Vec<Key> = upserts.iter().map(|(k, _)| k.clone()).collect();
+        check_changes(&next, &upserted, &keys)?;
+        if upserts.is_empty() && keys.is_empty() {
             return Ok(report);
         }
+        let stored: Vec<Resource> = upserts.iter().map(|(_, r)| (**r).clone()).collect();
         let deleted = keys.clone();
-        self.change(cur, next, keys, dry_run, report, move |store, version| {
-            store.commit(version, &[], &deleted)
-        })
+        let changed: Vec<Key> = upserted.into_iter().chain(keys).collect();
+        self.change(
+            cur,
+            next,
+            changed,
+            dry_run,
+            report,
+            move |store, version| store.commit(version, &stored, &deleted),
+        )
     }
 
     /// Re-reads the modules folder; when a module changed, serves a new snapshot so that

@@ -231,11 +231,7 @@ impl MeshMetrics {
                 }
             }
         }
-        if s.requests > 0 {
-            s.success_rate = Some(1.0 - s.errors.min(s.requests) as f64 / s.requests as f64);
-            s.p99_millis = p99(&bounds, &buckets);
-        }
-        s
+        Sample::from_counts(s.requests, s.errors, p99(&bounds, &buckets))
     }
 
     /// The OTLP service that feeds it.

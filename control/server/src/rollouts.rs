@@ -1106,18 +1106,12 @@ impl Run {
             }
             upserts.push(Resource::Route(ab));
         }
+        // One change: the route's weights and the A/B routes move together.
         self.inner
             .mesh
-            .apply(upserts, false)
+            .apply_and_delete(upserts, deletes, false)
             .await
             .map_err(|e| format!("setting {rkey}: {e}"))?;
-        if !deletes.is_empty() {
-            self.inner
-                .mesh
-                .delete(deletes, false)
-                .await
-                .map_err(|e| format!("removing the A/B routes: {e}"))?;
-        }
         Ok(())
     }
 }
