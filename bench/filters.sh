@@ -63,13 +63,15 @@ done
 belongs() {
   case $1 in mesh_hand | mesh) [ "$2" = mesh ] ;; *) [ "$2" != mesh ] ;; esac
 }
-HAS_HAND=0 HAS_MESH=0
-for v in "${VARIANTS[@]}"; do case $v in mesh_hand) HAS_HAND=1 ;; mesh) HAS_MESH=1 ;; esac; done
-MESH=$((HAS_HAND | HAS_MESH)) MESH_BOTH=$((HAS_HAND & HAS_MESH))
-for s_ in "${SCENARIOS[@]}"; do
-  [ "$s_" != mesh ] || [ "$MESH_BOTH" = 1 ] || { echo "scenario mesh needs both variants mesh_hand and mesh" >&2; exit 1; }
-done
-[ "$MESH" = 0 ] || [ "$MESH_BOTH" = 1 ] || { echo "the mesh variants run together: give both mesh_hand and mesh" >&2; exit 1; }
+# The mesh variants run in the mesh scenario only, and only together.
+MESH=0
+for s_ in "${SCENARIOS[@]}"; do [ "$s_" != mesh ] || MESH=1; done
+if [ "$MESH" = 1 ]; then
+  case " ${VARIANTS[*]} " in *" mesh_hand "*) ;; *) echo "scenario mesh needs the variant mesh_hand" >&2; exit 1 ;; esac
+  case " ${VARIANTS[*]} " in *" mesh "*) ;; *) echo "scenario mesh needs the variant mesh" >&2; exit 1 ;; esac
+else
+  kept=(); for v in "${VARIANTS[@]}"; do belongs "$v" mesh || kept+=("$v"); done; VARIANTS=("${kept[@]}")
+fi
 if [ "$MESH" = 1 ]; then
   for p in 10001 10002 10003 10004; do
     ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "port $p is in use (make demo?): the mesh scenario's colour services need 10001-10004" >&2; exit 1; }
