@@ -450,3 +450,127 @@ async fn a_restarted_server_resumes_the_same_step() {
     })
     .await;
 }
+
+/// A server that answers 200 and records each call's path and JSON body, in order.
+async fn recording_hooks() -> (u16, Arc<std::sync::Mutex<Vec<(String, Value)>>>) {
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = calls.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: String| {
+        let c = c.clone();
+        async move {
+            let v = serde_json::from_str(&body).unwrap_or(Value::Null);
+            c.lock().unwrap().push((uri.path().to_owned(), v));
+            axum::http::StatusCode::OK
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (port, calls)
+}
+
+fn hooks(port: u16, kinds: &[&str]) -> Value {
+    kinds
+        .iter()
+        .map(|k| json!({"name": k, "type": k, "url": format!("http://127.0.0.1:{port}/{k}")}))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_webhook_is_called_in_order_with_the_rollout_state() {
+    let (port, calls) = recording_hooks().await;
+    let f = with_mesh().await;
+    let kinds = [
+        "pre-rollout",
+        "pre-step",
+        "confirm-promotion",
+        "post-rollout",
+        "rollback",
+    ];
+    f.mesh
+        .apply(
+            vec![rollout(json!({
+                "steps": [{"weight": 50, "duration": {"unit": "ms", "value": 1000}}],
+                "webhooks": hooks(port, &kinds)}))],
+            false,
+        )
+        .await
+        .unwrap();
+    until(&f, "success", Duration::from_secs(15), |s| {
+        s.phase == Phase::Succeeded
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !calls
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(p, _)| p == "/post-rollout")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no post-rollout call: {:?}",
+            calls.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = calls.lock().unwrap().clone();
+    let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/pre-rollout",
+            "/pre-step",
+            "/confirm-promotion",
+            "/post-rollout"
+        ],
+        "a successful rollout never calls the rollback hook"
+    );
+    // The body: the hook's type and the rollout's status.
+    for (p, body) in &got {
+        assert_eq!(
+            format!("/{}", body["type"].as_str().unwrap_or("")),
+            *p,
+            "{body}"
+        );
+        assert_eq!(body["rollout"]["name"], "blue", "{p}: {body}");
+        assert!(body["rollout"]["phase"].is_string(), "{p}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn an_aborted_rollout_calls_its_rollback_webhook() {
+    let (port, calls) = recording_hooks().await;
+    let f = with_mesh().await;
+    f.mesh
+        .apply(
+            vec![rollout(json!({
+                "steps": [{"weight": 30, "duration": {"unit": "s", "value": 600}}],
+                "webhooks": hooks(port, &["rollback", "post-rollout"])}))],
+            false,
+        )
+        .await
+        .unwrap();
+    until(&f, "step 1", Duration::from_secs(15), |s| {
+        s.canary_weight == 30
+    })
+    .await;
+    f.rollouts
+        .act("colorapp", "blue", RolloutAction::Abort)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = calls.lock().unwrap().clone();
+        if let Some((_, body)) = got.iter().find(|(p, _)| p == "/rollback") {
+            assert_eq!(body["type"], "rollback", "{body}");
+            assert_eq!(body["rollout"]["name"], "blue", "{body}");
+            assert_eq!(body["rollout"]["phase"], "RolledBack", "{body}");
+            assert!(!got.iter().any(|(p, _)| p == "/post-rollout"), "{got:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rollback call: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(weights(&f.mesh), (100, 0));
+}
