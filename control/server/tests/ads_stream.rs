@@ -33,14 +33,6 @@ struct Fixture {
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
-fn colorapp() -> Vec<Resource> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/examples/colorteller/local/colorapp.json");
-    maille_import::import_paths(&[path], &Default::default())
-        .unwrap()
-        .resources
-}
-
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     common::stand_in_modules(dir.path());
@@ -51,7 +43,7 @@ async fn fixture() -> Fixture {
         )
         .unwrap(),
     );
-    mesh.apply(colorapp(), false).await.unwrap();
+    mesh.apply(common::colorapp(), false).await.unwrap();
     let clients = Arc::new(Clients::default());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let ads = Ads::new(mesh.clone(), clients.clone(), stop_rx);
@@ -194,7 +186,7 @@ fn names(r: &DiscoveryResponse) -> Vec<String> {
 
 /// The route with weights `white`, `black`, `red` (and the header route kept).
 fn weights(white: u32, black: u32, red: u32) -> Resource {
-    let mut r = colorapp()
+    let mut r = common::colorapp()
         .into_iter()
         .find(|r| matches!(r, Resource::Route(rt) if rt.route_name == "colorteller-route"))
         .unwrap();

@@ -12,14 +12,6 @@ use maille_model::{Key, Kind, Resource};
 use maille_translate::{node_config, NodeOptions, World};
 use std::sync::Arc;
 
-fn colorapp() -> Vec<Resource> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/examples/colorteller/local/colorapp.json");
-    maille_import::import_paths(&[path], &Default::default())
-        .unwrap()
-        .resources
-}
-
 fn modules_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     common::stand_in_modules(dir.path());
@@ -54,11 +46,11 @@ fn key(kind: Kind, name: &str) -> Key {
 async fn refusals_name_the_field_and_change_nothing() {
     let dir = modules_dir();
     let mesh = mesh_in(&dir);
-    mesh.apply(colorapp(), false).await.unwrap();
+    mesh.apply(common::colorapp(), false).await.unwrap();
     let v = mesh.current().version;
 
     // A node whose backend does not exist.
-    let mut gw = find(&colorapp(), Kind::VirtualNode, "colorgateway");
+    let mut gw = find(&common::colorapp(), Kind::VirtualNode, "colorgateway");
     if let Resource::VirtualNode(n) = &mut gw {
         n.spec.backends[0].virtual_service.virtual_service_name = "nope.demo.local".into();
     }
@@ -89,7 +81,7 @@ async fn refusals_name_the_field_and_change_nothing() {
     };
     assert!(e.to_string().contains("meshName: no mesh named"), "{e}");
     assert_eq!(mesh.current().version, v, "a refusal changed the version");
-    assert_eq!(mesh.current().resources.len(), colorapp().len());
+    assert_eq!(mesh.current().resources.len(), common::colorapp().len());
 }
 
 #[tokio::test]
@@ -98,13 +90,13 @@ async fn dry_runs_report_and_warnings_come_from_the_affected_nodes() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("libmaille_canary.so"), b"canary").unwrap();
     let mesh = mesh_in(&dir);
-    let r = mesh.apply(colorapp(), false).await.unwrap();
+    let r = mesh.apply(common::colorapp(), false).await.unwrap();
     assert_eq!(r.affected_nodes, 5, "{r:?}");
     let warning =
         "virtualNode/colorapp/colorgateway: filter \"breaker\": module \"libmaille_breaker.so\" is not served";
     assert!(r.warnings.iter().any(|w| w.starts_with(warning)), "{r:?}");
     let v = mesh.current().version;
-    let mut f = find(&colorapp(), Kind::Filter, "breaker");
+    let mut f = find(&common::colorapp(), Kind::Filter, "breaker");
     if let Resource::Filter(f) = &mut f {
         f.spec.config["windowMillis"] = serde_json::json!(20000);
     }
@@ -121,9 +113,9 @@ async fn dry_runs_report_and_warnings_come_from_the_affected_nodes() {
         "{r:?}"
     );
     // Applying the same again changes nothing but the one resource.
-    let r = mesh.apply(colorapp(), false).await.unwrap();
+    let r = mesh.apply(common::colorapp(), false).await.unwrap();
     assert_eq!(r.updated, ["filter/colorapp/breaker"]);
-    assert_eq!(r.unchanged.len(), colorapp().len() - 1);
+    assert_eq!(r.unchanged.len(), common::colorapp().len() - 1);
 }
 
 /// A tiny deterministic generator (xorshift), so a failure repeats.
@@ -249,7 +241,7 @@ fn change(rng: &mut Rng, base: &[Resource]) -> (Vec<Resource>, Vec<Key>) {
 async fn incremental_translation_equals_translating_from_scratch() {
     let dir = modules_dir();
     let mesh = mesh_in(&dir);
-    let base = colorapp();
+    let base = common::colorapp();
     mesh.apply(base.clone(), false).await.unwrap();
     let nodes = [
         "colorgateway",
@@ -330,7 +322,7 @@ async fn a_restart_serves_what_was_applied() {
     };
     let before = {
         let mesh = open();
-        mesh.apply(colorapp(), false).await.unwrap();
+        mesh.apply(common::colorapp(), false).await.unwrap();
         let snap = mesh.current();
         (
             snap.version,
@@ -343,7 +335,11 @@ async fn a_restart_serves_what_was_applied() {
     let after = mesh.node_resources(&snap, "colorapp", "colorgateway", &NodeOptions::default());
     assert!(same(&before.1, &after));
     // The restarted server knows what each node depends on: a route change reaches the gateway.
-    let mut r = find(&colorapp(), Kind::Route, "colorteller-vr/colorteller-route");
+    let mut r = find(
+        &common::colorapp(),
+        Kind::Route,
+        "colorteller-vr/colorteller-route",
+    );
     if let Resource::Route(rt) = &mut r {
         rt.spec.http_route.as_mut().unwrap().action.weighted_targets[0].weight = 3;
     }

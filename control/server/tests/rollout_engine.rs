@@ -3,6 +3,8 @@
 //! back on failures, webhook gates, user actions, a breaker trip, and a restart that
 //! resumes the same step. No Envoy (the real-traffic suite is maillectl's rollouts.rs).
 
+mod common;
+
 use maille_api::{BreakerSignal, CircuitState, Phase, RolloutAction, RolloutStatus, Verdict};
 use maille_control::metrics::{MeshMetrics, PREFIX};
 use maille_control::modules::Modules;
@@ -15,14 +17,6 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn colorapp() -> Vec<Resource> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/examples/colorteller/local/colorapp.json");
-    maille_import::import_paths(&[path], &Default::default())
-        .unwrap()
-        .resources
-}
 
 fn rollout(spec: Value) -> Resource {
     let mut s = json!({
@@ -68,7 +62,7 @@ async fn fixture(store: Arc<dyn Store>) -> Fixture {
 
 async fn with_mesh() -> Fixture {
     let f = fixture(Arc::new(maille_control::store::MemoryStore::default())).await;
-    f.mesh.apply(colorapp(), false).await.unwrap();
+    f.mesh.apply(common::colorapp(), false).await.unwrap();
     f
 }
 
@@ -415,7 +409,7 @@ async fn a_restarted_server_resumes_the_same_step() {
     let step = {
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).unwrap());
         let f = fixture(store).await;
-        f.mesh.apply(colorapp(), false).await.unwrap();
+        f.mesh.apply(common::colorapp(), false).await.unwrap();
         f.mesh
             .apply(
                 vec![rollout(
