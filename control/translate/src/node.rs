@@ -122,19 +122,11 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
                 .and_then(|t| t.idle)
                 .map(|d| d.millis())
                 .unwrap_or(defaults::IDLE_TIMEOUT_MS);
-            listener::Filter {
-                name: "envoy.filters.network.tcp_proxy".into(),
-                config_type: Some(listener::filter::ConfigType::TypedConfig(any(
-                    &tcp_proxy::TcpProxy {
-                        stat_prefix: name.clone(),
-                        cluster_specifier: Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(
-                            local.clone(),
-                        )),
-                        idle_timeout: Some(ms(idle)),
-                        ..Default::default()
-                    },
-                ))),
-            }
+            tcp_proxy_filter(
+                name.clone(),
+                tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(local.clone()),
+                idle,
+            )
         } else {
             let t = l.timeout.as_ref().and_then(|t| match proto {
                 "http2" => t.http2.as_ref(),
@@ -558,20 +550,34 @@ fn tcp_backend(
         address: Some(socket(&opts.listen_address, port)),
         traffic_direction: core::TrafficDirection::Outbound as i32,
         filter_chains: vec![listener::FilterChain {
-            filters: vec![listener::Filter {
-                name: "envoy.filters.network.tcp_proxy".into(),
-                config_type: Some(listener::filter::ConfigType::TypedConfig(any(
-                    &tcp_proxy::TcpProxy {
-                        stat_prefix: name.replace('/', "_"),
-                        cluster_specifier: Some(spec),
-                        idle_timeout: Some(ms(idle.unwrap_or(defaults::IDLE_TIMEOUT_MS))),
-                        ..Default::default()
-                    },
-                ))),
-            }],
+            filters: vec![tcp_proxy_filter(
+                name.replace('/', "_"),
+                spec,
+                idle.unwrap_or(defaults::IDLE_TIMEOUT_MS),
+            )],
             ..Default::default()
         }],
         ..Default::default()
     });
     true
+}
+
+/// Envoy's TCP proxy to `cluster`, its stats under `stat_prefix`, closing connections idle
+/// for `idle_ms`.
+fn tcp_proxy_filter(
+    stat_prefix: String,
+    cluster: tcp_proxy::tcp_proxy::ClusterSpecifier,
+    idle_ms: u64,
+) -> listener::Filter {
+    listener::Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(any(
+            &tcp_proxy::TcpProxy {
+                stat_prefix,
+                cluster_specifier: Some(cluster),
+                idle_timeout: Some(ms(idle_ms)),
+                ..Default::default()
+            },
+        ))),
+    }
 }
