@@ -478,8 +478,12 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
         let s = status("blue");
         (s["canaryWeight"] == 20, s)
     });
-    let t = tally(20, Some(("x-color-beta", "yes")));
-    assert_eq!(t.get("blue"), Some(&20), "A/B users get blue: {t:?}");
+    // The status moves when the server publishes the step; the gateway's Envoy has it a
+    // moment later (its ADS push and ACK).
+    eventually("A/B users get blue", Duration::from_secs(10), || {
+        let t = tally(20, Some(("x-color-beta", "yes")));
+        (t.get("blue") == Some(&20), t)
+    });
     let blue = eventually("blue succeeds", Duration::from_secs(180), || {
         let s = status("blue");
         (s["phase"] == "Succeeded", s)
