@@ -17,6 +17,7 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -50,9 +51,22 @@ def start_browser(profile):
 
 
 def wait(driver, what, cond, timeout=20):
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+    # The page re-renders as the status changes: an element found a moment ago may be gone.
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: cond(d), message=f"waiting for {what}"
     )
+
+
+def fresh(read, tries=20):
+    """`read()`, again while the page re-renders under it (a stale element)."""
+    for i in range(tries):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            if i == tries - 1:
+                raise
+            time.sleep(0.05)
 
 
 def card(driver, key):
@@ -95,18 +109,23 @@ def main():
         report["connection"] = driver.find_element(By.ID, "conn").text
 
         # The running rollout advances on the page.
-        c = card(driver, args.abort)
-        first = int(c.find_element(By.CLASS_NAME, "canary-weight").get_attribute("data-weight"))
+        first = fresh(lambda: int(card(driver, args.abort).find_element(By.CLASS_NAME, "canary-weight").get_attribute("data-weight")))
         wait(driver, "the canary's weight to grow on the page",
              lambda d: int(card(d, args.abort).find_element(By.CLASS_NAME, "canary-weight").get_attribute("data-weight")) > first,
              timeout=30)
-        c = card(driver, args.abort)
-        second = int(c.find_element(By.CLASS_NAME, "canary-weight").get_attribute("data-weight"))
+        def card_facts():
+            c = card(driver, args.abort)
+            return {
+                "second": int(c.find_element(By.CLASS_NAME, "canary-weight").get_attribute("data-weight")),
+                "weightText": c.find_element(By.CLASS_NAME, "canary-weight").text,
+                "phaseBefore": c.find_element(By.CLASS_NAME, "phase").text,
+                "stepText": c.find_element(By.CLASS_NAME, "step").text,
+                "facts": c.find_element(By.CLASS_NAME, "facts").text,
+            }
+        f = fresh(card_facts)
+        second = f.pop("second")
         report["weights"] = [first, second]
-        report["weightText"] = c.find_element(By.CLASS_NAME, "canary-weight").text
-        report["phaseBefore"] = c.find_element(By.CLASS_NAME, "phase").text
-        report["stepText"] = c.find_element(By.CLASS_NAME, "step").text
-        report["facts"] = c.find_element(By.CLASS_NAME, "facts").text
+        report.update(f)
 
         # The analysed rollout's checks, drawn.
         def checks_drawn(d):
