@@ -67,6 +67,16 @@ pub(crate) trait Item: Send + Sync + 'static {
     fn bytes(&self) -> usize;
     /// How logs name it.
     fn describe(&self) -> String;
+    /// Which calls it may share: only items of one partition go in a call (a log stream's
+    /// events); everything is one partition by default.
+    fn partition(&self) -> u64 {
+        0
+    }
+    /// Its time, milliseconds since the epoch, when the destination bounds the time a call
+    /// spans (CloudWatch Logs: 24 hours).
+    fn time_ms(&self) -> i64 {
+        0
+    }
 }
 
 /// Where batches go.
@@ -99,6 +109,8 @@ pub(crate) struct Limits {
     pub(crate) in_flight: usize,
     /// How long a partial batch waits for more items.
     pub(crate) linger: Duration,
+    /// Milliseconds between the earliest and latest item of a call, at most.
+    pub(crate) max_span_ms: i64,
 }
 
 /// An item and its delivery history.
@@ -468,21 +480,57 @@ fn next_batch<T: Item>(sh: &Shared<T>, limits: &Limits) -> Next<T> {
         let at = oldest + limits.linger;
         return Next::Wait(Some(next_retry.map_or(at, |r| r.min(at))));
     }
-    let mut batch = Vec::with_capacity(limits.max_items.min(st.ready.len()));
-    let mut bytes = 0;
-    while let Some(e) = st.ready.front() {
-        let b = e.item.bytes();
-        if !batch.is_empty() && (batch.len() == limits.max_items || bytes + b > limits.max_bytes) {
-            break;
-        }
-        bytes += b;
-        batch.push(st.ready.pop_front().expect("front"));
-    }
+    let batch = take_batch(&mut st.ready, limits);
     st.in_flight += 1;
     sh.stats
         .in_flight
         .store(st.in_flight as u64, Ordering::Relaxed);
     Next::Send(batch)
+}
+
+/// Items examined for one batch at most, beyond the first item: a batch of one partition
+/// does not scan a queue of others without bound.
+const SCAN_LIMIT: usize = 20_000;
+
+/// Takes the next call's items from the front of `ready`: the first item's partition, within
+/// the limits of items, bytes and time span, in their order. Items of other partitions, or
+/// outside the span, keep their places.
+fn take_batch<T: Item>(ready: &mut VecDeque<Entry<T>>, limits: &Limits) -> Vec<Entry<T>> {
+    let mut batch = Vec::with_capacity(limits.max_items.min(ready.len()));
+    let Some(first) = ready.pop_front() else {
+        return batch;
+    };
+    let partition = first.item.partition();
+    let (mut earliest, mut latest) = (first.item.time_ms(), first.item.time_ms());
+    let mut bytes = first.item.bytes();
+    batch.push(first);
+    let mut skipped = Vec::new();
+    let mut scanned = 0;
+    while let Some(e) = ready.front() {
+        if batch.len() == limits.max_items || scanned == SCAN_LIMIT {
+            break;
+        }
+        scanned += 1;
+        let (b, t) = (e.item.bytes(), e.item.time_ms());
+        if bytes + b > limits.max_bytes && e.item.partition() == partition {
+            break;
+        }
+        let fits = e.item.partition() == partition
+            && t.max(latest).saturating_sub(t.min(earliest)) <= limits.max_span_ms;
+        let e = ready.pop_front().expect("front");
+        if fits {
+            bytes += b;
+            earliest = earliest.min(t);
+            latest = latest.max(t);
+            batch.push(e);
+        } else {
+            skipped.push(e);
+        }
+    }
+    for e in skipped.into_iter().rev() {
+        ready.push_front(e);
+    }
+    batch
 }
 
 async fn dispatch<T: Item, D: Destination<T>>(sh: Arc<Shared<T>>, dest: Arc<D>, limits: Limits) {

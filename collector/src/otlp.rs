@@ -1,5 +1,6 @@
-//! The OTLP receivers: gRPC (`TraceService/Export`, `MetricsService/Export`) and HTTP
-//! (`POST /v1/traces`, `/v1/metrics`, protobuf or JSON), gzip accepted on both.
+//! The OTLP receivers: gRPC (`TraceService/Export`, `MetricsService/Export`,
+//! `LogsService/Export`) and HTTP (`POST /v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or
+//! JSON), gzip accepted on both.
 //!
 //! Each request is refused or taken whole. On its way in it is decompressed within the
 //! largest request size, counted on the wire ([`scan`]) so that one whose decoded form would
@@ -20,8 +21,12 @@ pub(crate) use grpc::Grpc;
 pub(crate) use http::http_export;
 
 use crate::delivery::{Queue, Refusal};
+use crate::logs::{Event, Targets};
 use crate::metrics::{Converter, Datum};
 use crate::segment::{document, Doc, Options, ResourceView};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -263,6 +268,70 @@ impl Signal for Metrics {
         converter.commit(converted.staged);
         Ok(ExportMetricsServiceResponse {
             partial_success: None,
+        })
+    }
+}
+
+// === impl Logs ===
+
+/// Log records to CloudWatch Logs events into the logs queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Logs {
+    pub(crate) queue: Queue<Event>,
+    pub(crate) targets: Arc<Targets>,
+    pub(crate) options: Arc<Options>,
+    /// The collector's host name, for streams named by `host.name`.
+    pub(crate) host: Arc<str>,
+}
+
+/// Bytes of events a request may make per byte of it (each record's resource and scope are
+/// not repeated in its event; its JSON keys and quotes are).
+const EVENTS_PER_WIRE_BYTE: usize = 8;
+
+impl Signal for Logs {
+    type Request = ExportLogsServiceRequest;
+    type Response = ExportLogsServiceResponse;
+    const WHAT: &'static str = "logs";
+    const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const METHOD: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    const ROOT: scan::Root = scan::Root::Logs;
+    const ALWAYS_BLOCKING: bool = false;
+
+    fn take(&self, req: Self::Request, wire: usize) -> Result<Self::Response, Refused> {
+        let budget = EVENTS_PER_WIRE_BYTE
+            .saturating_mul(wire)
+            .saturating_add(DOCUMENTS_FLOOR);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let (mut records, mut trimmed, mut bytes) = (0u64, 0u64, 0usize);
+        let mut events = Vec::new();
+        for rl in &req.resource_logs {
+            let stream = crate::logs::stream_for(
+                &self.targets,
+                rl.resource.as_ref(),
+                &self.options,
+                &self.host,
+            );
+            for rec in rl.scope_logs.iter().flat_map(|sl| &sl.log_records) {
+                records += 1;
+                let c = crate::logs::event(rec, &stream, now_ms);
+                bytes += c.event.message.len();
+                if bytes > budget {
+                    return Err(Refused::Invalid(format!(
+                        "the request's {records} log records so far make more than {budget} bytes of CloudWatch Logs events from {wire} bytes, more than {EVENTS_PER_WIRE_BYTE}x its size"
+                    )));
+                }
+                trimmed += u64::from(c.trimmed);
+                events.push(c.event);
+            }
+        }
+        self.queue.offer(events)?;
+        let stats = self.queue.stats();
+        stats.add_received(records);
+        stats.add_trimmed(trimmed);
+        Ok(ExportLogsServiceResponse {
+            partial_success: None::<ExportLogsPartialSuccess>,
         })
     }
 }

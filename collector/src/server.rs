@@ -1,11 +1,13 @@
 //! The collector assembled: the OTLP gRPC and HTTP receivers, `/healthz` and `/stats` on the
-//! HTTP port, and two delivery loops, traces to X-Ray and metrics to CloudWatch, each over
-//! its own bounded queue.
+//! HTTP port, and three delivery loops, traces to X-Ray, metrics to CloudWatch and logs to
+//! CloudWatch Logs, each over its own bounded queue.
 
 use crate::cloudwatch::CloudWatchSink;
+use crate::cloudwatch_logs::CloudWatchLogsSink;
 use crate::delivery::{Capacity, Item, Limits, Queue, Stats};
+use crate::logs::{Event, Targets, MAX_CALL_BYTES, MAX_CALL_SPAN_MS, MAX_EVENTS_PER_CALL};
 use crate::metrics::{Converter, Datum, MAX_DATUMS_PER_REQUEST, MAX_REQUEST_BYTES};
-use crate::otlp::{http_export, Grpc, Intake, Metrics, Traces, DEFAULT_MAX_REQUEST_BYTES};
+use crate::otlp::{http_export, Grpc, Intake, Logs, Metrics, Traces, DEFAULT_MAX_REQUEST_BYTES};
 use crate::segment::{Doc, Options, MAX_DOCUMENT_BYTES};
 use crate::spool::Spool;
 use crate::xray::{Sink, Xray, MAX_BATCH};
@@ -35,8 +37,11 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Span attributes to index as X-Ray annotations (besides the mesh's markers).
     pub annotations: Vec<String>,
-    /// Folder of the disk spool; `None` keeps the queue in memory only.
+    /// Folder of the disk spool (trace documents; log events in its `logs` folder); `None`
+    /// keeps the queues in memory only.
     pub spool: Option<std::path::PathBuf>,
+    /// The CloudWatch Logs group and stream of each sender's log records.
+    pub logs: Targets,
     /// Attribute keys that become CloudWatch dimensions (defaults when empty).
     pub dimensions: Vec<String>,
     /// Calls in flight at once, to X-Ray and to CloudWatch each.
@@ -66,6 +71,7 @@ impl Default for Config {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             annotations: Vec::new(),
             spool: None,
+            logs: Targets::default(),
             dimensions: Vec::new(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             converters: 1,
@@ -85,10 +91,13 @@ pub struct Running {
     pub stats: Arc<Stats>,
     /// The metrics counters, when metrics are exported.
     pub metric_stats: Option<Arc<Stats>>,
+    /// The log counters, when logs are exported.
+    pub log_stats: Option<Arc<Stats>>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     traces: (Queue<Doc>, JoinHandle<()>),
     metrics: Option<(Queue<Datum>, JoinHandle<()>)>,
+    logs: Option<(Queue<Event>, JoinHandle<()>)>,
     spooled: bool,
     shutdown_timeout: Duration,
 }
@@ -108,6 +117,9 @@ impl Running {
         if let Some((m, _)) = &self.metrics {
             m.close();
         }
+        if let Some((l, _)) = &self.logs {
+            l.close();
+        }
         let (queue, handle) = self.traces;
         let left = drain(queue, handle, deadline).await;
         if left > 0 && self.spooled {
@@ -122,6 +134,14 @@ impl Running {
                     undelivered = left,
                     "stopping: {left} metric datums not delivered in time and lost"
                 );
+            }
+        }
+        if let Some((queue, handle)) = self.logs {
+            let left = drain(queue, handle, deadline).await;
+            if left > 0 && self.spooled {
+                tracing::warn!(undelivered = left, "stopping: {left} log events not delivered in time; kept in the spool, sent after a restart");
+            } else if left > 0 {
+                tracing::warn!(undelivered = left, "stopping: {left} log events not delivered in time and lost (--spool keeps them)");
             }
         }
     }
@@ -147,11 +167,12 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 /// Binds the ports and starts everything, exporting traces to `sink` and, when given,
-/// metrics to `metrics`.
+/// metrics to `metrics` and logs to `logs`.
 pub async fn start<S: Sink>(
     cfg: Config,
     sink: S,
     metrics: Option<CloudWatchSink>,
+    logs: Option<CloudWatchLogsSink>,
 ) -> std::io::Result<Running> {
     let grpc = TcpListener::bind(cfg.grpc_addr).await?;
     let http = TcpListener::bind(cfg.http_addr).await?;
@@ -164,7 +185,7 @@ pub async fn start<S: Sink>(
     let in_flight = cfg.max_in_flight.max(1);
     let (journal, leftover) = match &cfg.spool {
         Some(dir) => {
-            let (s, left) = Spool::open(dir).map_err(std::io::Error::other)?;
+            let (s, left) = Spool::<Doc>::open(dir).map_err(std::io::Error::other)?;
             if !left.is_empty() {
                 tracing::info!(documents = left.len(), "sending what the spool held");
             }
@@ -184,6 +205,7 @@ pub async fn start<S: Sink>(
             max_bytes: MAX_BATCH * MAX_DOCUMENT_BYTES,
             in_flight,
             linger: LINGER,
+            max_span_ms: i64::MAX,
         },
     );
     let stats = trace_queue.stats().clone();
@@ -191,16 +213,68 @@ pub async fn start<S: Sink>(
         max_request_bytes: cfg.max_request_bytes,
         converters: Arc::new(tokio::sync::Semaphore::new(cfg.converters.max(1))),
     };
+    let options = Arc::new(Options {
+        annotations: cfg.annotations.clone(),
+        default_resource: Options::resource_from_env(
+            std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().as_deref(),
+            std::env::var("OTEL_SERVICE_NAME").ok().as_deref(),
+        ),
+    });
     let traces = Traces {
         queue: trace_queue.clone(),
-        options: Arc::new(Options {
-            annotations: cfg.annotations.clone(),
-            default_resource: Options::resource_from_env(
-                std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().as_deref(),
-                std::env::var("OTEL_SERVICE_NAME").ok().as_deref(),
-            ),
-        }),
+        options: options.clone(),
     };
+    let logs = match logs {
+        None => None,
+        Some(sink) => {
+            let (journal, leftover) = match &cfg.spool {
+                Some(dir) => {
+                    let (s, left) =
+                        Spool::<Event>::open(&dir.join("logs")).map_err(std::io::Error::other)?;
+                    if !left.is_empty() {
+                        tracing::info!(
+                            events = left.len(),
+                            "sending the log events the spool held"
+                        );
+                    }
+                    (
+                        Some(Arc::new(s) as Arc<dyn crate::delivery::Journal<Event>>),
+                        left,
+                    )
+                }
+                None => (None, Vec::new()),
+            };
+            let queue = Queue::new(
+                "logs",
+                Capacity {
+                    items: cfg.queue_capacity.max(MAX_EVENTS_PER_CALL),
+                    bytes: cfg.queue_bytes.max(MAX_CALL_BYTES),
+                },
+                journal,
+                leftover,
+            );
+            let exporter = queue.export(
+                sink,
+                Limits {
+                    max_items: MAX_EVENTS_PER_CALL,
+                    max_bytes: MAX_CALL_BYTES,
+                    in_flight,
+                    linger: LINGER,
+                    max_span_ms: MAX_CALL_SPAN_MS,
+                },
+            );
+            Some((
+                Logs {
+                    queue,
+                    targets: Arc::new(cfg.logs.clone()),
+                    options: options.clone(),
+                    host: crate::logs::host_name().into(),
+                },
+                exporter,
+            ))
+        }
+    };
+    let log_stats = logs.as_ref().map(|(l, _)| l.queue.stats().clone());
     let metrics = metrics.map(|sink| {
         let queue = Queue::new(
             "metrics",
@@ -218,6 +292,7 @@ pub async fn start<S: Sink>(
                 max_bytes: MAX_REQUEST_BYTES,
                 in_flight,
                 linger: LINGER,
+                max_span_ms: i64::MAX,
             },
         );
         (
@@ -236,12 +311,16 @@ pub async fn start<S: Sink>(
     let metric_grpc = metrics
         .as_ref()
         .map(|(m, _)| Grpc::new(m.clone(), intake.clone()));
+    let log_grpc = logs
+        .as_ref()
+        .map(|(l, _)| Grpc::new(l.clone(), intake.clone()));
     let rx = stop_rx.clone();
     servers.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(trace_grpc)
             .add_optional_service(metric_grpc)
+            .add_optional_service(log_grpc)
             .serve_with_incoming_shutdown(incoming, stopped(rx))
             .await
         {
@@ -251,6 +330,7 @@ pub async fn start<S: Sink>(
 
     let st = stats.clone();
     let ms = metric_stats.clone();
+    let ls = log_stats.clone();
     let mut app = axum::Router::new()
         .route(
             "/v1/traces",
@@ -260,11 +340,14 @@ pub async fn start<S: Sink>(
         .route(
             "/stats",
             axum::routing::get(move || {
-                let (st, ms) = (st.clone(), ms.clone());
+                let (st, ms, ls) = (st.clone(), ms.clone(), ls.clone());
                 async move {
                     let mut v = st.to_json();
                     if let Some(ms) = ms {
                         v["metrics"] = ms.to_json();
+                    }
+                    if let Some(ls) = ls {
+                        v["logs"] = ls.to_json();
                     }
                     axum::Json(v)
                 }
@@ -274,6 +357,12 @@ pub async fn start<S: Sink>(
         app = app.route(
             "/v1/metrics",
             axum::routing::post(http_export::<Metrics>).with_state((m.clone(), intake.clone())),
+        );
+    }
+    if let Some((l, _)) = &logs {
+        app = app.route(
+            "/v1/logs",
+            axum::routing::post(http_export::<Logs>).with_state((l.clone(), intake.clone())),
         );
     }
     let max = cfg.max_request_bytes;
@@ -298,10 +387,12 @@ pub async fn start<S: Sink>(
         http_port,
         stats,
         metric_stats,
+        log_stats,
         stop,
         servers,
         traces: (trace_queue, trace_exporter),
         metrics: metrics.map(|(m, h)| (m.queue, h)),
+        logs: logs.map(|(l, h)| (l.queue, h)),
         spooled,
         shutdown_timeout: cfg.shutdown_timeout,
     })

@@ -1,16 +1,18 @@
 //! `maille-collector`: the sidecar. Flags in `--help`.
 
 use clap::Parser;
-use maille_collector::{start, CloudWatchSink, Config, XraySink};
+use maille_collector::{
+    start, CloudWatchLogsSink, CloudWatchSink, Config, LogTargets, LogTemplate, XraySink,
+};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Maille's collector: receives OpenTelemetry traces and metrics over OTLP (gRPC and HTTP,
-/// gzip or not) from Envoy and applications, and exports them to AWS X-Ray and CloudWatch
-/// without losing any it accepted. AWS access follows the
+/// Maille's collector: receives OpenTelemetry traces, metrics and logs over OTLP (gRPC and
+/// HTTP, gzip or not) from Envoy and applications, and exports them to AWS X-Ray, CloudWatch
+/// and CloudWatch Logs without losing any it accepted. AWS access follows the
 /// default chain: AWS_REGION, credentials, and AWS_ENDPOINT_URL (e.g. a local moto server).
 /// OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME fill in what senders' resources lack
 /// (e.g. `cloud.platform=aws_ecs,aws.ecs.task.arn=...` for Envoy's spans on Fargate).
@@ -63,6 +65,22 @@ struct Args {
     /// Do not export metrics.
     #[arg(long)]
     no_metrics: bool,
+    /// CloudWatch Logs group of the log records (Envoy's access logs); `{attribute}` is the
+    /// sender's resource attribute (service.name defaults to OTEL_SERVICE_NAME, then
+    /// unknown_service). Created when missing.
+    #[arg(long, env = "MAILLE_LOG_GROUP", default_value = maille_collector::DEFAULT_LOG_GROUP)]
+    log_group: String,
+    /// CloudWatch Logs stream, as --log-group (host.name defaults to this machine's host
+    /// name: one stream per task, pod or instance). Created when missing.
+    #[arg(long, env = "MAILLE_LOG_STREAM", default_value = maille_collector::DEFAULT_LOG_STREAM)]
+    log_stream: String,
+    /// Days a log group this collector creates keeps its events (CloudWatch Logs' allowed
+    /// values: 1, 3, 5, 7, 14, 30, 60, 90, ...); by default they never expire.
+    #[arg(long, value_parser = retention_days)]
+    log_retention_days: Option<i32>,
+    /// Do not export logs.
+    #[arg(long)]
+    no_logs: bool,
     /// Worker threads. One keeps the sidecar to one core and spends the least CPU per span
     /// (about 100,000 spans/s on one core of the benchmark machine); raise it for more.
     /// Requests over 64 KiB are converted beside them, as many at once as this.
@@ -76,6 +94,21 @@ fn storage_resolution(s: &str) -> Result<i32, String> {
         "60" => Ok(60),
         other => Err(format!(
             "{other:?}: CloudWatch takes 1 (high resolution) or 60 (standard)"
+        )),
+    }
+}
+
+/// The retention periods CloudWatch Logs takes.
+const RETENTION_DAYS: [i32; 22] = [
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
+
+fn retention_days(s: &str) -> Result<i32, String> {
+    match s.parse::<i32>() {
+        Ok(d) if RETENTION_DAYS.contains(&d) => Ok(d),
+        _ => Err(format!(
+            "{s:?}: CloudWatch Logs keeps events for one of {RETENTION_DAYS:?} days"
         )),
     }
 }
@@ -105,6 +138,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.shutdown_timeout
         );
     }
+    let logs = LogTargets {
+        group: LogTemplate::parse(&args.log_group, true)
+            .map_err(|e| anyhow::anyhow!("--log-group: {e}"))?,
+        stream: LogTemplate::parse(&args.log_stream, false)
+            .map_err(|e| anyhow::anyhow!("--log-stream: {e}"))?,
+    };
     let running = start(
         Config {
             grpc_addr: args.grpc_addr,
@@ -114,6 +153,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             max_request_bytes: args.max_request_bytes,
             annotations: args.annotations,
             spool: args.spool,
+            logs,
             dimensions: args.dimensions,
             max_in_flight: usize::from(args.max_in_flight),
             converters: usize::from(args.threads),
@@ -122,6 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         XraySink::new(&aws),
         (!args.no_metrics)
             .then(|| CloudWatchSink::new(&aws, &args.namespace, args.storage_resolution)),
+        (!args.no_logs).then(|| CloudWatchLogsSink::new(&aws, args.log_retention_days)),
     )
     .await?;
     println!(

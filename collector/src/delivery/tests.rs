@@ -112,6 +112,7 @@ const LIMITS: Limits = Limits {
     max_bytes: 1_000_000,
     in_flight: 4,
     linger: Duration::from_millis(200),
+    max_span_ms: i64::MAX,
 };
 
 fn queue(capacity: usize) -> Queue<N> {
@@ -401,4 +402,77 @@ async fn the_journal_hears_of_items_delivered_and_given_up_on() {
         "delivered, refused and given up on: all settled once"
     );
     assert_eq!(dest.stored().len(), 19 - 1 + 1);
+}
+
+/// A log event: a number, its stream and its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ev(u64, u64, i64);
+
+impl Item for Ev {
+    fn bytes(&self) -> usize {
+        100
+    }
+    fn describe(&self) -> String {
+        format!("ev{}", self.0)
+    }
+    fn partition(&self) -> u64 {
+        self.1
+    }
+    fn time_ms(&self) -> i64 {
+        self.2
+    }
+}
+
+#[test]
+fn a_call_holds_one_partition_within_the_time_span_and_the_others_keep_their_places() {
+    let entry = |e: Ev| Entry {
+        item: e,
+        attempts: 0,
+        since: Instant::now(),
+    };
+    let limits = Limits {
+        max_items: 3,
+        max_span_ms: 1_000,
+        ..LIMITS
+    };
+    let mut ready: VecDeque<Entry<Ev>> = [
+        Ev(1, 7, 5_000),
+        Ev(2, 8, 5_000),
+        Ev(3, 7, 9_000), // too far from the first
+        Ev(4, 7, 4_100),
+        Ev(5, 7, 5_900),
+        Ev(6, 7, 4_500),
+        Ev(8, 7, 4_600), // the call is full
+        Ev(7, 8, 5_200),
+    ]
+    .into_iter()
+    .map(entry)
+    .collect();
+    let ids = |b: &[Entry<Ev>]| b.iter().map(|e| e.item.0).collect::<Vec<_>>();
+    // 4,100..5,900 spans 1,800 ms: 5 does not fit beside 4.
+    assert_eq!(ids(&take_batch(&mut ready, &limits)), [1, 4, 6]);
+    let left: Vec<u64> = ready.iter().map(|e| e.item.0).collect();
+    assert_eq!(left, [2, 3, 5, 8, 7]);
+    assert_eq!(ids(&take_batch(&mut ready, &limits)), [2, 7]);
+    assert_eq!(ids(&take_batch(&mut ready, &limits)), [3]);
+    assert_eq!(ids(&take_batch(&mut ready, &limits)), [5]);
+    assert_eq!(ids(&take_batch(&mut ready, &limits)), [8]);
+    assert!(take_batch(&mut ready, &limits).is_empty());
+}
+
+#[test]
+fn a_batch_stops_at_its_byte_limit() {
+    let mut ready: VecDeque<Entry<N>> = (0..10)
+        .map(|i| Entry {
+            item: N(i, 400),
+            attempts: 0,
+            since: Instant::now(),
+        })
+        .collect();
+    let limits = Limits {
+        max_bytes: 1_000,
+        ..LIMITS
+    };
+    assert_eq!(take_batch(&mut ready, &limits).len(), 2);
+    assert_eq!(ready.len(), 8);
 }

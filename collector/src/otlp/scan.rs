@@ -16,9 +16,11 @@
 //! JSON bodies get a coarser bound: every decoded struct starts with a `{`, so their number
 //! times the largest struct bounds the decoded form.
 
+use opentelemetry_proto::tonic::collector::logs::v1 as cl;
 use opentelemetry_proto::tonic::collector::metrics::v1 as cm;
 use opentelemetry_proto::tonic::collector::trace::v1 as ct;
 use opentelemetry_proto::tonic::common::v1 as common;
+use opentelemetry_proto::tonic::logs::v1 as logs;
 use opentelemetry_proto::tonic::metrics::v1 as metrics;
 use opentelemetry_proto::tonic::resource::v1 as resource;
 use opentelemetry_proto::tonic::trace::v1 as trace;
@@ -40,6 +42,7 @@ const MAX_DEPTH: u32 = 100;
 pub(crate) enum Root {
     Traces,
     Metrics,
+    Logs,
 }
 
 /// What the census found.
@@ -99,6 +102,10 @@ enum M {
     HistogramPoints,
     ExpHistogramPoints,
     SummaryPoints,
+    LogsRequest,
+    ResourceLogs,
+    ScopeLogs,
+    LogRecord,
 }
 
 /// What a field of a message holds.
@@ -173,6 +180,15 @@ fn field(m: M, n: u32) -> F {
         (Buckets, 2) => Varints,
         (SummaryPoint, 6) => Many(Quantile),
         (Exemplar, 4 | 5) => Text,
+        (LogsRequest, 1) => Many(ResourceLogs),
+        (ResourceLogs, 1) => One(Resource),
+        (ResourceLogs, 2) => Many(ScopeLogs),
+        (ResourceLogs | ScopeLogs, 3) => Text,
+        (ScopeLogs, 1) => One(Scope),
+        (ScopeLogs, 2) => Many(LogRecord),
+        (LogRecord, 3 | 9 | 10 | 12) => Text,
+        (LogRecord, 5) => One(AnyValue),
+        (LogRecord, 6) => Many(KeyValue),
         _ => Other,
     }
 }
@@ -206,6 +222,10 @@ fn size(m: M) -> usize {
         SummaryPoint => size_of::<metrics::SummaryDataPoint>(),
         Quantile => size_of::<metrics::summary_data_point::ValueAtQuantile>(),
         Exemplar => size_of::<metrics::Exemplar>(),
+        LogsRequest => size_of::<cl::ExportLogsServiceRequest>(),
+        ResourceLogs => size_of::<logs::ResourceLogs>(),
+        ScopeLogs => size_of::<logs::ScopeLogs>(),
+        LogRecord => size_of::<logs::LogRecord>(),
         // Inside `Metric`'s data.
         Points | HistogramPoints | ExpHistogramPoints | SummaryPoints => 0,
     }
@@ -237,6 +257,7 @@ fn largest(root: Root) -> usize {
             Quantile,
             Exemplar,
         ],
+        Root::Logs => &[LogsRequest, ResourceLogs, ScopeLogs, LogRecord],
     };
     let common = [
         Resource,
@@ -259,6 +280,7 @@ pub(crate) fn census(root: Root, wire: &[u8]) -> Result<Census, ScanError> {
     let top = match root {
         Root::Traces => M::TraceRequest,
         Root::Metrics => M::MetricsRequest,
+        Root::Logs => M::LogsRequest,
     };
     let mut c = Census {
         decoded: size(top),
@@ -521,6 +543,58 @@ mod tests {
         let wire = request(vec![], vec![KeyValue::default(); 500_000]).encode_to_vec();
         assert!(matches!(
             check(Root::Traces, &wire),
+            Err(ScanError::OutOfProportion { .. })
+        ));
+    }
+
+    #[test]
+    fn logs_are_counted_too() {
+        use logs::{LogRecord, ResourceLogs, ScopeLogs};
+        let req = |records: Vec<LogRecord>| {
+            cl::ExportLogsServiceRequest {
+                resource_logs: vec![ResourceLogs {
+                    scope_logs: vec![ScopeLogs {
+                        log_records: records,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            }
+            .encode_to_vec()
+        };
+        // Envoy's access log records: a line and sixteen attributes.
+        let envoy = req((0..200)
+            .map(|_| LogRecord {
+                time_unix_nano: 1,
+                body: Some(common::AnyValue {
+                    value: Some(common::any_value::Value::StringValue(
+                        "GET /color HTTP/1.1 200".into(),
+                    )),
+                }),
+                attributes: (0..16).map(|i| s(&format!("k{i}"), "value")).collect(),
+                trace_id: vec![1; 16],
+                ..Default::default()
+            })
+            .collect());
+        let c = check(Root::Logs, &envoy).expect("taken");
+        assert!(
+            c.decoded < 8 * envoy.len(),
+            "{}",
+            c.decoded as f64 / envoy.len() as f64
+        );
+        // Half a million empty records: two bytes each on the wire.
+        let empty = req(vec![LogRecord::default(); 500_000]);
+        assert!(matches!(
+            check(Root::Logs, &empty),
+            Err(ScanError::OutOfProportion { .. })
+        ));
+        // Empty attributes inside records.
+        let attrs = req(vec![LogRecord {
+            attributes: vec![KeyValue::default(); 500_000],
+            ..Default::default()
+        }]);
+        assert!(matches!(
+            check(Root::Logs, &attrs),
             Err(ScanError::OutOfProportion { .. })
         ));
     }

@@ -78,6 +78,10 @@ pub fn collector(rt: &tokio::runtime::Runtime, endpoint: &str) -> Running {
             "Maille",
             60,
         )),
+        Some(maille_collector::CloudWatchLogsSink::new(
+            &sdk_config(endpoint),
+            None,
+        )),
     ))
     .expect("collector starts")
 }
@@ -369,7 +373,7 @@ pub fn fast_config() -> Config {
 
 /// The collector in-process, exporting traces to `sink` and no metrics.
 pub fn fast_collector(rt: &tokio::runtime::Runtime, cfg: Config, sink: Fake) -> Running {
-    rt.block_on(start(cfg, sink, None))
+    rt.block_on(start(cfg, sink, None, None))
         .expect("collector starts")
 }
 

@@ -41,6 +41,7 @@ fn requests_through_the_mesh_become_one_trace() {
             },
             recorder.clone(),
             None,
+            None,
         ))
         .unwrap();
     let control = Control::start(&rt, &dir.path().join("state.redb"), None);
