@@ -518,3 +518,95 @@ impl Front {
             .count()
     }
 }
+
+/// A logs request: `records` from a resource of `service` on `host`.
+pub fn logs_request(
+    service: &str,
+    host: &str,
+    records: Vec<opentelemetry_proto::tonic::logs::v1::LogRecord>,
+) -> opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest {
+    use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+    opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![text("service.name", service), text("host.name", host)],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Log record `i`: body `line i`, an attribute `n` of `i`, at `at_ms` (ms since the epoch).
+pub fn log_record(i: u64, at_ms: u64) -> opentelemetry_proto::tonic::logs::v1::LogRecord {
+    opentelemetry_proto::tonic::logs::v1::LogRecord {
+        time_unix_nano: at_ms * 1_000_000,
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(format!("line {i}"))),
+        }),
+        attributes: vec![kv("n", any_value::Value::IntValue(i as i64))],
+        ..Default::default()
+    }
+}
+
+pub fn now_ms() -> u64 {
+    now_nanos() / 1_000_000
+}
+
+/// The events CloudWatch Logs (moto) holds in a stream, oldest first, as (time, message);
+/// none when the group or stream does not exist.
+pub fn log_events(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    group: &str,
+    stream: &str,
+) -> Vec<(i64, Value)> {
+    let client = aws_sdk_cloudwatchlogs::Client::new(&sdk_config(endpoint));
+    rt.block_on(async {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let Ok(page) = client
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .start_from_head(true)
+                .set_next_token(token.clone())
+                .send()
+                .await
+            else {
+                return out;
+            };
+            let n = page.events().len();
+            for e in page.events() {
+                out.push((
+                    e.timestamp().unwrap_or_default(),
+                    serde_json::from_str(e.message().unwrap_or("null")).unwrap_or(Value::Null),
+                ));
+            }
+            let next = page.next_forward_token().map(str::to_owned);
+            if n == 0 || next.is_none() || next == token {
+                return out;
+            }
+            token = next;
+        }
+    })
+}
+
+pub fn wait_logs_exported(running: &Running, n: u64, timeout: Duration) {
+    let stats = running.log_stats.as_ref().expect("logs exported");
+    let deadline = Instant::now() + timeout;
+    while stats.exported() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} log events exported within {timeout:?}: {}",
+            stats.exported(),
+            stats.to_json()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
