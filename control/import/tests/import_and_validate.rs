@@ -268,6 +268,30 @@ fn validation_errors_give_resource_and_field_path() {
         "tls": {"mode": "LAX", "certificate": {"file": {"certificateChain": "/c.pem", "privateKey": "/k.pem"}}}}]}}),
     );
     assert_eq!(e, vec!["virtualNode/m/t: spec.listeners[0].tls.mode: must be STRICT, PERMISSIVE or DISABLED, got \"LAX\""]);
+
+    // Access logs: App Mesh's formats are taken, anything else is refused by its field.
+    let logged = |format: serde_json::Value| {
+        errors(json!({"meshName": "m", "virtualNodeName": "l", "spec": {
+            "listeners": [{"portMapping": {"port": 80, "protocol": "http"}}],
+            "logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": format}}}}}))
+    };
+    assert!(logged(json!({"text": "%START_TIME% %RESPONSE_CODE%"})).is_empty());
+    assert!(logged(json!({"json": [{"key": "code", "value": "%RESPONSE_CODE%"}]})).is_empty());
+    assert_eq!(
+        logged(json!({"text": "a", "json": [{"key": "k", "value": "v"}]})),
+        vec!["virtualNode/m/l: spec.logging.accessLog.file.format: exactly one of `text` or `json` is required"]
+    );
+    assert_eq!(
+        logged(json!({"json": [{"key": "k"}]})),
+        vec!["virtualNode/m/l: spec.logging.accessLog.file.format.json[0].value: a string of 1 to 100 characters is required"]
+    );
+    assert_eq!(
+        logged(json!({"yaml": "x"})),
+        vec![
+            "virtualNode/m/l: spec.logging.accessLog.file.format.yaml: unknown field: the format is `text` or `json`",
+            "virtualNode/m/l: spec.logging.accessLog.file.format: exactly one of `text` or `json` is required",
+        ]
+    );
 }
 
 #[test]

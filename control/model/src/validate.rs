@@ -296,6 +296,72 @@ fn ip_preference(c: &mut Check<'_>, path: &str, p: &str) {
     }
 }
 
+/// App Mesh's `FileAccessLog`: a path, and a format of `text` (a line with Envoy's
+/// `%COMMAND%`s) or `json` (`key`/`value` pairs), as App Mesh takes them.
+fn access_log_file(c: &mut Check<'_>, p: &str, f: &FileAccessLog) {
+    if f.path.is_empty() || f.path.len() > 255 {
+        c.err(
+            format!("{p}.path"),
+            "a file path of 1 to 255 characters is required",
+        );
+    }
+    let Some(format) = &f.format else { return };
+    let Some(obj) = format.as_object() else {
+        c.err(
+            format!("{p}.format"),
+            "must be an object with `text` or `json`",
+        );
+        return;
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "text" && *k != "json") {
+        c.err(
+            format!("{p}.format.{k}"),
+            "unknown field: the format is `text` or `json`",
+        );
+    }
+    match (obj.get("text"), obj.get("json")) {
+        (Some(t), None) => match t.as_str() {
+            Some(t) if !t.is_empty() && t.len() <= 1000 => {}
+            _ => c.err(
+                format!("{p}.format.text"),
+                "a string of 1 to 1000 characters is required",
+            ),
+        },
+        (None, Some(j)) => match j.as_array() {
+            Some(pairs) if !pairs.is_empty() => {
+                for (i, pair) in pairs.iter().enumerate() {
+                    for field in ["key", "value"] {
+                        match pair.get(field).and_then(|v| v.as_str()) {
+                            Some(v) if !v.is_empty() && v.len() <= 100 => {}
+                            _ => c.err(
+                                format!("{p}.format.json[{i}].{field}"),
+                                "a string of 1 to 100 characters is required",
+                            ),
+                        }
+                    }
+                    if let Some(k) = pair
+                        .as_object()
+                        .and_then(|o| o.keys().find(|k| *k != "key" && *k != "value"))
+                    {
+                        c.err(
+                            format!("{p}.format.json[{i}].{k}"),
+                            "unknown field: a pair is `key` and `value`",
+                        );
+                    }
+                }
+            }
+            _ => c.err(
+                format!("{p}.format.json"),
+                "a list of `key`/`value` pairs is required",
+            ),
+        },
+        _ => c.err(
+            format!("{p}.format"),
+            "exactly one of `text` or `json` is required",
+        ),
+    }
+}
+
 fn node_spec(c: &mut Check<'_>, s: &VirtualNodeSpec) {
     if s.listeners.len() > limits::MAX_LISTENERS {
         c.err(
@@ -454,6 +520,14 @@ fn node_spec(c: &mut Check<'_>, s: &VirtualNodeSpec) {
         .and_then(|d| d.client_policy.as_ref())
     {
         client_policy(c, "spec.backendDefaults.clientPolicy", cp);
+    }
+    if let Some(f) = s
+        .logging
+        .as_ref()
+        .and_then(|l| l.access_log.as_ref())
+        .map(|a| &a.file)
+    {
+        access_log_file(c, "spec.logging.accessLog.file", f);
     }
     if let Some(sd) = &s.service_discovery {
         let set = [

@@ -15,15 +15,6 @@ use maille_testkit::{eventually, free_port, repo_root};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-struct Moto(std::process::Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -61,22 +52,8 @@ async fn put(cw: &aws_sdk_cloudwatch::Client, cluster: &str, total: f64, errors:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_reads_cloudwatch_and_rolls_back_on_what_it_says() {
     let port = free_port();
-    let moto = Moto(
-        std::process::Command::new(repo_root().join(".venv/bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("moto_server (make setup installs it)"),
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    eventually("moto answers", Duration::from_secs(30), || {
-        let ok = maille_testkit::agent()
-            .get(&format!("{url}/moto-api/"))
-            .call()
-            .is_ok();
-        (ok, ())
-    });
+    let moto = maille_testkit::Moto::start_on(port);
+    let url = moto.url();
     // The whole test process talks to the local endpoint, as the server would to AWS.
     std::env::set_var("AWS_ENDPOINT_URL", &url);
     std::env::set_var("AWS_REGION", "us-east-1");

@@ -17,6 +17,7 @@
 //! [`bootstrap`]. Serving is the server's job, not this crate's.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod bootstrap;
 mod cluster;
 mod filters;

@@ -1,6 +1,7 @@
 //! One proxy's resources: the ingress listeners in front of the local application, the egress
 //! listener with a virtual host per backend, TCP backends' own listeners.
 
+use crate::access_log::access_logs;
 use crate::cluster::*;
 use crate::filters::*;
 use crate::names;
@@ -126,6 +127,7 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
                 name.clone(),
                 tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(local.clone()),
                 idle,
+                access_logs(vn, opts),
             )
         } else {
             let t = l.timeout.as_ref().and_then(|t| match proto {
@@ -166,6 +168,7 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
                 Vec::new(),
                 opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
                 false,
+                access_logs(vn, opts),
             )
         };
         let mut l_out = listener::Listener {
@@ -219,12 +222,14 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
 const MAILLE_HEADERS: [&str; 2] = [defaults::CLUSTER_HEADER, defaults::VARIANT_HEADER];
 
 /// An HTTP connection manager on route configuration `rds` (from ADS) with `filters` before
-/// the router; with `strip_maille_headers`, requests lose [`MAILLE_HEADERS`] first.
+/// the router; with `strip_maille_headers`, requests lose [`MAILLE_HEADERS`] first; each
+/// request logged to `access_log`.
 pub(crate) fn http_connection_manager(
     rds: &str,
     mut filters: Vec<hcm::HttpFilter>,
     tracing: Option<&str>,
     strip_maille_headers: bool,
+    access_log: Vec<envoy_types::pb::envoy::config::accesslog::v3::AccessLog>,
 ) -> listener::Filter {
     use envoy_types::pb::envoy::config::common::mutation_rules::v3 as rules;
     use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3 as ehm;
@@ -247,6 +252,7 @@ pub(crate) fn http_connection_manager(
         strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
         http_filters: filters,
         tracing: tracing.map(trace_config),
+        access_log,
         early_header_mutation_extensions: if strip_maille_headers {
             vec![core::TypedExtensionConfig {
                 name: "envoy.http.early_header_mutation.header_mutation".into(),
@@ -350,7 +356,7 @@ fn egress(
             .backend_defaults
             .as_ref()
             .and_then(|d| d.client_policy.as_ref()));
-        if tcp_backend(out, cx, vs, policy, opts) {
+        if tcp_backend(out, cx, vs, policy, opts, &access_logs(vn, opts)) {
             continue;
         }
         let mut vhost = route::VirtualHost {
@@ -441,6 +447,7 @@ fn egress(
                 },
                 opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
                 true,
+                access_logs(vn, opts),
             )],
             ..Default::default()
         }],
@@ -457,6 +464,7 @@ fn tcp_backend(
     vs: &VirtualService,
     policy: Option<&ClientPolicy>,
     opts: &NodeOptions,
+    logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
 ) -> bool {
     let mesh = vs.mesh_name.as_str();
     let provider = vs.spec.provider.as_ref();
@@ -554,6 +562,7 @@ fn tcp_backend(
                 name.replace('/', "_"),
                 spec,
                 idle.unwrap_or(defaults::IDLE_TIMEOUT_MS),
+                logs.to_vec(),
             )],
             ..Default::default()
         }],
@@ -563,11 +572,12 @@ fn tcp_backend(
 }
 
 /// Envoy's TCP proxy to `cluster`, its stats under `stat_prefix`, closing connections idle
-/// for `idle_ms`.
+/// for `idle_ms`, each connection logged to `access_log`.
 fn tcp_proxy_filter(
     stat_prefix: String,
     cluster: tcp_proxy::tcp_proxy::ClusterSpecifier,
     idle_ms: u64,
+    access_log: Vec<envoy_types::pb::envoy::config::accesslog::v3::AccessLog>,
 ) -> listener::Filter {
     listener::Filter {
         name: "envoy.filters.network.tcp_proxy".into(),
@@ -576,6 +586,7 @@ fn tcp_proxy_filter(
                 stat_prefix,
                 cluster_specifier: Some(cluster),
                 idle_timeout: Some(ms(idle_ms)),
+                access_log,
                 ..Default::default()
             },
         ))),

@@ -66,6 +66,8 @@ fn pool() -> &'static DescriptorPool {
             "envoy/config/endpoint/v3/endpoint.proto",
             "envoy/config/core/v3/extension.proto",
             "envoy/config/trace/v3/opentelemetry.proto",
+            "envoy/extensions/access_loggers/open_telemetry/v3/logs_service.proto",
+            "envoy/extensions/access_loggers/file/v3/file.proto",
             "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
             "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
             "envoy/extensions/filters/http/router/v3/router.proto",
@@ -556,4 +558,83 @@ fn weighted_targets_split_natively_and_sticky_ones_keep_a_constant_total() {
             .contains(r#""sticky":{"header":"x-user-id"}"#),
         "{config}"
     );
+}
+
+#[test]
+fn access_logs_go_to_the_file_the_spec_names_and_to_the_collector() {
+    let mut r = load("deploy/examples/colorteller/local/colorapp.json");
+    let key = r
+        .keys()
+        .find(|k| k.name == "colorgateway")
+        .expect("the gateway node")
+        .clone();
+    let mut node = (*r[&key]).clone();
+    if let Resource::VirtualNode(vn) = &mut node {
+        vn.spec.logging = Some(
+            serde_json::from_value(json!({"accessLog": {"file": {"path": "/var/log/envoy.log",
+                "format": {"json": [{"key": "code", "value": "%RESPONSE_CODE%"}]}}}}))
+            .unwrap(),
+        );
+    }
+    r.insert(key, std::sync::Arc::new(node));
+    let modules = modules();
+    let world = World {
+        resources: &r,
+        modules: &modules,
+    };
+    let logs_of = |opts: &NodeOptions| -> Vec<Value> {
+        let j = config_json(&node_config(world, "colorapp", "colorgateway", opts));
+        let mut logs = Vec::new();
+        values_of(&j["listeners"], "access_log", &mut logs);
+        logs.into_iter().cloned().collect()
+    };
+    // Without a collector: the file, on every listener, in the spec's format.
+    let plain = logs_of(&NodeOptions::default());
+    assert!(!plain.is_empty());
+    for l in &plain {
+        let l = l.as_array().unwrap();
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert_eq!(l[0]["typed_config"]["path"], "/var/log/envoy.log");
+        assert_eq!(
+            l[0]["typed_config"]["log_format"]["json_format"]["code"],
+            "%RESPONSE_CODE%"
+        );
+    }
+    // With one: the file and the collector, which gets the default line and the mesh's
+    // fields as attributes, and the node as its service.
+    let with = logs_of(&NodeOptions {
+        otlp_port: Some(4317),
+        ..NodeOptions::default()
+    });
+    assert_eq!(with.len(), plain.len());
+    for l in &with {
+        let otel = &l.as_array().unwrap()[1]["typed_config"];
+        assert_eq!(
+            otel["grpc_service"]["envoy_grpc"]["cluster_name"],
+            "maille_collector"
+        );
+        assert!(otel["body"]["string_value"]
+            .as_str()
+            .unwrap()
+            .starts_with("[%START_TIME%] \"%REQ(:METHOD)%"));
+        let attrs: BTreeMap<&str, &str> = otel["attributes"]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| {
+                (
+                    kv["key"].as_str().unwrap(),
+                    kv["value"]["string_value"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(attrs["trace_id"], "%TRACE_ID%");
+        assert_eq!(attrs["upstream_cluster"], "%UPSTREAM_CLUSTER%");
+        assert_eq!(attrs["variant"], "%REQ(x-maille-variant)%");
+        assert_eq!(attrs["response_code"], "%RESPONSE_CODE%");
+        assert_eq!(
+            otel["resource_attributes"]["values"][0]["value"]["string_value"],
+            "colorgateway"
+        );
+    }
 }

@@ -1,0 +1,172 @@
+//! Envoys configured by the control server log every request to their collector sidecar,
+//! which writes them to CloudWatch Logs (moto, a real AWS API endpoint): each request made
+//! through the gateway appears once in the gateway's log group with its status, duration,
+//! upstream cluster, variant and trace id, and that trace id is the one X-Ray holds.
+
+mod common;
+
+use common::*;
+use maille_collector::{start, CloudWatchLogsSink, Config, XraySink};
+use maille_testkit::{free_port, Moto};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn sdk(endpoint: &str) -> aws_config::SdkConfig {
+    use aws_sdk_xray::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
+    aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "test", "test", None, None, "static",
+        )))
+        .build()
+}
+
+/// Every event of every stream of `group`, as JSON.
+fn group_events(rt: &tokio::runtime::Runtime, endpoint: &str, group: &str) -> Vec<Value> {
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&sdk(endpoint));
+    rt.block_on(async {
+        let Ok(page) = logs.filter_log_events().log_group_name(group).send().await else {
+            return Vec::new();
+        };
+        page.events()
+            .iter()
+            .filter_map(|e| serde_json::from_str(e.message()?).ok())
+            .collect()
+    })
+}
+
+#[test]
+fn every_request_is_logged_once_in_cloudwatch_logs_with_its_trace_id() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start_on(free_port());
+    let collector = rt
+        .block_on(start(
+            Config {
+                grpc_addr: "127.0.0.1:0".parse().unwrap(),
+                http_addr: "127.0.0.1:0".parse().unwrap(),
+                ..Config::default()
+            },
+            XraySink::new(&sdk(&moto.url())),
+            None,
+            Some(CloudWatchLogsSink::new(&sdk(&moto.url()), None)),
+        ))
+        .unwrap();
+    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    let apps = Apps::start(&rt, &["blue", "white"]);
+    let f = dir.path().join("mesh.json");
+    std::fs::write(
+        &f,
+        colorteller(&apps, &[("white", 1), ("blue", 1)]).to_string(),
+    )
+    .unwrap();
+    let (ok, out, err) = control.ctl(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let otlp = Some(collector.grpc_port);
+    let (_gateway, egress) = control.envoy_with("demo", "gateway", free_port(), otlp);
+    eventually("the gateway routes", Duration::from_secs(30), || {
+        let t = tally(egress, 2);
+        (
+            t.values().sum::<usize>() == 2 && !t.contains_key("HTTP 503"),
+            t,
+        )
+    });
+    // The requests of the test, each its own user agent (an `x-request-id` of the client's
+    // that is not Envoy's UUID would turn tracing off for it).
+    let a = maille_testkit::agent();
+    let mut answers = BTreeMap::new();
+    for i in 0..20 {
+        let id = format!("req-{i:02}");
+        let mut r = a
+            .get(&format!("http://127.0.0.1:{egress}/"))
+            .header("host", "colorteller.local")
+            .header("user-agent", &id)
+            .call()
+            .expect("through Envoy");
+        answers.insert(id, r.body_mut().read_to_string().unwrap());
+    }
+    let events = eventually(
+        "the 20 requests reach CloudWatch Logs",
+        Duration::from_secs(30),
+        || {
+            let ev: Vec<Value> = group_events(&rt, &moto.url(), "/maille/gateway")
+                .into_iter()
+                .filter(|e| {
+                    e["user_agent"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("req-"))
+                })
+                .collect();
+            (ev.len() >= 20, ev)
+        },
+    );
+    // Once each, with what App Mesh's line holds and the mesh's fields.
+    let mut by_id: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for e in &events {
+        by_id
+            .entry(e["user_agent"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e);
+    }
+    assert_eq!(
+        by_id.keys().collect::<Vec<_>>(),
+        answers.keys().collect::<Vec<_>>()
+    );
+    let mut traces = Vec::new();
+    for (id, evs) in &by_id {
+        assert_eq!(evs.len(), 1, "{id} logged {} times: {evs:?}", evs.len());
+        let e = evs[0];
+        let colour = &answers[id];
+        assert_eq!(e["response_code"], "200", "{e}");
+        assert!(
+            e["duration"].as_str().unwrap().parse::<u64>().is_ok(),
+            "{e}"
+        );
+        assert_eq!(e["variant"], colour.as_str(), "{e}");
+        assert!(
+            e["upstream_cluster"]
+                .as_str()
+                .unwrap()
+                .contains(colour.as_str()),
+            "{e}"
+        );
+        assert_eq!(e["method"], "GET");
+        assert_eq!(e["authority"], "colorteller.local");
+        assert!(
+            e["request_id"].as_str().unwrap().len() == 36,
+            "Envoy's UUID: {e}"
+        );
+        let line = e["message"].as_str().unwrap();
+        assert!(line.contains("\"GET / HTTP/1.1\" 200"), "{line}");
+        let t = e["xray_trace_id"].as_str().unwrap();
+        assert!(t.starts_with("1-") && t.len() == 35, "{e}");
+        traces.push(t.to_owned());
+    }
+    // The trace ids are X-Ray's: the gateway's segment of each is there.
+    let xray = aws_sdk_xray::Client::new(&sdk(&moto.url()));
+    let found = eventually("X-Ray holds the traces", Duration::from_secs(30), || {
+        let got = rt.block_on(async {
+            xray.batch_get_traces()
+                .set_trace_ids(Some(traces[..5].to_vec()))
+                .send()
+                .await
+                .map(|o| {
+                    o.traces()
+                        .iter()
+                        .filter_map(|t| t.id().map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        });
+        (got.len() == 5, got)
+    });
+    for t in &traces[..5] {
+        assert!(found.contains(t), "{t} not in X-Ray: {found:?}");
+    }
+    let stats = collector.log_stats.as_ref().unwrap().to_json();
+    assert_eq!(stats["dropped"], serde_json::json!({}), "{stats}");
+    rt.block_on(collector.stop());
+}
