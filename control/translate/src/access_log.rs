@@ -60,7 +60,6 @@ pub(crate) fn access_logs(vn: &VirtualNode, opts: &NodeOptions) -> Vec<accesslog
                 .as_ref()
                 .and_then(format)
                 .map(file::file_access_log::AccessLogFormat::LogFormat),
-            ..Default::default()
         };
         out.push(accesslog::AccessLog {
             name: "envoy.access_loggers.file".into(),
