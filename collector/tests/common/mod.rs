@@ -5,10 +5,9 @@
 
 use aws_sdk_xray::config::{BehaviorVersion, Credentials, Region};
 use maille_collector::{start, Config, Running, SendError, Sink, Unprocessed, XraySink};
-use maille_testkit::{agent, repo_root};
+use maille_testkit::agent;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use maille_testkit::Moto;
