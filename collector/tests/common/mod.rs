@@ -1,7 +1,7 @@
 //! Shared by the collector's tests: moto (a real AWS API endpoint), the collector
 //! in-process, and reading X-Ray back.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use aws_sdk_xray::config::{BehaviorVersion, Credentials, Region};
 use maille_collector::{start, Config, Running, SendError, Sink, Unprocessed, XraySink};

@@ -11,7 +11,7 @@ use maille_control::modules::Modules;
 use maille_control::rollouts::{MetricSource, Rollouts};
 use maille_control::store::MemoryStore;
 use maille_control::Mesh;
-use maille_testkit::{eventually, free_port, repo_root};
+use maille_testkit::{free_port, repo_root};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
