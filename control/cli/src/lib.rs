@@ -1,10 +1,12 @@
 //! `maillectl`, the command line of Maille: reads App Mesh definitions (`maille-import`),
 //! drives the control server through its admin API ([`client`], the types of `maille-api`),
 //! checks definitions offline with Envoy itself ([`offline`]), and reads traces back from
-//! X-Ray ([`xray_api`], [`traces`], [`traces_cmd`]).
+//! X-Ray ([`xray_api`], [`traces`], [`traces_cmd`]) with their access log lines from
+//! CloudWatch Logs ([`logs_api`]).
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod logs_api;
 pub mod offline;
 pub mod traces;
 pub mod traces_cmd;

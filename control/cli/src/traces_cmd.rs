@@ -1,7 +1,8 @@
-//! `maillectl traces`: recent traces from X-Ray, one as a waterfall, or the service graph.
+//! `maillectl traces`: recent traces from X-Ray, one as a waterfall with its access log
+//! lines from CloudWatch Logs, or the service graph.
 
-use crate::traces::{filter_expression, graph, graph_table, list_table};
-use crate::xray_api;
+use crate::traces::{filter_expression, graph, graph_table, list_table, Trace};
+use crate::{logs_api, xray_api};
 use crate::{parse_age, parse_param};
 use anyhow::{bail, Result};
 use serde_json::Value;
@@ -23,16 +24,24 @@ pub struct TracesArgs {
     /// At most this many traces in the list.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
-    /// Show this trace as a waterfall.
+    /// Show this trace as a waterfall, with its access log lines from CloudWatch Logs.
     #[arg(long)]
     pub trace_id: Option<String>,
+    /// CloudWatch Logs groups searched for the trace's access log lines: those whose name
+    /// starts so (the collectors write to /maille/<service> by default).
+    #[arg(long, default_value = "/maille/")]
+    pub log_group_prefix: String,
+    /// Do not read access log lines from CloudWatch Logs.
+    #[arg(long)]
+    pub no_logs: bool,
     /// Show the service graph (who calls whom, calls, 4xx and 5xx shares) instead.
     #[arg(long, conflicts_with = "trace_id")]
     pub graph: bool,
     /// `table` or `json`.
     #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
     pub output: String,
-    /// The X-Ray endpoint (default: the SDK's, from AWS_ENDPOINT_URL or the region).
+    /// The X-Ray (and CloudWatch Logs) endpoint (default: the SDK's, from AWS_ENDPOINT_URL
+    /// or the region).
     #[arg(long)]
     pub endpoint_url: Option<String>,
 }
@@ -45,10 +54,38 @@ pub async fn run(a: TracesArgs) -> Result<()> {
         let Some(t) = found.into_iter().find(|t| &t.id == id) else {
             bail!("no trace {id} in X-Ray (traces appear a few seconds after their requests)");
         };
+        let lines = if a.no_logs {
+            None
+        } else {
+            access_log(&a, &t).await
+        };
         if a.output == "json" {
-            println!("{}", serde_json::to_string_pretty(&t.summary())?);
+            let mut v = t.summary();
+            if let Some(lines) = &lines {
+                v["accessLog"] = lines.iter().map(logs_api::LogLine::to_json).collect();
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
             print!("{}", t.waterfall(40));
+            if let Some(lines) = &lines {
+                println!();
+                if lines.is_empty() {
+                    println!(
+                        "access log: no line of this trace in CloudWatch Logs groups {}* (lines arrive a few seconds after their requests)",
+                        a.log_group_prefix
+                    );
+                } else {
+                    let n = lines.len();
+                    println!(
+                        "access log ({n} line{}, CloudWatch Logs {}*):",
+                        if n == 1 { "" } else { "s" },
+                        a.log_group_prefix
+                    );
+                    for l in lines {
+                        println!("  {}", l.render());
+                    }
+                }
+            }
         }
         return Ok(());
     }
@@ -108,4 +145,35 @@ pub async fn run(a: TracesArgs) -> Result<()> {
     print!("{}", list_table(&shown));
     println!("waterfall of one: maillectl traces --trace-id <TRACE>");
     Ok(())
+}
+
+/// The trace's access log lines, from a minute before it to a minute after; `None`, with a
+/// note on stderr, when CloudWatch Logs cannot be read (the waterfall is shown anyway).
+async fn access_log(a: &TracesArgs, t: &Trace) -> Option<Vec<logs_api::LogLine>> {
+    let client = logs_api::client(a.endpoint_url.as_deref()).await;
+    let start = (t.start() * 1000.0) as i64;
+    let end = start + t.millis() as i64;
+    match logs_api::lines_of_trace(
+        &client,
+        &a.log_group_prefix,
+        &t.id,
+        start - 60_000,
+        end + 60_000,
+    )
+    .await
+    {
+        Ok((lines, left_out)) => {
+            if left_out > 0 {
+                eprintln!(
+                    "note: {left_out} more log groups under {} were not searched (narrow --log-group-prefix)",
+                    a.log_group_prefix
+                );
+            }
+            Some(lines)
+        }
+        Err(e) => {
+            eprintln!("note: no access log lines: {e:#} (--no-logs skips them)");
+            None
+        }
+    }
 }

@@ -116,6 +116,7 @@ fn every_request_is_logged_once_in_cloudwatch_logs_with_its_trace_id() {
         answers.keys().collect::<Vec<_>>()
     );
     let mut traces = Vec::new();
+    let mut answers_by_trace = BTreeMap::new();
     for (id, evs) in &by_id {
         assert_eq!(evs.len(), 1, "{id} logged {} times: {evs:?}", evs.len());
         let e = evs[0];
@@ -144,6 +145,7 @@ fn every_request_is_logged_once_in_cloudwatch_logs_with_its_trace_id() {
         let t = e["xray_trace_id"].as_str().unwrap();
         assert!(t.starts_with("1-") && t.len() == 35, "{e}");
         traces.push(t.to_owned());
+        answers_by_trace.insert(t.to_owned(), colour.clone());
     }
     // The trace ids are X-Ray's: the gateway's segment of each is there.
     let xray = aws_sdk_xray::Client::new(&sdk(&moto.url()));
@@ -166,6 +168,32 @@ fn every_request_is_logged_once_in_cloudwatch_logs_with_its_trace_id() {
     for t in &traces[..5] {
         assert!(found.contains(t), "{t} not in X-Ray: {found:?}");
     }
+    // `maillectl traces --trace-id` shows the trace's line under its waterfall.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_maillectl"))
+        .args(["traces", "--trace-id", &traces[0]])
+        .env("AWS_ENDPOINT_URL", moto.url())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with(&format!("trace {}", traces[0])), "{text}");
+    let at = text
+        .find("access log (1 line,")
+        .unwrap_or_else(|| panic!("{text}"));
+    let line = text[at..].lines().nth(1).unwrap_or_default();
+    assert!(
+        line.contains("/maille/gateway")
+            && line.contains("200 GET /")
+            && line.contains(&format!("variant={}", answers_by_trace[&traces[0]])),
+        "{text}"
+    );
     let stats = collector.log_stats.as_ref().unwrap().to_json();
     assert_eq!(stats["dropped"], serde_json::json!({}), "{stats}");
     rt.block_on(collector.stop());
