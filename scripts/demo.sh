@@ -147,8 +147,8 @@ cat <<TXT
 
 The ColorTeller mesh is up: colorgateway -> colorteller.demo.local (router colorteller-vr:
 white 8 / black 1 / red 1, split by Envoy itself, and x-color-canary: blue -> blue), every
-hop through Envoy with Maille's breaker on the gateway, traces and metrics through each
-service's collector, and every Envoy's stats to the control server for rollouts.
+hop through Envoy with Maille's breaker on the gateway, traces, metrics and access logs
+through each service's collector, and every Envoy's stats to the control server for rollouts.
 
 In another shell, first:   source $RUN_DIR/env.sh
 
@@ -163,11 +163,13 @@ In another shell, first:   source $RUN_DIR/env.sh
 3. Move the weights away from red (white 5 / black 5 / red 0), Envoy has it within ms:
      maillectl apply -f $LOCAL/route-without-red.json --wait
      for i in \$(seq 100); do curl -s $URL; done | sort | uniq -c
-4. Traces in X-Ray (local), by canary variant, one as a waterfall, the service graph:
+4. Traces in X-Ray (local), by canary variant, one as a waterfall with its access log lines
+   (every Envoy's access log is in CloudWatch Logs, found by the trace id), the service graph:
      maillectl traces --annotation maille_variant=colorteller-blue
      maillectl traces --trace-id <ID from the list>
      maillectl traces --graph
    The AWS CLI reads the same data:  aws xray get-trace-summaries --start-time \$(( \$(date +%s) - 600 )) --end-time \$(date +%s)
+     aws logs filter-log-events --log-group-name /maille/colorgateway --filter-pattern '"<ID>"'
 5. Metrics in CloudWatch (local), per colour (dimension envoy.cluster_name):
      aws cloudwatch list-metrics --namespace Maille --metric-name envoy.cluster.upstream_rq_total
 6. What Envoy got and acknowledged:  maillectl status ; maillectl get

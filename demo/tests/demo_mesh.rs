@@ -288,8 +288,37 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
     );
     assert_eq!(one["status"], 200, "{one}");
     let id = one["id"].as_str().unwrap();
-    let waterfall = demo.ctl(&["traces", "--trace-id", id]);
+    // The waterfall, and under it the trace's access log lines: the gateway's Envoy logged
+    // the request in and its call out, blue's Envoy the call in.
+    let waterfall = eventually(
+        "the trace's access log lines",
+        Duration::from_secs(30),
+        || {
+            let w = demo.ctl(&["traces", "--trace-id", id]);
+            (w.contains("access log (3 lines"), w)
+        },
+    );
     eprintln!("{waterfall}");
+    let log_lines: Vec<&str> = waterfall
+        .lines()
+        .skip_while(|l| !l.starts_with("access log ("))
+        .skip(1)
+        .collect();
+    assert_eq!(
+        log_lines
+            .iter()
+            .filter(|l| l.contains("/maille/colorgateway ") && l.contains(" 200 GET /"))
+            .count(),
+        2,
+        "{waterfall}"
+    );
+    assert!(
+        log_lines
+            .iter()
+            .any(|l| l.contains("/maille/colorteller-blue ")
+                && l.contains("variant=colorteller-blue")),
+        "{waterfall}"
+    );
     let lines: Vec<&str> = waterfall.lines().collect();
     assert!(lines[0].starts_with(&format!("trace {id}")), "{waterfall}");
     let at = |name: &str| {
@@ -358,6 +387,15 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
         "aws xray batch-get-traces --trace-ids {id} --query 'length(Traces[0].Segments)'"
     ));
     assert_eq!(segments.trim(), "3", "gateway, its call, blue: {segments}");
+    let logged = aws(&format!(
+        "aws logs filter-log-events --log-group-name /maille/colorgateway --filter-pattern '\"{id}\"' \
+         --query 'length(events)'"
+    ));
+    assert_eq!(
+        logged.trim(),
+        "2",
+        "the gateway's two lines of the trace: {logged}"
+    );
 
     // 5. CloudWatch: requests per colour from the gateway's Envoy.
     let rt = tokio::runtime::Builder::new_current_thread()
