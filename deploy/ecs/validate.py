@@ -42,7 +42,7 @@ if policy:
     for st in p["Statement"]:
         a = st["Action"]
         actions.update([a] if isinstance(a, str) else a)
-    for need in ("xray:PutTraceSegments", "cloudwatch:PutMetricData"):
+    for need in ("xray:PutTraceSegments", "cloudwatch:PutMetricData", "logs:PutLogEvents", "logs:CreateLogStream"):
         if need not in actions:
             problems.append(f"{policy}: missing {need}")
 if problems:
