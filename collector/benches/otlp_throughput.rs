@@ -463,11 +463,26 @@ fn main() {
         .build()
         .unwrap();
     let (sink_port, count) = sink(&rt, Duration::ZERO);
+    if std::env::var("PART").as_deref() != Ok("logs") {
+        traces(&rt, sink_port, &count, secs, clients, batch);
+    }
+    logs(&rt, sink_port, &count, secs, clients, batch);
+}
+
+/// Spans: Maille against Rotel, then a slow and an overloaded sink.
+fn traces(
+    rt: &tokio::runtime::Runtime,
+    sink_port: u16,
+    count: &Arc<AtomicU64>,
+    secs: u64,
+    clients: u64,
+    batch: u64,
+) {
     println!("OTLP gRPC -> collector -> local X-Ray sink; {secs} s of load, {clients} senders, {batch} spans per request; 2 cores shared by all");
     let mut rows = Vec::new();
     let (p, port) = maille(sink_port, 100_000);
     rows.push(measure(
-        &rt,
+        rt,
         "maille",
         p,
         port,
@@ -478,7 +493,7 @@ fn main() {
     ));
     match rotel(sink_port) {
         Some((p, port)) => rows.push(measure(
-            &rt,
+            rt,
             "rotel",
             p,
             port,
@@ -513,10 +528,10 @@ fn main() {
     }
 
     // A slow X-Ray: 100 ms per call. Delivered while the load lasts, per second.
-    let (slow_port, slow_count) = sink(&rt, Duration::from_millis(100));
+    let (slow_port, slow_count) = sink(rt, Duration::from_millis(100));
     let (p, port) = maille(slow_port, 100_000);
     let t0 = Instant::now();
-    let (accepted, refused) = load(&rt, port, secs, clients, batch);
+    let (accepted, refused) = load(rt, port, secs, clients, batch);
     let delivered = slow_count.load(Ordering::Relaxed);
     println!(
         "sink 100 ms per call: delivered {:.0} spans/s ({delivered} in {:.1} s), accepted {accepted}, pushed back {refused} requests, peak {:.1} MiB",
@@ -527,22 +542,30 @@ fn main() {
     drop(p);
 
     // Overload: the sink takes 500 ms per call, far slower than the load.
-    let (slow_port, slow_count) = sink(&rt, Duration::from_millis(500));
+    let (slow_port, slow_count) = sink(rt, Duration::from_millis(500));
     let (p, port) = maille(slow_port, 20_000);
-    let (accepted, refused) = load(&rt, port, secs, clients, batch);
+    let (accepted, refused) = load(rt, port, secs, clients, batch);
     println!(
         "overload (sink 500 ms per call, queue 20,000): accepted {accepted}, pushed back {refused} requests, delivered {} so far, peak {:.1} MiB",
         slow_count.load(Ordering::Relaxed),
         p.peak_mib()
     );
-    drop(p);
+}
 
-    // Logs: Envoy's access log records to CloudWatch Logs, against the traces path.
+/// Envoy's access log records to CloudWatch Logs, against the traces path in the same run.
+fn logs(
+    rt: &tokio::runtime::Runtime,
+    sink_port: u16,
+    count: &Arc<AtomicU64>,
+    secs: u64,
+    clients: u64,
+    batch: u64,
+) {
     println!();
     println!("OTLP gRPC -> collector -> local CloudWatch Logs sink; {batch} access log records per request");
     let (p, port) = maille(sink_port, 100_000);
     let logs = measure_of(
-        &rt,
+        rt,
         Signal::Logs,
         "logs",
         p,
@@ -553,7 +576,7 @@ fn main() {
         batch,
     );
     let (p, port) = maille(sink_port, 100_000);
-    let spans = measure(&rt, "spans", p, port, count.clone(), secs, clients, batch);
+    let spans = measure(rt, "spans", p, port, count.clone(), secs, clients, batch);
     println!(
         "{:<8} {:>10} {:>10} {:>12} {:>16} {:>10}",
         "", "accepted", "delivered", "items/s", "CPU s / M items", "peak MiB"
@@ -576,10 +599,10 @@ fn main() {
         per_cpu(&spans),
         per_cpu(&logs) / per_cpu(&spans)
     );
-    let (slow_port, slow_count) = sink(&rt, Duration::from_millis(100));
+    let (slow_port, slow_count) = sink(rt, Duration::from_millis(100));
     let (p, port) = maille(slow_port, 100_000);
     let t0 = Instant::now();
-    let (accepted, refused) = load_of(&rt, Signal::Logs, port, secs, clients, batch);
+    let (accepted, refused) = load_of(rt, Signal::Logs, port, secs, clients, batch);
     let delivered = slow_count.load(Ordering::Relaxed);
     println!(
         "logs, sink 100 ms per call: delivered {:.0} events/s ({delivered} in {:.1} s), accepted {accepted}, pushed back {refused} requests, peak {:.1} MiB",

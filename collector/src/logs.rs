@@ -256,41 +256,31 @@ pub(crate) fn event(record: &LogRecord, stream: &Arc<Stream>, now_ms: i64) -> Co
     } else {
         i64::try_from(ns / 1_000_000).unwrap_or(i64::MAX)
     };
-    let mut m = Map::new();
-    let body = record.body.as_ref().map(json).unwrap_or(Value::Null);
-    if !body.is_null() {
-        m.insert("message".into(), body);
-    }
-    for kv in &record.attributes {
-        // The record's own fields below win over attributes of the same name.
-        m.insert(
-            kv.key.clone(),
-            kv.value.as_ref().map(json).unwrap_or(Value::Null),
-        );
-    }
     let trace = if record.trace_id.len() == 16 && record.trace_id.iter().any(|b| *b != 0) {
         Some(hex(&record.trace_id))
     } else {
-        m.get("trace_id")
-            .and_then(Value::as_str)
+        record
+            .attributes
+            .iter()
+            .rev()
+            .find(|kv| kv.key == "trace_id")
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| match &v.value {
+                Some(any_value::Value::StringValue(t)) => Some(t.as_str()),
+                _ => None,
+            })
             .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
             .filter(|t| t.bytes().any(|b| b != b'0'))
             .map(str::to_ascii_lowercase)
     };
-    if let Some(t) = &trace {
-        m.insert(
-            "xray_trace_id".into(),
-            format!("1-{}-{}", &t[..8], &t[8..]).into(),
-        );
-        m.insert("trace_id".into(), t.clone().into());
-    }
-    if record.span_id.len() == 8 && record.span_id.iter().any(|b| *b != 0) {
-        m.insert("span_id".into(), hex(&record.span_id).into());
-    }
-    if !record.severity_text.is_empty() {
-        m.insert("severity".into(), record.severity_text.clone().into());
-    }
-    let mut message = Value::Object(m).to_string();
+    let span = (record.span_id.len() == 8 && record.span_id.iter().any(|b| *b != 0))
+        .then(|| hex(&record.span_id));
+    let mut message = serde_json::to_string(&Record {
+        record,
+        trace: trace.as_deref(),
+        span: span.as_deref(),
+    })
+    .unwrap_or_default();
     let mut trimmed = false;
     if message.len() > MAX_MESSAGE_BYTES {
         trimmed = true;
@@ -299,6 +289,89 @@ pub(crate) fn event(record: &LogRecord, stream: &Arc<Stream>, now_ms: i64) -> Co
     Converted {
         event: Event::new(stream.clone(), rand::random(), timestamp_ms, message),
         trimmed,
+    }
+}
+
+/// A record as the event's JSON object, written straight out (no intermediate map).
+struct Record<'a> {
+    record: &'a LogRecord,
+    trace: Option<&'a str>,
+    span: Option<&'a str>,
+}
+
+impl serde::Serialize for Record<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.record;
+        let mut m = s.serialize_map(None)?;
+        let body = r.body.as_ref().filter(|b| b.value.is_some());
+        if let Some(b) = body {
+            m.serialize_entry("message", &Any(b))?;
+        }
+        // The collector's own keys win over attributes of the same name.
+        for kv in &r.attributes {
+            let own = match kv.key.as_str() {
+                "message" => body.is_some(),
+                "trace_id" => self.trace.is_some(),
+                "span_id" => self.span.is_some(),
+                "severity" => !r.severity_text.is_empty(),
+                "xray_trace_id" => true,
+                _ => false,
+            };
+            if own {
+                continue;
+            }
+            match &kv.value {
+                Some(v) => m.serialize_entry(&kv.key, &Any(v))?,
+                None => m.serialize_entry(&kv.key, &())?,
+            }
+        }
+        if let Some(t) = self.trace {
+            m.serialize_entry("trace_id", t)?;
+            m.serialize_entry("xray_trace_id", &format_args!("1-{}-{}", &t[..8], &t[8..]))?;
+        }
+        if let Some(sp) = self.span {
+            m.serialize_entry("span_id", sp)?;
+        }
+        if !r.severity_text.is_empty() {
+            m.serialize_entry("severity", &r.severity_text)?;
+        }
+        m.end()
+    }
+}
+
+/// An OTLP value, serialised as JSON.
+struct Any<'a>(&'a AnyValue);
+
+impl serde::Serialize for Any<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match &self.0.value {
+            None | Some(any_value::Value::StringValueStrindex(_)) => s.serialize_unit(),
+            Some(any_value::Value::StringValue(v)) => s.serialize_str(v),
+            Some(any_value::Value::BoolValue(b)) => s.serialize_bool(*b),
+            Some(any_value::Value::IntValue(i)) => s.serialize_i64(*i),
+            Some(any_value::Value::DoubleValue(d)) if d.is_finite() => s.serialize_f64(*d),
+            Some(any_value::Value::DoubleValue(d)) => s.collect_str(d),
+            Some(any_value::Value::ArrayValue(a)) => {
+                let mut q = s.serialize_seq(Some(a.values.len()))?;
+                for v in &a.values {
+                    q.serialize_element(&Any(v))?;
+                }
+                q.end()
+            }
+            Some(any_value::Value::KvlistValue(l)) => {
+                let mut m = s.serialize_map(Some(l.values.len()))?;
+                for kv in &l.values {
+                    match &kv.value {
+                        Some(v) => m.serialize_entry(&kv.key, &Any(v))?,
+                        None => m.serialize_entry(&kv.key, &())?,
+                    }
+                }
+                m.end()
+            }
+            Some(any_value::Value::BytesValue(b)) => s.serialize_str(&hex(b)),
+        }
     }
 }
 
@@ -470,6 +543,17 @@ mod tests {
         // No time: the time it arrived.
         let v = event(&LogRecord::default(), &stream(), 42);
         assert_eq!(v.event.timestamp_ms, 42);
+        // An attribute named as one of the collector's own keys gives way, once.
+        let rec2 = LogRecord {
+            attributes: vec![s("message", "forged"), s("xray_trace_id", "1-0-0")],
+            trace_id: vec![0xab; 16],
+            ..rec.clone()
+        };
+        let text = event(&rec2, &stream(), 0).event.message;
+        assert_eq!(text.matches("\"message\"").count(), 1, "{text}");
+        assert_eq!(text.matches("\"xray_trace_id\"").count(), 1, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["message"], "GET /color 200");
         // Envoy writes "-" when there is no trace.
         let rec = LogRecord {
             attributes: vec![s("trace_id", "-")],
