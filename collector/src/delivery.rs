@@ -12,7 +12,8 @@
 //!   the others are delivered.
 //! - An item the destination leaves unprocessed is sent again later with backoff: at most
 //!   [`PERMANENT_ATTEMPTS`] times for an error code that will not change, at most
-//!   [`RETRYABLE_ATTEMPTS`] times for one that might, then dropped and counted with its code.
+//!   [`RETRYABLE_ATTEMPTS`] times for one that might, then dropped and counted with its code;
+//!   at once when the destination says it will never take it (an event too old).
 //!   It never holds back the items behind it.
 //! - An item leaves the queue when it is delivered or given up on; a journal (the spool)
 //!   hears of both. Stopping delivers what it can within a deadline, then counts what was
@@ -57,8 +58,23 @@ pub(crate) struct Rejected {
     pub(crate) index: usize,
     /// Why, as counted when it is dropped (e.g. `unprocessed by X-Ray: InvalidName`).
     pub(crate) reason: String,
-    /// Whether the reason might go away.
-    pub(crate) retryable: bool,
+    /// Sends the item may have had, this one included, before it is given up on for this
+    /// reason: [`RETRYABLE_ATTEMPTS`] for a reason that might go away,
+    /// [`PERMANENT_ATTEMPTS`] for one that will not, 1 to give up at once (the destination
+    /// said it will never take the item).
+    pub(crate) sends: u32,
+}
+
+impl Rejected {
+    /// Sends before giving up on an item left unprocessed with an error code that might go
+    /// away (`retryable`) or not.
+    pub(crate) fn sends_for(retryable: bool) -> u32 {
+        if retryable {
+            RETRYABLE_ATTEMPTS
+        } else {
+            PERMANENT_ATTEMPTS
+        }
+    }
 }
 
 /// Something the queue holds: a document or a datum.
@@ -67,10 +83,10 @@ pub(crate) trait Item: Send + Sync + 'static {
     fn bytes(&self) -> usize;
     /// How logs name it.
     fn describe(&self) -> String;
-    /// Which calls it may share: only items of one partition go in a call (a log stream's
-    /// events); everything is one partition by default.
-    fn partition(&self) -> u64 {
-        0
+    /// Whether it may share a call with `other`: only one log stream's events go in a call;
+    /// anything goes with anything by default.
+    fn same_call(&self, _other: &Self) -> bool {
+        true
     }
     /// Its time, milliseconds since the epoch, when the destination bounds the time a call
     /// spans (CloudWatch Logs: 24 hours).
@@ -492,15 +508,14 @@ fn next_batch<T: Item>(sh: &Shared<T>, limits: &Limits) -> Next<T> {
 /// does not scan a queue of others without bound.
 const SCAN_LIMIT: usize = 20_000;
 
-/// Takes the next call's items from the front of `ready`: the first item's partition, within
-/// the limits of items, bytes and time span, in their order. Items of other partitions, or
-/// outside the span, keep their places.
+/// Takes the next call's items from the front of `ready`: those that may share a call with
+/// the first, within the limits of items, bytes and time span, in their order. The others
+/// keep their places.
 fn take_batch<T: Item>(ready: &mut VecDeque<Entry<T>>, limits: &Limits) -> Vec<Entry<T>> {
     let mut batch = Vec::with_capacity(limits.max_items.min(ready.len()));
     let Some(first) = ready.pop_front() else {
         return batch;
     };
-    let partition = first.item.partition();
     let (mut earliest, mut latest) = (first.item.time_ms(), first.item.time_ms());
     let mut bytes = first.item.bytes();
     batch.push(first);
@@ -512,11 +527,11 @@ fn take_batch<T: Item>(ready: &mut VecDeque<Entry<T>>, limits: &Limits) -> Vec<E
         }
         scanned += 1;
         let (b, t) = (e.item.bytes(), e.item.time_ms());
-        if bytes + b > limits.max_bytes && e.item.partition() == partition {
+        let together = e.item.same_call(&batch[0].item);
+        if bytes + b > limits.max_bytes && together {
             break;
         }
-        let fits = e.item.partition() == partition
-            && t.max(latest).saturating_sub(t.min(earliest)) <= limits.max_span_ms;
+        let fits = together && t.max(latest).saturating_sub(t.min(earliest)) <= limits.max_span_ms;
         let e = ready.pop_front().expect("front");
         if fits {
             bytes += b;
@@ -590,7 +605,7 @@ async fn send<T: Item, D: Destination<T>>(
                     let rejected = vec![Rejected {
                         index: 0,
                         reason,
-                        retryable: false,
+                        sends: 1,
                     }];
                     give_up(&sh, part, &rejected, D::NAME);
                     break;
@@ -653,12 +668,7 @@ fn settle<T: Item>(sh: &Shared<T>, part: Vec<Entry<T>>, rejected: Vec<Rejected>,
             None => done.push(e),
             Some(r) => {
                 e.attempts += 1;
-                let most = if r.retryable {
-                    RETRYABLE_ATTEMPTS
-                } else {
-                    PERMANENT_ATTEMPTS
-                };
-                if e.attempts >= most {
+                if e.attempts >= r.sends {
                     dropped.push((e.item.describe(), r.reason.clone()));
                     done.push(e);
                 } else {

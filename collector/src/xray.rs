@@ -111,7 +111,7 @@ impl<S: Sink> Destination<Doc> for Xray<S> {
                     rejected.push(Rejected {
                         index,
                         reason: reason.clone(),
-                        retryable,
+                        sends: Rejected::sends_for(retryable),
                     });
                 }
             }

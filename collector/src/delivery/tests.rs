@@ -98,7 +98,7 @@ impl Destination<N> for Dest {
                 Some((_, reason, retryable)) => rejected.push(Rejected {
                     index,
                     reason: (*reason).to_owned(),
-                    retryable: *retryable,
+                    sends: Rejected::sends_for(*retryable),
                 }),
                 None => f.stored.lock().unwrap().push(*n),
             }
@@ -415,8 +415,8 @@ impl Item for Ev {
     fn describe(&self) -> String {
         format!("ev{}", self.0)
     }
-    fn partition(&self) -> u64 {
-        self.1
+    fn same_call(&self, other: &Self) -> bool {
+        self.1 == other.1
     }
     fn time_ms(&self) -> i64 {
         self.2
