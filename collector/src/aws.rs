@@ -9,13 +9,15 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-/// Codes that say AWS failed inside, not that the request is wrong.
-const SERVER_ERRORS: [&str; 5] = [
+/// Codes that say AWS failed inside, or that concurrent requests conflicted (CloudWatch
+/// Logs' `OperationAbortedException`), not that the request is wrong.
+const SERVER_ERRORS: [&str; 6] = [
     "InternalFailure",
     "InternalError",
     "InternalServerError",
     "ServiceUnavailable",
     "ServiceUnavailableException",
+    "OperationAbortedException",
 ];
 
 /// Codes of credentials that are expired, not yet valid or not yet permitted: an operator
@@ -127,6 +129,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(code_is_retryable("ThrottledException"));
+        assert!(retryable(400, "OperationAbortedException"));
         assert!(!code_is_retryable("InvalidSegment"));
         assert!(!code_is_retryable("MissingParam"));
     }
