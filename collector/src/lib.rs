@@ -35,6 +35,7 @@ pub use logs::{
 pub use otlp::DEFAULT_MAX_REQUEST_BYTES;
 pub use segment::{check_document, MAX_DOCUMENT_BYTES};
 pub use server::{
-    start, Config, Running, DEFAULT_MAX_IN_FLIGHT, DEFAULT_QUEUE_BYTES, DEFAULT_SHUTDOWN_TIMEOUT,
+    start, Config, Running, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_LOG_STREAMS, DEFAULT_QUEUE_BYTES,
+    DEFAULT_SHUTDOWN_TIMEOUT,
 };
 pub use xray::{Sink, Unprocessed, XraySink};

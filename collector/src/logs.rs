@@ -13,7 +13,6 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde_json::{Map, Value};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// CloudWatch Logs' bytes per event on top of its message, in the request size limits.
@@ -41,22 +40,12 @@ pub(crate) struct Stream {
     pub(crate) name: String,
 }
 
-impl Stream {
-    fn key(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut h);
-        h.finish()
-    }
-}
-
 /// One CloudWatch Logs event, made when its record is received.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Event {
     /// Its own id, for the spool's acknowledgements.
     pub(crate) id: u64,
     pub(crate) stream: Arc<Stream>,
-    /// The stream's partition key (a hash of group and stream).
-    pub(crate) key: u64,
     /// Milliseconds since the epoch.
     pub(crate) timestamp_ms: i64,
     /// The JSON text.
@@ -67,7 +56,6 @@ impl Event {
     pub(crate) fn new(stream: Arc<Stream>, id: u64, timestamp_ms: i64, message: String) -> Event {
         Event {
             id,
-            key: stream.key(),
             stream,
             timestamp_ms,
             message,
@@ -167,6 +155,10 @@ impl Template {
                 }
             }
         }
+        // Group names under `aws/` are AWS's own.
+        if self.group && out.starts_with("aws/") {
+            out.insert(0, '_');
+        }
         let mut cut = out.len().min(MAX_NAME);
         while !out.is_char_boundary(cut) {
             cut -= 1;
@@ -244,8 +236,15 @@ pub(crate) struct Converted {
     pub(crate) trimmed: bool,
 }
 
-/// One record as an event of `stream`; `now_ms` when the record has no time.
-pub(crate) fn event(record: &LogRecord, stream: &Arc<Stream>, now_ms: i64) -> Converted {
+/// One record as an event of `stream`, from a resource of `mesh` (its `maille.mesh`, which
+/// the event names as `mesh`: the group is per node name); `now_ms` when the record has no
+/// time.
+pub(crate) fn event(
+    record: &LogRecord,
+    stream: &Arc<Stream>,
+    mesh: Option<&str>,
+    now_ms: i64,
+) -> Converted {
     let ns = if record.time_unix_nano != 0 {
         record.time_unix_nano
     } else {
@@ -256,7 +255,7 @@ pub(crate) fn event(record: &LogRecord, stream: &Arc<Stream>, now_ms: i64) -> Co
     } else {
         i64::try_from(ns / 1_000_000).unwrap_or(i64::MAX)
     };
-    let trace = if record.trace_id.len() == 16 && record.trace_id.iter().any(|b| *b != 0) {
+    let trace = if crate::segment::valid_trace_id(&record.trace_id) {
         Some(hex(&record.trace_id))
     } else {
         record
@@ -279,12 +278,13 @@ pub(crate) fn event(record: &LogRecord, stream: &Arc<Stream>, now_ms: i64) -> Co
         record,
         trace: trace.as_deref(),
         span: span.as_deref(),
+        mesh,
     })
     .unwrap_or_default();
     let mut trimmed = false;
     if message.len() > MAX_MESSAGE_BYTES {
         trimmed = true;
-        message = fit(&record.body.as_ref().map(json), trace.as_deref());
+        message = fit(record.body.as_ref(), trace.as_deref());
     }
     Converted {
         event: Event::new(stream.clone(), rand::random(), timestamp_ms, message),
@@ -297,6 +297,7 @@ struct Record<'a> {
     record: &'a LogRecord,
     trace: Option<&'a str>,
     span: Option<&'a str>,
+    mesh: Option<&'a str>,
 }
 
 impl serde::Serialize for Record<'_> {
@@ -316,6 +317,7 @@ impl serde::Serialize for Record<'_> {
                 "span_id" => self.span.is_some(),
                 "severity" => !r.severity_text.is_empty(),
                 "xray_trace_id" => true,
+                "mesh" => self.mesh.is_some(),
                 _ => false,
             };
             if own {
@@ -328,13 +330,16 @@ impl serde::Serialize for Record<'_> {
         }
         if let Some(t) = self.trace {
             m.serialize_entry("trace_id", t)?;
-            m.serialize_entry("xray_trace_id", &format_args!("1-{}-{}", &t[..8], &t[8..]))?;
+            m.serialize_entry("xray_trace_id", &xray_id(t))?;
         }
         if let Some(sp) = self.span {
             m.serialize_entry("span_id", sp)?;
         }
         if !r.severity_text.is_empty() {
             m.serialize_entry("severity", &r.severity_text)?;
+        }
+        if let Some(mesh) = self.mesh {
+            m.serialize_entry("mesh", mesh)?;
         }
         m.end()
     }
@@ -377,18 +382,17 @@ impl serde::Serialize for Any<'_> {
 
 /// An event too large for CloudWatch Logs: its body, cut to fit, and its trace id; the
 /// attributes are left out.
-fn fit(body: &Option<Value>, trace: Option<&str>) -> String {
-    let text = match body {
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
+fn fit(body: Option<&AnyValue>, trace: Option<&str>) -> String {
+    let text = match body.and_then(|b| b.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(_) => body
+            .map(|b| serde_json::to_string(&Any(b)).unwrap_or_default())
+            .unwrap_or_default(),
         None => String::new(),
     };
     let mut m = Map::new();
     if let Some(t) = trace {
-        m.insert(
-            "xray_trace_id".into(),
-            format!("1-{}-{}", &t[..8], &t[8..]).into(),
-        );
+        m.insert("xray_trace_id".into(), xray_id(t).into());
         m.insert("trace_id".into(), t.into());
     }
     m.insert("maille.trimmed".into(), true.into());
@@ -420,6 +424,11 @@ fn fit(body: &Option<Value>, trace: Option<&str>) -> String {
     Value::Object(m).to_string()
 }
 
+/// A trace id (32 hex digits) as X-Ray writes it: `1-` its first 8, `-` the other 24.
+fn xray_id(t: &str) -> String {
+    format!("1-{}-{}", &t[..8], &t[8..])
+}
+
 fn hex(b: &[u8]) -> String {
     use std::fmt::Write;
     b.iter()
@@ -427,34 +436,6 @@ fn hex(b: &[u8]) -> String {
             let _ = write!(s, "{x:02x}");
             s
         })
-}
-
-/// An OTLP value as JSON.
-fn json(v: &AnyValue) -> Value {
-    match &v.value {
-        None => Value::Null,
-        Some(any_value::Value::StringValue(s)) => s.clone().into(),
-        Some(any_value::Value::BoolValue(b)) => (*b).into(),
-        Some(any_value::Value::IntValue(i)) => (*i).into(),
-        Some(any_value::Value::DoubleValue(d)) => serde_json::Number::from_f64(*d)
-            .map(Value::Number)
-            .unwrap_or_else(|| d.to_string().into()),
-        Some(any_value::Value::ArrayValue(a)) => a.values.iter().map(json).collect(),
-        Some(any_value::Value::KvlistValue(l)) => Value::Object(
-            l.values
-                .iter()
-                .map(|kv| {
-                    (
-                        kv.key.clone(),
-                        kv.value.as_ref().map(json).unwrap_or(Value::Null),
-                    )
-                })
-                .collect(),
-        ),
-        Some(any_value::Value::BytesValue(b)) => hex(b).into(),
-        // An index into a profiles dictionary: nothing to show without it.
-        Some(any_value::Value::StringValueStrindex(_)) => Value::Null,
-    }
 }
 
 #[cfg(test)]
@@ -496,6 +477,11 @@ mod tests {
         assert_eq!(st.group, "/maille/from-env");
         let st = stream_for(&t, None, &Options::default(), "h");
         assert_eq!(st.group, "/maille/unknown_service");
+        let aws = Template::parse("{service.name}", true).unwrap();
+        assert_eq!(
+            aws.render(&[s("service.name", "aws/lambda")], &[], "h"),
+            "_aws/lambda"
+        );
         let long = Template::parse(&format!("{}{{x}}", "a".repeat(600)), true).unwrap();
         assert_eq!(long.render(&[], &[], "h").len(), 512);
     }
@@ -525,7 +511,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let c = event(&rec, &stream(), 0);
+        let c = event(&rec, &stream(), None, 0);
         assert_eq!(c.event.timestamp_ms, 1_700_000_000_123);
         let v: Value = serde_json::from_str(&c.event.message).unwrap();
         assert_eq!(v["message"], "GET /color 200");
@@ -537,11 +523,12 @@ mod tests {
             span_id: vec![1; 8],
             ..rec
         };
-        let v: Value = serde_json::from_str(&event(&rec, &stream(), 0).event.message).unwrap();
+        let v: Value =
+            serde_json::from_str(&event(&rec, &stream(), None, 0).event.message).unwrap();
         assert_eq!(v["trace_id"], "ab".repeat(16));
         assert_eq!(v["span_id"], "0101010101010101");
         // No time: the time it arrived.
-        let v = event(&LogRecord::default(), &stream(), 42);
+        let v = event(&LogRecord::default(), &stream(), None, 42);
         assert_eq!(v.event.timestamp_ms, 42);
         // An attribute named as one of the collector's own keys gives way, once.
         let rec2 = LogRecord {
@@ -549,7 +536,7 @@ mod tests {
             trace_id: vec![0xab; 16],
             ..rec.clone()
         };
-        let text = event(&rec2, &stream(), 0).event.message;
+        let text = event(&rec2, &stream(), None, 0).event.message;
         assert_eq!(text.matches("\"message\"").count(), 1, "{text}");
         assert_eq!(text.matches("\"xray_trace_id\"").count(), 1, "{text}");
         let v: Value = serde_json::from_str(&text).unwrap();
@@ -559,7 +546,8 @@ mod tests {
             attributes: vec![s("trace_id", "-")],
             ..Default::default()
         };
-        let v: Value = serde_json::from_str(&event(&rec, &stream(), 0).event.message).unwrap();
+        let v: Value =
+            serde_json::from_str(&event(&rec, &stream(), None, 0).event.message).unwrap();
         assert!(v.get("xray_trace_id").is_none(), "{v}");
     }
 
@@ -576,11 +564,21 @@ mod tests {
                     .collect(),
                 ..Default::default()
             };
-            let c = event(&rec, &stream(), 0);
+            let c = event(&rec, &stream(), None, 0);
             assert!(c.trimmed);
             assert!(c.event.message.len() <= MAX_MESSAGE_BYTES, "{filler:?}");
             assert!(c.event.message.len() > MAX_MESSAGE_BYTES / 8, "{filler:?}");
             let v: Value = serde_json::from_str(&c.event.message).unwrap();
+            assert_eq!(
+                v["xray_trace_id"],
+                format!("1-{}-{}", "ab".repeat(4), "ab".repeat(12))
+            );
+            assert_eq!(v["maille.trimmed"], true);
+            let kept = v["message"].as_str().unwrap();
+            assert!(
+                filler.repeat(300_000).starts_with(kept) && !kept.is_empty(),
+                "{filler:?}"
+            );
             assert_eq!(
                 v["xray_trace_id"],
                 format!("1-{}-{}", "ab".repeat(4), "ab".repeat(12))

@@ -33,6 +33,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::bytes::Bytes;
 use prost::Message;
 use std::sync::{Arc, Mutex};
@@ -282,6 +283,25 @@ pub(crate) struct Logs {
     pub(crate) options: Arc<Options>,
     /// The collector's host name, for streams named by `host.name`.
     pub(crate) host: Arc<str>,
+    /// The streams written to, at most `max_streams`: senders name them (by their resource),
+    /// so their number is bounded; one `Arc` per stream.
+    pub(crate) streams: Arc<Mutex<std::collections::HashSet<Arc<crate::logs::Stream>>>>,
+    pub(crate) max_streams: usize,
+}
+
+impl Logs {
+    /// The stream as held (one `Arc` per stream), or `None` past the limit.
+    fn admit(&self, stream: Arc<crate::logs::Stream>) -> Option<Arc<crate::logs::Stream>> {
+        let mut held = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = held.get(&stream) {
+            return Some(s.clone());
+        }
+        if held.len() >= self.max_streams {
+            return None;
+        }
+        held.insert(stream.clone());
+        Some(stream)
+    }
 }
 
 /// Bytes of events a request may make per byte of it (each record's resource and scope are
@@ -304,7 +324,7 @@ impl Signal for Logs {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let (mut records, mut trimmed, mut bytes) = (0u64, 0u64, 0usize);
+        let (mut records, mut trimmed, mut bytes, mut over) = (0u64, 0u64, 0usize, 0u64);
         let mut events = Vec::new();
         for rl in &req.resource_logs {
             let stream = crate::logs::stream_for(
@@ -313,9 +333,25 @@ impl Signal for Logs {
                 &self.options,
                 &self.host,
             );
-            for rec in rl.scope_logs.iter().flat_map(|sl| &sl.log_records) {
+            let all = rl.scope_logs.iter().flat_map(|sl| &sl.log_records);
+            let Some(stream) = self.admit(stream) else {
+                let n = all.count() as u64;
+                records += n;
+                over += n;
+                continue;
+            };
+            let mesh = rl
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "maille.mesh"))
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(any_value::Value::StringValue(m)) => Some(m.as_str()),
+                    _ => None,
+                });
+            for rec in all {
                 records += 1;
-                let c = crate::logs::event(rec, &stream, now_ms);
+                let c = crate::logs::event(rec, &stream, mesh, now_ms);
                 bytes += c.event.message.len();
                 if bytes > budget {
                     return Err(Refused::Invalid(format!(
@@ -330,8 +366,18 @@ impl Signal for Logs {
         let stats = self.queue.stats();
         stats.add_received(records);
         stats.add_trimmed(trimmed);
+        let max = self.max_streams;
+        stats.drop_n(
+            &format!("more than {max} log streams (--max-log-streams)"),
+            over,
+        );
         Ok(ExportLogsServiceResponse {
-            partial_success: None::<ExportLogsPartialSuccess>,
+            partial_success: (over > 0).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: over as i64,
+                error_message: format!(
+                    "{over} record(s) of a log group and stream beyond the collector's {max} (--max-log-streams)"
+                ),
+            }),
         })
     }
 }

@@ -206,7 +206,7 @@ fn write_value(w: &mut W, v: Option<&V>) {
     }
 }
 
-fn valid_trace_id(id: &[u8]) -> bool {
+pub(crate) fn valid_trace_id(id: &[u8]) -> bool {
     id.len() == 16 && id.iter().any(|b| *b != 0)
 }
 

@@ -42,6 +42,9 @@ pub struct Config {
     pub spool: Option<std::path::PathBuf>,
     /// The CloudWatch Logs group and stream of each sender's log records.
     pub logs: Targets,
+    /// Distinct log streams written to at most (senders name them); records of others are
+    /// refused and counted.
+    pub max_log_streams: usize,
     /// Attribute keys that become CloudWatch dimensions (defaults when empty).
     pub dimensions: Vec<String>,
     /// Calls in flight at once, to X-Ray and to CloudWatch each.
@@ -53,6 +56,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
+/// Default distinct log streams: a sidecar's Envoy and application need one or two.
+pub const DEFAULT_MAX_LOG_STREAMS: usize = 100;
 /// Default calls in flight: 64 calls of 50 documents every 100 ms carry 32,000 documents a
 /// second even with slow round trips; an idle collector has none.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
@@ -72,6 +77,7 @@ impl Default for Config {
             annotations: Vec::new(),
             spool: None,
             logs: Targets::default(),
+            max_log_streams: DEFAULT_MAX_LOG_STREAMS,
             dimensions: Vec::new(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             converters: 1,
@@ -269,6 +275,8 @@ pub async fn start<S: Sink>(
                     targets: Arc::new(cfg.logs.clone()),
                     options: options.clone(),
                     host: crate::logs::host_name().into(),
+                    streams: Arc::default(),
+                    max_streams: cfg.max_log_streams.max(1),
                 },
                 exporter,
             ))

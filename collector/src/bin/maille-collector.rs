@@ -78,6 +78,11 @@ struct Args {
     /// values: 1, 3, 5, 7, 14, 30, 60, 90, ...); by default they never expire.
     #[arg(long, value_parser = retention_days)]
     log_retention_days: Option<i32>,
+    /// Distinct log groups and streams written to at most: senders name them by their
+    /// resource, so a sender cannot create without bound; records of others are refused
+    /// (OTLP partial success) and counted.
+    #[arg(long, default_value_t = maille_collector::DEFAULT_MAX_LOG_STREAMS)]
+    max_log_streams: usize,
     /// Do not export logs.
     #[arg(long)]
     no_logs: bool,
@@ -154,6 +159,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             annotations: args.annotations,
             spool: args.spool,
             logs,
+            max_log_streams: args.max_log_streams,
             dimensions: args.dimensions,
             max_in_flight: usize::from(args.max_in_flight),
             converters: usize::from(args.threads),

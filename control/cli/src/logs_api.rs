@@ -9,7 +9,10 @@ use serde_json::Value;
 /// Most log groups searched.
 const MAX_GROUPS: usize = 50;
 /// Most lines read per group.
-const MAX_LINES: i32 = 200;
+const MAX_LINES: usize = 200;
+/// Most pages read per group: CloudWatch Logs may answer pages with few or no events and a
+/// token for more.
+const MAX_PAGES: usize = 50;
 
 /// One access log line.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +91,7 @@ pub async fn client(endpoint: Option<&str>) -> aws_sdk_cloudwatchlogs::Client {
 }
 
 /// The lines of trace `trace_id` (X-Ray's `1-…-…`) in the groups named `prefix…`, between
-/// `from_ms` and `to_ms`, oldest first; and how many groups were left out past
+/// `from_ms` and `to_ms`, oldest first; and whether groups were left out past
 /// [`MAX_GROUPS`].
 pub async fn lines_of_trace(
     client: &aws_sdk_cloudwatchlogs::Client,
@@ -96,9 +99,9 @@ pub async fn lines_of_trace(
     trace_id: &str,
     from_ms: i64,
     to_ms: i64,
-) -> Result<(Vec<LogLine>, usize)> {
+) -> Result<(Vec<LogLine>, bool)> {
     let mut groups = Vec::new();
-    let mut left_out = 0;
+    let mut left_out = false;
     let mut token: Option<String> = None;
     loop {
         let page = client
@@ -113,45 +116,60 @@ pub async fn lines_of_trace(
                 if groups.len() < MAX_GROUPS {
                     groups.push(name.to_owned());
                 } else {
-                    left_out += 1;
+                    left_out = true;
                 }
             }
         }
         token = page.next_token().map(str::to_owned);
-        if token.is_none() || left_out > 0 {
+        if token.is_none() || left_out {
+            break;
+        }
+        if groups.len() == MAX_GROUPS {
+            // Another page: more groups than are searched.
+            left_out = true;
             break;
         }
     }
     let pattern = format!("\"{}\"", trace_id.replace('"', ""));
     let mut lines = Vec::new();
     for group in groups {
-        let page = client
-            .filter_log_events()
-            .log_group_name(&group)
-            .filter_pattern(&pattern)
-            .start_time(from_ms)
-            .end_time(to_ms)
-            .limit(MAX_LINES)
-            .send()
-            .await
-            .with_context(|| format!("CloudWatch Logs FilterLogEvents in {group}"))?;
-        for e in page.events() {
-            let text = e.message().unwrap_or_default();
-            let event = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into()));
-            // The term may match elsewhere in a line; keep the trace's own.
-            if event
-                .get("xray_trace_id")
-                .and_then(Value::as_str)
-                .is_some_and(|t| t != trace_id)
-            {
-                continue;
+        let (mut token, mut kept): (Option<String>, usize) = (None, 0);
+        for _ in 0..MAX_PAGES {
+            let page = client
+                .filter_log_events()
+                .log_group_name(&group)
+                .filter_pattern(&pattern)
+                .start_time(from_ms)
+                .end_time(to_ms)
+                .limit(MAX_LINES as i32)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .with_context(|| format!("CloudWatch Logs FilterLogEvents in {group}"))?;
+            for e in page.events() {
+                let text = e.message().unwrap_or_default();
+                let event =
+                    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into()));
+                // The term may match elsewhere in a line; keep the trace's own.
+                if event
+                    .get("xray_trace_id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t != trace_id)
+                {
+                    continue;
+                }
+                kept += 1;
+                lines.push(LogLine {
+                    timestamp_ms: e.timestamp().unwrap_or_default(),
+                    group: group.clone(),
+                    stream: e.log_stream_name().unwrap_or_default().to_owned(),
+                    event,
+                });
             }
-            lines.push(LogLine {
-                timestamp_ms: e.timestamp().unwrap_or_default(),
-                group: group.clone(),
-                stream: e.log_stream_name().unwrap_or_default().to_owned(),
-                event,
-            });
+            token = page.next_token().map(str::to_owned);
+            if token.is_none() || kept >= MAX_LINES {
+                break;
+            }
         }
     }
     lines.sort_by(|a, b| {

@@ -163,9 +163,9 @@ async fn access_log(a: &TracesArgs, t: &Trace) -> Option<Vec<logs_api::LogLine>>
     .await
     {
         Ok((lines, left_out)) => {
-            if left_out > 0 {
+            if left_out {
                 eprintln!(
-                    "note: {left_out} more log groups under {} were not searched (narrow --log-group-prefix)",
+                    "note: only the first 50 log groups under {} were searched (narrow --log-group-prefix)",
                     a.log_group_prefix
                 );
             }

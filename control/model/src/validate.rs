@@ -299,7 +299,7 @@ fn ip_preference(c: &mut Check<'_>, path: &str, p: &str) {
 /// App Mesh's `FileAccessLog`: a path, and a format of `text` (a line with Envoy's
 /// `%COMMAND%`s) or `json` (`key`/`value` pairs), as App Mesh takes them.
 fn access_log_file(c: &mut Check<'_>, p: &str, f: &FileAccessLog) {
-    if f.path.is_empty() || f.path.len() > 255 {
+    if f.path.is_empty() || f.path.chars().count() > 255 {
         c.err(
             format!("{p}.path"),
             "a file path of 1 to 255 characters is required",
@@ -321,7 +321,7 @@ fn access_log_file(c: &mut Check<'_>, p: &str, f: &FileAccessLog) {
     }
     match (obj.get("text"), obj.get("json")) {
         (Some(t), None) => match t.as_str() {
-            Some(t) if !t.is_empty() && t.len() <= 1000 => {}
+            Some(t) if !t.is_empty() && t.chars().count() <= 1000 => {}
             _ => c.err(
                 format!("{p}.format.text"),
                 "a string of 1 to 1000 characters is required",
@@ -332,7 +332,7 @@ fn access_log_file(c: &mut Check<'_>, p: &str, f: &FileAccessLog) {
                 for (i, pair) in pairs.iter().enumerate() {
                     for field in ["key", "value"] {
                         match pair.get(field).and_then(|v| v.as_str()) {
-                            Some(v) if !v.is_empty() && v.len() <= 100 => {}
+                            Some(v) if !v.is_empty() && v.chars().count() <= 100 => {}
                             _ => c.err(
                                 format!("{p}.format.json[{i}].{field}"),
                                 "a string of 1 to 100 characters is required",
