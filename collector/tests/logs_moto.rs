@@ -221,21 +221,24 @@ fn events_cloudwatch_logs_refuses_are_dropped_by_reason_and_the_rest_arrive() {
     let running = collector(&rt, &moto.url());
     let now = now_ms();
     let mut records: Vec<_> = (1..=8).map(|i| log_record(i, now - 1_000 + i)).collect();
-    // Twenty days old: CloudWatch Logs takes 14.
+    // Twenty days old (CloudWatch Logs takes 14) and three hours ahead (it takes 2).
     records.insert(3, log_record(100, now - 20 * 24 * 3600 * 1000));
+    records.push(log_record(101, now + 3 * 3600 * 1000));
     send_grpc(&rt, running.grpc_port, logs_request("poison", "h", records));
+    wait_logs_exported(&running, 8, Duration::from_secs(30));
     let stats = running.log_stats.as_ref().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while stats.dropped().values().sum::<u64>() == 0 {
-        assert!(std::time::Instant::now() < deadline, "{}", stats.to_json());
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert_eq!(
         stats.dropped(),
-        [(
-            "rejected by CloudWatch Logs: older than 14 days".to_string(),
-            1
-        )]
+        [
+            (
+                "rejected by CloudWatch Logs: older than 14 days".to_string(),
+                1
+            ),
+            (
+                "rejected by CloudWatch Logs: more than 2 hours in the future".to_string(),
+                1
+            )
+        ]
         .into()
     );
     assert_eq!(
@@ -243,6 +246,7 @@ fn events_cloudwatch_logs_refuses_are_dropped_by_reason_and_the_rest_arrive() {
         (1..=8).collect::<Vec<i64>>()
     );
     assert_eq!(stats.exported(), 8);
+    assert_eq!(stats.retried(), 0, "given up on at once, not sent again");
     rt.block_on(running.stop());
 }
 
@@ -287,4 +291,126 @@ impl tonic::codec::Decoder for RawCodec {
         use prost::bytes::Buf;
         Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
     }
+}
+
+fn logs_collector(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    retention: Option<i32>,
+    max_log_streams: usize,
+) -> maille_collector::Running {
+    rt.block_on(maille_collector::start(
+        maille_collector::Config {
+            max_log_streams,
+            ..fast_config()
+        },
+        maille_collector::XraySink::new(&sdk_config(endpoint)),
+        None,
+        Some(maille_collector::CloudWatchLogsSink::new(
+            &sdk_config(endpoint),
+            retention,
+        )),
+    ))
+    .expect("collector starts")
+}
+
+#[test]
+fn groups_it_creates_get_their_retention_and_a_group_made_elsewhere_gets_only_a_stream() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start_on(free_port());
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&sdk_config(&moto.url()));
+    // A group made elsewhere (by Terraform, say), without streams.
+    rt.block_on(
+        logs.create_log_group()
+            .log_group_name("/maille/made")
+            .send(),
+    )
+    .unwrap();
+    let running = logs_collector(&rt, &moto.url(), Some(7), 100);
+    for service in ["made", "fresh"] {
+        send_grpc(
+            &rt,
+            running.grpc_port,
+            logs_request(service, "h", vec![log_record(1, now_ms())]),
+        );
+    }
+    wait_logs_exported(&running, 2, Duration::from_secs(30));
+    for service in ["made", "fresh"] {
+        let group = format!("/maille/{service}");
+        assert_eq!(
+            numbers(&log_events(&rt, &moto.url(), &group, "h")),
+            [1],
+            "{group}"
+        );
+    }
+    let retention: std::collections::BTreeMap<String, Option<i32>> = rt
+        .block_on(
+            logs.describe_log_groups()
+                .log_group_name_prefix("/maille/")
+                .send(),
+        )
+        .unwrap()
+        .log_groups()
+        .iter()
+        .map(|g| {
+            (
+                g.log_group_name().unwrap().to_owned(),
+                g.retention_in_days(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        retention,
+        [
+            ("/maille/fresh".to_string(), Some(7)),
+            ("/maille/made".to_string(), None)
+        ]
+        .into(),
+        "only the group the collector created gets --log-retention-days"
+    );
+    rt.block_on(running.stop());
+}
+
+#[test]
+fn senders_cannot_make_streams_without_bound() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start_on(free_port());
+    let running = logs_collector(&rt, &moto.url(), None, 2);
+    let mut partial = Vec::new();
+    for service in ["a", "b", "c", "a"] {
+        let port = running.grpc_port;
+        let req = logs_request(
+            service,
+            "h",
+            vec![log_record(1, now_ms()), log_record(2, now_ms())],
+        );
+        partial.push(rt.block_on(async move {
+            let mut c = LogsServiceClient::connect(format!("http://127.0.0.1:{port}"))
+                .await
+                .unwrap();
+            c.export(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .partial_success
+                .map_or(0, |p| p.rejected_log_records)
+        }));
+    }
+    assert_eq!(
+        partial,
+        [0, 0, 2, 0],
+        "the third stream is refused, the first still taken"
+    );
+    wait_logs_exported(&running, 6, Duration::from_secs(30));
+    let stats = running.log_stats.as_ref().unwrap();
+    assert_eq!(
+        stats.dropped(),
+        [("more than 2 log streams (--max-log-streams)".to_string(), 2)].into()
+    );
+    assert!(log_events(&rt, &moto.url(), "/maille/c", "h").is_empty());
+    assert_eq!(
+        numbers(&log_events(&rt, &moto.url(), "/maille/a", "h")),
+        [1, 2, 1, 2]
+    );
+    rt.block_on(running.stop());
 }

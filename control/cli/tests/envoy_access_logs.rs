@@ -135,6 +135,7 @@ fn every_request_is_logged_once_in_cloudwatch_logs_with_its_trace_id() {
             "{e}"
         );
         assert_eq!(e["method"], "GET");
+        assert_eq!(e["mesh"], "demo", "{e}");
         assert_eq!(e["authority"], "colorteller.local");
         assert!(
             e["request_id"].as_str().unwrap().len() == 36,
