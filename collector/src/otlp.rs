@@ -382,6 +382,37 @@ impl Signal for Logs {
     }
 }
 
+/// Log records when logs are not exported (`--no-logs`): taken, so that Envoy's access
+/// logger is not answered UNIMPLEMENTED on every flush, and counted as dropped by that reason.
+#[derive(Debug, Clone)]
+pub(crate) struct DiscardedLogs {
+    pub(crate) stats: Arc<crate::delivery::Stats>,
+}
+
+impl Signal for DiscardedLogs {
+    type Request = ExportLogsServiceRequest;
+    type Response = ExportLogsServiceResponse;
+    const WHAT: &'static str = "logs";
+    const SERVICE: &'static str = Logs::SERVICE;
+    const METHOD: &'static str = Logs::METHOD;
+    const ROOT: scan::Root = scan::Root::Logs;
+    const ALWAYS_BLOCKING: bool = false;
+
+    fn take(&self, req: Self::Request, _wire: usize) -> Result<Self::Response, Refused> {
+        let n: usize = req
+            .resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs)
+            .map(|sl| sl.log_records.len())
+            .sum();
+        self.stats.add_received(n as u64);
+        self.stats.drop_n("logs not exported (--no-logs)", n as u64);
+        Ok(ExportLogsServiceResponse {
+            partial_success: None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

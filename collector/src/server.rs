@@ -7,7 +7,9 @@ use crate::cloudwatch_logs::CloudWatchLogsSink;
 use crate::delivery::{Capacity, Item, Limits, Queue, Stats};
 use crate::logs::{Event, Targets, MAX_CALL_BYTES, MAX_CALL_SPAN_MS, MAX_EVENTS_PER_CALL};
 use crate::metrics::{Converter, Datum, MAX_DATUMS_PER_REQUEST, MAX_REQUEST_BYTES};
-use crate::otlp::{http_export, Grpc, Intake, Logs, Metrics, Traces, DEFAULT_MAX_REQUEST_BYTES};
+use crate::otlp::{
+    http_export, DiscardedLogs, Grpc, Intake, Logs, Metrics, Traces, DEFAULT_MAX_REQUEST_BYTES,
+};
 use crate::segment::{Doc, Options, MAX_DOCUMENT_BYTES};
 use crate::spool::Spool;
 use crate::xray::{Sink, Xray, MAX_BATCH};
@@ -97,7 +99,7 @@ pub struct Running {
     pub stats: Arc<Stats>,
     /// The metrics counters, when metrics are exported.
     pub metric_stats: Option<Arc<Stats>>,
-    /// The log counters, when logs are exported.
+    /// The log counters (without a logs destination, of the records taken and dropped).
     pub log_stats: Option<Arc<Stats>>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
@@ -282,7 +284,15 @@ pub async fn start<S: Sink>(
             ))
         }
     };
-    let log_stats = logs.as_ref().map(|(l, _)| l.queue.stats().clone());
+    // Without a destination, records are still taken (and counted as dropped), so that
+    // Envoy's access logger gets an answer.
+    let discarded = logs.is_none().then(|| DiscardedLogs {
+        stats: Arc::new(Stats::default()),
+    });
+    let log_stats = logs
+        .as_ref()
+        .map(|(l, _)| l.queue.stats().clone())
+        .or_else(|| discarded.as_ref().map(|d| d.stats.clone()));
     let metrics = metrics.map(|sink| {
         let queue = Queue::new(
             "metrics",
@@ -322,6 +332,9 @@ pub async fn start<S: Sink>(
     let log_grpc = logs
         .as_ref()
         .map(|(l, _)| Grpc::new(l.clone(), intake.clone()));
+    let discard_grpc = discarded
+        .as_ref()
+        .map(|d| Grpc::new(d.clone(), intake.clone()));
     let rx = stop_rx.clone();
     servers.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
@@ -329,6 +342,7 @@ pub async fn start<S: Sink>(
             .add_service(trace_grpc)
             .add_optional_service(metric_grpc)
             .add_optional_service(log_grpc)
+            .add_optional_service(discard_grpc)
             .serve_with_incoming_shutdown(incoming, stopped(rx))
             .await
         {
@@ -371,6 +385,13 @@ pub async fn start<S: Sink>(
         app = app.route(
             "/v1/logs",
             axum::routing::post(http_export::<Logs>).with_state((l.clone(), intake.clone())),
+        );
+    }
+    if let Some(d) = &discarded {
+        app = app.route(
+            "/v1/logs",
+            axum::routing::post(http_export::<DiscardedLogs>)
+                .with_state((d.clone(), intake.clone())),
         );
     }
     let max = cfg.max_request_bytes;

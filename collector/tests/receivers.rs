@@ -411,3 +411,37 @@ fn a_full_queue_tells_grpc_clients_when_to_retry() {
     assert_eq!(status, 429);
     drop(running);
 }
+
+#[test]
+fn without_a_logs_destination_records_are_taken_and_counted_as_dropped() {
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let running = fast_collector(&rt, fast_config(), Fake::ok());
+    let port = running.grpc_port;
+    rt.block_on(async move {
+        let mut c = LogsServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        c.export(logs_request(
+            "quiet",
+            "h",
+            vec![log_record(1, now_ms()), log_record(2, now_ms())],
+        ))
+        .await
+        .expect("Envoy's access logger gets an answer, not UNIMPLEMENTED");
+    });
+    let body = logs_request("quiet", "h", vec![log_record(3, now_ms())]).encode_to_vec();
+    let r = maille_testkit::agent()
+        .post(&format!("http://127.0.0.1:{}/v1/logs", running.http_port))
+        .header("content-type", "application/x-protobuf")
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stats = running.log_stats.as_ref().unwrap();
+    assert_eq!(stats.received(), 3);
+    assert_eq!(
+        stats.dropped(),
+        [("logs not exported (--no-logs)".to_string(), 3)].into()
+    );
+    rt.block_on(running.stop());
+}
