@@ -205,21 +205,28 @@ fn rotel(sink: u16) -> Option<(Proc, u16)> {
     Some((Proc { child }, grpc))
 }
 
-fn request(seq: u64, batch: u64) -> ExportTraceServiceRequest {
-    let now = SystemTime::now()
+fn now_ns() -> u64 {
+    SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as u64;
-    let mut trace = [0u8; 16];
-    trace[..8].copy_from_slice(&seq.to_be_bytes());
-    trace[8] = 1;
-    let s = |k: &str, v: &str| KeyValue {
+        .as_nanos() as u64
+}
+
+fn s(k: &str, v: &str) -> KeyValue {
+    KeyValue {
         key: k.into(),
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(v.into())),
         }),
         ..Default::default()
-    };
+    }
+}
+
+fn request(seq: u64, batch: u64) -> ExportTraceServiceRequest {
+    let now = now_ns();
+    let mut trace = [0u8; 16];
+    trace[..8].copy_from_slice(&seq.to_be_bytes());
+    trace[8] = 1;
     let spans = (0..batch)
         .map(|i| Span {
             trace_id: trace.to_vec(),
@@ -262,17 +269,7 @@ fn request(seq: u64, batch: u64) -> ExportTraceServiceRequest {
 /// An access log request of `batch` records, as Envoy's OpenTelemetry access logger sends
 /// Maille's (the default line as the body, its fields and the mesh's as attributes).
 fn log_request(seq: u64, batch: u64) -> ExportLogsServiceRequest {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let s = |k: &str, v: &str| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    };
+    let now = now_ns();
     let records = (0..batch)
         .map(|i| LogRecord {
             time_unix_nano: now,

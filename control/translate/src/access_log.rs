@@ -5,7 +5,6 @@
 //! variant and the upstream cluster, as attributes. The collector writes them to CloudWatch
 //! Logs, where the X-Ray trace id finds them.
 
-use crate::names;
 use crate::options::{defaults, NodeOptions};
 use crate::proto::*;
 use envoy_types::pb::envoy::config::accesslog::v3 as accesslog;
@@ -132,16 +131,7 @@ fn to_collector(vn: &VirtualNode) -> accesslog::AccessLog {
         &format!("%REQ({})%", defaults::VARIANT_HEADER),
     ));
     let cfg = otel::OpenTelemetryAccessLogConfig {
-        grpc_service: Some(core::GrpcService {
-            target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
-                core::grpc_service::EnvoyGrpc {
-                    cluster_name: names::COLLECTOR_CLUSTER.into(),
-                    ..Default::default()
-                },
-            )),
-            timeout: Some(ms(2_000)),
-            ..Default::default()
-        }),
+        grpc_service: Some(crate::node::collector_grpc()),
         log_name: "maille_access_log".into(),
         body: Some(text(DEFAULT_FORMAT.trim_end())),
         attributes: Some(common::KeyValueList { values: attributes }),

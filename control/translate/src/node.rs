@@ -276,22 +276,27 @@ pub(crate) fn http_connection_manager(
     }
 }
 
+/// The node's collector sidecar as a gRPC service (the bootstrap's `maille_collector`).
+pub(crate) fn collector_grpc() -> core::GrpcService {
+    core::GrpcService {
+        target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+            core::grpc_service::EnvoyGrpc {
+                cluster_name: names::COLLECTOR_CLUSTER.into(),
+                ..Default::default()
+            },
+        )),
+        timeout: Some(ms(2_000)),
+        ..Default::default()
+    }
+}
+
 /// Envoy's OpenTelemetry tracer towards the node's collector, every request sampled, the
 /// canary's variant header as the span tag the collector makes an annotation of.
 fn trace_config(service: &str) -> hcm::http_connection_manager::Tracing {
     use envoy_types::pb::envoy::config::trace::v3 as trace;
     use envoy_types::pb::envoy::r#type::tracing::v3 as tag;
     let otel = trace::OpenTelemetryConfig {
-        grpc_service: Some(core::GrpcService {
-            target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
-                core::grpc_service::EnvoyGrpc {
-                    cluster_name: names::COLLECTOR_CLUSTER.into(),
-                    ..Default::default()
-                },
-            )),
-            timeout: Some(ms(2_000)),
-            ..Default::default()
-        }),
+        grpc_service: Some(collector_grpc()),
         service_name: service.to_owned(),
         ..Default::default()
     };
