@@ -12,7 +12,7 @@ use crate::aws;
 use crate::delivery::{Destination, Entry, Item, Rejected, SendError};
 use crate::logs::{Event, Stream, EVENT_OVERHEAD};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Events older than this are refused by CloudWatch Logs.
@@ -20,14 +20,18 @@ const OLDEST_MS: i64 = 14 * 24 * 3600 * 1000;
 /// Events further ahead than this are refused by CloudWatch Logs.
 const NEWEST_MS: i64 = 2 * 3600 * 1000;
 
+/// Tries at setting a created group's retention before giving up on it (logged).
+const RETENTION_TRIES: u32 = 5;
+
 /// Where log events go.
 #[derive(Debug, Clone)]
 pub struct CloudWatchLogsSink {
     client: aws_sdk_cloudwatchlogs::Client,
     retention_days: Option<i32>,
-    /// Groups created here whose retention is not set yet (the call failed): set before
-    /// their next events are sent.
-    retention_pending: Arc<Mutex<HashSet<String>>>,
+    /// Groups created here whose retention is not set yet (the call failed), with the tries
+    /// so far: tried again before their next events are sent, at most
+    /// [`RETENTION_TRIES`] times. Retention never holds events back.
+    retention_pending: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl CloudWatchLogsSink {
@@ -47,16 +51,18 @@ impl CloudWatchLogsSink {
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.retention_pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sets the retention of a group created here.
-    async fn set_retention(&self, group: &str) -> Result<(), SendError> {
+    /// Sets the retention of a group created here, best effort: a failure is logged and
+    /// tried again with the group's next calls, a few times; events are delivered either way
+    /// (a role without `logs:PutRetentionPolicy` gets groups that never expire).
+    async fn set_retention(&self, group: &str) {
         let Some(days) = self.retention_days else {
-            return Ok(());
+            return;
         };
         match self
             .client
@@ -68,11 +74,18 @@ impl CloudWatchLogsSink {
         {
             Ok(_) => {
                 self.pending().remove(group);
-                Ok(())
             }
             Err(e) => {
-                self.pending().insert(group.to_owned());
-                Err(aws::classify("CloudWatch Logs", &e))
+                let why = aws::classify("CloudWatch Logs", &e);
+                let mut pending = self.pending();
+                let tries = pending.entry(group.to_owned()).or_insert(0);
+                *tries += 1;
+                if *tries >= RETENTION_TRIES {
+                    pending.remove(group);
+                    tracing::error!(%group, days, error = %why, "cannot set the log group's retention; giving up (its events never expire)");
+                } else {
+                    tracing::warn!(%group, days, error = %why, "cannot set the log group's retention yet; trying again with its next events");
+                }
             }
         }
     }
@@ -109,7 +122,7 @@ impl CloudWatchLogsSink {
         {
             Ok(_) => {
                 tracing::info!(group = %stream.group, "created the log group");
-                self.set_retention(&stream.group).await?;
+                self.set_retention(&stream.group).await;
             }
             Err(e)
                 if e.as_service_error()
@@ -123,6 +136,16 @@ impl CloudWatchLogsSink {
                     .is_some_and(|s| s.is_resource_already_exists_exception()) =>
             {
                 Ok(())
+            }
+            // The group was just made and is not yet visible everywhere.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Err(SendError::Retryable(format!(
+                    "CloudWatch Logs: log group {} not found just after it was created",
+                    stream.group
+                )))
             }
             Err(e) => Err(aws::classify("CloudWatch Logs", &e)),
         }
@@ -226,8 +249,8 @@ impl Destination<Event> for CloudWatchLogsSink {
                     .expect("timestamp and message are set")
             })
             .collect();
-        if self.pending().contains(&stream.group) {
-            self.set_retention(&stream.group).await?;
+        if self.pending().contains_key(&stream.group) {
+            self.set_retention(&stream.group).await;
         }
         let put = || {
             self.client
@@ -251,16 +274,15 @@ impl Destination<Event> for CloudWatchLogsSink {
                     Ok(()) => {}
                     // The names themselves are refused: none of these events can go there.
                     Err(SendError::Refused(why)) => {
-                        return Ok((0..batch.len())
-                            .map(|i| Rejected {
-                                index: i,
-                                reason: format!(
-                                    "CloudWatch Logs refused log group {:?} or stream {:?}: {why}",
-                                    stream.group, stream.name
-                                ),
-                                sends: 1,
-                            })
-                            .collect())
+                        rejected.extend(order.iter().map(|&i| Rejected {
+                            index: i,
+                            reason: format!(
+                                "CloudWatch Logs refused log group {:?} or stream {:?}: {why}",
+                                stream.group, stream.name
+                            ),
+                            sends: 1,
+                        }));
+                        return Ok(rejected);
                     }
                     Err(e) => return Err(e),
                 }
