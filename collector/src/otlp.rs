@@ -290,8 +290,13 @@ pub(crate) struct Logs {
 }
 
 impl Logs {
-    /// The stream as held (one `Arc` per stream), or `None` past the limit.
-    fn admit(&self, stream: Arc<crate::logs::Stream>) -> Option<Arc<crate::logs::Stream>> {
+    /// The stream as held (one `Arc` per stream), or `None` past the limit; `new` hears of
+    /// a stream admitted by this call, to be let go if its request is refused.
+    fn admit(
+        &self,
+        stream: Arc<crate::logs::Stream>,
+        new: &mut Vec<Arc<crate::logs::Stream>>,
+    ) -> Option<Arc<crate::logs::Stream>> {
         let mut held = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = held.get(&stream) {
             return Some(s.clone());
@@ -300,7 +305,16 @@ impl Logs {
             return None;
         }
         held.insert(stream.clone());
+        new.push(stream.clone());
         Some(stream)
+    }
+
+    /// Lets go of streams admitted for a request that was refused.
+    fn release(&self, new: Vec<Arc<crate::logs::Stream>>) {
+        let mut held = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        for s in new {
+            held.remove(&s);
+        }
     }
 }
 
@@ -318,6 +332,22 @@ impl Signal for Logs {
     const ALWAYS_BLOCKING: bool = false;
 
     fn take(&self, req: Self::Request, wire: usize) -> Result<Self::Response, Refused> {
+        let mut new = Vec::new();
+        let taken = self.take_admitting(req, wire, &mut new);
+        if taken.is_err() {
+            self.release(new);
+        }
+        taken
+    }
+}
+
+impl Logs {
+    fn take_admitting(
+        &self,
+        req: ExportLogsServiceRequest,
+        wire: usize,
+        new: &mut Vec<Arc<crate::logs::Stream>>,
+    ) -> Result<ExportLogsServiceResponse, Refused> {
         let budget = EVENTS_PER_WIRE_BYTE
             .saturating_mul(wire)
             .saturating_add(DOCUMENTS_FLOOR);
@@ -334,7 +364,10 @@ impl Signal for Logs {
                 &self.host,
             );
             let all = rl.scope_logs.iter().flat_map(|sl| &sl.log_records);
-            let Some(stream) = self.admit(stream) else {
+            if all.clone().next().is_none() {
+                continue;
+            }
+            let Some(stream) = self.admit(stream, new) else {
                 let n = all.count() as u64;
                 records += n;
                 over += n;

@@ -81,8 +81,8 @@ struct Args {
     /// Distinct log groups and streams written to at most: senders name them by their
     /// resource, so a sender cannot create without bound; records of others are refused
     /// (OTLP partial success) and counted.
-    #[arg(long, default_value_t = maille_collector::DEFAULT_MAX_LOG_STREAMS)]
-    max_log_streams: usize,
+    #[arg(long, default_value_t = maille_collector::DEFAULT_MAX_LOG_STREAMS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_log_streams: u32,
     /// Do not export logs.
     #[arg(long)]
     no_logs: bool,
@@ -159,7 +159,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             annotations: args.annotations,
             spool: args.spool,
             logs,
-            max_log_streams: args.max_log_streams,
+            max_log_streams: args.max_log_streams as usize,
             dimensions: args.dimensions,
             max_in_flight: usize::from(args.max_in_flight),
             converters: usize::from(args.threads),
