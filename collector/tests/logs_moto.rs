@@ -314,19 +314,103 @@ fn logs_collector(
     .expect("collector starts")
 }
 
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A front before moto: answers the calls `refuse(operation, body)` picks with
+/// AccessDeniedException, forwards the others; every call it saw, as (operation, body).
+fn logs_front(
+    rt: &tokio::runtime::Runtime,
+    moto: String,
+    refuse: fn(&str, &str) -> bool,
+) -> (u16, Seen) {
+    use axum::http::{HeaderMap, StatusCode};
+    let seen: Seen = Default::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let s = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: String| {
+        let (s, moto) = (s.clone(), moto.clone());
+        async move {
+            let op = headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .trim_start_matches("Logs_20140328.")
+                .to_owned();
+            s.lock().unwrap().push((op.clone(), body.clone()));
+            if refuse(&op, &body) {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"__type": "AccessDeniedException", "message": "not allowed by the test's role"})
+                        .to_string(),
+                );
+            }
+            tokio::task::spawn_blocking(move || {
+                let mut req = agent().post(&moto).config().http_status_as_error(false).build();
+                for (k, v) in headers.iter() {
+                    if k == "authorization" || k == "content-type" || k.as_str().starts_with("x-amz") {
+                        req = req.header(k.as_str(), v.to_str().unwrap_or(""));
+                    }
+                }
+                match req.send(body) {
+                    Ok(mut r) => (
+                        StatusCode::from_u16(r.status().as_u16()).unwrap(),
+                        r.body_mut().read_to_string().unwrap_or_default(),
+                    ),
+                    Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()),
+                }
+            })
+            .await
+            .unwrap()
+        }
+    });
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, seen)
+}
+
+fn retention_of(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+) -> std::collections::BTreeMap<String, Option<i32>> {
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&sdk_config(endpoint));
+    rt.block_on(
+        logs.describe_log_groups()
+            .log_group_name_prefix("/maille/")
+            .send(),
+    )
+    .unwrap()
+    .log_groups()
+    .iter()
+    .map(|g| {
+        (
+            g.log_group_name().unwrap().to_owned(),
+            g.retention_in_days(),
+        )
+    })
+    .collect()
+}
+
 #[test]
 fn groups_it_creates_get_their_retention_and_a_group_made_elsewhere_gets_only_a_stream() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let moto = Moto::start_on(free_port());
     let logs = aws_sdk_cloudwatchlogs::Client::new(&sdk_config(&moto.url()));
-    // A group made elsewhere (by Terraform, say), without streams.
+    // A group made elsewhere (by Terraform, say), without streams; the role may not create
+    // it.
     rt.block_on(
         logs.create_log_group()
             .log_group_name("/maille/made")
             .send(),
     )
     .unwrap();
-    let running = logs_collector(&rt, &moto.url(), Some(7), 100);
+    let (front, seen) = logs_front(&rt, moto.url(), |op, body| {
+        op == "CreateLogGroup" && body.contains("/maille/made")
+    });
+    let running = logs_collector(&rt, &format!("http://127.0.0.1:{front}"), Some(7), 100);
     for service in ["made", "fresh"] {
         send_grpc(
             &rt,
@@ -343,24 +427,16 @@ fn groups_it_creates_get_their_retention_and_a_group_made_elsewhere_gets_only_a_
             "{group}"
         );
     }
-    let retention: std::collections::BTreeMap<String, Option<i32>> = rt
-        .block_on(
-            logs.describe_log_groups()
-                .log_group_name_prefix("/maille/")
-                .send(),
-        )
-        .unwrap()
-        .log_groups()
-        .iter()
-        .map(|g| {
-            (
-                g.log_group_name().unwrap().to_owned(),
-                g.retention_in_days(),
-            )
-        })
-        .collect();
+    assert!(
+        !seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(op, body)| op == "CreateLogGroup" && body.contains("/maille/made")),
+        "a missing stream in an existing group is made without CreateLogGroup"
+    );
     assert_eq!(
-        retention,
+        retention_of(&rt, &moto.url()),
         [
             ("/maille/fresh".to_string(), Some(7)),
             ("/maille/made".to_string(), None)
@@ -368,6 +444,38 @@ fn groups_it_creates_get_their_retention_and_a_group_made_elsewhere_gets_only_a_
         .into(),
         "only the group the collector created gets --log-retention-days"
     );
+    rt.block_on(running.stop());
+}
+
+#[test]
+fn a_role_that_may_not_set_retention_still_delivers() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start_on(free_port());
+    let (front, seen) = logs_front(&rt, moto.url(), |op, _| op == "PutRetentionPolicy");
+    let running = logs_collector(&rt, &format!("http://127.0.0.1:{front}"), Some(7), 100);
+    for i in 1..=3 {
+        send_grpc(
+            &rt,
+            running.grpc_port,
+            logs_request("kept", "h", vec![log_record(i, now_ms())]),
+        );
+        wait_logs_exported(&running, i, Duration::from_secs(30));
+    }
+    assert_eq!(
+        numbers(&log_events(&rt, &moto.url(), "/maille/kept", "h")),
+        [1, 2, 3]
+    );
+    let tries = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(op, _)| op == "PutRetentionPolicy")
+        .count();
+    assert!(
+        (2..=5).contains(&tries),
+        "tried again with later calls, a few times: {tries}"
+    );
+    assert_eq!(retention_of(&rt, &moto.url())["/maille/kept"], None);
     rt.block_on(running.stop());
 }
 
