@@ -1,7 +1,8 @@
 //! Envoys configured by the control server log every request to their collector sidecar,
 //! which writes them to CloudWatch Logs (moto, a real AWS API endpoint): each request made
 //! through the gateway appears once in the gateway's log group with its status, duration,
-//! upstream cluster, variant and trace id, and that trace id is the one X-Ray holds.
+//! upstream cluster, variant and trace id, and that trace id is the one X-Ray holds; and
+//! requests made while CloudWatch Logs is away for 20 s arrive once it is back.
 
 mod common;
 
@@ -195,6 +196,41 @@ fn every_request_is_logged_once_in_cloudwatch_logs_with_its_trace_id() {
             && line.contains(&format!("variant={}", answers_by_trace[&traces[0]])),
         "{text}"
     );
+    // CloudWatch Logs away for 20 s while requests keep coming; then back (moto restarted on
+    // its port remembers nothing: the collector makes the group and stream again).
+    let port = moto.port;
+    drop(moto);
+    let away = std::time::Instant::now();
+    let mut during = Vec::new();
+    for i in 0..20 {
+        let id = format!("away-{i:02}");
+        a.get(&format!("http://127.0.0.1:{egress}/"))
+            .header("host", "colorteller.local")
+            .header("user-agent", &id)
+            .call()
+            .expect("through Envoy while CloudWatch Logs is away");
+        during.push(id);
+        std::thread::sleep(Duration::from_millis(950));
+    }
+    let stats = collector.log_stats.as_ref().unwrap();
+    assert!(stats.retried() >= 1, "{}", stats.to_json());
+    let wait = Duration::from_secs(20).saturating_sub(away.elapsed());
+    std::thread::sleep(wait);
+    let moto = Moto::start_on(port);
+    let back = eventually(
+        "the requests made while away reach CloudWatch Logs",
+        Duration::from_secs(60),
+        || {
+            let mut got: Vec<String> = group_events(&rt, &moto.url(), "/maille/gateway")
+                .iter()
+                .filter_map(|e| e["user_agent"].as_str().map(str::to_owned))
+                .filter(|u| u.starts_with("away-"))
+                .collect();
+            got.sort();
+            (got.len() >= during.len(), got)
+        },
+    );
+    assert_eq!(back, during, "each once");
     let stats = collector.log_stats.as_ref().unwrap().to_json();
     assert_eq!(stats["dropped"], serde_json::json!({}), "{stats}");
     rt.block_on(collector.stop());
