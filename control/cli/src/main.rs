@@ -36,8 +36,11 @@ enum Command {
     /// Create or replace the resources in files or folders (any supported format).
     Apply {
         /// Files or folders (.json, .yaml, .yml, .tf).
-        #[arg(short = 'f', long = "file", required = true)]
+        #[arg(short = 'f', long = "file", required_unless_present = "paths")]
         files: Vec<PathBuf>,
+        /// Files or folders, as with -f (`maillectl import a.yaml b/`).
+        #[arg(value_name = "FILE")]
+        paths: Vec<PathBuf>,
         /// A CloudFormation parameter or Terraform variable: NAME=VALUE (repeatable).
         #[arg(short = 'p', long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
@@ -55,8 +58,11 @@ enum Command {
     /// Show what App Mesh definitions become, as Maille resources (API JSON), without applying.
     Import {
         /// Files or folders.
-        #[arg(short = 'f', long = "file", required = true)]
+        #[arg(short = 'f', long = "file", required_unless_present = "paths")]
         files: Vec<PathBuf>,
+        /// Files or folders, as with -f (`maillectl import a.yaml b/`).
+        #[arg(value_name = "FILE")]
+        paths: Vec<PathBuf>,
         /// NAME=VALUE (repeatable).
         #[arg(short = 'p', long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
@@ -88,8 +94,11 @@ enum Command {
     /// What applying these files would change.
     Diff {
         /// Files or folders.
-        #[arg(short = 'f', long = "file", required = true)]
+        #[arg(short = 'f', long = "file", required_unless_present = "paths")]
         files: Vec<PathBuf>,
+        /// Files or folders, as with -f (`maillectl import a.yaml b/`).
+        #[arg(value_name = "FILE")]
+        paths: Vec<PathBuf>,
         /// NAME=VALUE (repeatable).
         #[arg(short = 'p', long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
@@ -131,8 +140,11 @@ enum Command {
     /// node's configuration (`envoy --mode validate`). Needs no server.
     Validate {
         /// Files or folders.
-        #[arg(short = 'f', long = "file", required = true)]
+        #[arg(short = 'f', long = "file", required_unless_present = "paths")]
         files: Vec<PathBuf>,
+        /// Files or folders, as with -f (`maillectl import a.yaml b/`).
+        #[arg(value_name = "FILE")]
+        paths: Vec<PathBuf>,
         /// NAME=VALUE (repeatable).
         #[arg(short = 'p', long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
@@ -237,12 +249,14 @@ fn run(cli: Cli) -> Result<i32> {
     let api = Client::new(&cli.server);
     match cli.command {
         Command::Apply {
-            files,
+            mut files,
+            paths,
             params,
             dry_run,
             wait,
             timeout,
         } => {
+            files.extend(paths);
             let r = api.apply(read(&files, params)?, dry_run)?;
             print_report(&r, dry_run);
             if wait && !dry_run {
@@ -252,11 +266,21 @@ fn run(cli: Cli) -> Result<i32> {
                 );
             }
         }
-        Command::Import { files, params } => {
+        Command::Import {
+            mut files,
+            paths,
+            params,
+        } => {
+            files.extend(paths);
             let resources = read(&files, params)?;
             println!("{}", serde_json::to_string_pretty(&resources)?);
         }
-        Command::Diff { files, params } => {
+        Command::Diff {
+            mut files,
+            paths,
+            params,
+        } => {
+            files.extend(paths);
             let r = api.apply(read(&files, params)?, true)?;
             print_report(&r, true);
         }
@@ -347,7 +371,8 @@ fn run(cli: Cli) -> Result<i32> {
             );
         }
         Command::Validate {
-            files,
+            mut files,
+            paths,
             params,
             envoy,
             modules,
@@ -355,7 +380,10 @@ fn run(cli: Cli) -> Result<i32> {
             ingress_port,
             egress_port,
         } => offline::validate(
-            read(&files, params)?,
+            {
+                files.extend(paths);
+                read(&files, params)?
+            },
             &envoy,
             &modules,
             &maille_translate::NodeOptions {

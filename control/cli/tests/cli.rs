@@ -27,6 +27,12 @@ fn maillectl_apply_diff_get_delete_and_refusals() {
         "{out}"
     );
     assert!(err.contains("PrivateDnsNamespace"), "{err}");
+    // The files may also be given as they are, as with kubectl's and the AWS CLI's habits.
+    let (ok, bare, err) = control.ctl(&["import", cfn]);
+    assert!(ok, "{err}");
+    assert_eq!(bare, out, "`import FILE` is `import -f FILE`");
+    let (ok, _, err) = control.ctl(&["import"]);
+    assert!(!ok && err.contains("--file"), "no file named: {err}");
 
     // Dry run changes nothing.
     let (ok, out, _) = control.ctl(&["apply", "-f", cfn, "--dry-run"]);
