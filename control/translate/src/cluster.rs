@@ -13,9 +13,12 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use maille_model::*;
 
 /// The cluster that reaches `target` on `port` (its first listener when `None`); adds the
-/// cluster (and its EDS assignment) to `out`. `None` when the node has no listener.
+/// cluster (and its EDS assignment) to `out`. `None` when the node has no listener. A DNS
+/// name is resolved by the node's `ipPreference`, else its mesh's, else IPv4 first (App
+/// Mesh's default).
 pub(crate) fn target_cluster(
     out: &mut NodeConfig,
+    cx: &crate::world::Ctx<'_>,
     target: &VirtualNode,
     port: Option<u32>,
     policy: Option<&ClientPolicy>,
@@ -52,7 +55,15 @@ pub(crate) fn target_cluster(
             DiscoveryType::LogicalDns
         };
         c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(t as i32));
-        c.dns_lookup_family = match dns.ip_preference.as_deref() {
+        let mesh_preference = || match cx.get(Kind::Mesh, &target.mesh_name, &target.mesh_name) {
+            Some(Resource::Mesh(m)) => m
+                .spec
+                .service_discovery
+                .as_ref()
+                .and_then(|sd| sd.ip_preference.as_deref()),
+            _ => None,
+        };
+        c.dns_lookup_family = match dns.ip_preference.as_deref().or_else(mesh_preference) {
             Some("IPv6_ONLY") => cluster::cluster::DnsLookupFamily::V6Only,
             Some("IPv4_ONLY") => cluster::cluster::DnsLookupFamily::V4Only,
             Some("IPv6_PREFERRED") => cluster::cluster::DnsLookupFamily::Auto,

@@ -375,7 +375,7 @@ fn egress(
                 ..
             }) => {
                 if let Some(target) = cx.node(mesh, &n.virtual_node_name) {
-                    if let Some(c) = target_cluster(out, target, None, policy) {
+                    if let Some(c) = target_cluster(out, cx, target, None, policy) {
                         vhost.routes.push(route::Route {
                             name: format!("{}/default", names::service_host(vs_name)),
                             r#match: Some(prefix_match("/")),
@@ -508,7 +508,7 @@ fn tcp_backend(
                 let Some(node) = cx.node(mesh, &t.virtual_node) else {
                     continue;
                 };
-                if let Some(c) = target_cluster(out, node, t.port, policy) {
+                if let Some(c) = target_cluster(out, cx, node, t.port, policy) {
                     targets.push((c, t.weight));
                 }
             }
@@ -525,7 +525,7 @@ fn tcp_backend(
             if l.port_mapping.protocol != "tcp" {
                 return false;
             }
-            let targets = target_cluster(out, node, None, policy)
+            let targets = target_cluster(out, cx, node, None, policy)
                 .map(|c| vec![(c, 1)])
                 .unwrap_or_default();
             (l.port_mapping.port, targets, None)

@@ -221,7 +221,7 @@ pub(crate) fn envoy_route(
                 t.virtual_node
             ));
         };
-        let Some(c) = target_cluster(out, node, t.port, policy) else {
+        let Some(c) = target_cluster(out, cx, node, t.port, policy) else {
             return Err(format!(
                 "{id}: target {:?} unreachable (skipped)",
                 t.virtual_node

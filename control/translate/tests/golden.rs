@@ -638,3 +638,61 @@ fn access_logs_go_to_the_file_the_spec_names_and_to_the_collector() {
         );
     }
 }
+
+#[test]
+fn dns_names_resolve_by_the_nodes_ip_preference_else_the_meshs() {
+    let family = |r: &Resources| -> BTreeSet<String> {
+        let modules = modules();
+        let world = World {
+            resources: r,
+            modules: &modules,
+        };
+        let j = config_json(&node_config(
+            world,
+            "colorapp",
+            "colorgateway",
+            &NodeOptions::default(),
+        ));
+        let mut f = Vec::new();
+        values_of(&j["clusters"], "dns_lookup_family", &mut f);
+        f.iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+    };
+    let mut r = load("deploy/examples/colorteller/appmesh-api.json");
+    assert_eq!(
+        family(&r),
+        ["V4_PREFERRED".to_string()].into(),
+        "App Mesh's default"
+    );
+    let mesh_key = r
+        .keys()
+        .find(|k| k.kind == maille_model::Kind::Mesh)
+        .unwrap()
+        .clone();
+    let mut mesh = (*r[&mesh_key]).clone();
+    if let Resource::Mesh(m) = &mut mesh {
+        m.spec.service_discovery =
+            Some(serde_json::from_value(json!({"ipPreference": "IPv6_ONLY"})).unwrap());
+    }
+    r.insert(mesh_key, std::sync::Arc::new(mesh));
+    assert_eq!(family(&r), ["V6_ONLY".to_string()].into(), "the mesh's");
+    // A node's own preference wins over the mesh's.
+    let white = r
+        .keys()
+        .find(|k| k.name == "colorteller-white")
+        .unwrap()
+        .clone();
+    let mut node = (*r[&white]).clone();
+    if let Resource::VirtualNode(vn) = &mut node {
+        vn.spec
+            .service_discovery
+            .as_mut()
+            .and_then(|sd| sd.dns.as_mut())
+            .expect("white is found by DNS")
+            .ip_preference = Some("IPv4_ONLY".into());
+    }
+    r.insert(white, std::sync::Arc::new(node));
+    assert_eq!(
+        family(&r),
+        ["V4_ONLY".to_string(), "V6_ONLY".to_string()].into()
+    );
+}
