@@ -10,6 +10,7 @@ use crate::proto::*;
 use crate::route::*;
 use crate::tls::*;
 use crate::world::{Ctx, Dep, World};
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
@@ -59,8 +60,10 @@ fn translate_node(cx: &Ctx<'_>, mesh: &str, node: &str, opts: &NodeOptions) -> N
             .push(format!("no virtual node {node:?} in mesh {mesh:?}"));
         return out;
     };
-    ingress(&mut out, vn, opts);
-    egress(&mut out, cx, vn, opts, mesh_res);
+    // The same access logs on every listener: made once.
+    let logs = access_logs(vn, opts);
+    ingress(&mut out, vn, opts, &logs);
+    egress(&mut out, cx, vn, opts, mesh_res, &logs);
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     out.clusters.dedup_by(|a, b| a.name == b.name);
     out.endpoints
@@ -70,7 +73,7 @@ fn translate_node(cx: &Ctx<'_>, mesh: &str, node: &str, opts: &NodeOptions) -> N
     out
 }
 
-fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
+fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[AccessLog]) {
     for (i, l) in vn.spec.listeners.iter().enumerate() {
         let port = l.port_mapping.port;
         let envoy_port = u32::from(opts.ingress_port) + i as u32;
@@ -127,7 +130,7 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
                 name.clone(),
                 tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(local.clone()),
                 idle,
-                access_logs(vn, opts),
+                logs.to_vec(),
             )
         } else {
             let t = l.timeout.as_ref().and_then(|t| match proto {
@@ -168,7 +171,7 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions) {
                 Vec::new(),
                 opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
                 false,
-                access_logs(vn, opts),
+                logs.to_vec(),
             )
         };
         let mut l_out = listener::Listener {
@@ -229,7 +232,7 @@ pub(crate) fn http_connection_manager(
     mut filters: Vec<hcm::HttpFilter>,
     tracing: Option<&str>,
     strip_maille_headers: bool,
-    access_log: Vec<envoy_types::pb::envoy::config::accesslog::v3::AccessLog>,
+    access_log: Vec<AccessLog>,
 ) -> listener::Filter {
     use envoy_types::pb::envoy::config::common::mutation_rules::v3 as rules;
     use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3 as ehm;
@@ -325,6 +328,7 @@ fn egress(
     vn: &VirtualNode,
     opts: &NodeOptions,
     mesh_res: Option<&Resource>,
+    logs: &[AccessLog],
 ) {
     let mesh = vn.mesh_name.as_str();
     let mut hosts = Vec::new();
@@ -361,7 +365,7 @@ fn egress(
             .backend_defaults
             .as_ref()
             .and_then(|d| d.client_policy.as_ref()));
-        if tcp_backend(out, cx, vs, policy, opts, &access_logs(vn, opts)) {
+        if tcp_backend(out, cx, vs, policy, opts, logs) {
             continue;
         }
         let mut vhost = route::VirtualHost {
@@ -452,7 +456,7 @@ fn egress(
                 },
                 opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
                 true,
-                access_logs(vn, opts),
+                logs.to_vec(),
             )],
             ..Default::default()
         }],
@@ -469,7 +473,7 @@ fn tcp_backend(
     vs: &VirtualService,
     policy: Option<&ClientPolicy>,
     opts: &NodeOptions,
-    logs: &[envoy_types::pb::envoy::config::accesslog::v3::AccessLog],
+    logs: &[AccessLog],
 ) -> bool {
     let mesh = vs.mesh_name.as_str();
     let provider = vs.spec.provider.as_ref();
@@ -582,7 +586,7 @@ fn tcp_proxy_filter(
     stat_prefix: String,
     cluster: tcp_proxy::tcp_proxy::ClusterSpecifier,
     idle_ms: u64,
-    access_log: Vec<envoy_types::pb::envoy::config::accesslog::v3::AccessLog>,
+    access_log: Vec<AccessLog>,
 ) -> listener::Filter {
     listener::Filter {
         name: "envoy.filters.network.tcp_proxy".into(),
