@@ -100,55 +100,63 @@ impl CloudWatchLogsSink {
                 .log_stream_name(&stream.name)
                 .send()
         };
-        match create_stream().await {
-            Ok(_) => return Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_already_exists_exception()) =>
-            {
-                return Ok(())
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception()) => {}
-            Err(e) => return Err(aws::classify("CloudWatch Logs", &e)),
+        if made(create_stream().await)? != Made::GroupMissing {
+            return Ok(());
         }
-        match self
+        let group = self
             .client
             .create_log_group()
             .log_group_name(&stream.group)
             .send()
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(group = %stream.group, "created the log group");
-                self.set_retention(&stream.group).await;
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_already_exists_exception()) => {}
-            Err(e) => return Err(aws::classify("CloudWatch Logs", &e)),
+            .await;
+        if made(group)? == Made::Now {
+            tracing::info!(group = %stream.group, "created the log group");
+            self.set_retention(&stream.group).await;
         }
-        match create_stream().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_already_exists_exception()) =>
-            {
-                Ok(())
-            }
+        match made(create_stream().await)? {
             // The group was just made and is not yet visible everywhere.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
-            {
-                Err(SendError::Retryable(format!(
-                    "CloudWatch Logs: log group {} not found just after it was created",
-                    stream.group
-                )))
-            }
-            Err(e) => Err(aws::classify("CloudWatch Logs", &e)),
+            Made::GroupMissing => Err(SendError::Retryable(format!(
+                "CloudWatch Logs: log group {} not found just after it was created",
+                stream.group
+            ))),
+            _ => Ok(()),
         }
+    }
+}
+
+/// What a CreateLogGroup or CreateLogStream came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Made {
+    Now,
+    Already,
+    /// The stream's group does not exist.
+    GroupMissing,
+}
+
+fn made<T, E>(
+    r: Result<
+        T,
+        aws_smithy_runtime_api::client::result::SdkError<
+            E,
+            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+        >,
+    >,
+) -> Result<Made, SendError>
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
+{
+    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+    match r {
+        Ok(_) => Ok(Made::Now),
+        Err(e) => match e.code() {
+            Some("ResourceAlreadyExistsException") => Ok(Made::Already),
+            Some("ResourceNotFoundException") => Ok(Made::GroupMissing),
+            _ => Err(aws::classify("CloudWatch Logs", &e)),
+        },
     }
 }
 
@@ -238,17 +246,21 @@ impl Destination<Event> for CloudWatchLogsSink {
         }
         // In time order (stable: one request's events keep theirs).
         order.sort_by_key(|i| batch[*i].item.timestamp_ms);
-        let events: Vec<InputLogEvent> = order
-            .iter()
-            .map(|i| {
-                let e = &batch[*i].item;
-                InputLogEvent::builder()
-                    .timestamp(e.timestamp_ms)
-                    .message(&e.message)
-                    .build()
-                    .expect("timestamp and message are set")
-            })
-            .collect();
+        // Made for each call (the SDK owns its request): one copy of the messages per call,
+        // not one kept beside it.
+        let events = || -> Vec<InputLogEvent> {
+            order
+                .iter()
+                .map(|i| {
+                    let e = &batch[*i].item;
+                    InputLogEvent::builder()
+                        .timestamp(e.timestamp_ms)
+                        .message(&e.message)
+                        .build()
+                        .expect("timestamp and message are set")
+                })
+                .collect()
+        };
         if self.pending().contains_key(&stream.group) {
             self.set_retention(&stream.group).await;
         }
@@ -257,7 +269,7 @@ impl Destination<Event> for CloudWatchLogsSink {
                 .put_log_events()
                 .log_group_name(&stream.group)
                 .log_stream_name(&stream.name)
-                .set_log_events(Some(events.clone()))
+                .set_log_events(Some(events()))
                 .send()
         };
         let missing = |e: &aws_sdk_cloudwatchlogs::error::SdkError<_, _>| {
