@@ -81,15 +81,6 @@ fn format_time(ms: i64) -> String {
     )
 }
 
-/// A CloudWatch Logs client from the default chain; `endpoint` overrides the endpoint.
-pub async fn client(endpoint: Option<&str>) -> aws_sdk_cloudwatchlogs::Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(e) = endpoint {
-        loader = loader.endpoint_url(e);
-    }
-    aws_sdk_cloudwatchlogs::Client::new(&loader.load().await)
-}
-
 /// The lines of trace `trace_id` (X-Ray's `1-…-…`) in the groups named `prefix…`, between
 /// `from_ms` and `to_ms`, oldest first; and whether groups were left out past
 /// [`MAX_GROUPS`].

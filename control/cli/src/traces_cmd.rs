@@ -48,7 +48,8 @@ pub struct TracesArgs {
 
 /// Runs `maillectl traces`.
 pub async fn run(a: TracesArgs) -> Result<()> {
-    let client = xray_api::client(a.endpoint_url.as_deref()).await;
+    let cfg = xray_api::aws_config(a.endpoint_url.as_deref()).await;
+    let client = xray_api::client(&cfg);
     if let Some(id) = &a.trace_id {
         let found = xray_api::traces(&client, std::slice::from_ref(id)).await?;
         let Some(t) = found.into_iter().find(|t| &t.id == id) else {
@@ -57,7 +58,7 @@ pub async fn run(a: TracesArgs) -> Result<()> {
         let lines = if a.no_logs {
             None
         } else {
-            access_log(&a, &t).await
+            access_log(&a, &cfg, &t).await
         };
         if a.output == "json" {
             let mut v = t.summary();
@@ -149,8 +150,12 @@ pub async fn run(a: TracesArgs) -> Result<()> {
 
 /// The trace's access log lines, from a minute before it to a minute after; `None`, with a
 /// note on stderr, when CloudWatch Logs cannot be read (the waterfall is shown anyway).
-async fn access_log(a: &TracesArgs, t: &Trace) -> Option<Vec<logs_api::LogLine>> {
-    let client = logs_api::client(a.endpoint_url.as_deref()).await;
+async fn access_log(
+    a: &TracesArgs,
+    cfg: &aws_config::SdkConfig,
+    t: &Trace,
+) -> Option<Vec<logs_api::LogLine>> {
+    let client = aws_sdk_cloudwatchlogs::Client::new(cfg);
     let start = (t.start() * 1000.0) as i64;
     let end = start + t.millis() as i64;
     match logs_api::lines_of_trace(

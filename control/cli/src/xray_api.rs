@@ -22,19 +22,24 @@ use std::time::SystemTime;
 /// Most trace ids per `BatchGetTraces` call.
 const BATCH: usize = 5;
 
-/// An X-Ray client from the default chain; `endpoint` overrides the endpoint.
-pub async fn client(endpoint: Option<&str>) -> Client {
+/// The AWS configuration from the default chain (region, credentials, `AWS_ENDPOINT_URL`);
+/// `endpoint` overrides the endpoint. Loaded once per command, for X-Ray and CloudWatch Logs.
+pub async fn aws_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(e) = endpoint {
         loader = loader.endpoint_url(e);
     }
-    let cfg = loader.load().await;
+    loader.load().await
+}
+
+/// An X-Ray client of `cfg`.
+pub fn client(cfg: &aws_config::SdkConfig) -> Client {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
         ))
         .build_https();
-    let conf = aws_sdk_xray::config::Builder::from(&cfg)
+    let conf = aws_sdk_xray::config::Builder::from(cfg)
         .http_client(SummaryUsersAsList(http))
         .build();
     Client::from_conf(conf)
