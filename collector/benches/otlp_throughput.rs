@@ -326,19 +326,9 @@ enum Signal {
     Logs,
 }
 
-/// Sends as fast as accepted for `secs`; spans accepted and requests pushed back.
+/// Sends spans or log records as fast as accepted for `secs`; items accepted and requests
+/// pushed back.
 fn load(
-    rt: &tokio::runtime::Runtime,
-    port: u16,
-    secs: u64,
-    clients: u64,
-    batch: u64,
-) -> (u64, u64) {
-    load_of(rt, Signal::Spans, port, secs, clients, batch)
-}
-
-/// As [`load`], of spans or log records.
-fn load_of(
     rt: &tokio::runtime::Runtime,
     signal: Signal,
     port: u16,
@@ -397,30 +387,6 @@ struct Row {
 #[allow(clippy::too_many_arguments)] // A bench's knobs, spelled out.
 fn measure(
     rt: &tokio::runtime::Runtime,
-    name: &'static str,
-    proc_: Proc,
-    port: u16,
-    count: Arc<AtomicU64>,
-    secs: u64,
-    clients: u64,
-    batch: u64,
-) -> Row {
-    measure_of(
-        rt,
-        Signal::Spans,
-        name,
-        proc_,
-        port,
-        count,
-        secs,
-        clients,
-        batch,
-    )
-}
-
-#[allow(clippy::too_many_arguments)] // A bench's knobs, spelled out.
-fn measure_of(
-    rt: &tokio::runtime::Runtime,
     signal: Signal,
     name: &'static str,
     proc_: Proc,
@@ -433,7 +399,7 @@ fn measure_of(
     let base = count.load(Ordering::Relaxed);
     let cpu0 = proc_.cpu_seconds();
     let t0 = Instant::now();
-    let (accepted, _) = load_of(rt, signal, port, secs, clients, batch);
+    let (accepted, _) = load(rt, signal, port, secs, clients, batch);
     // Let it deliver what it accepted (up to 30 s more).
     let deadline = Instant::now() + Duration::from_secs(30);
     while count.load(Ordering::Relaxed) - base < accepted && Instant::now() < deadline {
@@ -447,6 +413,30 @@ fn measure_of(
         secs: secs_total,
         cpu: proc_.cpu_seconds() - cpu0,
         peak: proc_.peak_mib(),
+    }
+}
+
+/// The rows as a table, rates in `unit`s.
+fn table(unit: &str, rows: &[&Row]) {
+    println!(
+        "{:<8} {:>10} {:>10} {:>12} {:>16} {:>10}",
+        "",
+        "accepted",
+        "delivered",
+        format!("{unit}/s"),
+        format!("CPU s / M {unit}"),
+        "peak MiB"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:>10} {:>10} {:>12.0} {:>16.2} {:>10.1}",
+            r.name,
+            r.accepted,
+            r.delivered,
+            r.delivered as f64 / r.secs,
+            r.cpu / (r.delivered.max(1) as f64 / 1e6),
+            r.peak
+        );
     }
 }
 
@@ -480,6 +470,7 @@ fn traces(
     let (p, port) = maille(sink_port, 100_000);
     rows.push(measure(
         rt,
+        Signal::Spans,
         "maille",
         p,
         port,
@@ -491,6 +482,7 @@ fn traces(
     match rotel(sink_port) {
         Some((p, port)) => rows.push(measure(
             rt,
+            Signal::Spans,
             "rotel",
             p,
             port,
@@ -501,21 +493,7 @@ fn traces(
         )),
         None => println!("rotel not found in .venv: `make bench-collector` installs it"),
     }
-    println!(
-        "{:<8} {:>10} {:>10} {:>12} {:>16} {:>10}",
-        "", "accepted", "delivered", "spans/s", "CPU s / M spans", "peak MiB"
-    );
-    for r in &rows {
-        println!(
-            "{:<8} {:>10} {:>10} {:>12.0} {:>16.2} {:>10.1}",
-            r.name,
-            r.accepted,
-            r.delivered,
-            r.delivered as f64 / r.secs,
-            r.cpu / (r.delivered.max(1) as f64 / 1e6),
-            r.peak
-        );
-    }
+    table("spans", &rows.iter().collect::<Vec<_>>());
     if let [m, r] = rows.as_slice() {
         let per_cpu = |x: &Row| x.delivered as f64 / x.cpu.max(1e-9);
         println!(
@@ -528,7 +506,7 @@ fn traces(
     let (slow_port, slow_count) = sink(rt, Duration::from_millis(100));
     let (p, port) = maille(slow_port, 100_000);
     let t0 = Instant::now();
-    let (accepted, refused) = load(rt, port, secs, clients, batch);
+    let (accepted, refused) = load(rt, Signal::Spans, port, secs, clients, batch);
     let delivered = slow_count.load(Ordering::Relaxed);
     println!(
         "sink 100 ms per call: delivered {:.0} spans/s ({delivered} in {:.1} s), accepted {accepted}, pushed back {refused} requests, peak {:.1} MiB",
@@ -541,7 +519,7 @@ fn traces(
     // Overload: the sink takes 500 ms per call, far slower than the load.
     let (slow_port, slow_count) = sink(rt, Duration::from_millis(500));
     let (p, port) = maille(slow_port, 20_000);
-    let (accepted, refused) = load(rt, port, secs, clients, batch);
+    let (accepted, refused) = load(rt, Signal::Spans, port, secs, clients, batch);
     println!(
         "overload (sink 500 ms per call, queue 20,000): accepted {accepted}, pushed back {refused} requests, delivered {} so far, peak {:.1} MiB",
         slow_count.load(Ordering::Relaxed),
@@ -561,7 +539,7 @@ fn logs(
     println!();
     println!("OTLP gRPC -> collector -> local CloudWatch Logs sink; {batch} access log records per request");
     let (p, port) = maille(sink_port, 100_000);
-    let logs = measure_of(
+    let logs = measure(
         rt,
         Signal::Logs,
         "logs",
@@ -573,23 +551,19 @@ fn logs(
         batch,
     );
     let (p, port) = maille(sink_port, 100_000);
-    let spans = measure(rt, "spans", p, port, count.clone(), secs, clients, batch);
-    println!(
-        "{:<8} {:>10} {:>10} {:>12} {:>16} {:>10}",
-        "", "accepted", "delivered", "items/s", "CPU s / M items", "peak MiB"
+    let spans = measure(
+        rt,
+        Signal::Spans,
+        "spans",
+        p,
+        port,
+        count.clone(),
+        secs,
+        clients,
+        batch,
     );
+    table("items", &[&logs, &spans]);
     let per_cpu = |x: &Row| x.delivered as f64 / x.cpu.max(1e-9);
-    for r in [&logs, &spans] {
-        println!(
-            "{:<8} {:>10} {:>10} {:>12.0} {:>16.2} {:>10.1}",
-            r.name,
-            r.accepted,
-            r.delivered,
-            r.delivered as f64 / r.secs,
-            r.cpu / (r.delivered.max(1) as f64 / 1e6),
-            r.peak
-        );
-    }
     println!(
         "log events per CPU second {:.0}, spans per CPU second {:.0}: logs / spans {:.2}x",
         per_cpu(&logs),
@@ -599,7 +573,7 @@ fn logs(
     let (slow_port, slow_count) = sink(rt, Duration::from_millis(100));
     let (p, port) = maille(slow_port, 100_000);
     let t0 = Instant::now();
-    let (accepted, refused) = load_of(rt, Signal::Logs, port, secs, clients, batch);
+    let (accepted, refused) = load(rt, Signal::Logs, port, secs, clients, batch);
     let delivered = slow_count.load(Ordering::Relaxed);
     println!(
         "logs, sink 100 ms per call: delivered {:.0} events/s ({delivered} in {:.1} s), accepted {accepted}, pushed back {refused} requests, peak {:.1} MiB",
