@@ -347,21 +347,7 @@ fn logs_front(
                         .to_string(),
                 );
             }
-            tokio::task::spawn_blocking(move || {
-                let mut req = agent().post(&moto).config().http_status_as_error(false).build();
-                for (k, v) in headers.iter() {
-                    if k == "authorization" || k == "content-type" || k.as_str().starts_with("x-amz") {
-                        req = req.header(k.as_str(), v.to_str().unwrap_or(""));
-                    }
-                }
-                match req.send(body) {
-                    Ok(mut r) => (
-                        StatusCode::from_u16(r.status().as_u16()).unwrap(),
-                        r.body_mut().read_to_string().unwrap_or_default(),
-                    ),
-                    Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()),
-                }
-            })
+            tokio::task::spawn_blocking(move || forward(&moto, &headers, body))
             .await
             .unwrap()
         }

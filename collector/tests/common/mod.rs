@@ -349,6 +349,29 @@ pub enum FrontRule {
 
 /// An X-Ray endpoint in front of moto that bends `PutTraceSegments` answers by `rule`, and
 /// records the id of every document it was sent (in order, repeats included).
+/// Sends a request a front received on to `url` (moto), with its AWS headers (moto does not
+/// check signatures); moto's status and body, or 502.
+pub fn forward(
+    url: &str,
+    headers: &axum::http::HeaderMap,
+    body: String,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let mut req = agent().post(url);
+    for (k, v) in headers.iter() {
+        if k == "authorization" || k == "content-type" || k.as_str().starts_with("x-amz") {
+            req = req.header(k.as_str(), v.to_str().unwrap_or(""));
+        }
+    }
+    match req.send(body) {
+        Ok(mut r) => (
+            StatusCode::from_u16(r.status().as_u16()).unwrap(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
 pub struct Front {
     pub port: u16,
     pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -377,23 +400,8 @@ impl Front {
             .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let forward = move |path: String,
-                            headers: HeaderMap,
-                            body: String|
-              -> (StatusCode, String) {
-            let mut req = agent().post(&format!("{moto}{path}"));
-            for (k, v) in headers.iter() {
-                if k == "authorization" || k == "content-type" || k.as_str().starts_with("x-amz") {
-                    req = req.header(k.as_str(), v.to_str().unwrap_or(""));
-                }
-            }
-            match req.send(body) {
-                Ok(mut r) => (
-                    StatusCode::from_u16(r.status().as_u16()).unwrap(),
-                    r.body_mut().read_to_string().unwrap_or_default(),
-                ),
-                Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()),
-            }
+        let forward = move |path: String, headers: HeaderMap, body: String| {
+            forward(&format!("{moto}{path}"), &headers, body)
         };
         let s = seen.clone();
         let app = axum::Router::new().fallback(
