@@ -15,7 +15,11 @@
 #   canary_breaker  canary.wasm then breaker.wasm (the breaker reads x-maille-cluster)
 #   canary_native, breaker_native, canary_breaker_native  the same three with the filters
 #           as native Envoy dynamic modules (target/filters/libmaille_*.so, the same crates
-#           built for the host; deploy/envoy/canary-native.yaml)
+#           built for the host), the canary as the route's cluster specifier
+#           (deploy/envoy/canary-specifier.yaml: no filter, no header written, the variant
+#           header added by the route from the cluster's metadata)
+#   canary_native_filter, canary_breaker_native_filter  the same module as an HTTP filter
+#           writing the cluster header (deploy/envoy/canary-native.yaml)
 #   mesh_hand, mesh  (scenario `mesh` only) the ColorTeller gateway's egress: mesh_hand is its
 #           routing written by hand for plain Envoy (bench/mesh-hand.yaml, the baseline of this
 #           scenario); mesh is the gateway's listeners, routes, clusters and filters exactly as
@@ -52,7 +56,7 @@ case $MEASURE in
 esac
 [ -f "$ROOT/target/filters/breaker.wasm" ] || { echo "run make filters" >&2; exit 1; }
 [ -f "$ROOT/target/filters/libmaille_breaker.so" ] || { echo "run make filters" >&2; exit 1; }
-VARIANTS=(${VARIANTS:-native empty write_only bare canary lua breaker canary_breaker canary_native breaker_native canary_breaker_native mesh_hand mesh})
+VARIANTS=(${VARIANTS:-native empty write_only bare canary lua breaker canary_breaker canary_native breaker_native canary_breaker_native canary_native_filter canary_breaker_native_filter mesh_hand mesh})
 SCENARIOS=(${SCENARIOS:-rule sticky mesh})
 [ "${VARIANTS[0]}" = native ] || { echo "VARIANTS must start with native (the baseline)" >&2; exit 1; }
 for scenario in "${SCENARIOS[@]}"; do
@@ -126,7 +130,8 @@ for v in "${VARIANTS[@]}"; do
     canary) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$ROOT/target/filters/canary.wasm ;;
     breaker) tpl=$ROOT/bench/envoy-native.yaml; WASM_FILTER=$(wasm_filter maille_breaker "$BREAKER_WASM" '{}') ;;
     canary_breaker) tpl=$ROOT/deploy/envoy/canary.yaml; CANARY_WASM=$ROOT/target/filters/canary.wasm ;;
-    canary_native | canary_breaker_native) tpl=$ROOT/deploy/envoy/canary-native.yaml ;;
+    canary_native | canary_breaker_native) tpl=$ROOT/deploy/envoy/canary-specifier.yaml ;;
+    canary_native_filter | canary_breaker_native_filter) tpl=$ROOT/deploy/envoy/canary-native.yaml ;;
     breaker_native) tpl=$ROOT/bench/envoy-native.yaml; WASM_FILTER=$(native_filter maille_breaker "$BREAKER_MODULE" '{}') ;;
     lua) tpl=$ROOT/bench/envoy-lua.yaml ;;
     mesh_hand) tpl=$ROOT/bench/mesh-hand.yaml ;;
@@ -149,7 +154,7 @@ for v in "${VARIANTS[@]}"; do
   render "$tpl" "$RUN_DIR/$v.yaml"
   case $v in
     canary_breaker) breaker_entry=$(wasm_filter maille_breaker "$BREAKER_WASM" '{}') ;;
-    canary_breaker_native) breaker_entry=$(native_filter maille_breaker "$BREAKER_MODULE" '{}') ;;
+    canary_breaker_native | canary_breaker_native_filter) breaker_entry=$(native_filter maille_breaker "$BREAKER_MODULE" '{}') ;;
     *) breaker_entry="" ;;
   esac
   if [ -n "$breaker_entry" ]; then
@@ -177,6 +182,13 @@ for v in "${VARIANTS[@]}"; do
   fi
   got=$(curl -s -H 'x-canary: always' "http://127.0.0.1:${PORT[$v]}/")
   [ "$got" = canary ] || { echo "$v: x-canary: always went to '$got'" >&2; exit 1; }
+  # ... and the upstream saw the variant (the upstreams echo it as x-seen-variant).
+  seen=$(curl -s -o /dev/null -D - -H 'x-canary: always' "http://127.0.0.1:${PORT[$v]}/" | tr -d '\r' | sed -n 's/^x-seen-variant: //Ip')
+  case $v in
+    native | empty | canary | lua | breaker | canary_breaker | canary_native | breaker_native | \
+      canary_breaker_native | canary_native_filter | canary_breaker_native_filter)
+      [ "$seen" = canary ] || { echo "$v: the upstream saw variant '$seen', not canary" >&2; exit 1; } ;;
+  esac
 done
 
 # The request header of each scenario.

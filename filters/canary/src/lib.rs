@@ -26,3 +26,5 @@ pub use router::{Decision, Reason, Request, Router, RouterTarget};
 
 #[cfg(all(feature = "dynamic-module", not(target_arch = "wasm32")))]
 maille_dynamic_module::export_http_filter!(native::CanaryModule);
+#[cfg(all(feature = "dynamic-module", not(target_arch = "wasm32")))]
+maille_dynamic_module::export_cluster_specifier!(native::CanarySpecifier);

@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use maille_dynamic_module::{
-    log, ConfigContext, Configured, Counter, HeadersStatus, HttpFilter, HttpFilterConfig,
-    HttpFilterHandle, Level,
+    log, ClusterSpecifier, ConfigContext, Configured, Counter, HeadersStatus, HttpFilter,
+    HttpFilterConfig, HttpFilterHandle, Level, MetricError, SpecifierConfigContext,
+    SpecifierHandle,
 };
+use maille_filter_config::canary::{DEFAULT_CLUSTER_HEADER, DEFAULT_VARIANT_HEADER};
 use xxhash_rust::xxh64::xxh64;
 
-use crate::{Reason, Request, Router};
+use crate::{Decision, Reason, Request, Router};
 
 /// Prefix of every log line and metric of this filter.
 const NAME: &str = "maille_canary";
@@ -56,11 +58,12 @@ impl CanaryModule {
     }
 }
 
-impl HttpFilterConfig for CanaryModule {
-    const NAME: &'static str = NAME;
-    type Filter = CanaryStream;
-
-    fn new(cx: &mut ConfigContext<'_>, config: &[u8]) -> Result<Self, String> {
+impl CanaryModule {
+    /// Parses `config` and defines the decision counters with `define`.
+    fn load(
+        config: &[u8],
+        mut define: impl FnMut(&str) -> Result<Counter, MetricError>,
+    ) -> Result<CanaryModule, String> {
         if config.is_empty() {
             return Err(
                 "no configuration: the filter needs a JSON configuration with `targets`".into(),
@@ -73,10 +76,7 @@ impl HttpFilterConfig for CanaryModule {
             let mut ids = Vec::with_capacity(Reason::ALL.len());
             for reason in Reason::ALL {
                 let name = format!("{NAME}.decisions.{}.{}", t.name, reason.as_str());
-                ids.push(
-                    cx.define_counter(&name)
-                        .map_err(|e| format!("metric {name}: {e}"))?,
-                );
+                ids.push(define(&name).map_err(|e| format!("metric {name}: {e}"))?);
             }
             counters.push([ids[0], ids[1], ids[2]]);
         }
@@ -94,8 +94,83 @@ impl HttpFilterConfig for CanaryModule {
         })
     }
 
+    /// The decision counter of `decision`.
+    fn counter(&self, decision: &Decision) -> Option<Counter> {
+        self.counters
+            .get(decision.target)
+            .map(|c| c[decision.reason.index()])
+    }
+}
+
+impl HttpFilterConfig for CanaryModule {
+    const NAME: &'static str = NAME;
+    type Filter = CanaryStream;
+
+    fn new(cx: &mut ConfigContext<'_>, config: &[u8]) -> Result<Self, String> {
+        CanaryModule::load(config, |name| cx.define_counter(name))
+    }
+
     fn new_filter(&self) -> CanaryStream {
         CanaryStream
+    }
+}
+
+/// The canary as a cluster specifier (`specifier_name: maille_canary` of Envoy's
+/// `envoy.router.cluster_specifier_plugin.dynamic_modules`): the same decision, made while
+/// Envoy resolves the route, naming the cluster directly. It writes no header: the route adds
+/// the variant header from the chosen cluster's metadata
+/// (`%CLUSTER_METADATA(maille:variant)%`, see `deploy/envoy/canary-native.yaml`), so a
+/// configuration that names its own `clusterHeader` or `variantHeader` is refused.
+#[derive(Debug)]
+pub struct CanarySpecifier(CanaryModule);
+
+impl ClusterSpecifier for CanarySpecifier {
+    const NAME: &'static str = NAME;
+
+    fn new(cx: &mut SpecifierConfigContext<'_>, config: &[u8]) -> Result<Self, String> {
+        let m = CanaryModule::load(config, |name| cx.define_counter(name))?;
+        for (field, value, default) in [
+            (
+                "clusterHeader",
+                m.router.cluster_header(),
+                DEFAULT_CLUSTER_HEADER,
+            ),
+            (
+                "variantHeader",
+                m.router.variant_header(),
+                DEFAULT_VARIANT_HEADER,
+            ),
+        ] {
+            if value != default {
+                return Err(format!(
+                    "invalid configuration: {field}: a cluster specifier writes no headers (the route's request_headers_to_add sets the variant header); remove {field}"
+                ));
+            }
+        }
+        Ok(CanarySpecifier(m))
+    }
+
+    fn select(&self, request: &mut SpecifierHandle<'_>) -> bool {
+        let m = &self.0;
+        let decision = m.router.decide(&SpecifierHeaders(request), m.random());
+        let Some(target) = m.router.targets().get(decision.target) else {
+            // Unreachable by construction; no choice is the route's not-found answer.
+            return false;
+        };
+        request.set_cluster(&target.cluster);
+        if let Some(c) = m.counter(&decision) {
+            let _ = request.increment_counter(c, 1);
+        }
+        true
+    }
+}
+
+/// The request headers as the cluster specifier reads them (same rules as [`EnvoyHeaders`]).
+struct SpecifierHeaders<'a, 's>(&'a SpecifierHandle<'s>);
+
+impl Request for SpecifierHeaders<'_, '_> {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.0.request_header(name).map(String::from_utf8_lossy)
     }
 }
 
@@ -139,11 +214,7 @@ impl HttpFilter for CanaryStream {
         // written (Envoy 1.40's cheaper "refresh the route's cluster" does not re-read a
         // `cluster_header` route).
         envoy.clear_route_cache();
-        if let Some(c) = config
-            .counters
-            .get(decision.target)
-            .map(|c| c[decision.reason.index()])
-        {
+        if let Some(c) = config.counter(&decision) {
             let _ = envoy.increment_counter(c, 1);
         }
         HeadersStatus::Continue

@@ -197,6 +197,16 @@ host_table! {
         fn(*mut c_void);
     http_callout = "envoy_dynamic_module_callback_http_filter_config_http_callout":
         fn(*mut c_void, *mut u64, ModuleBuffer, *mut ModuleHttpHeader, usize, ModuleBuffer, u64) -> u32;
+    /// The cluster specifier's (`crate::specifier`): its context pointer first.
+    specifier_get_header = "envoy_dynamic_module_callback_cluster_specifier_get_request_header_value":
+        fn(*mut c_void, ModuleBuffer, *mut EnvoyBuffer, usize, *mut usize) -> bool;
+    specifier_set_cluster = "envoy_dynamic_module_callback_cluster_specifier_set_cluster_name":
+        fn(*mut c_void, ModuleBuffer);
+    /// Its configuration's pointer first.
+    specifier_define_counter = "envoy_dynamic_module_callback_cluster_specifier_config_define_counter":
+        fn(*mut c_void, ModuleBuffer, *mut ModuleBuffer, usize, *mut usize) -> u32;
+    specifier_increment_counter = "envoy_dynamic_module_callback_cluster_specifier_config_increment_counter":
+        fn(*mut c_void, usize, *mut ModuleBuffer, usize, u64) -> u32;
 }
 
 /// Resolves [`Host`] from the running process (Envoy exports its callbacks as dynamic

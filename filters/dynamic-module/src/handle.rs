@@ -27,7 +27,7 @@ pub enum MetricError {
     Other(u32),
 }
 
-fn metric_result(r: u32) -> Result<(), MetricError> {
+pub(crate) fn metric_result(r: u32) -> Result<(), MetricError> {
     match r {
         abi::METRICS_SUCCESS => Ok(()),
         abi::METRICS_NOT_FOUND => Err(MetricError::NotFound),
@@ -39,7 +39,7 @@ fn metric_result(r: u32) -> Result<(), MetricError> {
 
 /// A counter without labels, defined at configuration time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counter(usize);
+pub struct Counter(pub(crate) usize);
 
 /// A counter with labels: one series per combination of label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,10 @@ fn label_buffers(values: &[&str], expected: usize) -> Result<Vec<ModuleBuffer>, 
 /// # Safety
 /// `buf` must be null or point to `buf.length` readable bytes that stay valid and unchanged
 /// for the lifetime `'a`.
-unsafe fn envoy_bytes<'a, T: ?Sized>(buf: &EnvoyBuffer, _owner: &'a T) -> Option<&'a [u8]> {
+pub(crate) unsafe fn envoy_bytes<'a, T: ?Sized>(
+    buf: &EnvoyBuffer,
+    _owner: &'a T,
+) -> Option<&'a [u8]> {
     if buf.ptr.is_null() {
         return None;
     }

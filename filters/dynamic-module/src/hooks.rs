@@ -35,7 +35,7 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     LAST_PANIC
         .with(|p| p.borrow_mut().take())
         .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
@@ -284,7 +284,7 @@ impl<C: HttpFilterConfig> Configured<C> {
 ///
 /// # Safety
 /// `b` must be null or valid for `b.length` bytes during the hook.
-unsafe fn hook_bytes(b: &EnvoyBuffer) -> &[u8] {
+pub(crate) unsafe fn hook_bytes(b: &EnvoyBuffer) -> &[u8] {
     if b.ptr.is_null() {
         &[]
     } else {

@@ -11,6 +11,9 @@
 //! Envoy's callbacks by name when the module loads, so a missing callback is a clear load
 //! error rather than a crash, and test binaries that link a filter need no Envoy.
 //!
+//! A module may also be a cluster specifier ([`ClusterSpecifier`], exported with
+//! [`export_cluster_specifier!`]): asked for a route's cluster while Envoy resolves it.
+//!
 //! It does not cover the whole ABI (bodies, trailers, streams, per-route configuration): the
 //! filters need headers, local replies, metrics, a main-thread timer and HTTP callouts.
 //! This is the only crate of the workspace with `unsafe` code; each block says why it holds.
@@ -20,6 +23,8 @@ pub mod abi;
 mod handle;
 #[doc(hidden)]
 pub mod hooks;
+#[doc(hidden)]
+pub mod specifier;
 
 #[cfg(test)]
 mod tests;
@@ -29,6 +34,7 @@ pub use handle::{
     HttpFilterHandle, MainThread, MetricError, Wake,
 };
 pub use hooks::Configured;
+pub use specifier::{ClusterSpecifier, SpecifierConfigContext, SpecifierHandle};
 
 // Panics are caught at the boundary; with `panic = "abort"` a panic would take Envoy down.
 #[cfg(panic = "abort")]

@@ -404,6 +404,43 @@ unsafe extern "C" fn fake_callout(
     abi::CALLOUT_INIT_SUCCESS
 }
 
+/// One `select` call of a cluster specifier: the request's headers and the cluster chosen.
+#[derive(Default)]
+struct FakeSelect {
+    request: Vec<(String, Vec<u8>)>,
+    cluster: Option<String>,
+}
+
+unsafe extern "C" fn fake_specifier_get_header(
+    ctx: *mut c_void,
+    key: ModuleBuffer,
+    out: *mut EnvoyBuffer,
+    index: usize,
+    _count: *mut usize,
+) -> bool {
+    // SAFETY: tests pass a `FakeSelect` as Envoy's context; the key is the module's.
+    let (s, key) = unsafe { (&*ctx.cast::<FakeSelect>(), text(key)) };
+    match s.request.iter().filter(|(k, _)| *k == key).nth(index) {
+        Some((_, v)) => {
+            // SAFETY: `out` is the module's valid out-pointer.
+            unsafe {
+                *out = EnvoyBuffer {
+                    ptr: v.as_ptr().cast(),
+                    length: v.len(),
+                }
+            };
+            true
+        }
+        None => false,
+    }
+}
+
+unsafe extern "C" fn fake_specifier_set_cluster(ctx: *mut c_void, name: ModuleBuffer) {
+    // SAFETY: a `FakeSelect`; the name is the module's.
+    let (s, name) = unsafe { (&mut *ctx.cast::<FakeSelect>(), text(name)) };
+    s.cluster = Some(name);
+}
+
 fn fake_host() -> Host {
     Host {
         log: fake_log,
@@ -426,6 +463,10 @@ fn fake_host() -> Host {
         scheduler_commit: fake_scheduler_commit,
         scheduler_delete: fake_scheduler_delete,
         http_callout: fake_callout,
+        specifier_get_header: fake_specifier_get_header,
+        specifier_set_cluster: fake_specifier_set_cluster,
+        specifier_define_counter: fake_define_counter,
+        specifier_increment_counter: fake_config_increment,
     }
 }
 
@@ -1232,4 +1273,134 @@ fn the_coarse_clock_is_the_wall_clock_to_within_its_resolution() {
         .as_millis() as u64;
     let coarse = coarse_now_ms();
     assert!(coarse.abs_diff(wall) < 50, "coarse {coarse}, wall {wall}");
+}
+
+// === a cluster specifier to drive ===
+
+#[derive(Debug)]
+struct TestSpecifier {
+    picked: Counter,
+}
+
+impl ClusterSpecifier for TestSpecifier {
+    const NAME: &'static str = "test_specifier";
+
+    fn new(cx: &mut SpecifierConfigContext<'_>, config: &[u8]) -> Result<Self, String> {
+        match config {
+            b"bad" => Err("invalid configuration: targets: the weights sum to 0".into()),
+            b"panic" => panic!("specifier config exploded"),
+            _ => Ok(TestSpecifier {
+                picked: cx
+                    .define_counter("test.picked")
+                    .map_err(|e| e.to_string())?,
+            }),
+        }
+    }
+
+    /// The cluster named by `x-pick`; none without it; `x-pick: panic` panics after choosing.
+    fn select(&self, request: &mut SpecifierHandle<'_>) -> bool {
+        let Some(pick) = request.request_header("x-pick").map(|v| v.to_vec()) else {
+            return false;
+        };
+        request.set_cluster(&String::from_utf8_lossy(&pick));
+        if pick == b"panic" {
+            panic!("select exploded");
+        }
+        request.increment_counter(self.picked, 1).is_ok()
+    }
+}
+
+fn load_specifier(cfg: &mut FakeConfig, config: &[u8]) -> *const c_void {
+    // SAFETY: the fake configuration stands for Envoy's; the buffers are valid.
+    unsafe {
+        specifier::config_new::<TestSpecifier>(
+            envoy_ptr(cfg),
+            EnvoyBuffer {
+                ptr: b"test".as_ptr().cast(),
+                length: 4,
+            },
+            EnvoyBuffer {
+                ptr: config.as_ptr().cast(),
+                length: config.len(),
+            },
+        )
+    }
+}
+
+fn select(module: *const c_void, headers: &[(&str, &str)]) -> (bool, Option<String>) {
+    let mut call = FakeSelect {
+        request: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+        cluster: None,
+    };
+    // SAFETY: a live specifier configuration and a fake context for this call.
+    let chosen = unsafe { specifier::select::<TestSpecifier>(module, envoy_ptr(&mut call)) };
+    (chosen, call.cluster)
+}
+
+#[test]
+fn a_refused_or_panicking_specifier_configuration_is_logged_by_name_and_not_loaded() {
+    install();
+    let mut cfg = FakeConfig::default();
+    assert!(load_specifier(&mut cfg, b"bad").is_null());
+    assert!(load_specifier(&mut cfg, b"panic").is_null());
+    let l = logs();
+    assert!(
+        l.iter()
+            .any(|m| m == "test_specifier: invalid configuration: targets: the weights sum to 0"),
+        "{l:?}"
+    );
+    assert!(
+        l.iter()
+            .any(|m| m
+                .starts_with("test_specifier: panic in configuration: specifier config exploded")),
+        "{l:?}"
+    );
+}
+
+#[test]
+fn a_specifier_reads_headers_names_the_cluster_and_counts() {
+    install();
+    let mut cfg = FakeConfig::default();
+    let module = load_specifier(&mut cfg, b"{}");
+    assert!(!module.is_null(), "{:?}", logs());
+    assert_eq!(
+        select(module, &[("x-pick", "canary")]),
+        (true, Some("canary".into()))
+    );
+    assert_eq!(select(module, &[("x-other", "canary")]), (false, None));
+    assert_eq!(
+        cfg.series.get(&(false, 1, Vec::new())),
+        Some(&1),
+        "{:?}",
+        cfg.series
+    );
+    // SAFETY: made by `load_specifier`, not used again.
+    unsafe { specifier::config_destroy::<TestSpecifier>(module) };
+}
+
+#[test]
+fn a_panicking_select_keeps_no_choice_and_is_logged() {
+    install();
+    let mut cfg = FakeConfig::default();
+    let module = load_specifier(&mut cfg, b"{}");
+    // The call had set a cluster before it panicked: false tells Envoy to drop it.
+    let (chosen, _) = select(module, &[("x-pick", "panic")]);
+    assert!(!chosen);
+    assert!(
+        logs()
+            .iter()
+            .any(|m| m.starts_with("test_specifier: panic in select: select exploded")),
+        "{:?}",
+        logs()
+    );
+    // The next request is served as usual.
+    assert_eq!(
+        select(module, &[("x-pick", "stable")]),
+        (true, Some("stable".into()))
+    );
+    // SAFETY: made by `load_specifier`, not used again.
+    unsafe { specifier::config_destroy::<TestSpecifier>(module) };
 }

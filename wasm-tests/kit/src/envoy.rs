@@ -408,19 +408,46 @@ pub fn start_canary_on(
     up: &Upstreams,
     config: &str,
 ) -> Result<(Envoy, u16), EnvoyExit> {
+    start_canary_template(
+        &runtime.template("canary"),
+        &runtime.module_var("canary"),
+        &runtime.module("canary"),
+        up,
+        config,
+    )
+}
+
+/// Front Envoy of `deploy/envoy/canary-specifier.yaml`: the canary as a native cluster
+/// specifier on the route (no HTTP filter), configured by `config`.
+pub fn start_canary_specifier(up: &Upstreams, config: &str) -> Result<(Envoy, u16), EnvoyExit> {
+    start_canary_template(
+        "deploy/envoy/canary-specifier.yaml",
+        "CANARY_MODULE",
+        &filter_native("canary"),
+        up,
+        config,
+    )
+}
+
+fn start_canary_template(
+    template: &str,
+    module_var: &str,
+    module: &Path,
+    up: &Upstreams,
+    config: &str,
+) -> Result<(Envoy, u16), EnvoyExit> {
     let admin = free_port();
     let listener = free_port();
-    let module = runtime.module("canary");
     // The config goes into a single-quoted YAML scalar: one line, quotes doubled.
     let quoted = yaml_single_quoted(config);
     let yaml = render(
-        &repo_root().join(runtime.template("canary")),
+        &repo_root().join(template),
         &[
             ("ADMIN_PORT", &admin.to_string()),
             ("LISTENER_PORT", &listener.to_string()),
             ("STABLE_PORT", &up.stable_port.to_string()),
             ("CANARY_PORT", &up.canary_port.to_string()),
-            (&runtime.module_var("canary"), &module.display().to_string()),
+            (module_var, &module.display().to_string()),
             ("CANARY_CONFIG", &quoted),
         ],
     );

@@ -1,13 +1,64 @@
-//! The canary filter in real Envoy 1.40, in both of its builds (the wasm module on V8 and the
-//! native dynamic module): routing, split, stickiness, refusal of bad configs, metrics, and
-//! the wasm module's size. Needs `make setup` and `make filters`.
+//! The canary in real Envoy 1.40, in its three forms (the wasm filter on V8, the native
+//! dynamic module as an HTTP filter, and the same module as the route's cluster specifier):
+//! routing, split, stickiness, refusal of bad configs, metrics, and the wasm module's size.
+//! Needs `make setup` and `make filters`.
 
 use std::collections::HashMap;
 
-use maille_testkit::{agent, filter_wasm, for_each_runtime, Runtime};
-use maille_testkit::{start_canary_on, Envoy, Upstreams};
+use maille_testkit::{agent, filter_wasm, Runtime};
+use maille_testkit::{start_canary_on, start_canary_specifier, Envoy, EnvoyExit, Upstreams};
 
-for_each_runtime!(
+/// How the canary runs in Envoy.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    /// An HTTP filter writing the cluster header (`deploy/envoy/canary.yaml`,
+    /// `canary-native.yaml`).
+    Filter(Runtime),
+    /// The native module as the route's cluster specifier (`canary-specifier.yaml`).
+    Specifier,
+}
+
+impl Form {
+    fn start(self, up: &Upstreams, config: &str) -> Result<(Envoy, u16), EnvoyExit> {
+        match self {
+            Form::Filter(runtime) => start_canary_on(runtime, up, config),
+            Form::Specifier => start_canary_specifier(up, config),
+        }
+    }
+
+    /// The `/stats` name of the canary's metric `name`.
+    fn stat(self, name: &str) -> String {
+        match self {
+            Form::Filter(runtime) => runtime.stat(name),
+            Form::Specifier => Runtime::Native.stat(name),
+        }
+    }
+}
+
+/// Each test once per [`Form`]: `name::wasm`, `name::native`, `name::specifier`.
+macro_rules! for_each_form {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                use super::*;
+                #[test]
+                fn wasm() {
+                    $test(Form::Filter(Runtime::Wasm))
+                }
+                #[test]
+                fn native() {
+                    $test(Form::Filter(Runtime::Native))
+                }
+                #[test]
+                fn specifier() {
+                    $test(Form::Specifier)
+                }
+            }
+        )*
+    };
+}
+
+for_each_form!(
     header_rule_sends_matching_requests_to_canary_and_others_to_stable,
     random_split_90_10_over_2000_requests,
     sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows,
@@ -24,8 +75,9 @@ struct Front {
 }
 
 impl Front {
-    fn start(runtime: Runtime, up: &Upstreams, config: &str) -> Front {
-        let (envoy, port) = start_canary_on(runtime, up, config)
+    fn start(form: Form, up: &Upstreams, config: &str) -> Front {
+        let (envoy, port) = form
+            .start(up, config)
             .unwrap_or_else(|e| panic!("Envoy refused a good config ({}):\n{}", e.status, e.log));
         Front {
             envoy,
@@ -69,10 +121,10 @@ fn split_config(stable: u32, canary: u32) -> String {
     )
 }
 
-fn header_rule_sends_matching_requests_to_canary_and_others_to_stable(runtime: Runtime) {
+fn header_rule_sends_matching_requests_to_canary_and_others_to_stable(form: Form) {
     let up = Upstreams::start();
     let front = Front::start(
-        runtime,
+        form,
         &up,
         r#"{"targets": [{"name": "stable", "cluster": "stable", "weight": 100},
                         {"name": "canary", "cluster": "canary", "weight": 0}],
@@ -88,25 +140,29 @@ fn header_rule_sends_matching_requests_to_canary_and_others_to_stable(runtime: R
             front.get(&[("x-canary", "never")]),
             ("stable".into(), "stable".into())
         );
-        // A client cannot choose the cluster itself: the filter replaces the header.
+        // A client chooses neither the cluster nor the variant the upstream sees.
         assert_eq!(front.get(&[("x-maille-cluster", "canary")]).0, "stable");
+        assert_eq!(
+            front.get(&[("x-maille-variant", "canary")]),
+            ("stable".into(), "stable".into())
+        );
     }
     let stats = front.envoy.stats("maille_canary");
     assert_eq!(
-        stats.get(&runtime.stat("maille_canary.decisions.canary.rule")),
+        stats.get(&form.stat("maille_canary.decisions.canary.rule")),
         Some(&100),
         "{stats:?}"
     );
     assert_eq!(
-        stats.get(&runtime.stat("maille_canary.decisions.stable.random")),
-        Some(&200),
+        stats.get(&form.stat("maille_canary.decisions.stable.random")),
+        Some(&300),
         "{stats:?}"
     );
 }
 
-fn random_split_90_10_over_2000_requests(runtime: Runtime) {
+fn random_split_90_10_over_2000_requests(form: Form) {
     let up = Upstreams::start();
-    let front = Front::start(runtime, &up, &split_config(90, 10));
+    let front = Front::start(form, &up, &split_config(90, 10));
     let n = 2_000;
     let canary = (0..n).filter(|_| front.get(&[]).0 == "canary").count();
     let share = canary as f64 / n as f64;
@@ -117,14 +173,14 @@ fn random_split_90_10_over_2000_requests(runtime: Runtime) {
     let stats = front.envoy.stats("maille_canary");
     assert_eq!(
         stats
-            .get(&runtime.stat("maille_canary.decisions.canary.random"))
+            .get(&form.stat("maille_canary.decisions.canary.random"))
             .copied(),
         Some(canary as u64),
         "{stats:?}"
     );
 }
 
-fn sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows(runtime: Runtime) {
+fn sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows(form: Form) {
     let up = Upstreams::start();
     let users: Vec<String> = (0..200).map(|i| format!("user-{i:03}")).collect();
     let assign = |front: &Front| -> HashMap<String, String> {
@@ -134,7 +190,7 @@ fn sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows(runtime: 
             .collect()
     };
 
-    let front = Front::start(runtime, &up, &split_config(90, 10));
+    let front = Front::start(form, &up, &split_config(90, 10));
     let first = assign(&front);
     for repeat in 0..3 {
         assert_eq!(assign(&front), first, "repeat {repeat} moved users");
@@ -151,7 +207,7 @@ fn sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows(runtime: 
     );
     drop(front);
 
-    let front = Front::start(runtime, &up, &split_config(80, 20));
+    let front = Front::start(form, &up, &split_config(80, 20));
     let after = assign(&front);
     for u in &on_canary {
         assert_eq!(
@@ -166,7 +222,7 @@ fn sticky_users_stay_put_and_canary_users_stay_on_canary_when_it_grows(runtime: 
     );
 }
 
-fn bad_configs_are_refused_and_the_log_names_the_problem(runtime: Runtime) {
+fn bad_configs_are_refused_and_the_log_names_the_problem(form: Form) {
     let up = Upstreams::start();
     let eleven: Vec<String> = (0..11)
         .map(|i| format!(r#"{{"name": "t{i}", "cluster": "stable", "weight": 1}}"#))
@@ -193,8 +249,17 @@ fn bad_configs_are_refused_and_the_log_names_the_problem(runtime: Runtime) {
             "targets: at most 10 targets, got 11",
         ),
     ];
+    let mut cases = cases.to_vec();
+    if let Form::Specifier = form {
+        // The route writes the variant header; a specifier writes none.
+        cases.push((
+            r#"{"targets": [{"name": "stable", "cluster": "stable", "weight": 1}], "variantHeader": "x-v"}"#
+                .to_owned(),
+            "variantHeader: a cluster specifier writes no headers",
+        ));
+    }
     for (config, expected) in cases {
-        match start_canary_on(runtime, &up, &config) {
+        match form.start(&up, &config) {
             Ok((envoy, _)) => panic!(
                 "Envoy accepted a bad config:\n{config}\nlog:\n{}",
                 envoy.log()
