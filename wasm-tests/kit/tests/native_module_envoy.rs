@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use maille_testkit::{agent, eventually, for_each_runtime, free_port, start_breaker_on};
-use maille_testkit::{start_canary_breaker_native, start_canary_on, Envoy, Runtime, Upstreams};
+use maille_testkit::{start_canary_breaker_native, start_canary_on, start_canary_specifier};
+use maille_testkit::{Envoy, Runtime, Upstreams};
 
 for_each_runtime!(
     bad_breaker_configs_are_refused_and_the_log_names_the_field,
@@ -135,6 +136,56 @@ static_resources:
             "libpartial.so",
         ),
     }
+
+    // The same library as a route's cluster specifier: it has none of those hooks.
+    let (admin, port) = (free_port(), free_port());
+    let yaml = format!(
+        r#"
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: app
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route:
+                  inline_cluster_specifier_plugin:
+                    extension:
+                      name: partial
+                      typed_config:
+                        "@type": type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier
+                        dynamic_module_config: {{ name: partial, module: {{ local: {{ filename: "{so}" }} }} }}
+                        specifier_name: partial
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - {{ name: stable, type: STATIC, load_assignment: {{ cluster_name: stable, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {stable} }} }} }} }}] }}] }} }}
+"#,
+        so = so.display(),
+        stable = up.stable_port,
+    );
+    match Envoy::start(&yaml, admin) {
+        Ok(envoy) => panic!(
+            "Envoy took a cluster specifier without its hooks:\n{}",
+            envoy.log()
+        ),
+        Err(exit) => refused(
+            &exit,
+            &["envoy_dynamic_module_on_cluster_specifier_config_new"],
+            "libpartial.so as a cluster specifier",
+        ),
+    }
 }
 
 fn bad_breaker_configs_are_refused_and_the_log_names_the_field(runtime: Runtime) {
@@ -234,8 +285,23 @@ const CANARY: &str = r#"{"targets": [{"name": "stable", "cluster": "stable", "we
 #[test]
 fn hostile_headers_never_crash_the_native_filters() {
     let up = Upstreams::start();
-    let (mut front, port) = start_canary_breaker_native(&up, CANARY, "{}", free_port())
+    let front = start_canary_breaker_native(&up, CANARY, "{}", free_port())
         .unwrap_or_else(|e| panic!("front: {}\n{}", e.status, e.log));
+    hostile_headers_never_crash(front);
+}
+
+#[test]
+fn hostile_headers_never_crash_the_canary_as_cluster_specifier() {
+    let up = Upstreams::start();
+    let front = start_canary_specifier(&up, CANARY)
+        .unwrap_or_else(|e| panic!("front: {}\n{}", e.status, e.log));
+    hostile_headers_never_crash(front);
+}
+
+/// The hostile requests below, to the canary `front` (its Envoy and listener port) routes
+/// with [`CANARY`]: each is served by a target (or refused by Envoy's codec), and Envoy
+/// keeps running without a panic.
+fn hostile_headers_never_crash((mut front, port): (Envoy, u16)) {
     let not_utf8: Vec<u8> = (0x80..=0xffu8).collect();
     let served = |body: &str| body == "stable" || body == "canary";
     let cases: Vec<(&str, Vec<u8>)> = vec![
