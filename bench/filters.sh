@@ -234,14 +234,14 @@ for line in open(sys.argv[1]):
     rows[(scen, var)] = int(ir) / int(sys.argv[2])
 print()
 print("baseline: native, and mesh_hand in the mesh scenario")
-print(f"{'scenario':<8} {'variant':<22} {'instructions/request':>21} {'over base':>12} {'base/variant':>15}")
+print(f"{'scenario':<8} {'variant':<30} {'instructions/request':>21} {'over base':>12} {'base/variant':>15}")
 for scen in sys.argv[3].split():
     base = rows[(scen, 'mesh_hand' if scen == 'mesh' else 'native')]
     for var in sys.argv[4].split():
         if (scen, var) not in rows:
             continue
         ir = rows[(scen, var)]
-        print(f"{scen:<8} {var:<22} {ir:>21,.0f} {ir - base:>+12,.0f} {base / ir:>15.3f}")
+        print(f"{scen:<8} {var:<30} {ir:>21,.0f} {ir - base:>+12,.0f} {base / ir:>15.3f}")
 PY
   exit 0
 fi
@@ -292,7 +292,7 @@ print()
 # Ratios: of the medians, and the median of each round's ratio to native measured next to it
 # ("paired": the machine's load drifts between rounds; within a round it changes less).
 print("baseline: native, and mesh_hand in the mesh scenario")
-print(f"{'scenario':<8} {'variant':<22} {'req/s':>9} {'x base':>9} {'req/CPU-s':>10} {'x base':>9} {'paired':>7} {'p50 ms':>7} {'p99 ms':>7}   (runs: req/CPU-s)")
+print(f"{'scenario':<8} {'variant':<30} {'req/s':>9} {'x base':>9} {'req/CPU-s':>10} {'x base':>9} {'paired':>7} {'p50 ms':>7} {'p99 ms':>7}   (runs: req/CPU-s)")
 for scen in sys.argv[2].split():
     baseline = 'mesh_hand' if scen == 'mesh' else 'native'
     base = statistics.median(r[0] for r in rows[(scen, baseline)])
@@ -304,7 +304,7 @@ for scen in sys.argv[2].split():
         rps = statistics.median(r[0] for r in rs)
         cpu = statistics.median(r[3] for r in rs)
         paired = statistics.median(r[3] / n[3] for r, n in zip(rs, rows[(scen, baseline)]))
-        print(f"{scen:<8} {var:<22} {rps:>9.0f} {rps / base:>9.3f} {cpu:>10.0f} {cpu / base_cpu:>9.3f} {paired:>7.3f} "
+        print(f"{scen:<8} {var:<30} {rps:>9.0f} {rps / base:>9.3f} {cpu:>10.0f} {cpu / base_cpu:>9.3f} {paired:>7.3f} "
               f"{statistics.median(r[1] for r in rs):>7.3f} {statistics.median(r[2] for r in rs):>7.3f}   "
               f"({', '.join(f'{r[3]:.0f}' for r in rs)})")
 PY
