@@ -119,8 +119,10 @@ impl HttpFilterConfig for CanaryModule {
 /// `envoy.router.cluster_specifier_plugin.dynamic_modules`): the same decision, made while
 /// Envoy resolves the route, naming the cluster directly. It writes no header: the route adds
 /// the variant header from the chosen cluster's metadata
-/// (`%CLUSTER_METADATA(maille:variant)%`, see `deploy/envoy/canary-native.yaml`), so a
-/// configuration that names its own `clusterHeader` or `variantHeader` is refused.
+/// (`%CLUSTER_METADATA(maille:variant)%`, see `deploy/envoy/canary-specifier.yaml`), so a
+/// configuration that names its own `clusterHeader` or `variantHeader` is refused. The
+/// decision counters count selections: Envoy selects again when a filter refreshes the
+/// route's cluster.
 #[derive(Debug)]
 pub struct CanarySpecifier(CanaryModule);
 
@@ -128,6 +130,12 @@ impl ClusterSpecifier for CanarySpecifier {
     const NAME: &'static str = NAME;
 
     fn new(cx: &mut SpecifierConfigContext<'_>, config: &[u8]) -> Result<Self, String> {
+        if cx.name() != NAME.as_bytes() {
+            return Err(format!(
+                "specifier_name: this module's cluster specifier is {NAME:?}, got {:?}",
+                String::from_utf8_lossy(cx.name())
+            ));
+        }
         let m = CanaryModule::load(config, |name| cx.define_counter(name))?;
         for (field, value, default) in [
             (

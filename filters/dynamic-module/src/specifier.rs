@@ -22,8 +22,10 @@ use crate::handle::{envoy_bytes, metric_result, Counter, MetricError};
 use crate::hooks::{hook_bytes, host, panic_message};
 use crate::{log, Level};
 
-/// A cluster specifier's configuration: made once per route that names it, on Envoy's main
-/// thread, then asked by every worker at once (so it is read-only while serving).
+/// A cluster specifier's configuration: made on Envoy's main thread each time a route
+/// configuration naming it loads (again on every RDS update; once for a named
+/// `cluster_specifier_plugins` entry shared by several routes), then asked by every worker at
+/// once (so it is read-only while serving), and destroyed on any thread.
 pub trait ClusterSpecifier: Sized + Send + Sync + 'static {
     /// The specifier's name, first in its log lines.
     const NAME: &'static str;
@@ -33,9 +35,12 @@ pub trait ClusterSpecifier: Sized + Send + Sync + 'static {
     /// error refuses the configuration: Envoy logs `NAME: <error>` and rejects the route.
     fn new(cx: &mut SpecifierConfigContext<'_>, config: &[u8]) -> Result<Self, String>;
 
-    /// Chooses the cluster of one request with [`SpecifierHandle::set_cluster`]. Returning
-    /// false (or panicking) keeps no choice: Envoy then answers the route's
-    /// `cluster_not_found_response_code` (503 by default) without reaching any upstream.
+    /// Chooses the cluster of one request with [`SpecifierHandle::set_cluster`]. Envoy asks
+    /// when it resolves the request's route (before any HTTP filter runs) and again each
+    /// time a filter refreshes the route's cluster. Returning false (or panicking) discards
+    /// what this call set and keeps the previous choice: on the first call there is none, and
+    /// Envoy answers the route's `cluster_not_found_response_code` (503 by default) without
+    /// reaching any upstream.
     fn select(&self, request: &mut SpecifierHandle<'_>) -> bool;
 }
 
@@ -45,10 +50,16 @@ pub trait ClusterSpecifier: Sized + Send + Sync + 'static {
 pub struct SpecifierConfigContext<'c> {
     host: &'static Host,
     ptr: *mut c_void,
-    _load: PhantomData<&'c mut ()>,
+    name: &'c [u8],
 }
 
 impl SpecifierConfigContext<'_> {
+    /// The `specifier_name` of the configuration (which of a module's specifiers Envoy
+    /// asks for).
+    pub fn name(&self) -> &[u8] {
+        self.name
+    }
+
     /// Defines a counter without labels: `/stats` shows it as `<namespace>.<name>`.
     pub fn define_counter(&mut self, name: &str) -> Result<Counter, MetricError> {
         let mut id = 0usize;
@@ -164,19 +175,19 @@ fn log_panic<C: ClusterSpecifier>(hook: &str, payload: &(dyn std::any::Any + Sen
 /// Envoy's arguments: a live configuration and buffers valid during the call.
 pub unsafe fn config_new<C: ClusterSpecifier>(
     envoy: *mut c_void,
-    _name: EnvoyBuffer,
+    name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
     let Some(host) = host() else {
         return std::ptr::null();
     };
-    // SAFETY: Envoy's configuration bytes, valid during this call.
-    let bytes = unsafe { hook_bytes(&config) };
+    // SAFETY: Envoy's name and configuration bytes, valid during this call.
+    let (name, bytes) = unsafe { (hook_bytes(&name), hook_bytes(&config)) };
     let built = catch_unwind(AssertUnwindSafe(|| {
         let mut cx = SpecifierConfigContext {
             host,
             ptr: envoy,
-            _load: PhantomData,
+            name,
         };
         C::new(&mut cx, bytes)
     }));

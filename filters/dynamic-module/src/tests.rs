@@ -1286,6 +1286,7 @@ impl ClusterSpecifier for TestSpecifier {
     const NAME: &'static str = "test_specifier";
 
     fn new(cx: &mut SpecifierConfigContext<'_>, config: &[u8]) -> Result<Self, String> {
+        assert_eq!(cx.name(), b"test", "the specifier_name Envoy passed");
         match config {
             b"bad" => Err("invalid configuration: targets: the weights sum to 0".into()),
             b"panic" => panic!("specifier config exploded"),

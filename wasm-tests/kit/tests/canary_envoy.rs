@@ -88,6 +88,12 @@ impl Front {
 
     /// Sends GET / with `headers`; returns who served it and the variant it saw.
     fn get(&self, headers: &[(&str, &str)]) -> (String, String) {
+        let (served, variant, _) = self.get_seen(headers);
+        (served, variant)
+    }
+
+    /// [`Front::get`], and the `x-maille-cluster` the upstream saw.
+    fn get_seen(&self, headers: &[(&str, &str)]) -> (String, String, String) {
         let mut req = self.agent.get(&format!("http://127.0.0.1:{}/", self.port));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -100,8 +106,9 @@ impl Front {
             self.envoy.log()
         );
         let seen = header(&resp, "x-seen-variant");
+        let cluster = header(&resp, "x-seen-cluster");
         let body = resp.body_mut().read_to_string().expect("body");
-        (body.trim().to_owned(), seen)
+        (body.trim().to_owned(), seen, cluster)
     }
 }
 
@@ -140,8 +147,16 @@ fn header_rule_sends_matching_requests_to_canary_and_others_to_stable(form: Form
             front.get(&[("x-canary", "never")]),
             ("stable".into(), "stable".into())
         );
-        // A client chooses neither the cluster nor the variant the upstream sees.
-        assert_eq!(front.get(&[("x-maille-cluster", "canary")]).0, "stable");
+        // A client chooses neither the cluster nor the variant the upstream sees. The filter
+        // overwrites the cluster header; behind the specifier nothing sets it, and the
+        // client's is dropped.
+        let (served, _, cluster) = front.get_seen(&[("x-maille-cluster", "canary")]);
+        assert_eq!(served, "stable");
+        let expected = match form {
+            Form::Filter(_) => "stable",
+            Form::Specifier => "",
+        };
+        assert_eq!(cluster, expected, "x-maille-cluster the upstream saw");
         assert_eq!(
             front.get(&[("x-maille-variant", "canary")]),
             ("stable".into(), "stable".into())
@@ -252,11 +267,16 @@ fn bad_configs_are_refused_and_the_log_names_the_problem(form: Form) {
     let mut cases = cases.to_vec();
     if let Form::Specifier = form {
         // The route writes the variant header; a specifier writes none.
-        cases.push((
-            r#"{"targets": [{"name": "stable", "cluster": "stable", "weight": 1}], "variantHeader": "x-v"}"#
-                .to_owned(),
-            "variantHeader: a cluster specifier writes no headers",
-        ));
+        for field in ["variantHeader", "clusterHeader"] {
+            cases.push((
+                format!(r#"{{"targets": [{{"name": "stable", "cluster": "stable", "weight": 1}}], "{field}": "x-v"}}"#),
+                if field == "variantHeader" {
+                    "variantHeader: a cluster specifier writes no headers"
+                } else {
+                    "clusterHeader: a cluster specifier writes no headers"
+                },
+            ));
+        }
     }
     for (config, expected) in cases {
         match form.start(&up, &config) {
@@ -286,4 +306,43 @@ fn module_is_small() {
         size <= MAX_MODULE_BYTES,
         "canary.wasm is {size} bytes, limit {MAX_MODULE_BYTES}"
     );
+}
+
+#[test]
+fn a_specifier_name_the_module_does_not_have_is_refused() {
+    let up = Upstreams::start();
+    let admin = maille_testkit::free_port();
+    let yaml = maille_testkit::render(
+        &maille_testkit::repo_root().join("deploy/envoy/canary-specifier.yaml"),
+        &[
+            ("ADMIN_PORT", &admin.to_string()),
+            ("LISTENER_PORT", &maille_testkit::free_port().to_string()),
+            ("STABLE_PORT", &up.stable_port.to_string()),
+            ("CANARY_PORT", &up.canary_port.to_string()),
+            (
+                "CANARY_MODULE",
+                &maille_testkit::filter_native("canary")
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "CANARY_CONFIG",
+                r#"{"targets": [{"name": "stable", "cluster": "stable", "weight": 1}]}"#,
+            ),
+        ],
+    )
+    .replace(
+        "specifier_name: maille_canary",
+        "specifier_name: maille_breaker",
+    );
+    match Envoy::start(&yaml, admin) {
+        Ok(envoy) => panic!("Envoy took a specifier the module lacks:\n{}", envoy.log()),
+        Err(exit) => assert!(
+            exit.log.contains(
+                r#"maille_canary: specifier_name: this module's cluster specifier is "maille_canary", got "maille_breaker""#
+            ),
+            "{}",
+            exit.log
+        ),
+    }
 }
