@@ -14,8 +14,9 @@ use maillectl::{offline, parse_param, traces_cmd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Drive Maille's control server: apply App Mesh specs (API JSON, CloudFormation, Terraform),
-/// inspect what is served, see which Envoys acknowledged it, and make Envoy bootstraps.
+/// Drive Maille's control server: apply App Mesh specs (API JSON, CloudFormation, Terraform,
+/// Kubernetes manifests), inspect what is served, see which Envoys acknowledged it, and make
+/// Envoy bootstraps.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {

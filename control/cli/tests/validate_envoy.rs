@@ -29,6 +29,7 @@ fn envoy_validates_every_node_of_every_example() {
         "appmesh-api.json",
         "appmesh-cloudformation.yaml",
         "appmesh-terraform.tf",
+        "appmesh-kubernetes.yaml",
     ] {
         let out = maillectl_validate(example(f));
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,6 +1,7 @@
 //! Reads existing App Mesh definitions, unchanged, into [`Resource`]s: App Mesh API JSON (as
 //! `aws appmesh describe-*` prints it, or `create-*` input), CloudFormation templates with
-//! `AWS::AppMesh::*` resources (YAML or JSON), and Terraform `aws_appmesh_*` resources.
+//! `AWS::AppMesh::*` resources (YAML or JSON), Terraform `aws_appmesh_*` resources, and the
+//! App Mesh controller's Kubernetes manifests (`appmesh.k8s.aws/v1beta2`).
 //! What is not supported is reported as a warning or an error, never dropped silently.
 //!
 //! Only `maillectl` links this crate (and its YAML and HCL parsers): the control server takes
@@ -9,6 +10,7 @@
 
 mod apijson;
 mod cloudformation;
+mod kubernetes;
 mod terraform;
 
 use maille_model::Resource;
@@ -56,6 +58,9 @@ pub enum Format {
     CloudFormation,
     /// Terraform HCL.
     Terraform,
+    /// Kubernetes manifests of the App Mesh controller (`appmesh.k8s.aws/v1beta2`), and
+    /// any other Kubernetes objects beside them (skipped with a warning).
+    Kubernetes,
 }
 
 /// Values for CloudFormation parameters and Terraform variables given on the command line.
@@ -73,9 +78,20 @@ pub fn detect(name: &str, text: &str) -> Format {
     if name.ends_with(".tf") {
         return Format::Terraform;
     }
+    if text.contains(kubernetes::GROUP) {
+        return Format::Kubernetes;
+    }
     let head: String = text.chars().take(4096).collect();
     if head.contains("AWSTemplateFormatVersion") || head.contains("Resources") {
         return Format::CloudFormation;
+    }
+    // Other Kubernetes objects (a Deployment beside the mesh's manifests).
+    let kube = |l: &str| {
+        let l = l.trim_start_matches(['{', ' ', '"']);
+        l.starts_with("apiVersion") || l.starts_with("kind")
+    };
+    if head.lines().any(kube) {
+        return Format::Kubernetes;
     }
     if name.ends_with(".yaml") || name.ends_with(".yml") {
         return Format::CloudFormation;
@@ -94,6 +110,8 @@ pub fn import_str(
         Format::ApiJson => apijson::import(file, text),
         Format::CloudFormation => cloudformation::import(file, text, params),
         Format::Terraform => terraform::import(file, text, params),
+        Format::Kubernetes => kubernetes::import(&[(file.to_owned(), text.to_owned())])
+            .map_err(|mut e| e.swap_remove(0)),
     }
 }
 
@@ -106,6 +124,8 @@ pub fn import_paths(paths: &[PathBuf], params: &Params) -> Result<Imported, Vec<
     }
     let mut out = Imported::default();
     let mut errors = Vec::new();
+    // Kubernetes manifests are read together: their references cross files.
+    let mut manifests = Vec::new();
     for f in files {
         let name = f.display().to_string();
         let text = match std::fs::read_to_string(&f) {
@@ -119,12 +139,26 @@ pub fn import_paths(paths: &[PathBuf], params: &Params) -> Result<Imported, Vec<
                 continue;
             }
         };
-        match import_str(&name, &text, detect(&name, &text), params) {
+        let format = detect(&name, &text);
+        if format == Format::Kubernetes {
+            manifests.push((name, text));
+            continue;
+        }
+        match import_str(&name, &text, format, params) {
             Ok(i) => {
                 out.resources.extend(i.resources);
                 out.warnings.extend(i.warnings);
             }
             Err(e) => errors.push(e),
+        }
+    }
+    if !manifests.is_empty() {
+        match kubernetes::import(&manifests) {
+            Ok(i) => {
+                out.resources.extend(i.resources);
+                out.warnings.extend(i.warnings);
+            }
+            Err(e) => errors.extend(e),
         }
     }
     if errors.is_empty() {

@@ -20,14 +20,51 @@ fn load(name: &str, params: &[(&str, &str)]) -> (Resources, Vec<String>) {
     (maille_model::resources(i.resources), i.warnings)
 }
 
+/// The resources without what only the Kubernetes import records (the object a virtual node
+/// came from).
+fn without_kubernetes(m: &Resources) -> Resources {
+    maille_model::resources(m.values().map(|r| match r.as_ref().clone() {
+        Resource::VirtualNode(mut n) => {
+            n.kubernetes = None;
+            Resource::VirtualNode(n)
+        }
+        other => other,
+    }))
+}
+
 #[test]
-fn the_three_formats_of_colorteller_give_the_same_mesh() {
+fn the_four_formats_of_colorteller_give_the_same_mesh() {
     let (api, api_w) = load("appmesh-api.json", &[]);
     let (cfn, cfn_w) = load("appmesh-cloudformation.yaml", &[]);
     let (tf, tf_w) = load("appmesh-terraform.tf", &[]);
+    let (k8s, k8s_w) = load("appmesh-kubernetes.yaml", &[]);
     assert_eq!(api.len(), 11, "mesh, 5 nodes, router, 2 routes, 2 services");
     assert_eq!(api, cfn, "CloudFormation import differs from API JSON");
     assert_eq!(api, tf, "Terraform import differs from API JSON");
+    assert_eq!(
+        api,
+        without_kubernetes(&k8s),
+        "Kubernetes import differs from API JSON"
+    );
+    assert!(k8s_w.is_empty(), "{k8s_w:?}");
+    // The pods of each node are kept beside it.
+    let white = k8s
+        .values()
+        .find_map(|r| match r.as_ref() {
+            Resource::VirtualNode(n) if n.virtual_node_name == "colorteller-white" => {
+                n.kubernetes.clone()
+            }
+            _ => None,
+        })
+        .expect("colorteller-white from Kubernetes");
+    assert_eq!(
+        (white.namespace.as_str(), white.name.as_str()),
+        ("colorapp", "colorteller-white")
+    );
+    assert_eq!(
+        white.pod_selector,
+        Some(serde_json::json!({"matchLabels": {"app": "colorteller", "version": "white"}}))
+    );
     check_all(&api).expect("the example is valid");
     assert!(api_w.is_empty(), "{api_w:?}");
     // What is not imported is said.
@@ -398,5 +435,288 @@ resource "aws_appmesh_route" "x" {
         e.to_string()
             .contains("maille.sticky.header: must be a header name"),
         "{e}"
+    );
+}
+
+/// The shape of the App Mesh walkthroughs' Kubernetes manifests (howto-k8s-*): no `awsName`
+/// but on the virtual service, the mesh found through the namespace's labels.
+const K8S_MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: howto
+  labels: { mesh: howto-mesh }
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: Mesh
+metadata:
+  name: howto-mesh
+spec:
+  namespaceSelector:
+    matchExpressions:
+      - { key: mesh, operator: In, values: [howto-mesh] }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: front, namespace: howto }
+spec: { replicas: 1 }
+"#;
+
+const K8S_APP: &str = r#"
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualNode
+metadata: { name: front, namespace: howto }
+spec:
+  podSelector: { matchLabels: { app: front } }
+  listeners: [{ portMapping: { port: 8080, protocol: http } }]
+  serviceDiscovery: { dns: { hostname: front.howto.svc.cluster.local } }
+  backendGroups: [{ name: colours }]
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: BackendGroup
+metadata: { name: colours, namespace: howto }
+spec:
+  virtualservices: [{ name: color }]
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualNode
+metadata: { name: red, namespace: howto }
+spec:
+  listeners: [{ portMapping: { port: 8080, protocol: http } }]
+  serviceDiscovery: { dns: { hostname: color-red.howto.svc.cluster.local } }
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualNode
+metadata: { name: blue, namespace: howto }
+spec:
+  listeners: [{ portMapping: { port: 8080, protocol: http } }]
+  serviceDiscovery: { dns: { hostname: color-blue.howto.svc.cluster.local } }
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualService
+metadata: { name: color, namespace: howto }
+spec:
+  awsName: color.howto.svc.cluster.local
+  provider: { virtualRouter: { virtualRouterRef: { name: color } } }
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualService
+metadata: { name: front, namespace: howto }
+spec:
+  provider:
+    virtualNode:
+      virtualNodeARN: arn:aws:appmesh:us-west-2:123456789012:mesh/howto-mesh/virtualNode/front_howto
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualRouter
+metadata: { name: color, namespace: howto }
+spec:
+  listeners: [{ portMapping: { port: 8080, protocol: http } }]
+  routes:
+    - name: color-route
+      httpRoute:
+        match: { prefix: / }
+        action:
+          weightedTargets:
+            - { virtualNodeRef: { name: red }, weight: 1 }
+            - { virtualNodeRef: { name: blue, namespace: howto }, weight: 3 }
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualGateway
+metadata: { name: ingress, namespace: howto }
+spec:
+  listeners: [{ portMapping: { port: 8088, protocol: http } }]
+"#;
+
+#[test]
+fn kubernetes_manifests_get_the_controllers_names_and_references_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), K8S_MESH).unwrap();
+    std::fs::write(dir.path().join("app.yaml"), K8S_APP).unwrap();
+    let i = import_paths(&[dir.path().to_path_buf()], &Params::new())
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let m = maille_model::resources(i.resources);
+    let mut names: Vec<String> = m.keys().map(|k| k.to_string()).collect();
+    names.sort();
+    let all = names.join(" ");
+    for want in [
+        "howto-mesh",
+        "front_howto",
+        "red_howto",
+        "blue_howto",
+        "color_howto",
+        "color-route",
+        "color.howto.svc.cluster.local",
+        "front.howto",
+    ] {
+        assert!(all.contains(want), "{want} missing from {names:?}");
+    }
+    assert_eq!(m.len(), 8, "{names:?}");
+    assert!(m.keys().all(|k| k.mesh == "howto-mesh"), "{names:?}");
+    check_all(&m).expect("valid");
+    let route = m
+        .values()
+        .find_map(|r| match r.as_ref() {
+            Resource::Route(rt) => Some(rt.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(route.virtual_router_name, "color_howto");
+    let targets: Vec<(String, u32)> = route
+        .spec
+        .http_route
+        .unwrap()
+        .action
+        .weighted_targets
+        .iter()
+        .map(|t| (t.virtual_node.clone(), t.weight))
+        .collect();
+    assert_eq!(
+        targets,
+        vec![("red_howto".into(), 1), ("blue_howto".into(), 3)]
+    );
+    // The backend group became the front node's backend.
+    let front = m
+        .values()
+        .find_map(|r| match r.as_ref() {
+            Resource::VirtualNode(n) if n.virtual_node_name == "front_howto" => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let backends: Vec<&str> = front
+        .spec
+        .backends
+        .iter()
+        .map(|b| b.virtual_service.virtual_service_name.as_str())
+        .collect();
+    assert_eq!(backends, ["color.howto.svc.cluster.local"]);
+    // What is not imported is said, by object.
+    let w = i.warnings.join("\n");
+    assert!(
+        w.contains("apps/v1 Deployment \"front\": not an App Mesh resource; skipped"),
+        "{w}"
+    );
+    assert!(
+        w.contains(
+            "VirtualGateway howto/ingress: VirtualGateway is not supported by Maille yet; skipped"
+        ),
+        "{w}"
+    );
+}
+
+#[test]
+fn bad_kubernetes_manifests_are_refused_with_the_object_and_field() {
+    let p = Params::new();
+    let one = |text: String| {
+        import_str(
+            "k.yaml",
+            &format!("{K8S_MESH}\n---\n{text}"),
+            Format::Kubernetes,
+            &p,
+        )
+        .expect_err("refused")
+        .to_string()
+    };
+    let e = one(r#"
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualRouter
+metadata: { name: color, namespace: howto }
+spec:
+  listeners: [{ portMapping: { port: 8080, protocol: http } }]
+  routes:
+    - name: r
+      httpRoute:
+        match: { prefix: / }
+        action:
+          weightedTargets: [{ virtualNodeRef: { name: green }, weight: 1 }]
+"#
+    .into());
+    assert!(
+        e.contains("VirtualRouter howto/color.spec.routes[0].httpRoute.action.weightedTargets[0].virtualNodeRef: no VirtualNode howto/green in the files given"),
+        "{e}"
+    );
+    let e = one(r#"
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualRouter
+metadata: { name: color, namespace: howto }
+spec:
+  listeners: [{ portMapping: { port: 8080, protocol: http } }]
+  routes:
+    - name: r
+      httpRoute:
+        match: { prefix: /, colour: red }
+        action: { weightedTargets: [] }
+"#
+    .into());
+    assert!(
+        e.contains("VirtualRouter howto/color.spec.routes[0].httpRoute.match.colour: unknown field `colour`"),
+        "{e}"
+    );
+    let e = one(
+        "apiVersion: appmesh.k8s.aws/v1beta1\nkind: VirtualNode\nmetadata: { name: a, namespace: howto }\n"
+            .into(),
+    );
+    assert!(
+        e.contains("apiVersion: appmesh.k8s.aws/v1beta1: only appmesh.k8s.aws/v1beta2 is read"),
+        "{e}"
+    );
+    // A namespace that no mesh selects.
+    let e = one(
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: other }\n---\napiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualNode\nmetadata: { name: a, namespace: other }\nspec: {}\n"
+            .into(),
+    );
+    assert!(
+        e.contains("VirtualNode other/a: no Mesh's namespaceSelector matches the labels of Namespace \"other\""),
+        "{e}"
+    );
+    // A plain Kubernetes file is Kubernetes, not a CloudFormation template missing its
+    // Resources.
+    let i = import_paths(
+        &[write_temp(
+            "deploy.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: x }\n",
+        )],
+        &p,
+    )
+    .unwrap();
+    assert!(i.resources.is_empty());
+    assert!(
+        i.warnings
+            .iter()
+            .any(|w| w.contains("not an App Mesh resource; skipped")),
+        "{:?}",
+        i.warnings
+    );
+}
+
+fn write_temp(name: &str, text: &str) -> PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn api_json_gateways_are_skipped_by_name_and_the_rest_is_read() {
+    let docs = r#"[
+      {"meshName": "m", "spec": {}},
+      {"meshName": "m", "virtualGatewayName": "gw",
+       "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]}},
+      {"gatewayRoute": {"meshName": "m", "virtualGatewayName": "gw", "gatewayRouteName": "r",
+       "spec": {"httpRoute": {}}}}
+    ]"#;
+    let i = import_str("gw.json", docs, Format::ApiJson, &Params::new()).unwrap();
+    assert_eq!(i.resources.len(), 1, "{:?}", i.resources);
+    assert!(matches!(i.resources[0], Resource::Mesh(_)));
+    let w = i.warnings.join("\n");
+    assert!(
+        w.contains("gw.json: [1]: a virtual gateway (virtualGatewayName) is not supported by Maille yet; skipped"),
+        "{w}"
+    );
+    assert!(
+        w.contains(
+            "gw.json: [2]: a gateway route (gatewayRoute) is not supported by Maille yet; skipped"
+        ),
+        "{w}"
     );
 }

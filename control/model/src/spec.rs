@@ -218,6 +218,25 @@ pub struct VirtualNode {
     pub virtual_node_name: String,
     /// Its settings.
     pub spec: VirtualNodeSpec,
+    /// The Kubernetes object it was read from (`appmesh.k8s.aws` manifests): kept for tools
+    /// that map pods to nodes, unused by the translation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesSource>,
+}
+
+/// A virtual node's Kubernetes `VirtualNode` object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesSource {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name there (the virtual node's name is its `awsName`, by default
+    /// `<name>_<namespace>`).
+    pub name: String,
+    /// `spec.podSelector`: the pods whose Envoys are this node, as a Kubernetes label
+    /// selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<serde_json::Value>,
 }
 
 /// `VirtualNodeSpec`.

@@ -160,7 +160,9 @@ impl ClusterSpecifier for CanarySpecifier {
 
     fn select(&self, request: &mut SpecifierHandle<'_>) -> bool {
         let m = &self.0;
-        let decision = m.router.decide(&SpecifierHeaders(request), m.random());
+        let decision = m
+            .router
+            .decide_with(&SpecifierHeaders(request), || m.random());
         let Some(target) = m.router.targets().get(decision.target) else {
             // Unreachable by construction; no choice is the route's not-found answer.
             return false;
@@ -178,7 +180,15 @@ struct SpecifierHeaders<'a, 's>(&'a SpecifierHandle<'s>);
 
 impl Request for SpecifierHeaders<'_, '_> {
     fn header(&self, name: &str) -> Option<Cow<'_, str>> {
-        self.0.request_header(name).map(String::from_utf8_lossy)
+        self.0.request_header(name).map(text)
+    }
+}
+
+/// A header value as text: borrowed when it is UTF-8 (nearly always), else its lossy copy.
+fn text(v: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(v) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(v),
     }
 }
 
@@ -193,7 +203,7 @@ struct EnvoyHeaders<'a, 'h>(&'a HttpFilterHandle<'h>);
 
 impl Request for EnvoyHeaders<'_, '_> {
     fn header(&self, name: &str) -> Option<Cow<'_, str>> {
-        self.0.request_header(name).map(String::from_utf8_lossy)
+        self.0.request_header(name).map(text)
     }
 }
 
@@ -207,7 +217,7 @@ impl HttpFilter for CanaryStream {
         _end_of_stream: bool,
     ) -> HeadersStatus {
         let router = &config.router;
-        let decision = router.decide(&EnvoyHeaders(envoy), config.random());
+        let decision = router.decide_with(&EnvoyHeaders(envoy), || config.random());
         let Some(target) = router.targets().get(decision.target) else {
             // Unreachable by construction; never let a client-chosen cluster through.
             envoy.remove_request_header(router.cluster_header());

@@ -181,6 +181,15 @@ impl Router {
     /// Chooses the target for a request. `random` is a uniformly random number, used only
     /// when no rule matches and the request carries no sticky key.
     pub fn decide<R: Request + ?Sized>(&self, req: &R, random: u32) -> Decision {
+        self.decide_with(req, || random)
+    }
+
+    /// [`Router::decide`], drawing the random number only when the split needs one.
+    pub fn decide_with<R: Request + ?Sized>(
+        &self,
+        req: &R,
+        random: impl FnOnce() -> u32,
+    ) -> Decision {
         for rule in &self.rules {
             if rule.matches(req) {
                 return Decision {
@@ -201,7 +210,7 @@ impl Router {
                 reason: Reason::Sticky,
             },
             _ => Decision {
-                target: self.random_target(random),
+                target: self.random_target(random()),
                 reason: Reason::Random,
             },
         }
