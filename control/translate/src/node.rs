@@ -114,6 +114,24 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[A
         }
         if let Some(h) = &l.health_check {
             c.health_checks.push(health_check(h));
+            // App Mesh's `healthCheck.port`: the application answers its checks on another
+            // port than the one it serves.
+            if let (Some(hp), Some(la)) = (h.port, c.load_assignment.as_mut()) {
+                for e in la
+                    .endpoints
+                    .iter_mut()
+                    .flat_map(|l| l.lb_endpoints.iter_mut())
+                {
+                    if let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) =
+                        e.host_identifier.as_mut()
+                    {
+                        ep.health_check_config = Some(endpoint::endpoint::HealthCheckConfig {
+                            port_value: hp,
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
         }
         out.clusters.push(c);
 

@@ -696,3 +696,41 @@ fn dns_names_resolve_by_the_nodes_ip_preference_else_the_meshs() {
         ["V4_ONLY".to_string(), "V6_ONLY".to_string()].into()
     );
 }
+
+#[test]
+fn a_health_check_port_is_where_envoy_checks_the_application() {
+    let checked = |r: &Resources| -> Vec<Value> {
+        let modules = modules();
+        let world = World {
+            resources: r,
+            modules: &modules,
+        };
+        let j = config_json(&node_config(
+            world,
+            "colorapp",
+            "colorteller-white",
+            &NodeOptions::default(),
+        ));
+        let mut f = Vec::new();
+        values_of(&j["clusters"], "health_check_config", &mut f);
+        f.into_iter().cloned().collect()
+    };
+    let mut r = load("deploy/examples/colorteller/appmesh-api.json");
+    assert!(checked(&r).is_empty(), "no port: the served port is checked");
+    let white = r
+        .keys()
+        .find(|k| k.name == "colorteller-white")
+        .unwrap()
+        .clone();
+    let mut node = (*r[&white]).clone();
+    if let Resource::VirtualNode(vn) = &mut node {
+        vn.spec.listeners[0]
+            .health_check
+            .as_mut()
+            .expect("white has a health check")
+            .port = Some(9901);
+    }
+    r.insert(white, std::sync::Arc::new(node));
+    maille_model::check_all(&r).expect("valid");
+    assert_eq!(checked(&r), vec![json!({"port_value": 9901})]);
+}
