@@ -716,7 +716,10 @@ fn a_health_check_port_is_where_envoy_checks_the_application() {
         f.into_iter().cloned().collect()
     };
     let mut r = load("deploy/examples/colorteller/appmesh-api.json");
-    assert!(checked(&r).is_empty(), "no port: the served port is checked");
+    assert!(
+        checked(&r).is_empty(),
+        "no port: the served port is checked"
+    );
     let white = r
         .keys()
         .find(|k| k.name == "colorteller-white")

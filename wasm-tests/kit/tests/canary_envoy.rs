@@ -88,13 +88,19 @@ impl Front {
 
     /// Sends GET / with `headers`; returns who served it and the variant it saw.
     fn get(&self, headers: &[(&str, &str)]) -> (String, String) {
-        let (served, variant, _) = self.get_seen(headers);
+        let (served, variant, _) = self.get_path("/", headers);
         (served, variant)
     }
 
     /// [`Front::get`], and the `x-maille-cluster` the upstream saw.
     fn get_seen(&self, headers: &[(&str, &str)]) -> (String, String, String) {
-        let mut req = self.agent.get(&format!("http://127.0.0.1:{}/", self.port));
+        self.get_path("/echo-cluster", headers)
+    }
+
+    fn get_path(&self, path: &str, headers: &[(&str, &str)]) -> (String, String, String) {
+        let mut req = self
+            .agent
+            .get(&format!("http://127.0.0.1:{}{path}", self.port));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
