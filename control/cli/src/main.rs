@@ -42,7 +42,9 @@ enum Command {
         /// Files or folders, as with -f (`maillectl import a.yaml b/`).
         #[arg(value_name = "FILE")]
         paths: Vec<PathBuf>,
-        /// A CloudFormation parameter or Terraform variable: NAME=VALUE (repeatable).
+        /// A CloudFormation parameter or Terraform variable: NAME=VALUE (repeatable; each goes to
+        /// the files that take it). An export that a template reads with Fn::ImportValue:
+        /// ImportValue:NAME=VALUE.
         #[arg(short = 'p', long = "param", value_parser = parse_param)]
         params: Vec<(String, String)>,
         /// Check and report, change nothing.

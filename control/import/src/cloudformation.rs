@@ -1,9 +1,13 @@
 //! CloudFormation templates: the `AWS::AppMesh::*` resources of a template, in YAML (with the
 //! short forms `!Ref`, `!Sub`, `!GetAtt`, `!Join`, `!Select`, ...) or JSON (`Ref`,
 //! `Fn::Sub`, ...). Parameters take their values from the command line, else their
-//! `Default`. `DependsOn`, `Metadata`, `Outputs` and non-App Mesh resources are ignored
-//! (non-App Mesh resources with a warning). Conditions (`Fn::If`) are refused: give the
-//! template with its conditions resolved.
+//! `Default`; only the parameters that the App Mesh resources use need a value, and every
+//! one missing is named in one error. `Conditions` are evaluated (`Fn::Equals`, `Fn::And`,
+//! `Fn::Or`, `Fn::Not`, `Condition`), with `Fn::If` and `AWS::NoValue` in values and
+//! `Condition` on resources (a resource whose condition is false is skipped, with a
+//! warning). `Fn::ImportValue` of an export takes its value from `-p ImportValue:NAME=VALUE`;
+//! `Fn::FindInMap` reads `Mappings`. `DependsOn`, `Metadata`, `Outputs` and non-App Mesh
+//! resources are ignored (non-App Mesh resources with a warning).
 //!
 //! `Ref` to an App Mesh resource gives its name, where AWS gives the ARN: ARNs mean nothing
 //! outside AWS, and templates use the result as a name. `Fn::GetAtt` gives the name
@@ -12,7 +16,15 @@
 use super::{typed, ImportError, Imported, Params};
 use maille_model::Kind;
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The `-p` prefix that gives the value of an export read with `Fn::ImportValue`.
+pub(super) const IMPORT_VALUE: &str = "ImportValue:";
+
+/// What `AWS::NoValue` resolves to while resolving: removed from the mapping or list that
+/// holds it (never left in a result).
+const NO_VALUE: &str = "\u{0}maille:AWS::NoValue\u{0}";
 
 /// Pseudo parameters, overridable with `-p AWS::Region=...`.
 const PSEUDO: [(&str, &str); 6] = [
@@ -48,24 +60,38 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
         Some(Value::Object(r)) => r.clone(),
         _ => return Err(err("Resources", "missing or not a mapping".into())),
     };
+    let section = |name: &str| match top.get(name) {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
     let mut ctx = Ctx {
         file,
         params: BTreeMap::new(),
+        unset: BTreeSet::new(),
+        missing: RefCell::new(BTreeSet::new()),
         resources: &resources,
+        conditions: section("Conditions"),
+        evaluated: RefCell::new(BTreeMap::new()),
+        mappings: section("Mappings"),
+        imports: params
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(IMPORT_VALUE)?.to_owned(), v.clone())))
+            .collect(),
     };
-    // Parameters: command line, else Default; Number parameters become numbers.
+    let mut out = Imported::default();
+    // Parameters: command line, else Default; Number parameters become numbers. One with
+    // neither is an error only if something imported uses it.
     if let Some(Value::Object(ps)) = top.get("Parameters") {
         for (name, decl) in ps {
+            out.parameters.insert(name.clone());
             let ty = decl.get("Type").and_then(Value::as_str).unwrap_or("String");
             let raw = match params.get(name) {
                 Some(v) => Value::String(v.clone()),
                 None => match decl.get("Default") {
                     Some(d) => d.clone(),
                     None => {
-                        return Err(err(
-                            &format!("Parameters.{name}"),
-                            format!("has no Default: give it with -p {name}=VALUE"),
-                        ))
+                        ctx.unset.insert(name.clone());
+                        continue;
                     }
                 },
             };
@@ -86,20 +112,41 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
         }
     }
     for (k, v) in PSEUDO {
+        out.parameters.insert(k.to_owned());
         let v = params.get(k).map(String::as_str).unwrap_or(v);
+        let v = if k == "AWS::NoValue" { NO_VALUE } else { v };
         ctx.params.insert(k.to_owned(), Value::String(v.to_owned()));
     }
-    for name in params.keys() {
-        if !ctx.params.contains_key(name) {
-            return Err(err(
-                "Parameters",
-                format!("-p {name}: the template has no such parameter"),
-            ));
-        }
-    }
 
-    let mut out = Imported::default();
-    for (logical, res) in &resources {
+    let result = resources_of(&ctx, &resources, &mut out);
+    let missing = ctx.missing.into_inner();
+    if !missing.is_empty() {
+        // Reported first: other errors may only follow from the values missing.
+        let given: Vec<String> = missing.iter().map(|n| format!("-p {n}=VALUE")).collect();
+        return Err(err(
+            "Parameters",
+            format!(
+                "no value for {}, which the App Mesh resources use: give {}",
+                missing.iter().cloned().collect::<Vec<_>>().join(", "),
+                given.join(" ")
+            ),
+        ));
+    }
+    result?;
+    out.parameters
+        .extend(ctx.imports.keys().map(|k| format!("{IMPORT_VALUE}{k}")));
+    Ok(out)
+}
+
+/// The App Mesh resources of the template, resolved, into `out`.
+fn resources_of(
+    ctx: &Ctx<'_>,
+    resources: &Map<String, Value>,
+    out: &mut Imported,
+) -> Result<(), ImportError> {
+    let file = ctx.file;
+    let err = |path: &str, message: String| ctx.err(path, message);
+    for (logical, res) in resources {
         let path = format!("Resources.{logical}");
         let ty = res.get("Type").and_then(Value::as_str).unwrap_or("");
         let kind = match ty {
@@ -121,11 +168,17 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
                 continue;
             }
         };
-        if res.get("Condition").is_some() {
-            return Err(err(
-                &format!("{path}.Condition"),
-                "conditional resources are not supported: resolve the condition first".into(),
-            ));
+        if let Some(c) = res.get("Condition") {
+            let cp = format!("{path}.Condition");
+            let name = c
+                .as_str()
+                .ok_or_else(|| err(&cp, "expected a condition's name".into()))?;
+            if !ctx.condition(&cp, name, 0)? {
+                out.warnings.push(format!(
+                    "{file}: {path}: its condition {name} is false; not imported"
+                ));
+                continue;
+            }
         }
         let props = match res.get("Properties") {
             Some(Value::Object(p)) => p.clone(),
@@ -165,7 +218,10 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
                 }
                 _ => {}
             }
-            resolved.insert(k, ctx.resolve(&p, &v, 0)?);
+            let v = ctx.resolve(&p, &v, 0)?;
+            if !is_no_value(&v) {
+                resolved.insert(k, v);
+            }
         }
         // The name CloudFormation would generate when the template gives none.
         let name_key = match kind {
@@ -187,7 +243,11 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
         out.resources
             .push(typed(file, &format!("{path}.Properties"), kind, v)?);
     }
-    Ok(out)
+    Ok(())
+}
+
+fn is_no_value(v: &Value) -> bool {
+    v.as_str() == Some(NO_VALUE)
 }
 
 fn is_function(k: &str) -> bool {
@@ -197,7 +257,18 @@ fn is_function(k: &str) -> bool {
 struct Ctx<'a> {
     file: &'a str,
     params: BTreeMap<String, Value>,
+    /// Parameters with no value (no `-p`, no `Default`).
+    unset: BTreeSet<String>,
+    /// Those of them (and exports) that something imported used.
+    missing: RefCell<BTreeSet<String>>,
     resources: &'a Map<String, Value>,
+    /// The `Conditions` section, and the conditions evaluated so far.
+    conditions: Map<String, Value>,
+    evaluated: RefCell<BTreeMap<String, bool>>,
+    /// The `Mappings` section.
+    mappings: Map<String, Value>,
+    /// Exports' values from `-p ImportValue:NAME=VALUE`.
+    imports: BTreeMap<String, String>,
 }
 
 impl Ctx<'_> {
@@ -218,6 +289,7 @@ impl Ctx<'_> {
                 .iter()
                 .enumerate()
                 .map(|(i, x)| self.resolve(&format!("{path}[{i}]"), x, depth + 1))
+                .filter(|r| !r.as_ref().is_ok_and(is_no_value))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
             Value::Object(m) if m.len() == 1 && m.keys().all(|k| is_function(k)) => {
@@ -269,6 +341,60 @@ impl Ctx<'_> {
                             _ => Err(self.err(&fp, "expects [delimiter, string]")),
                         }
                     }
+                    "Fn::If" => match arg.as_array().map(Vec::as_slice) {
+                        Some([Value::String(c), yes, no]) => {
+                            let chosen = if self.condition(&fp, c, depth + 1)? {
+                                yes
+                            } else {
+                                no
+                            };
+                            self.resolve(&fp, chosen, depth + 1)
+                        }
+                        _ => {
+                            Err(self.err(&fp, "expects [condition, value if true, value if false]"))
+                        }
+                    },
+                    "Fn::ImportValue" => {
+                        let name = self.resolve(&fp, arg, depth + 1)?;
+                        let name = self.scalar(&fp, &name)?;
+                        match self.imports.get(&name) {
+                            Some(v) => Ok(Value::String(v.clone())),
+                            None => {
+                                self.missing
+                                    .borrow_mut()
+                                    .insert(format!("{IMPORT_VALUE}{name}"));
+                                Ok(Value::String(String::new()))
+                            }
+                        }
+                    }
+                    "Fn::FindInMap" => {
+                        let a = self.resolve(&fp, arg, depth + 1)?;
+                        let keys = match a.as_array().map(Vec::as_slice) {
+                            Some([m, k1, k2]) => [
+                                self.scalar(&fp, m)?,
+                                self.scalar(&fp, k1)?,
+                                self.scalar(&fp, k2)?,
+                            ],
+                            _ => return Err(self.err(&fp, "expects [map, top key, second key]")),
+                        };
+                        self.mappings
+                            .get(&keys[0])
+                            .and_then(|m| m.get(&keys[1]))
+                            .and_then(|m| m.get(&keys[2]))
+                            .cloned()
+                            .ok_or_else(|| {
+                                self.err(
+                                    &fp,
+                                    format!("Mappings has no {}.{}.{}", keys[0], keys[1], keys[2]),
+                                )
+                            })
+                    }
+                    "Condition" => {
+                        let name = arg
+                            .as_str()
+                            .ok_or_else(|| self.err(&fp, "Condition takes a name"))?;
+                        self.condition(&fp, name, depth + 1).map(Value::Bool)
+                    }
                     f => Err(self.err(
                         &fp,
                         format!("{f} is not supported by Maille's import: resolve it first"),
@@ -278,14 +404,85 @@ impl Ctx<'_> {
             Value::Object(m) => {
                 let mut out = Map::new();
                 for (k, x) in m {
-                    out.insert(
-                        k.clone(),
-                        self.resolve(&format!("{path}.{k}"), x, depth + 1)?,
-                    );
+                    let v = self.resolve(&format!("{path}.{k}"), x, depth + 1)?;
+                    if !is_no_value(&v) {
+                        out.insert(k.clone(), v);
+                    }
                 }
                 Ok(Value::Object(out))
             }
             other => Ok(other.clone()),
+        }
+    }
+
+    /// The value of condition `name` of the `Conditions` section.
+    fn condition(&self, path: &str, name: &str, depth: usize) -> Result<bool, ImportError> {
+        if let Some(b) = self.evaluated.borrow().get(name) {
+            return Ok(*b);
+        }
+        let Some(expr) = self.conditions.get(name) else {
+            return Err(self.err(path, format!("no condition named {name:?} in Conditions")));
+        };
+        let b = self.truth(&format!("Conditions.{name}"), expr, depth + 1)?;
+        self.evaluated.borrow_mut().insert(name.to_owned(), b);
+        Ok(b)
+    }
+
+    /// A condition expression: `Fn::Equals`, `Fn::And`, `Fn::Or`, `Fn::Not`, `Condition`.
+    fn truth(&self, path: &str, v: &Value, depth: usize) -> Result<bool, ImportError> {
+        if depth > MAX_DEPTH {
+            return Err(self.err(path, "conditions nested too deep (a cycle?)"));
+        }
+        let Some((f, arg)) = v
+            .as_object()
+            .filter(|m| m.len() == 1)
+            .and_then(|m| m.iter().next())
+        else {
+            return match v {
+                Value::Bool(b) => Ok(*b),
+                Value::String(s) if s == "true" || s == "false" => Ok(s == "true"),
+                _ => Err(self.err(path, "expected a condition function")),
+            };
+        };
+        let fp = format!("{path}.{f}");
+        let list = || {
+            arg.as_array()
+                .ok_or_else(|| self.err(&fp, "expects a list of conditions"))
+        };
+        match f.as_str() {
+            "Fn::Equals" => match arg.as_array().map(Vec::as_slice) {
+                Some([a, b]) => {
+                    let a = self.resolve(&fp, a, depth + 1)?;
+                    let b = self.resolve(&fp, b, depth + 1)?;
+                    Ok(self.scalar(&fp, &a)? == self.scalar(&fp, &b)?)
+                }
+                _ => Err(self.err(&fp, "expects [value, value]")),
+            },
+            "Fn::And" => {
+                let mut all = true;
+                for (i, c) in list()?.iter().enumerate() {
+                    all &= self.truth(&format!("{fp}[{i}]"), c, depth + 1)?;
+                }
+                Ok(all)
+            }
+            "Fn::Or" => {
+                let mut any = false;
+                for (i, c) in list()?.iter().enumerate() {
+                    any |= self.truth(&format!("{fp}[{i}]"), c, depth + 1)?;
+                }
+                Ok(any)
+            }
+            "Fn::Not" => match list()?.as_slice() {
+                [c] => Ok(!self.truth(&format!("{fp}[0]"), c, depth + 1)?),
+                _ => Err(self.err(&fp, "expects [condition]")),
+            },
+            "Condition" => {
+                let name = arg
+                    .as_str()
+                    .ok_or_else(|| self.err(&fp, "Condition takes a name"))?;
+                self.condition(&fp, name, depth + 1)
+            }
+            other => Err(self.err(&fp, format!("{other} is not a condition function"))),
         }
     }
 
@@ -304,6 +501,11 @@ impl Ctx<'_> {
             .ok_or_else(|| self.err(path, "Ref takes a name"))?;
         if let Some(v) = self.params.get(name) {
             return Ok(v.clone());
+        }
+        if self.unset.contains(name) {
+            // Named all at once at the end.
+            self.missing.borrow_mut().insert(name.to_owned());
+            return Ok(Value::String(String::new()));
         }
         if self.resources.contains_key(name) {
             return self.name_of(path, name, depth).map(Value::String);

@@ -47,6 +47,9 @@ pub struct Imported {
     pub resources: Vec<Resource>,
     /// Parts ignored (output-only fields, tags, unsupported resource types), with where.
     pub warnings: Vec<String>,
+    /// The `-p` names the files take (CloudFormation parameters, pseudo parameters and
+    /// exports, Terraform variables): a `-p` no file takes is refused.
+    pub parameters: std::collections::BTreeSet<String>,
 }
 
 /// Formats a file may be in.
@@ -99,8 +102,53 @@ pub fn detect(name: &str, text: &str) -> Format {
     Format::ApiJson
 }
 
-/// Reads `text` (from `file`, for messages) in `format`.
+/// Reads `text` (from `file`, for messages) in `format`. A `-p` the file does not take is
+/// refused.
 pub fn import_str(
+    file: &str,
+    text: &str,
+    format: Format,
+    params: &Params,
+) -> Result<Imported, ImportError> {
+    let i = import_one(file, text, format, params)?;
+    if let Some(e) = unknown_params(params, &i.parameters) {
+        return Err(ImportError {
+            file: file.to_owned(),
+            path: String::new(),
+            message: e,
+        });
+    }
+    Ok(i)
+}
+
+/// The `-p` names that no file takes, as one message.
+fn unknown_params(params: &Params, taken: &std::collections::BTreeSet<String>) -> Option<String> {
+    let unknown: Vec<&str> = params
+        .keys()
+        .filter(|k| !taken.contains(*k))
+        .map(String::as_str)
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    let mut known: Vec<&str> = taken
+        .iter()
+        .map(String::as_str)
+        .filter(|k| !k.starts_with("AWS::"))
+        .collect();
+    known.truncate(20);
+    Some(format!(
+        "-p {}: no file of this call takes such a parameter or variable{}",
+        unknown.join(", -p "),
+        if known.is_empty() {
+            String::new()
+        } else {
+            format!(" (they take: {})", known.join(", "))
+        }
+    ))
+}
+
+fn import_one(
     file: &str,
     text: &str,
     format: Format,
@@ -144,10 +192,11 @@ pub fn import_paths(paths: &[PathBuf], params: &Params) -> Result<Imported, Vec<
             manifests.push((name, text));
             continue;
         }
-        match import_str(&name, &text, format, params) {
+        match import_one(&name, &text, format, params) {
             Ok(i) => {
                 out.resources.extend(i.resources);
                 out.warnings.extend(i.warnings);
+                out.parameters.extend(i.parameters);
             }
             Err(e) => errors.push(e),
         }
@@ -159,6 +208,19 @@ pub fn import_paths(paths: &[PathBuf], params: &Params) -> Result<Imported, Vec<
                 out.warnings.extend(i.warnings);
             }
             Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        if let Some(e) = unknown_params(params, &out.parameters) {
+            errors.push(ImportError {
+                file: paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                path: String::new(),
+                message: e,
+            });
         }
     }
     if errors.is_empty() {

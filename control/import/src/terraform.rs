@@ -97,11 +97,6 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
         };
         vars.insert(name, v);
     }
-    for name in params.keys() {
-        if !vars.contains_key(name) {
-            return Err(err("variable", format!("-p {name}: no such variable")));
-        }
-    }
 
     // Locals, in passes so that locals may use locals.
     let local_exprs: Vec<(String, hcl::Expression)> = body
@@ -127,6 +122,7 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
     // The App Mesh resources, and what references to them give.
     let mut blocks = Vec::new();
     let mut out = Imported::default();
+    out.parameters.extend(vars.keys().cloned());
     for b in body
         .blocks()
         .filter(|b| b.identifier.as_str() == "resource")

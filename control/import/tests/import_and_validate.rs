@@ -170,9 +170,158 @@ fn parameters_and_variables_from_the_command_line_are_used() {
     )
     .unwrap_err();
     assert!(
-        e[0].to_string()
-            .contains("-p Domain: the template has no such parameter"),
+        e[0].to_string().contains(
+            "-p Domain: no file of this call takes such a parameter or variable (they take: AppPort, MeshName, ServicesDomain)"
+        ),
         "{e:?}"
+    );
+    // One call over both files: each -p is taken by the file that has it.
+    let both = import_paths(
+        &[
+            example("appmesh-cloudformation.yaml"),
+            example("appmesh-terraform.tf"),
+        ],
+        &[
+            ("ServicesDomain".to_string(), "prod.internal".to_string()),
+            ("services_domain".to_string(), "prod.internal".to_string()),
+        ]
+        .into(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(both.resources.len(), 22);
+}
+
+/// A template in the shape of the App Mesh walkthroughs' (`EnvironmentName` and other
+/// parameters without a Default that no App Mesh resource uses, conditions, an export).
+const CFN_CONDITIONS: &str = r#"
+Parameters:
+  EnvironmentName: { Type: String }
+  VpcCIDR: { Type: String }
+  Stage: { Type: String, Default: prod }
+  MeshSuffix: { Type: String }
+Conditions:
+  IsProd: !Equals [!Ref Stage, prod]
+  WantsCanary: !And [!Condition IsProd, !Not [!Equals [!Ref Stage, dev]]]
+  IsDev: !Equals [!Ref Stage, dev]
+Mappings:
+  Ports: { prod: { app: 8080 }, dev: { app: 9080 } }
+Resources:
+  Vpc:
+    Type: AWS::EC2::VPC
+    Properties: { CidrBlock: !Ref VpcCIDR }
+  Mesh:
+    Type: AWS::AppMesh::Mesh
+    Properties:
+      MeshName: !If [IsProd, !Sub "colors-${MeshSuffix}", colors-dev]
+      Spec:
+        EgressFilter: !If [IsDev, { Type: ALLOW_ALL }, !Ref AWS::NoValue]
+  Node:
+    Type: AWS::AppMesh::VirtualNode
+    Properties:
+      MeshName: !GetAtt Mesh.MeshName
+      VirtualNodeName: front
+      Spec:
+        Listeners:
+          - PortMapping: { Port: !FindInMap [Ports, !Ref Stage, app], Protocol: http }
+        ServiceDiscovery:
+          DNS: { Hostname: !ImportValue shared-front-hostname }
+  DevOnly:
+    Type: AWS::AppMesh::VirtualNode
+    Condition: IsDev
+    Properties:
+      MeshName: !GetAtt Mesh.MeshName
+      VirtualNodeName: debug
+      Spec: {}
+  Canary:
+    Type: AWS::AppMesh::VirtualNode
+    Condition: WantsCanary
+    Properties:
+      MeshName: !GetAtt Mesh.MeshName
+      VirtualNodeName: canary
+      Spec: {}
+"#;
+
+#[test]
+fn cloudformation_conditions_exports_and_only_the_parameters_used() {
+    // Every value the App Mesh resources use is missing: all named in one error, and not
+    // EnvironmentName or VpcCIDR, which only other resources use.
+    let e = import_str(
+        "t.yaml",
+        CFN_CONDITIONS,
+        Format::CloudFormation,
+        &Params::new(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.message,
+        "no value for ImportValue:shared-front-hostname, MeshSuffix, which the App Mesh resources use: give -p ImportValue:shared-front-hostname=VALUE -p MeshSuffix=VALUE",
+        "{e}"
+    );
+    let p: Params = [
+        ("MeshSuffix".to_string(), "prod".to_string()),
+        (
+            "ImportValue:shared-front-hostname".to_string(),
+            "front.prod.internal".to_string(),
+        ),
+    ]
+    .into();
+    let i = import_str("t.yaml", CFN_CONDITIONS, Format::CloudFormation, &p)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = maille_model::resources(i.resources);
+    let mut names: Vec<String> = m.keys().map(|k| format!("{}/{}", k.mesh, k.name)).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "colors-prod/canary",
+            "colors-prod/colors-prod",
+            "colors-prod/front"
+        ]
+    );
+    let mesh = m
+        .values()
+        .find_map(|r| match r.as_ref() {
+            Resource::Mesh(m) => Some(m.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        mesh.spec.egress_filter, None,
+        "AWS::NoValue removes the property"
+    );
+    assert!(
+        i.warnings
+            .iter()
+            .any(|w| w.contains("Resources.DevOnly: its condition IsDev is false; not imported")),
+        "{:?}",
+        i.warnings
+    );
+    let front = m
+        .values()
+        .find_map(|r| match r.as_ref() {
+            Resource::VirtualNode(n) if n.virtual_node_name == "front" => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(front.spec.listeners[0].port_mapping.port, 8080, "FindInMap");
+    assert_eq!(
+        front.spec.service_discovery.unwrap().dns.unwrap().hostname,
+        "front.prod.internal"
+    );
+    // The other branch of every condition.
+    let mut dev = p.clone();
+    dev.insert("Stage".into(), "dev".into());
+    let i = import_str("t.yaml", CFN_CONDITIONS, Format::CloudFormation, &dev).unwrap();
+    let m = maille_model::resources(i.resources);
+    let mut names: Vec<String> = m.keys().map(|k| format!("{}/{}", k.mesh, k.name)).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "colors-dev/colors-dev",
+            "colors-dev/debug",
+            "colors-dev/front"
+        ]
     );
 }
 
@@ -205,6 +354,10 @@ fn bad_definitions_name_the_file_and_field() {
     let cfn_if = "Resources:\n  M:\n    Type: AWS::AppMesh::Mesh\n    Properties:\n      MeshName: !If [IsProd, a, b]\n";
     let e = import_str("t.yaml", cfn_if, Format::CloudFormation, &p).unwrap_err();
     assert_eq!(e.path, "Resources.M.Properties.MeshName.Fn::If", "{e}");
+    assert_eq!(
+        e.message, "no condition named \"IsProd\" in Conditions",
+        "{e}"
+    );
     let gw = "Resources:\n  G:\n    Type: AWS::AppMesh::VirtualGateway\n    Properties: {}\n";
     let i = import_str("t.yaml", gw, Format::CloudFormation, &p).unwrap();
     assert!(
