@@ -36,6 +36,7 @@ pub fn validate(
     let world = World {
         resources: &map,
         modules: &modules,
+        cloud_map: &maille_translate::NO_CLOUD_MAP,
     };
     let dir = std::env::temp_dir().join(format!("maillectl-validate-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -127,6 +127,7 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
             state_path: Some(dir.path().join("state.redb")),
             modules_dir: Some(root.join("target/filters")),
             cloudwatch: None,
+            cloud_map_every: std::time::Duration::from_millis(300),
         }))
         .unwrap();
     let url = format!("http://127.0.0.1:{}", server.http_port);

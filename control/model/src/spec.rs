@@ -594,12 +594,40 @@ pub struct ServiceDiscovery {
     /// A DNS name that resolves to the node's instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsServiceDiscovery>,
-    /// AWS Cloud Map (not supported by Maille yet: reported at import).
+    /// AWS Cloud Map: the control server asks Cloud Map for the service's healthy
+    /// instances and serves them over EDS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aws_cloud_map: Option<serde_json::Value>,
+    pub aws_cloud_map: Option<AwsCloudMapServiceDiscovery>,
     /// Maille: a fixed list of instances, served over EDS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<Endpoint>>,
+}
+
+/// `AwsCloudMapServiceDiscovery`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsCloudMapServiceDiscovery {
+    /// The Cloud Map namespace's name (`DiscoverInstances`' `NamespaceName`).
+    pub namespace_name: String,
+    /// The Cloud Map service's name.
+    pub service_name: String,
+    /// Only instances with all these attributes (`QueryParameters`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<AwsCloudMapInstanceAttribute>,
+    /// Which of an instance's addresses to use: `IPv4_PREFERRED` (the default),
+    /// `IPv6_PREFERRED`, `IPv4_ONLY`, `IPv6_ONLY`; the mesh's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_preference: Option<String>,
+}
+
+/// `AwsCloudMapInstanceAttribute`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsCloudMapInstanceAttribute {
+    /// The attribute's name.
+    pub key: String,
+    /// Its value.
+    pub value: String,
 }
 
 /// `DnsServiceDiscovery`.

@@ -544,11 +544,46 @@ fn node_spec(c: &mut Check<'_>, s: &VirtualNodeSpec) {
                 "exactly one of dns, awsCloudMap, endpoints is required",
             );
         }
-        if sd.aws_cloud_map.is_some() {
-            c.err(
-                "spec.serviceDiscovery.awsCloudMap",
-                "AWS Cloud Map discovery is not supported by Maille yet; use dns or endpoints",
-            );
+        if let Some(cm) = &sd.aws_cloud_map {
+            let p = "spec.serviceDiscovery.awsCloudMap";
+            // App Mesh's limits: names of 1 to 1024 characters, at most 10 attributes.
+            for (field, v) in [
+                ("namespaceName", &cm.namespace_name),
+                ("serviceName", &cm.service_name),
+            ] {
+                if v.is_empty() || v.chars().count() > 1024 {
+                    c.err(
+                        format!("{p}.{field}"),
+                        "a name of 1 to 1024 characters is required",
+                    );
+                }
+            }
+            if cm.attributes.len() > 10 {
+                c.err(
+                    format!("{p}.attributes"),
+                    format!("at most 10 attributes, got {}", cm.attributes.len()),
+                );
+            }
+            for (i, a) in cm.attributes.iter().enumerate() {
+                if a.key.is_empty()
+                    || a.key.len() > 255
+                    || !a.key.bytes().all(|b| (b'!'..=b'~').contains(&b))
+                {
+                    c.err(
+                        format!("{p}.attributes[{i}].key"),
+                        "1 to 255 printable ASCII characters without spaces are required",
+                    );
+                }
+                if a.value.is_empty() || a.value.chars().count() > 1024 {
+                    c.err(
+                        format!("{p}.attributes[{i}].value"),
+                        "1 to 1024 characters are required",
+                    );
+                }
+            }
+            if let Some(ip) = cm.ip_preference.as_deref() {
+                ip_preference(c, &format!("{p}.ipPreference"), ip);
+            }
         }
         if let Some(dns) = &sd.dns {
             if dns.hostname.is_empty() {

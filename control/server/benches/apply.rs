@@ -124,6 +124,7 @@ fn main() {
         let world = World {
             resources: &snap.resources,
             modules: &snap.modules,
+            cloud_map: &maille_translate::NO_CLOUD_MAP,
         };
         let t = Instant::now();
         for n in 0..nodes {

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod analysis;
 pub mod clients;
+mod cloud_map;
 #[cfg(feature = "cloudwatch")]
 pub mod cloudwatch;
 pub mod console;

@@ -11,7 +11,10 @@ use crate::store::{Store, StoreError};
 use envoy_types::pb::google::protobuf::Any;
 use maille_api::ApplyReport;
 use maille_model::{check_changes, check_resource, Key, Kind, Resource, Resources, SpecErrors};
-use maille_translate::{node_config, Dep, Module, NodeConfig, NodeOptions, World};
+use maille_translate::{
+    node_config, CloudMap, CloudMapInstance, CloudMapQuery, Dep, Module, NodeConfig, NodeOptions,
+    World,
+};
 use prost::{Message, Name};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -68,6 +71,8 @@ pub struct Snapshot {
     pub resources: Resources,
     /// Served modules by name.
     pub modules: BTreeMap<String, Module>,
+    /// What AWS Cloud Map last answered for the mesh's `awsCloudMap` nodes.
+    pub cloud_map: Arc<CloudMap>,
     /// When it was made (for apply-to-ACK times).
     pub made_at: Instant,
 }
@@ -77,6 +82,7 @@ impl Snapshot {
         World {
             resources: &self.resources,
             modules: &self.modules,
+            cloud_map: &self.cloud_map,
         }
     }
 }
@@ -273,6 +279,7 @@ impl Mesh {
             version,
             resources: stored.into_iter().map(|(k, r)| (k, Arc::new(r))).collect(),
             modules: modules.current(),
+            cloud_map: Arc::new(CloudMap::new()),
             made_at: Instant::now(),
         };
         let mut t = Translations {
@@ -414,11 +421,56 @@ impl Mesh {
             version,
             resources: cur.resources.clone(),
             modules: self.modules.current(),
+            cloud_map: cur.cloud_map.clone(),
             made_at: Instant::now(),
         };
         let deps: Vec<Dep> = changed.into_iter().map(Dep::Module).collect();
         self.publish(snap, &deps, &[]);
         Ok(true)
+    }
+
+    /// Serves what Cloud Map answered for `answers` (each query's healthy instances), keeping
+    /// the other queries' last answers and dropping those no node asks any more; when that
+    /// changes any query's instances, a new snapshot re-translates the nodes that read them.
+    pub async fn update_cloud_map(
+        &self,
+        answers: BTreeMap<CloudMapQuery, Vec<CloudMapInstance>>,
+    ) -> Result<bool, StoreError> {
+        let _guard = self.write.lock().await;
+        let cur = self.current();
+        let wanted = maille_translate::cloud_map_queries(&cur.resources);
+        let mut next: CloudMap = cur
+            .cloud_map
+            .iter()
+            .filter(|(q, _)| wanted.contains(*q))
+            .map(|(q, i)| (q.clone(), i.clone()))
+            .collect();
+        for (q, mut instances) in answers {
+            if wanted.contains(&q) {
+                instances.sort();
+                instances.dedup();
+                next.insert(q, instances);
+            }
+        }
+        let changed: Vec<Dep> = wanted
+            .iter()
+            .filter(|q| cur.cloud_map.get(*q) != next.get(*q))
+            .map(|q| Dep::CloudMap(q.clone()))
+            .collect();
+        if changed.is_empty() && next.len() == cur.cloud_map.len() {
+            return Ok(false);
+        }
+        let version = cur.version + 1;
+        self.store.commit(version, &[], &[])?;
+        let snap = Snapshot {
+            version,
+            resources: cur.resources.clone(),
+            modules: cur.modules.clone(),
+            cloud_map: Arc::new(next),
+            made_at: Instant::now(),
+        };
+        self.publish(snap, &changed, &[]);
+        Ok(!changed.is_empty())
     }
 
     /// Commits (unless `dry_run`) and publishes the change from `cur` to `next` of `keys`,
@@ -447,6 +499,7 @@ impl Mesh {
             version,
             resources: next,
             modules: cur.modules.clone(),
+            cloud_map: cur.cloud_map.clone(),
             made_at: Instant::now(),
         };
         if dry_run {

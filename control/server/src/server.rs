@@ -38,6 +38,9 @@ pub struct ServerConfig {
     /// Where rollouts with a CloudWatch analysis source read their numbers (none: such
     /// rollouts hold, saying why).
     pub cloudwatch: Option<Arc<dyn MetricSource>>,
+    /// How often AWS Cloud Map is asked for the instances of `awsCloudMap` nodes (only
+    /// while some node uses it).
+    pub cloud_map_every: Duration,
 }
 
 /// Why the server could not start.
@@ -126,6 +129,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         http_port,
     };
     let (stop, stop_rx) = watch::channel(false);
+    let stop_cloud_map = stop_rx.clone();
     let mut tasks = Vec::new();
 
     let metrics = Arc::new(MeshMetrics::default());
@@ -191,6 +195,12 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
             }
         }
     }));
+
+    tasks.push(tokio::spawn(crate::cloud_map::run(
+        mesh.clone(),
+        cfg.cloud_map_every,
+        stop_cloud_map,
+    )));
 
     tracing::info!(xds_port, http_port, "Maille control server listening");
     Ok(Running {

@@ -296,6 +296,7 @@ async fn incremental_translation_equals_translating_from_scratch() {
         let world = World {
             resources: &snap.resources,
             modules: &snap.modules,
+            cloud_map: &maille_translate::NO_CLOUD_MAP,
         };
         for n in nodes {
             for o in &opts {

@@ -6,6 +6,7 @@ use crate::node::*;
 use crate::options::defaults;
 use crate::proto::*;
 use crate::tls::*;
+use crate::world::CloudMapQuery;
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
@@ -81,7 +82,7 @@ pub(crate) fn target_cluster(
             eds_config: Some(ads()),
             service_name: name.clone(),
         });
-        let eps: Vec<(&str, u32)> = sd
+        let mut eps: Vec<(&str, u32)> = sd
             .and_then(|s| s.endpoints.as_ref())
             .map(|eps| {
                 eps.iter()
@@ -89,6 +90,31 @@ pub(crate) fn target_cluster(
                     .collect()
             })
             .unwrap_or_default();
+        if let Some(cm) = sd.and_then(|s| s.aws_cloud_map.as_ref()) {
+            let mesh_preference = match cx.get(Kind::Mesh, &target.mesh_name, &target.mesh_name) {
+                Some(Resource::Mesh(m)) => m
+                    .spec
+                    .service_discovery
+                    .as_ref()
+                    .and_then(|sd| sd.ip_preference.as_deref()),
+                _ => None,
+            };
+            let preference = cm.ip_preference.as_deref().or(mesh_preference);
+            for i in cx.cloud_map(&CloudMapQuery::from(cm)).unwrap_or_default() {
+                let (v4, v6) = (i.ipv4.as_deref(), i.ipv6.as_deref());
+                let address = match preference {
+                    Some("IPv4_ONLY") => v4,
+                    Some("IPv6_ONLY") => v6,
+                    Some("IPv6_PREFERRED") => v6.or(v4),
+                    _ => v4.or(v6),
+                };
+                if let Some(a) = address {
+                    eps.push((a, i.port.unwrap_or(port)));
+                }
+            }
+            eps.sort_unstable();
+            eps.dedup();
+        }
         out.endpoints.push(endpoint::ClusterLoadAssignment {
             cluster_name: name.clone(),
             endpoints: if eps.is_empty() {

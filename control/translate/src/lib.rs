@@ -5,7 +5,8 @@
 //! - one ingress listener per node listener, in front of the local application;
 //! - one egress listener whose route configuration has a virtual host per backend virtual
 //!   service, with the service's router's routes in App Mesh order;
-//! - a cluster per reachable target node (DNS, or endpoints served over EDS);
+//! - a cluster per reachable target node (DNS, or endpoints served over EDS: fixed ones, or
+//!   the node's AWS Cloud Map instances as the server last discovered them);
 //! - a canary filter instance (ECDS) per route with two or more weighted targets, enabled
 //!   only on that route: it makes the weighted choice (sticky when configured), writes the
 //!   cluster header the route reads and the variant marker;
@@ -31,4 +32,7 @@ mod world;
 
 pub use node::{node_config, NodeConfig};
 pub use options::{defaults, NodeOptions};
-pub use world::{is_module_file, modules_in, Dep, Module, World};
+pub use world::{
+    cloud_map_queries, is_module_file, modules_in, CloudMap, CloudMapInstance, CloudMapQuery, Dep,
+    Module, World, NO_CLOUD_MAP,
+};

@@ -25,6 +25,78 @@ pub struct World<'a> {
     pub resources: &'a Resources,
     /// Filter modules by file name (`canary.wasm`, `libmaille_breaker.so`).
     pub modules: &'a BTreeMap<String, Module>,
+    /// The instances AWS Cloud Map last gave for each query of an `awsCloudMap` node (an
+    /// absent query: not discovered yet).
+    pub cloud_map: &'a CloudMap,
+}
+
+/// One `DiscoverInstances` question: a Cloud Map service and the attributes its instances
+/// must have.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CloudMapQuery {
+    /// `NamespaceName`.
+    pub namespace: String,
+    /// `ServiceName`.
+    pub service: String,
+    /// `QueryParameters`, sorted by key.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl From<&maille_model::AwsCloudMapServiceDiscovery> for CloudMapQuery {
+    fn from(c: &maille_model::AwsCloudMapServiceDiscovery) -> CloudMapQuery {
+        let mut attributes: Vec<(String, String)> = c
+            .attributes
+            .iter()
+            .map(|a| (a.key.clone(), a.value.clone()))
+            .collect();
+        attributes.sort();
+        attributes.dedup();
+        CloudMapQuery {
+            namespace: c.namespace_name.clone(),
+            service: c.service_name.clone(),
+            attributes,
+        }
+    }
+}
+
+impl std::fmt::Display for CloudMapQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.service)?;
+        for (k, v) in &self.attributes {
+            write!(f, " {k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A healthy instance as Cloud Map gives it (`AWS_INSTANCE_IPV4`, `AWS_INSTANCE_IPV6`,
+/// `AWS_INSTANCE_PORT`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CloudMapInstance {
+    /// Its IPv4 address.
+    pub ipv4: Option<String>,
+    /// Its IPv6 address.
+    pub ipv6: Option<String>,
+    /// Its port; the listener's when absent.
+    pub port: Option<u32>,
+}
+
+/// Instances by query.
+pub type CloudMap = BTreeMap<CloudMapQuery, Vec<CloudMapInstance>>;
+
+/// No Cloud Map instances (for worlds without Cloud Map nodes).
+pub static NO_CLOUD_MAP: CloudMap = BTreeMap::new();
+
+/// Every Cloud Map query of `resources`' nodes: what the control server asks Cloud Map.
+pub fn cloud_map_queries(resources: &Resources) -> BTreeSet<CloudMapQuery> {
+    resources
+        .values()
+        .filter_map(|r| match r.as_ref() {
+            Resource::VirtualNode(n) => n.spec.service_discovery.as_ref()?.aws_cloud_map.as_ref(),
+            _ => None,
+        })
+        .map(CloudMapQuery::from)
+        .collect()
 }
 
 /// One thing a node's translation read. A change to the mesh affects a node exactly when it
@@ -49,6 +121,8 @@ pub enum Dep {
     },
     /// A served module, by name.
     Module(String),
+    /// The instances of a Cloud Map query.
+    CloudMap(CloudMapQuery),
 }
 
 impl Dep {
@@ -128,6 +202,12 @@ impl<'a> Ctx<'a> {
     pub(crate) fn module(&self, name: &str) -> Option<&'a Module> {
         self.read(Dep::Module(name.to_owned()));
         self.world.modules.get(name)
+    }
+
+    /// The instances Cloud Map last gave for `q`, if it answered yet.
+    pub(crate) fn cloud_map(&self, q: &CloudMapQuery) -> Option<&'a [CloudMapInstance]> {
+        self.read(Dep::CloudMap(q.clone()));
+        self.world.cloud_map.get(q).map(Vec::as_slice)
     }
 
     /// The keys of `kind` in `mesh` whose name starts with `prefix`, with their resources.

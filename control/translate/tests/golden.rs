@@ -305,6 +305,7 @@ fn golden(example: &str, rel: &str, opts: &[(&str, NodeOptions)]) {
     let world = World {
         resources: &resources,
         modules: &modules,
+        cloud_map: &maille_translate::NO_CLOUD_MAP,
     };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
@@ -380,6 +381,7 @@ fn every_example_translates_to_consistent_resources() {
         let world = World {
             resources: &resources,
             modules: &modules,
+            cloud_map: &maille_translate::NO_CLOUD_MAP,
         };
         let ns = nodes(&resources);
         assert!(ns.len() >= 5, "{rel}");
@@ -399,6 +401,7 @@ fn the_consistency_check_catches_a_dangling_name() {
     let world = World {
         resources: &resources,
         modules: &modules,
+        cloud_map: &maille_translate::NO_CLOUD_MAP,
     };
     let (mesh, node) = nodes(&resources)
         .into_iter()
@@ -446,6 +449,7 @@ fn gateway_json(r: &Resources) -> Value {
     let world = World {
         resources: r,
         modules: &modules,
+        cloud_map: &maille_translate::NO_CLOUD_MAP,
     };
     config_json(&node_config(
         world,
@@ -581,6 +585,7 @@ fn access_logs_go_to_the_file_the_spec_names_and_to_the_collector() {
     let world = World {
         resources: &r,
         modules: &modules,
+        cloud_map: &maille_translate::NO_CLOUD_MAP,
     };
     let logs_of = |opts: &NodeOptions| -> Vec<Value> {
         let j = config_json(&node_config(world, "colorapp", "colorgateway", opts));
@@ -646,6 +651,7 @@ fn dns_names_resolve_by_the_nodes_ip_preference_else_the_meshs() {
         let world = World {
             resources: r,
             modules: &modules,
+            cloud_map: &maille_translate::NO_CLOUD_MAP,
         };
         let j = config_json(&node_config(
             world,
@@ -704,6 +710,7 @@ fn a_health_check_port_is_where_envoy_checks_the_application() {
         let world = World {
             resources: r,
             modules: &modules,
+            cloud_map: &maille_translate::NO_CLOUD_MAP,
         };
         let j = config_json(&node_config(
             world,

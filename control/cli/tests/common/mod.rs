@@ -53,6 +53,7 @@ impl Control {
                 state_path: Some(state.to_path_buf()),
                 modules_dir: Some(modules.to_path_buf()),
                 cloudwatch: None,
+                cloud_map_every: std::time::Duration::from_millis(300),
             }))
             .expect("control server starts");
         Control {

@@ -38,6 +38,12 @@ struct Args {
     /// server built with `--features cloudwatch`.
     #[arg(long, env = "MAILLE_CLOUDWATCH_NAMESPACE")]
     cloudwatch_namespace: Option<String>,
+    /// How often (ms) AWS Cloud Map is asked for the healthy instances of `awsCloudMap`
+    /// nodes, through the default AWS chain (AWS_ENDPOINT_URL reaches another endpoint).
+    /// Only while some node uses Cloud Map.
+    #[arg(long, env = "MAILLE_CLOUD_MAP_INTERVAL_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    cloud_map_interval_ms: u64,
 }
 
 #[cfg(feature = "cloudwatch")]
@@ -81,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         state_path: (!args.ephemeral).then_some(args.state),
         modules_dir: Some(args.modules),
         cloudwatch: cloudwatch(args.cloudwatch_namespace.as_deref()).await?,
+        cloud_map_every: std::time::Duration::from_millis(args.cloud_map_interval_ms),
     })
     .await?;
     println!(

@@ -1,0 +1,141 @@
+//! AWS Cloud Map discovery end to end: a node found through `awsCloudMap` (with an attribute
+//! filter), its instances registered and deregistered in Cloud Map (moto, through the AWS
+//! SDK) while a real Envoy serves, and the traffic following them; Cloud Map going away
+//! leaves Envoy on the last instances. One test per binary: it sets the process's AWS
+//! environment, which the in-process control server reads as a deployed one would.
+
+mod common;
+
+use aws_sdk_servicediscovery::Client;
+use common::*;
+use maille_testkit::{free_port, Moto};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+fn client(endpoint: &str) -> Client {
+    use aws_sdk_servicediscovery::config::{
+        BehaviorVersion, Credentials, Region, SharedCredentialsProvider,
+    };
+    let cfg = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "test", "test", None, None, "static",
+        )))
+        .build();
+    Client::new(&cfg)
+}
+
+/// The mesh: a gateway calling `colorteller.local`, provided by one node found in Cloud Map
+/// (namespace `demo.local`, service `colorteller`, instances with `stage=prod` only).
+fn mesh() -> Value {
+    json!([
+        {"meshName": "demo", "spec": {}},
+        {"meshName": "demo", "virtualNodeName": "gateway", "spec": {
+            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
+            "backends": [{"virtualService": {"virtualServiceName": "colorteller.local"}}]}},
+        {"meshName": "demo", "virtualNodeName": "colors", "spec": {
+            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
+            "serviceDiscovery": {"awsCloudMap": {
+                "namespaceName": "demo.local", "serviceName": "colorteller",
+                "attributes": [{"key": "stage", "value": "prod"}]}}}},
+        {"meshName": "demo", "virtualServiceName": "colorteller.local", "spec": {
+            "provider": {"virtualNode": {"virtualNodeName": "colors"}}}}
+    ])
+}
+
+#[test]
+fn envoy_follows_cloud_map_instances_as_they_register_and_deregister() {
+    let rt = runtime();
+    let moto = Moto::start_on(free_port());
+    // The control server's AWS chain: what a deployment sets.
+    std::env::set_var("AWS_ENDPOINT_URL", moto.url());
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    std::env::set_var("AWS_REGION", "us-east-1");
+
+    let apps = Apps::start(&rt, &["white", "black", "blue"]);
+    let sd = client(&moto.url());
+    let service_id = rt.block_on(async {
+        sd.create_http_namespace()
+            .name("demo.local")
+            .send()
+            .await
+            .expect("namespace");
+        let ns = sd.list_namespaces().send().await.expect("namespaces");
+        let ns_id = ns.namespaces()[0].id().unwrap().to_owned();
+        sd.create_service()
+            .name("colorteller")
+            .namespace_id(ns_id)
+            .send()
+            .await
+            .expect("service")
+            .service()
+            .and_then(|s| s.id())
+            .unwrap()
+            .to_owned()
+    });
+    let register = |name: &str, stage: &str| {
+        rt.block_on(
+            sd.register_instance()
+                .service_id(&service_id)
+                .instance_id(name)
+                .attributes("AWS_INSTANCE_IPV4", "127.0.0.1")
+                .attributes("AWS_INSTANCE_PORT", apps.ports[name].to_string())
+                .attributes("stage", stage)
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("register {name}: {e:?}"));
+    };
+    let deregister = |name: &str| {
+        rt.block_on(
+            sd.deregister_instance()
+                .service_id(&service_id)
+                .instance_id(name)
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("deregister {name}: {e:?}"));
+    };
+    register("white", "prod");
+    register("black", "canary"); // not prod: never a target
+
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    let spec = dir.path().join("mesh.json");
+    std::fs::write(&spec, mesh().to_string()).unwrap();
+    let (ok, out, err) = control.ctl(&["apply", "-f", spec.to_str().unwrap(), "--wait"]);
+    assert!(ok, "{out}{err}");
+    let (envoy, egress) = control.envoy("demo", "gateway");
+
+    let only = |want: &[&str]| {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        move |t: &BTreeMap<String, usize>| t.keys().cloned().collect::<BTreeSet<_>>() == want
+    };
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut watch = |what: &str, want: &[&str]| {
+        let is = only(want);
+        let t = eventually(what, Duration::from_secs(30), || {
+            let t = tally(egress, 30);
+            (is(&t), t)
+        });
+        seen.extend(t.keys().cloned());
+        t
+    };
+    watch("the prod instance serves", &["white"]);
+    register("blue", "prod");
+    watch("a new prod instance joins", &["white", "blue"]);
+    deregister("white");
+    watch("a deregistered instance leaves", &["blue"]);
+    assert!(
+        !seen.contains("black"),
+        "an instance without stage=prod was a target"
+    );
+
+    // Cloud Map gone: the last instances keep serving (the server logs the failure).
+    drop(moto);
+    std::thread::sleep(Duration::from_secs(2));
+    let t = tally(egress, 30);
+    assert_eq!(t.get("blue"), Some(&30), "{t:?}\n{}", envoy.log());
+}
