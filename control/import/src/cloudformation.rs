@@ -558,6 +558,16 @@ impl Ctx<'_> {
             return Err(self.err(path, format!("no resource named {logical:?}")));
         };
         let ty = r.get("Type").and_then(Value::as_str).unwrap_or("");
+        if ty == "AWS::ServiceDiscovery::Service" && attr == "Name" {
+            // What App Mesh templates give awsCloudMap's ServiceName.
+            return match r.get("Properties").and_then(|p| p.get("Name")) {
+                Some(v) => self.resolve(path, v, depth + 1),
+                None => Err(self.err(
+                    path,
+                    format!("{logical} has no Name (CloudFormation would make one up)"),
+                )),
+            };
+        }
         match attr.as_str() {
             "MeshName" => match r.get("Properties").and_then(|p| p.get("MeshName")) {
                 Some(v) => self.resolve(path, v, depth + 1),

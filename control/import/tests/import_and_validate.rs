@@ -873,3 +873,51 @@ fn api_json_gateways_are_skipped_by_name_and_the_rest_is_read() {
         "{w}"
     );
 }
+
+#[test]
+fn cloudformation_cloud_map_discovery_names_its_registry() {
+    let cfn = r#"
+Parameters:
+  ServicesDomain: { Type: String, Default: demo.local }
+Resources:
+  Namespace:
+    Type: AWS::ServiceDiscovery::PrivateDnsNamespace
+    Properties: { Name: !Ref ServicesDomain, Vpc: vpc-1 }
+  ColorTellerWhiteRegistry:
+    Type: AWS::ServiceDiscovery::Service
+    Properties:
+      Name: colorteller-white
+      NamespaceId: !Ref Namespace
+  Mesh:
+    Type: AWS::AppMesh::Mesh
+    Properties: { MeshName: colors }
+  White:
+    Type: AWS::AppMesh::VirtualNode
+    Properties:
+      MeshName: !GetAtt Mesh.MeshName
+      VirtualNodeName: colorteller-white
+      Spec:
+        Listeners: [{ PortMapping: { Port: 9080, Protocol: http } }]
+        ServiceDiscovery:
+          AWSCloudMap:
+            NamespaceName: !Ref ServicesDomain
+            ServiceName: !GetAtt ColorTellerWhiteRegistry.Name
+            Attributes: [{ Key: ECS_TASK_DEFINITION_FAMILY, Value: white }]
+"#;
+    let i = import_str("t.yaml", cfn, Format::CloudFormation, &Params::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = maille_model::resources(i.resources);
+    check_all(&m).expect("Cloud Map discovery validates");
+    let cm = m
+        .values()
+        .find_map(|r| match r.as_ref() {
+            Resource::VirtualNode(n) => n.spec.service_discovery.clone()?.aws_cloud_map,
+            _ => None,
+        })
+        .expect("awsCloudMap");
+    assert_eq!(
+        (cm.namespace_name.as_str(), cm.service_name.as_str()),
+        ("demo.local", "colorteller-white")
+    );
+    assert_eq!(cm.attributes[0].key, "ECS_TASK_DEFINITION_FAMILY");
+}

@@ -744,3 +744,81 @@ fn a_health_check_port_is_where_envoy_checks_the_application() {
     maille_model::check_all(&r).expect("valid");
     assert_eq!(checked(&r), vec![json!({"port_value": 9901})]);
 }
+
+#[test]
+fn cloud_map_instances_become_the_eds_endpoints_of_their_node() {
+    use maille_translate::{CloudMap, CloudMapInstance, CloudMapQuery};
+    let mut r = load("deploy/examples/colorteller/appmesh-api.json");
+    let white = r
+        .keys()
+        .find(|k| k.name == "colorteller-white")
+        .unwrap()
+        .clone();
+    let mut node = (*r[&white]).clone();
+    if let Resource::VirtualNode(vn) = &mut node {
+        vn.spec.service_discovery = Some(
+            serde_json::from_value(json!({"awsCloudMap": {
+                "namespaceName": "demo.local", "serviceName": "white",
+                "attributes": [{"key": "stage", "value": "prod"}, {"key": "az", "value": "a"}]}}))
+            .unwrap(),
+        );
+    }
+    r.insert(white, std::sync::Arc::new(node));
+    maille_model::check_all(&r).expect("valid");
+    let endpoints = |cm: &CloudMap| -> Value {
+        let modules = modules();
+        let world = World {
+            resources: &r,
+            modules: &modules,
+            cloud_map: cm,
+        };
+        let j = config_json(&node_config(
+            world,
+            "colorapp",
+            "colorgateway",
+            &NodeOptions::default(),
+        ));
+        let eds = j["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["cluster_name"] == "node/colorteller-white/9080")
+            .cloned()
+            .unwrap_or_else(|| panic!("no EDS for white: {}", j["endpoints"]));
+        let mut out = Vec::new();
+        values_of(&eds, "socket_address", &mut out);
+        json!(out)
+    };
+    // Not discovered yet: no endpoints (503s), not an error.
+    assert_eq!(endpoints(&CloudMap::new()), json!([]));
+    // The query is the service and its attributes, in key order.
+    let q = CloudMapQuery {
+        namespace: "demo.local".into(),
+        service: "white".into(),
+        attributes: vec![("az".into(), "a".into()), ("stage".into(), "prod".into())],
+    };
+    let instance = |v4: Option<&str>, v6: Option<&str>, port: Option<u32>| CloudMapInstance {
+        ipv4: v4.map(Into::into),
+        ipv6: v6.map(Into::into),
+        port,
+    };
+    let cm: CloudMap = [(
+        q,
+        vec![
+            instance(Some("10.0.0.1"), None, Some(8080)),
+            instance(Some("10.0.0.2"), Some("fd00::2"), None),
+            instance(None, Some("fd00::3"), None),
+        ],
+    )]
+    .into();
+    // IPv4 preferred (App Mesh's default): v6 only where there is no v4; the listener's port
+    // where the instance gives none.
+    assert_eq!(
+        endpoints(&cm),
+        json!([
+            {"address": "10.0.0.1", "port_value": 8080},
+            {"address": "10.0.0.2", "port_value": 9080},
+            {"address": "fd00::3", "port_value": 9080}
+        ])
+    );
+}
