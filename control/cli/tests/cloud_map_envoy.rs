@@ -138,4 +138,23 @@ fn envoy_follows_cloud_map_instances_as_they_register_and_deregister() {
     std::thread::sleep(Duration::from_secs(2));
     let t = tally(egress, 30);
     assert_eq!(t.get("blue"), Some(&30), "{t:?}\n{}", envoy.log());
+
+    // The control server restarted while Cloud Map is still away: the Envoy reconnects and,
+    // sent nothing for a query not answered yet, keeps the instances it has.
+    let mut control = control;
+    let (xds, http) = (control.xds_port, control.http_port);
+    control.stop(&rt);
+    let control = Control::start(&rt, &dir.path().join("state.redb"), Some((xds, http)));
+    eventually("the Envoy reconnects", Duration::from_secs(30), || {
+        let clients = control.get("/v1/status")["clients"].clone();
+        (
+            clients
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c.to_string().contains("gateway"))),
+            clients,
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let t = tally(egress, 30);
+    assert_eq!(t.get("blue"), Some(&30), "{t:?}\n{}", envoy.log());
 }

@@ -38,6 +38,9 @@ const PSEUDO: [(&str, &str); 6] = [
 
 /// Deepest nesting of intrinsic functions followed.
 const MAX_DEPTH: usize = 32;
+/// Most conditions of a template (CloudFormation's own limit is far lower): a chain of
+/// conditions referring to each other is evaluated recursively.
+const MAX_CONDITIONS: usize = 1000;
 
 pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported, ImportError> {
     let err = |path: &str, message: String| ImportError {
@@ -64,19 +67,28 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
         Some(Value::Object(m)) => m.clone(),
         _ => Map::new(),
     };
+    let conditions = section("Conditions");
+    if conditions.len() > MAX_CONDITIONS {
+        return Err(err(
+            "Conditions",
+            format!("more than {MAX_CONDITIONS} conditions"),
+        ));
+    }
     let mut ctx = Ctx {
         file,
         params: BTreeMap::new(),
         unset: BTreeSet::new(),
         missing: RefCell::new(BTreeSet::new()),
         resources: &resources,
-        conditions: section("Conditions"),
+        conditions,
         evaluated: RefCell::new(BTreeMap::new()),
         mappings: section("Mappings"),
         imports: params
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(IMPORT_VALUE)?.to_owned(), v.clone())))
             .collect(),
+        imported: RefCell::new(BTreeSet::new()),
+        evaluating: RefCell::new(BTreeSet::new()),
     };
     let mut out = Imported::default();
     // Parameters: command line, else Default; Number parameters become numbers. One with
@@ -133,8 +145,12 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
         ));
     }
     result?;
-    out.parameters
-        .extend(ctx.imports.keys().map(|k| format!("{IMPORT_VALUE}{k}")));
+    out.parameters.extend(
+        ctx.imported
+            .into_inner()
+            .into_iter()
+            .map(|k| format!("{IMPORT_VALUE}{k}")),
+    );
     Ok(out)
 }
 
@@ -144,105 +160,123 @@ fn resources_of(
     resources: &Map<String, Value>,
     out: &mut Imported,
 ) -> Result<(), ImportError> {
+    for (logical, res) in resources {
+        if let Err(e) = resource_of(ctx, logical, res, out) {
+            // With values missing, go on to find every one of them (the error may only
+            // follow from one); the missing ones are reported instead.
+            if ctx.missing.borrow().is_empty() {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One resource of the template, resolved, into `out` (or skipped, with a warning).
+fn resource_of(
+    ctx: &Ctx<'_>,
+    logical: &str,
+    res: &Value,
+    out: &mut Imported,
+) -> Result<(), ImportError> {
     let file = ctx.file;
     let err = |path: &str, message: String| ctx.err(path, message);
-    for (logical, res) in resources {
-        let path = format!("Resources.{logical}");
-        let ty = res.get("Type").and_then(Value::as_str).unwrap_or("");
-        let kind = match ty {
-            "AWS::AppMesh::Mesh" => Kind::Mesh,
-            "AWS::AppMesh::VirtualNode" => Kind::VirtualNode,
-            "AWS::AppMesh::VirtualRouter" => Kind::VirtualRouter,
-            "AWS::AppMesh::Route" => Kind::Route,
-            "AWS::AppMesh::VirtualService" => Kind::VirtualService,
-            t if t.starts_with("AWS::AppMesh::") => {
-                out.warnings.push(format!(
-                    "{file}: {path}: {t} is not supported by Maille yet; skipped"
-                ));
-                continue;
-            }
-            t => {
-                out.warnings.push(format!(
-                    "{file}: {path}: {t} is not an App Mesh resource; skipped"
-                ));
-                continue;
-            }
-        };
-        if let Some(c) = res.get("Condition") {
-            let cp = format!("{path}.Condition");
-            let name = c
-                .as_str()
-                .ok_or_else(|| err(&cp, "expected a condition's name".into()))?;
-            if !ctx.condition(&cp, name, 0)? {
-                out.warnings.push(format!(
-                    "{file}: {path}: its condition {name} is false; not imported"
-                ));
-                continue;
-            }
+    let path = format!("Resources.{logical}");
+    let ty = res.get("Type").and_then(Value::as_str).unwrap_or("");
+    let kind = match ty {
+        "AWS::AppMesh::Mesh" => Kind::Mesh,
+        "AWS::AppMesh::VirtualNode" => Kind::VirtualNode,
+        "AWS::AppMesh::VirtualRouter" => Kind::VirtualRouter,
+        "AWS::AppMesh::Route" => Kind::Route,
+        "AWS::AppMesh::VirtualService" => Kind::VirtualService,
+        t if t.starts_with("AWS::AppMesh::") => {
+            out.warnings.push(format!(
+                "{file}: {path}: {t} is not supported by Maille yet; skipped"
+            ));
+            return Ok(());
         }
-        let props = match res.get("Properties") {
-            Some(Value::Object(p)) => p.clone(),
-            _ => Map::new(),
-        };
-        let mut resolved = Map::new();
-        let mut maille = None;
-        for (k, v) in props {
-            let p = format!("{path}.Properties.{k}");
-            match k.as_str() {
-                "MeshOwner" => {
-                    out.warnings.push(format!(
-                        "{file}: {p}: ignored (not part of the mesh configuration)"
-                    ));
-                    continue;
-                }
-                "Tags" => {
-                    let v = ctx.resolve(&p, &v, 0)?;
-                    let pairs = v
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|t| {
-                                    Some((
-                                        t.get("Key")?.as_str()?.to_owned(),
-                                        t.get("Value")
-                                            .and_then(Value::as_str)
-                                            .unwrap_or("")
-                                            .to_owned(),
-                                    ))
-                                })
-                                .collect()
-                        })
-                        .ok_or_else(|| err(&p, "expected a list of Key/Value".into()))?;
-                    maille = super::tags(file, &p, kind, pairs, &mut out.warnings)?;
-                    continue;
-                }
-                _ => {}
-            }
-            let v = ctx.resolve(&p, &v, 0)?;
-            if !is_no_value(&v) {
-                resolved.insert(k, v);
-            }
+        t => {
+            out.warnings.push(format!(
+                "{file}: {path}: {t} is not an App Mesh resource; skipped"
+            ));
+            return Ok(());
         }
-        // The name CloudFormation would generate when the template gives none.
-        let name_key = match kind {
-            Kind::Mesh => "MeshName",
-            Kind::VirtualNode => "VirtualNodeName",
-            Kind::VirtualRouter => "VirtualRouterName",
-            Kind::Route => "RouteName",
-            Kind::VirtualService => "VirtualServiceName",
-            Kind::Filter => "FilterName",
-            Kind::Rollout => "RolloutName",
-        };
-        resolved
-            .entry(name_key.to_owned())
-            .or_insert_with(|| Value::String(logical.clone()));
-        let mut v = super::camel_keys(Value::Object(resolved));
-        if let (Some(m), Value::Object(o)) = (maille, &mut v) {
-            o.insert("maille".into(), m);
+    };
+    if let Some(c) = res.get("Condition") {
+        let cp = format!("{path}.Condition");
+        let name = c
+            .as_str()
+            .ok_or_else(|| err(&cp, "expected a condition's name".into()))?;
+        if !ctx.condition(&cp, name, 0)? {
+            out.warnings.push(format!(
+                "{file}: {path}: its condition {name} is false; not imported"
+            ));
+            return Ok(());
         }
-        out.resources
-            .push(typed(file, &format!("{path}.Properties"), kind, v)?);
     }
+    let props = match res.get("Properties") {
+        Some(Value::Object(p)) => p.clone(),
+        _ => Map::new(),
+    };
+    let mut resolved = Map::new();
+    let mut maille = None;
+    for (k, v) in props {
+        let p = format!("{path}.Properties.{k}");
+        match k.as_str() {
+            "MeshOwner" => {
+                out.warnings.push(format!(
+                    "{file}: {p}: ignored (not part of the mesh configuration)"
+                ));
+                continue;
+            }
+            "Tags" => {
+                let v = ctx.resolve(&p, &v, 0)?;
+                let pairs = v
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|t| {
+                                Some((
+                                    t.get("Key")?.as_str()?.to_owned(),
+                                    t.get("Value")
+                                        .and_then(Value::as_str)
+                                        .unwrap_or("")
+                                        .to_owned(),
+                                ))
+                            })
+                            .collect()
+                    })
+                    .ok_or_else(|| err(&p, "expected a list of Key/Value".into()))?;
+                maille = super::tags(file, &p, kind, pairs, &mut out.warnings)?;
+                continue;
+            }
+            _ => {}
+        }
+        let v = ctx.resolve(&p, &v, 0)?;
+        if !is_no_value(&v) {
+            resolved.insert(k, v);
+        }
+    }
+    // The name CloudFormation would generate when the template gives none.
+    let name_key = match kind {
+        Kind::Mesh => "MeshName",
+        Kind::VirtualNode => "VirtualNodeName",
+        Kind::VirtualRouter => "VirtualRouterName",
+        Kind::Route => "RouteName",
+        Kind::VirtualService => "VirtualServiceName",
+        Kind::Filter => "FilterName",
+        Kind::Rollout => "RolloutName",
+    };
+    resolved
+        .entry(name_key.to_owned())
+        .or_insert_with(|| Value::String(logical.to_owned()));
+    let mut v = super::camel_keys(Value::Object(resolved));
+    if let (Some(m), Value::Object(o)) = (maille, &mut v) {
+        o.insert("maille".into(), m);
+    }
+    out.resources
+        .push(typed(file, &format!("{path}.Properties"), kind, v)?);
+
     Ok(())
 }
 
@@ -267,8 +301,11 @@ struct Ctx<'a> {
     evaluated: RefCell<BTreeMap<String, bool>>,
     /// The `Mappings` section.
     mappings: Map<String, Value>,
-    /// Exports' values from `-p ImportValue:NAME=VALUE`.
+    /// Exports' values from `-p ImportValue:NAME=VALUE`, and those the template read.
     imports: BTreeMap<String, String>,
+    imported: RefCell<BTreeSet<String>>,
+    /// Conditions being evaluated (a reference back to one is a cycle).
+    evaluating: RefCell<BTreeSet<String>>,
 }
 
 impl Ctx<'_> {
@@ -358,7 +395,10 @@ impl Ctx<'_> {
                         let name = self.resolve(&fp, arg, depth + 1)?;
                         let name = self.scalar(&fp, &name)?;
                         match self.imports.get(&name) {
-                            Some(v) => Ok(Value::String(v.clone())),
+                            Some(v) => {
+                                self.imported.borrow_mut().insert(name.clone());
+                                Ok(Value::String(v.clone()))
+                            }
                             None => {
                                 self.missing
                                     .borrow_mut()
@@ -416,14 +456,21 @@ impl Ctx<'_> {
     }
 
     /// The value of condition `name` of the `Conditions` section.
-    fn condition(&self, path: &str, name: &str, depth: usize) -> Result<bool, ImportError> {
+    fn condition(&self, path: &str, name: &str, _depth: usize) -> Result<bool, ImportError> {
         if let Some(b) = self.evaluated.borrow().get(name) {
             return Ok(*b);
         }
         let Some(expr) = self.conditions.get(name) else {
             return Err(self.err(path, format!("no condition named {name:?} in Conditions")));
         };
-        let b = self.truth(&format!("Conditions.{name}"), expr, depth + 1)?;
+        if !self.evaluating.borrow_mut().insert(name.to_owned()) {
+            return Err(self.err(path, format!("condition {name} refers back to itself")));
+        }
+        // A condition's own expression starts a fresh depth: chains of conditions are
+        // bounded by the cycle check and the number of conditions, not by MAX_DEPTH.
+        let b = self.truth(&format!("Conditions.{name}"), expr, 0);
+        self.evaluating.borrow_mut().remove(name);
+        let b = b?;
         self.evaluated.borrow_mut().insert(name.to_owned(), b);
         Ok(b)
     }
@@ -488,6 +535,10 @@ impl Ctx<'_> {
 
     fn scalar(&self, path: &str, v: &Value) -> Result<String, ImportError> {
         match v {
+            Value::String(s) if s == NO_VALUE => Err(self.err(
+                path,
+                "AWS::NoValue only removes a property or list item; it is not a value",
+            )),
             Value::String(s) => Ok(s.clone()),
             Value::Number(n) => Ok(n.to_string()),
             Value::Bool(b) => Ok(b.to_string()),
@@ -678,6 +729,19 @@ fn convert(y: &saphyr::Yaml<'_>) -> Result<Value, String> {
                 out.insert(key, convert(v)?);
             }
             Value::Object(out)
+        }
+        // YAML's own tags (`!!str 8080`, `!!int "3"`): the value, as that type.
+        Yaml::Tagged(tag, inner) if tag.is_yaml_core_schema() || tag.handle == "!!" => {
+            let v = convert(inner)?;
+            match (tag.suffix.as_str(), v) {
+                ("str", Value::Number(n)) => Value::String(n.to_string()),
+                ("str", Value::Bool(b)) => Value::String(b.to_string()),
+                ("int", Value::String(s)) => s
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .map_err(|_| format!("!!int {s:?} is not an integer"))?,
+                (_, v) => v,
+            }
         }
         Yaml::Tagged(tag, inner) => {
             let inner = convert(inner)?;

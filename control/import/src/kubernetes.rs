@@ -13,7 +13,8 @@
 //!   object that is not in the files given is refused: its App Mesh name cannot be known.
 //! - **The mesh** of a namespaced object is its `spec.meshRef`, else the one `Mesh` whose
 //!   `namespaceSelector` matches the labels of the object's `Namespace` (given in the files),
-//!   else, when no `Namespace` object is given, the only `Mesh` of the files.
+//!   else, when the files give no `Namespace` object for its namespace, the only `Mesh` of
+//!   the files.
 //! - `BackendGroup`s expand into the backends of the virtual nodes that list them
 //!   (`name: "*"` is every virtual service of the group's namespace).
 //! - `podSelector` is kept on the virtual node as metadata (`kubernetes`).
@@ -41,6 +42,26 @@ const KINDS: [&str; 7] = [
     "GatewayRoute",
     "BackendGroup",
 ];
+
+/// Whether `text` holds an object of the controller's API group: a line that sets
+/// `apiVersion: appmesh.k8s.aws/...` (YAML) or `"apiVersion": "appmesh.k8s.aws/...` (JSON),
+/// not a mere mention (a CloudFormation template labelling an EKS namespace).
+pub(super) fn looks_like(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_start().trim_start_matches(['-', ' ', '{']);
+        let Some(rest) = l
+            .strip_prefix("apiVersion")
+            .or_else(|| l.strip_prefix("\"apiVersion\""))
+        else {
+            return false;
+        };
+        rest.trim_start().strip_prefix(':').is_some_and(|v| {
+            v.trim_start()
+                .trim_start_matches(['"', '\''])
+                .starts_with(GROUP)
+        })
+    })
+}
 
 /// Most objects of one import (hostile input: a YAML bomb of millions of tiny documents).
 const MAX_OBJECTS: usize = 100_000;
@@ -240,10 +261,15 @@ fn read_object(
         if name.is_empty() {
             return Err(error(file, format!("{at}.metadata.name"), "required"));
         }
-        let labels = match meta.get("labels") {
+        let mut labels = match meta.get("labels") {
             Some(Value::Object(l)) => l.clone(),
             _ => Map::new(),
         };
+        // Kubernetes labels every namespace with its name.
+        labels.insert(
+            "kubernetes.io/metadata.name".into(),
+            Value::String(name.clone()),
+        );
         m.namespaces.insert(name, labels);
         return Ok(());
     }
@@ -325,7 +351,10 @@ fn selects(selector: Option<&Value>, labels: &Map<String, Value>) -> Result<bool
             return Err("matchLabels: expected a mapping".into());
         };
         for (k, v) in ml {
-            if labels.get(k).and_then(Value::as_str) != v.as_str() {
+            let Some(v) = v.as_str() else {
+                return Err(format!("matchLabels.{k}: a label value is a string"));
+            };
+            if labels.get(k).and_then(Value::as_str) != Some(v) {
                 return Ok(false);
             }
         }
@@ -342,7 +371,14 @@ fn selects(selector: Option<&Value>, labels: &Map<String, Value>) -> Result<bool
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
             let has = labels.get(key).and_then(Value::as_str);
-            let ok = match e.get("operator").and_then(Value::as_str) {
+            let op = e.get("operator").and_then(Value::as_str);
+            if matches!(op, Some("In" | "NotIn")) && values.is_empty() {
+                return Err(format!(
+                    "matchExpressions: {key} {}: values must not be empty",
+                    op.unwrap_or_default()
+                ));
+            }
+            let ok = match op {
                 Some("In") => has.is_some_and(|v| values.contains(&v)),
                 Some("NotIn") => !has.is_some_and(|v| values.contains(&v)),
                 Some("Exists") => has.is_some(),
@@ -504,8 +540,12 @@ impl<'a> Cx<'a> {
                     return None;
                 };
                 let kind_seg = format!("{}{}", kind[..1].to_ascii_lowercase(), &kind[1..]);
-                // arn:aws:appmesh:<region>:<account>:mesh/<mesh>/<kind>/<name>
-                let res = arn.splitn(6, ':').nth(5).unwrap_or("");
+                // arn:<partition>:appmesh:<region>:<account>:mesh/<mesh>/<kind>/<name>
+                let fields: Vec<&str> = arn.splitn(6, ':').collect();
+                let res = match fields.as_slice() {
+                    ["arn", _, "appmesh", _, _, res] => *res,
+                    _ => "",
+                };
                 let parts: Vec<&str> = res.split('/').collect();
                 match parts.as_slice() {
                     ["mesh", m, k, name] if *k == kind_seg && *m == mesh => {

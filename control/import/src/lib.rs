@@ -81,7 +81,7 @@ pub fn detect(name: &str, text: &str) -> Format {
     if name.ends_with(".tf") {
         return Format::Terraform;
     }
-    if text.contains(kubernetes::GROUP) {
+    if kubernetes::looks_like(text) {
         return Format::Kubernetes;
     }
     let head: String = text.chars().take(4096).collect();

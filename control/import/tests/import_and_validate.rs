@@ -921,3 +921,129 @@ Resources:
     );
     assert_eq!(cm.attributes[0].key, "ECS_TASK_DEFINITION_FAMILY");
 }
+
+#[test]
+fn kubernetes_edge_cases_are_read_as_the_controller_would_or_refused_by_name() {
+    let p = Params::new();
+    // A CloudFormation template that merely mentions the controller's group stays one.
+    let cfn = "Parameters:\n  Label: { Type: String, Default: appmesh.k8s.aws/sidecarInjectorWebhook }\nResources:\n  M:\n    Type: AWS::AppMesh::Mesh\n    Properties: { MeshName: m }\n";
+    assert_eq!(maille_import::detect("t.yaml", cfn), Format::CloudFormation);
+    // The namespace's automatic name label selects it; YAML's own tags are values.
+    let by_name = r#"
+apiVersion: v1
+kind: Namespace
+metadata: { name: shop }
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: Mesh
+metadata: { name: shop-mesh }
+spec:
+  namespaceSelector: { matchLabels: { kubernetes.io/metadata.name: shop } }
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: VirtualNode
+metadata: { name: cart, namespace: shop }
+spec:
+  listeners: [{ portMapping: { port: 8080, protocol: !!str http } }]
+  serviceDiscovery: { dns: { hostname: !!str cart.shop } }
+"#;
+    assert_eq!(maille_import::detect("k.yaml", by_name), Format::Kubernetes);
+    let i = import_str("k.yaml", by_name, Format::Kubernetes, &p).unwrap_or_else(|e| panic!("{e}"));
+    let m = maille_model::resources(i.resources);
+    assert!(
+        m.keys()
+            .any(|k| k.mesh == "shop-mesh" && k.name == "cart_shop"),
+        "{:?}",
+        m.keys()
+    );
+    // A label value that is not a string, and an ARN of another service, are refused.
+    let e = import_str(
+        "k.yaml",
+        &by_name.replace("kubernetes.io/metadata.name: shop", "tier: 3"),
+        Format::Kubernetes,
+        &p,
+    )
+    .unwrap_err();
+    assert!(
+        e.message
+            .contains("matchLabels.tier: a label value is a string"),
+        "{e}"
+    );
+    let arn = format!(
+        "{by_name}---\napiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualService\nmetadata: {{ name: cart, namespace: shop }}\nspec:\n  provider: {{ virtualNode: {{ virtualNodeARN: \"arn:aws:ecs:us-east-1:1:mesh/shop-mesh/virtualNode/cart_shop\" }} }}\n"
+    );
+    let e = import_str("k.yaml", &arn, Format::Kubernetes, &p).unwrap_err();
+    assert!(
+        e.path.ends_with("spec.provider.virtualNode.virtualNodeARN")
+            && e.message.contains("expected arn:aws:appmesh:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cloudformation_edge_cases_of_parameters_and_conditions() {
+    let p = Params::new();
+    // Values missing in two resources, the first also failing because of it: both named.
+    let two = r#"
+Parameters:
+  Stage: { Type: String }
+  Domain: { Type: String }
+Mappings:
+  Ports: { prod: { app: 8080 } }
+Resources:
+  M:
+    Type: AWS::AppMesh::Mesh
+    Properties: { MeshName: m }
+  A:
+    Type: AWS::AppMesh::VirtualNode
+    Properties:
+      MeshName: m
+      VirtualNodeName: a
+      Spec:
+        Listeners: [{ PortMapping: { Port: !FindInMap [Ports, !Ref Stage, app], Protocol: http } }]
+  B:
+    Type: AWS::AppMesh::VirtualNode
+    Properties:
+      MeshName: m
+      VirtualNodeName: b
+      Spec:
+        ServiceDiscovery: { DNS: { Hostname: !Sub "b.${Domain}" } }
+"#;
+    let e = import_str("t.yaml", two, Format::CloudFormation, &p).unwrap_err();
+    assert!(e.message.starts_with("no value for Domain, Stage,"), "{e}");
+    // AWS::NoValue is not a value.
+    let sub = "Resources:\n  M:\n    Type: AWS::AppMesh::Mesh\n    Properties: { MeshName: !Sub \"m-${AWS::NoValue}\" }\n";
+    let e = import_str("t.yaml", sub, Format::CloudFormation, &p).unwrap_err();
+    assert!(e.message.contains("AWS::NoValue only removes"), "{e}");
+    // A -p ImportValue: no template reads is refused like any other.
+    let plain = "Resources:\n  M:\n    Type: AWS::AppMesh::Mesh\n    Properties: { MeshName: m }\n";
+    let e = import_str(
+        "t.yaml",
+        plain,
+        Format::CloudFormation,
+        &[("ImportValue:nope".to_string(), "x".to_string())].into(),
+    )
+    .unwrap_err();
+    assert!(
+        e.message
+            .contains("-p ImportValue:nope: no file of this call takes"),
+        "{e}"
+    );
+    // A chain of 40 conditions is fine; a cycle is named.
+    let mut chain = String::from("Conditions:\n  C0: !Equals [a, a]\n");
+    for i in 1..40 {
+        chain.push_str(&format!("  C{i}: !Condition C{}\n", i - 1));
+    }
+    let chained = format!(
+        "{chain}Resources:\n  M:\n    Type: AWS::AppMesh::Mesh\n    Condition: C39\n    Properties: {{ MeshName: m }}\n"
+    );
+    let i = import_str("t.yaml", &chained, Format::CloudFormation, &p)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(i.resources.len(), 1);
+    let cycle = "Conditions:\n  A: !Condition B\n  B: !Not [!Condition A]\nResources:\n  M:\n    Type: AWS::AppMesh::Mesh\n    Condition: A\n    Properties: { MeshName: m }\n";
+    let e = import_str("t.yaml", cycle, Format::CloudFormation, &p).unwrap_err();
+    assert!(
+        e.message.contains("condition A refers back to itself"),
+        "{e}"
+    );
+}

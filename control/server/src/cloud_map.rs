@@ -1,18 +1,22 @@
-//! AWS Cloud Map discovery for the mesh's `awsCloudMap` nodes: every period, the server asks
-//! Cloud Map (`DiscoverInstances`, healthy instances only, the node's attributes as query
-//! parameters) for each query the nodes make, through the default AWS chain
-//! (`AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_SERVICEDISCOVERY` reach another endpoint, such as
-//! moto), and serves the answers over EDS: a change of instances re-translates only the
-//! nodes that call that service, and reaches their Envoys without touching their clusters.
+//! AWS Cloud Map discovery for the mesh's `awsCloudMap` nodes: every period, and at once when
+//! an apply asks a new question, the server asks Cloud Map (`DiscoverInstances`, healthy
+//! instances only, the node's attributes as query parameters) for each query the nodes make,
+//! through the default AWS chain (`AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_SERVICEDISCOVERY`
+//! reach another endpoint, such as moto), and serves the answers over EDS: a change of
+//! instances re-translates only the nodes that call that service, and reaches their Envoys
+//! without touching their clusters.
 //!
 //! A query that fails keeps its last answer (traffic keeps flowing to the instances it had)
-//! and is logged once per new error; it is asked again the next period.
+//! and is logged once per new error; it is asked again the next period. A query never
+//! answered yet sends Envoy no endpoints at all, so an Envoy keeps the ones it had (across a
+//! restart of this server) and a new one waits for the first answer.
 
 use crate::mesh::Mesh;
+use aws_sdk_servicediscovery::error::ProvideErrorMetadata;
 use aws_sdk_servicediscovery::types::HealthStatusFilter;
 use aws_sdk_servicediscovery::Client;
 use maille_translate::{cloud_map_queries, CloudMapInstance, CloudMapQuery};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,15 +26,23 @@ use tokio::sync::watch;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most instances read per query (`DiscoverInstances`' own maximum).
 const MAX_INSTANCES: i32 = 1000;
+/// Queries asked at once (one slow service does not hold back the others' answers).
+const IN_FLIGHT: usize = 16;
+
+/// What one answer was: its instances, and how many Cloud Map gave that could not be used.
+type Answer = Result<(Vec<CloudMapInstance>, usize), String>;
 
 /// Polls Cloud Map every `every` until `stop`; does nothing (and builds no AWS client) while
 /// no node uses Cloud Map.
 pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut client: Option<Client> = None;
     let mut failing: BTreeMap<CloudMapQuery, String> = BTreeMap::new();
+    let mut skipped: BTreeMap<CloudMapQuery, usize> = BTreeMap::new();
+    let mut snapshots = mesh.subscribe();
     loop {
         let queries = cloud_map_queries(&mesh.current().resources);
         failing.retain(|q, _| queries.contains(q));
+        skipped.retain(|q, _| queries.contains(q));
         if !queries.is_empty() {
             let c = match &client {
                 Some(c) => c.clone(),
@@ -40,14 +52,22 @@ pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Recei
                     c
                 }
             };
-            let mut answers = BTreeMap::new();
-            for q in queries {
-                match discover(&c, &q).await {
-                    Ok(instances) => {
+            let answers = tokio::select! {
+                a = ask_all(&c, &queries) => a,
+                _ = stop.changed() => break,
+            };
+            let mut served = BTreeMap::new();
+            for (q, a) in answers {
+                match a {
+                    Ok((instances, unusable)) => {
                         if failing.remove(&q).is_some() {
                             tracing::info!(query = %q, instances = instances.len(), "Cloud Map answers again");
                         }
-                        answers.insert(q, instances);
+                        if unusable > 0 && skipped.get(&q) != Some(&unusable) {
+                            tracing::warn!(query = %q, unusable, "Cloud Map instances without a usable IP address (AWS_INSTANCE_IPV4 or AWS_INSTANCE_IPV6) are not served");
+                        }
+                        skipped.insert(q.clone(), unusable);
+                        served.insert(q, instances);
                     }
                     Err(e) => {
                         if failing.get(&q) != Some(&e) {
@@ -57,26 +77,67 @@ pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Recei
                     }
                 }
             }
-            match mesh.update_cloud_map(answers).await {
+            match mesh.update_cloud_map(served).await {
                 Ok(true) => tracing::info!("Cloud Map instances changed: new snapshot served"),
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "serving Cloud Map instances"),
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => break,
+        let asked = queries;
+        // The next period, or sooner when an apply asks a question not asked yet.
+        let sleep = tokio::time::sleep(every);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = stop.changed() => return,
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = cloud_map_queries(&snapshots.borrow_and_update().resources);
+                    if !now.is_subset(&asked) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every query's answer, at most [`IN_FLIGHT`] at a time.
+async fn ask_all(c: &Client, queries: &BTreeSet<CloudMapQuery>) -> Vec<(CloudMapQuery, Answer)> {
+    let mut pending = queries.iter().cloned();
+    let mut running = tokio::task::JoinSet::new();
+    let mut out = Vec::with_capacity(queries.len());
+    loop {
+        while running.len() < IN_FLIGHT {
+            let Some(q) = pending.next() else { break };
+            let c = c.clone();
+            running.spawn(async move {
+                let a = discover(&c, &q).await;
+                (q, a)
+            });
+        }
+        match running.join_next().await {
+            Some(Ok(answer)) => out.push(answer),
+            // A panicked call: its query keeps its last answer.
+            Some(Err(e)) => tracing::error!(error = %e, "a Cloud Map call failed"),
+            None => return out,
         }
     }
 }
 
 /// A client from the default AWS chain. `DiscoverInstances` goes to AWS's `data-` host
 /// (`data-servicediscovery.<region>.amazonaws.com`); an endpoint given with
-/// `AWS_ENDPOINT_URL` (moto, a VPC endpoint) is used as it is.
+/// `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_SERVICEDISCOVERY` (moto, a VPC endpoint) is used
+/// as it is.
 async fn new_client() -> Client {
     let cfg = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let mut b = aws_sdk_servicediscovery::config::Builder::from(&cfg);
-    if cfg.endpoint_url().is_some() {
+    let custom = cfg.endpoint_url().is_some()
+        || std::env::var_os("AWS_ENDPOINT_URL_SERVICEDISCOVERY").is_some_and(|v| !v.is_empty());
+    if custom {
         b = b.interceptor(NoHostPrefix);
     }
     Client::from_conf(b.build())
@@ -103,8 +164,9 @@ impl aws_sdk_servicediscovery::config::Intercept for NoHostPrefix {
     }
 }
 
-/// The healthy instances of `q`.
-async fn discover(c: &Client, q: &CloudMapQuery) -> Result<Vec<CloudMapInstance>, String> {
+/// The healthy instances of `q`, and how many had no usable address. An error is said in a
+/// form that stays the same while the cause does (its code and message, no request id).
+async fn discover(c: &Client, q: &CloudMapQuery) -> Answer {
     let mut req = c
         .discover_instances()
         .namespace_name(&q.namespace)
@@ -117,16 +179,24 @@ async fn discover(c: &Client, q: &CloudMapQuery) -> Result<Vec<CloudMapInstance>
     let out = match tokio::time::timeout(CALL_TIMEOUT, req.send()).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => {
-            return Err(aws_sdk_servicediscovery::error::DisplayErrorContext(&e).to_string())
+            return Err(match e.as_service_error() {
+                Some(se) => format!(
+                    "{}: {}",
+                    se.code().unwrap_or("error"),
+                    se.message().unwrap_or("no message")
+                ),
+                None => aws_sdk_servicediscovery::error::DisplayErrorContext(&e).to_string(),
+            })
         }
         Err(_) => return Err(format!("no answer in {} s", CALL_TIMEOUT.as_secs())),
     };
-    Ok(out
+    let mut unusable = 0;
+    let instances = out
         .instances()
         .iter()
         .filter_map(|i| {
-            let a = i.attributes()?;
-            let get = |k: &str| a.get(k).filter(|v| !v.is_empty()).cloned();
+            let a = i.attributes();
+            let get = |k: &str| a.and_then(|a| a.get(k)).filter(|v| !v.is_empty()).cloned();
             // Addresses go to Envoy as IPs: anything else would make it refuse the update.
             let instance = CloudMapInstance {
                 ipv4: get("AWS_INSTANCE_IPV4").filter(|v| v.parse::<Ipv4Addr>().is_ok()),
@@ -135,7 +205,12 @@ async fn discover(c: &Client, q: &CloudMapQuery) -> Result<Vec<CloudMapInstance>
                     .and_then(|p| p.parse().ok())
                     .filter(|p| (1..=65_535).contains(p)),
             };
-            (instance.ipv4.is_some() || instance.ipv6.is_some()).then_some(instance)
+            let usable = instance.ipv4.is_some() || instance.ipv6.is_some();
+            if !usable {
+                unusable += 1;
+            }
+            usable.then_some(instance)
         })
-        .collect())
+        .collect();
+    Ok((instances, unusable))
 }

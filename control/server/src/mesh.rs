@@ -457,7 +457,8 @@ impl Mesh {
             .filter(|q| cur.cloud_map.get(*q) != next.get(*q))
             .map(|q| Dep::CloudMap(q.clone()))
             .collect();
-        if changed.is_empty() && next.len() == cur.cloud_map.len() {
+        if changed.is_empty() {
+            // Answers no node asks for any more go with the next apply (see `change`).
             return Ok(false);
         }
         let version = cur.version + 1;
@@ -497,9 +498,22 @@ impl Mesh {
         let version = cur.version + 1;
         let snap = Snapshot {
             version,
+            cloud_map: if cur.cloud_map.is_empty() {
+                cur.cloud_map.clone()
+            } else {
+                // Only what the nodes still ask: a node removed and added back later must
+                // not be served the instances of then.
+                let wanted = maille_translate::cloud_map_queries(&next);
+                Arc::new(
+                    cur.cloud_map
+                        .iter()
+                        .filter(|(q, _)| wanted.contains(*q))
+                        .map(|(q, i)| (q.clone(), i.clone()))
+                        .collect(),
+                )
+            },
             resources: next,
             modules: cur.modules.clone(),
-            cloud_map: cur.cloud_map.clone(),
             made_at: Instant::now(),
         };
         if dry_run {

@@ -90,6 +90,7 @@ pub(crate) fn target_cluster(
                     .collect()
             })
             .unwrap_or_default();
+        let mut unanswered = false;
         if let Some(cm) = sd.and_then(|s| s.aws_cloud_map.as_ref()) {
             let mesh_preference = match cx.get(Kind::Mesh, &target.mesh_name, &target.mesh_name) {
                 Some(Resource::Mesh(m)) => m
@@ -100,7 +101,11 @@ pub(crate) fn target_cluster(
                 _ => None,
             };
             let preference = cm.ip_preference.as_deref().or(mesh_preference);
-            for i in cx.cloud_map(&CloudMapQuery::from(cm)).unwrap_or_default() {
+            let answer = cx.cloud_map(&CloudMapQuery::from(cm));
+            unanswered = answer.is_none();
+            // Cloud Map registers one port per instance: the node's first listener's.
+            let first = target.spec.listeners.first().map(|l| l.port_mapping.port) == Some(port);
+            for i in answer.unwrap_or_default() {
                 let (v4, v6) = (i.ipv4.as_deref(), i.ipv6.as_deref());
                 let address = match preference {
                     Some("IPv4_ONLY") => v4,
@@ -109,21 +114,25 @@ pub(crate) fn target_cluster(
                     _ => v4.or(v6),
                 };
                 if let Some(a) = address {
-                    eps.push((a, i.port.unwrap_or(port)));
+                    eps.push((a, i.port.filter(|_| first).unwrap_or(port)));
                 }
             }
             eps.sort_unstable();
             eps.dedup();
         }
-        out.endpoints.push(endpoint::ClusterLoadAssignment {
-            cluster_name: name.clone(),
-            endpoints: if eps.is_empty() {
-                Vec::new()
-            } else {
-                vec![locality(&eps)]
-            },
-            ..Default::default()
-        });
+        // A Cloud Map query not answered yet: no assignment at all, so that an Envoy keeps
+        // the endpoints it has (this server restarted) and a new one waits for the answer.
+        if !unanswered {
+            out.endpoints.push(endpoint::ClusterLoadAssignment {
+                cluster_name: name.clone(),
+                endpoints: if eps.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![locality(&eps)]
+                },
+                ..Default::default()
+            });
+        }
     }
     let proto = l.port_mapping.protocol.as_str();
     if proto == "http2" || proto == "grpc" {
