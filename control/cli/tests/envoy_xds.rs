@@ -500,3 +500,72 @@ fn breaker_filter_resource(kind: Option<&str>) {
         let _ = std::fs::remove_file(format!("/tmp/envoy_dynamic_module_{m}.so"));
     }
 }
+
+#[test]
+fn a_router_with_two_listeners_routes_by_the_port_the_caller_names() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    let apps = Apps::start(&rt, &["white", "blue"]);
+    let mut mesh = colorteller(&apps, &[("white", 1)]);
+    let docs = mesh.as_array_mut().unwrap();
+    for d in docs.iter_mut() {
+        // The router listens on two ports; its routes match only on the port.
+        if d.get("virtualRouterName").is_some() && d.get("routeName").is_none() {
+            d["spec"]["listeners"] = serde_json::json!([
+                {"portMapping": {"port": 9080, "protocol": "http"}},
+                {"portMapping": {"port": 9090, "protocol": "http"}}
+            ]);
+        }
+        if d.get("routeName").is_some() {
+            d["spec"] = serde_json::json!({"httpRoute": {"match": {"port": 9080},
+                "action": {"weightedTargets": [{"virtualNode": "white", "weight": 1}]}}});
+        }
+    }
+    docs.push(
+        serde_json::json!({"meshName": "demo", "virtualRouterName": "colorteller",
+        "routeName": "blue-port", "spec": {"httpRoute": {"match": {"port": 9090},
+        "action": {"weightedTargets": [{"virtualNode": "blue", "weight": 1}]}}}}),
+    );
+    let f = write_spec(dir.path(), "mesh.json", &mesh);
+    let (ok, out, err) = control.ctl(&["apply", "-f", &f, "--wait"]);
+    assert!(ok, "{out}{err}");
+    let (envoy, egress) = control.envoy("demo", "gateway");
+    let a = maille_testkit::agent();
+    let ask = |host: &str| -> String {
+        let mut r = a
+            .get(&format!("http://127.0.0.1:{egress}/"))
+            .header("host", host)
+            .call()
+            .expect("request through Envoy");
+        let status = r.status().as_u16();
+        let body = r.body_mut().read_to_string().unwrap_or_default();
+        if status == 200 {
+            body
+        } else {
+            format!("HTTP {status}")
+        }
+    };
+    eventually("the port routes answer", Duration::from_secs(30), || {
+        let got = (
+            ask("colorteller.local"),
+            ask("colorteller.local:9080"),
+            ask("COLORTELLER.local:9090"),
+        );
+        (
+            got == ("white".into(), "white".into(), "blue".into()),
+            (
+                got,
+                envoy
+                    .log()
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+            ),
+        )
+    });
+    // A port the router does not listen on has no route.
+    assert_eq!(ask("colorteller.local:9999"), "HTTP 404");
+}

@@ -410,6 +410,34 @@ fn validation_errors_give_resource_and_field_path() {
     assert!(e.contains(&"route/m/r/x: spec.httpRoute.action.weightedTargets[0].weight: must be 0..=100, got 101".to_string()), "{e:?}");
     assert!(e.contains(&"route/m/r/x: spec.httpRoute.action.weightedTargets[1].virtualNode: no virtual node named \"ghost\"".to_string()), "{e:?}");
 
+    // A router may listen on several ports, each once; a route may match on the port alone.
+    let e = errors(
+        json!({"meshName": "m", "virtualRouterName": "two", "spec": {"listeners": [
+            {"portMapping": {"port": 80, "protocol": "http"}}, {"portMapping": {"port": 81, "protocol": "http"}}]}}),
+    );
+    assert!(e.is_empty(), "{e:?}");
+    let e = errors(
+        json!({"meshName": "m", "virtualRouterName": "dup", "spec": {"listeners": [
+            {"portMapping": {"port": 80, "protocol": "http"}}, {"portMapping": {"port": 80, "protocol": "http"}}]}}),
+    );
+    assert_eq!(
+        e,
+        vec!["virtualRouter/m/dup: spec.listeners[1].portMapping.port: port 80 is listed twice"]
+    );
+    let e = errors(
+        json!({"meshName": "m", "virtualRouterName": "r", "routeName": "p", "spec": {"httpRoute": {
+        "match": {"port": 80}, "action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}}}}),
+    );
+    assert!(e.is_empty(), "{e:?}");
+    let e = errors(
+        json!({"meshName": "m", "virtualRouterName": "r", "routeName": "q", "spec": {"httpRoute": {
+        "match": {}, "action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}}}}),
+    );
+    assert_eq!(
+        e,
+        vec!["route/m/r/q: spec.httpRoute.match: one of prefix, path, port is required"]
+    );
+
     let targets: Vec<serde_json::Value> = (0..11)
         .map(|_| json!({"virtualNode": "a", "weight": 1}))
         .collect();

@@ -200,14 +200,23 @@ fn check_into(r: &Resource, errors: &mut Vec<SpecError>) {
         Resource::VirtualRouter(vr) => {
             c.name("meshName", &vr.mesh_name);
             c.name("virtualRouterName", &vr.virtual_router_name);
-            if vr.spec.listeners.len() != 1 {
+            if vr.spec.listeners.is_empty() || vr.spec.listeners.len() > 10 {
                 c.err(
                     "spec.listeners",
                     format!(
-                        "exactly one listener is required, got {}",
+                        "1 to 10 listeners are required, got {}",
                         vr.spec.listeners.len()
                     ),
                 );
+            }
+            let mut ports = std::collections::BTreeSet::new();
+            for (i, l) in vr.spec.listeners.iter().enumerate() {
+                if !ports.insert(l.port_mapping.port) {
+                    c.err(
+                        format!("spec.listeners[{i}].portMapping.port"),
+                        format!("port {} is listed twice", l.port_mapping.port),
+                    );
+                }
             }
             for (i, l) in vr.spec.listeners.iter().enumerate() {
                 c.port(
@@ -957,7 +966,9 @@ fn route_spec(c: &mut Check<'_>, s: &RouteSpec) {
 
 fn http_match(c: &mut Check<'_>, p: &str, m: &HttpRouteMatch) {
     match (&m.prefix, &m.path) {
-        (None, None) => c.err(p, "one of prefix, path is required"),
+        // A match on the port alone takes every path, as App Mesh does.
+        (None, None) if m.port.is_some() => {}
+        (None, None) => c.err(p, "one of prefix, path, port is required"),
         (Some(_), Some(_)) => c.err(p, "only one of prefix, path may be given"),
         (Some(prefix), None) if !prefix.starts_with('/') => c.err(
             format!("{p}.prefix"),

@@ -190,6 +190,7 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[A
                 opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
                 false,
                 logs.to_vec(),
+                true,
             )
         };
         let mut l_out = listener::Listener {
@@ -251,6 +252,7 @@ pub(crate) fn http_connection_manager(
     tracing: Option<&str>,
     strip_maille_headers: bool,
     access_log: Vec<AccessLog>,
+    strip_port: bool,
 ) -> listener::Filter {
     use envoy_types::pb::envoy::config::common::mutation_rules::v3 as rules;
     use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3 as ehm;
@@ -270,7 +272,8 @@ pub(crate) fn http_connection_manager(
                 route_config_name: rds.to_owned(),
             },
         )),
-        strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
+        strip_port_mode: strip_port
+            .then_some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
         http_filters: filters,
         tracing: tracing.map(trace_config),
         access_log,
@@ -294,6 +297,50 @@ pub(crate) fn http_connection_manager(
     listener::Filter {
         name: "envoy.filters.network.http_connection_manager".into(),
         config_type: Some(listener::filter::ConfigType::TypedConfig(any(&m))),
+    }
+}
+
+/// The port an HTTP, HTTP/2 or gRPC route matches on, if any.
+fn route_port(rt: &maille_model::Route) -> Option<u32> {
+    rt.spec
+        .http_route
+        .as_ref()
+        .or(rt.spec.http2_route.as_ref())
+        .and_then(|h| h.matches.port)
+        .or_else(|| rt.spec.grpc_route.as_ref().and_then(|g| g.matches.port))
+}
+
+/// Matches requests whose Host is `service:port` (or plain `service` when `port` is the
+/// router's first listener's), in any case.
+fn authority_port(service: &str, port: u32, first: bool) -> route::HeaderMatcher {
+    let escaped: String = service
+        .chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect();
+    let regex = if first {
+        format!("(?i)^{escaped}(:{port})?$")
+    } else {
+        format!("(?i)^{escaped}:{port}$")
+    };
+    route::HeaderMatcher {
+        name: ":authority".into(),
+        header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
+            envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                match_pattern: Some(
+                    envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::SafeRegex(
+                        crate::route::regex(&regex),
+                    ),
+                ),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
     }
 }
 
@@ -351,6 +398,8 @@ fn egress(
     let mesh = vn.mesh_name.as_str();
     let mut hosts = Vec::new();
     let mut http_filters = Vec::new();
+    // Whether some route matches on the port: then Host keeps its port for routing.
+    let mut by_port = false;
     // Maille `Filter`s run after the canary filters: the breaker reads the cluster the
     // canary chose from `x-maille-cluster`.
     let mut node_filters = Vec::new();
@@ -420,12 +469,40 @@ fn egress(
                 virtual_router: Some(r),
                 ..
             }) => {
+                let ports: Vec<u32> =
+                    match cx.get(Kind::VirtualRouter, mesh, &r.virtual_router_name) {
+                        Some(Resource::VirtualRouter(vr)) => vr
+                            .spec
+                            .listeners
+                            .iter()
+                            .map(|l| l.port_mapping.port)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
                 for rt in cx.routes_of(mesh, &r.virtual_router_name) {
                     if rt.spec.tcp_route.is_some() {
                         continue;
                     }
                     match envoy_route(out, cx, rt, policy) {
-                        Ok((route, filter)) => {
+                        Ok((mut route, filter)) => {
+                            // A route for one of the router's ports: the port the caller
+                            // named in Host (none: the router's first listener's).
+                            if let Some(p) = route_port(rt) {
+                                by_port = true;
+                                if !ports.contains(&p) {
+                                    out.warnings.push(format!(
+                                        "route {}/{}: match.port {p} is none of the router's listener ports {ports:?}: it never matches",
+                                        rt.virtual_router_name, rt.route_name
+                                    ));
+                                }
+                                if let Some(m) = route.r#match.as_mut() {
+                                    m.headers.push(authority_port(
+                                        vs_name,
+                                        p,
+                                        ports.first() == Some(&p),
+                                    ));
+                                }
+                            }
                             vhost.routes.push(route);
                             if let Some(f) = filter {
                                 http_filters.push(f);
@@ -456,6 +533,13 @@ fn egress(
         );
     }
 
+    if by_port {
+        // Host is no longer stripped of its port: every service is also `<name>:<port>`.
+        for h in &mut hosts {
+            let with_port: Vec<String> = h.domains.iter().map(|d| format!("{d}:*")).collect();
+            h.domains.extend(with_port);
+        }
+    }
     out.routes.push(route::RouteConfiguration {
         name: names::EGRESS.into(),
         virtual_hosts: hosts,
@@ -475,6 +559,7 @@ fn egress(
                 opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
                 true,
                 logs.to_vec(),
+                !by_port,
             )],
             ..Default::default()
         }],
