@@ -532,20 +532,7 @@ fn a_router_with_two_listeners_routes_by_the_port_the_caller_names() {
     assert!(ok, "{out}{err}");
     let (envoy, egress) = control.envoy("demo", "gateway");
     let a = maille_testkit::agent();
-    let ask = |host: &str| -> String {
-        let mut r = a
-            .get(&format!("http://127.0.0.1:{egress}/"))
-            .header("host", host)
-            .call()
-            .expect("request through Envoy");
-        let status = r.status().as_u16();
-        let body = r.body_mut().read_to_string().unwrap_or_default();
-        if status == 200 {
-            body
-        } else {
-            format!("HTTP {status}")
-        }
-    };
+    let ask = |host: &str| ask_host(&a, egress, host);
     eventually("the port routes answer", Duration::from_secs(30), || {
         let got = (
             ask("colorteller.local"),

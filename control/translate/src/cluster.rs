@@ -56,15 +56,11 @@ pub(crate) fn target_cluster(
             DiscoveryType::LogicalDns
         };
         c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(t as i32));
-        let mesh_preference = || match cx.get(Kind::Mesh, &target.mesh_name, &target.mesh_name) {
-            Some(Resource::Mesh(m)) => m
-                .spec
-                .service_discovery
-                .as_ref()
-                .and_then(|sd| sd.ip_preference.as_deref()),
-            _ => None,
-        };
-        c.dns_lookup_family = match dns.ip_preference.as_deref().or_else(mesh_preference) {
+        c.dns_lookup_family = match dns
+            .ip_preference
+            .as_deref()
+            .or_else(|| mesh_ip_preference(cx, target))
+        {
             Some("IPv6_ONLY") => cluster::cluster::DnsLookupFamily::V6Only,
             Some("IPv4_ONLY") => cluster::cluster::DnsLookupFamily::V4Only,
             Some("IPv6_PREFERRED") => cluster::cluster::DnsLookupFamily::Auto,
@@ -92,15 +88,10 @@ pub(crate) fn target_cluster(
             .unwrap_or_default();
         let mut unanswered = false;
         if let Some(cm) = sd.and_then(|s| s.aws_cloud_map.as_ref()) {
-            let mesh_preference = match cx.get(Kind::Mesh, &target.mesh_name, &target.mesh_name) {
-                Some(Resource::Mesh(m)) => m
-                    .spec
-                    .service_discovery
-                    .as_ref()
-                    .and_then(|sd| sd.ip_preference.as_deref()),
-                _ => None,
-            };
-            let preference = cm.ip_preference.as_deref().or(mesh_preference);
+            let preference = cm
+                .ip_preference
+                .as_deref()
+                .or_else(|| mesh_ip_preference(cx, target));
             let answer = cx.cloud_map(&CloudMapQuery::from(cm));
             unanswered = answer.is_none();
             // Cloud Map registers one port per instance: the node's first listener's.
@@ -157,6 +148,18 @@ pub(crate) fn target_cluster(
     }
     out.clusters.push(c);
     Some(name)
+}
+
+/// The `serviceDiscovery.ipPreference` of `target`'s mesh, if it sets one.
+fn mesh_ip_preference<'a>(cx: &crate::world::Ctx<'a>, target: &VirtualNode) -> Option<&'a str> {
+    match cx.get(Kind::Mesh, &target.mesh_name, &target.mesh_name) {
+        Some(Resource::Mesh(m)) => m
+            .spec
+            .service_discovery
+            .as_ref()
+            .and_then(|sd| sd.ip_preference.as_deref()),
+        _ => None,
+    }
 }
 
 pub(crate) fn health_check(h: &HealthCheck) -> core::HealthCheck {

@@ -429,24 +429,30 @@ pub fn answer_for(a: &ureq::Agent, egress: u16, user: &str) -> String {
     }
 }
 
+/// One GET / with `Host: host` through Envoy's egress port: the app's answer, or
+/// `HTTP <status>`.
+pub fn ask_host(a: &ureq::Agent, egress: u16, host: &str) -> String {
+    let mut r = a
+        .get(&format!("http://127.0.0.1:{egress}/"))
+        .header("host", host)
+        .call()
+        .expect("request through Envoy");
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_string().unwrap_or_default();
+    if status == 200 {
+        body
+    } else {
+        format!("HTTP {status}")
+    }
+}
+
 /// Sends `n` requests for `colorteller.local` through Envoy's egress port; counts answers.
 pub fn tally(egress: u16, n: usize) -> BTreeMap<String, usize> {
     let a = agent();
     let mut out = BTreeMap::new();
     for _ in 0..n {
-        let mut r = a
-            .get(&format!("http://127.0.0.1:{egress}/"))
-            .header("host", "colorteller.local")
-            .call()
-            .expect("request through Envoy");
-        let status = r.status().as_u16();
-        let body = r.body_mut().read_to_string().unwrap_or_default();
-        let key = if status == 200 {
-            body
-        } else {
-            format!("HTTP {status}")
-        };
-        *out.entry(key).or_default() += 1;
+        *out.entry(ask_host(&a, egress, "colorteller.local"))
+            .or_default() += 1;
     }
     out
 }
