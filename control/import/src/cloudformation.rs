@@ -41,6 +41,8 @@ const MAX_DEPTH: usize = 32;
 /// Most conditions of a template (CloudFormation's own limit is far lower): a chain of
 /// conditions referring to each other is evaluated recursively.
 const MAX_CONDITIONS: usize = 1000;
+/// Longest chain of conditions each using the next (each link may nest MAX_DEPTH deep).
+const MAX_CONDITION_CHAIN: usize = 64;
 
 pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported, ImportError> {
     let err = |path: &str, message: String| ImportError {
@@ -465,6 +467,13 @@ impl Ctx<'_> {
         };
         if !self.evaluating.borrow_mut().insert(name.to_owned()) {
             return Err(self.err(path, format!("condition {name} refers back to itself")));
+        }
+        if self.evaluating.borrow().len() > MAX_CONDITION_CHAIN {
+            self.evaluating.borrow_mut().remove(name);
+            return Err(self.err(
+                path,
+                format!("condition {name}: a chain of more than {MAX_CONDITION_CHAIN} conditions, each using the next"),
+            ));
         }
         // A condition's own expression starts a fresh depth: chains of conditions are
         // bounded by the cycle check and the number of conditions, not by MAX_DEPTH.

@@ -35,6 +35,7 @@ type Answer = Result<(Vec<CloudMapInstance>, usize), String>;
 /// Polls Cloud Map every `every` until `stop`; does nothing (and builds no AWS client) while
 /// no node uses Cloud Map.
 pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let every = every.max(Duration::from_millis(100));
     let mut client: Option<Client> = None;
     let mut failing: BTreeMap<CloudMapQuery, String> = BTreeMap::new();
     let mut skipped: BTreeMap<CloudMapQuery, usize> = BTreeMap::new();
@@ -95,7 +96,8 @@ pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Recei
                     if changed.is_err() {
                         return;
                     }
-                    let now = cloud_map_queries(&snapshots.borrow_and_update().resources);
+                    let snap = snapshots.borrow_and_update().clone();
+                    let now = cloud_map_queries(&snap.resources);
                     if !now.is_subset(&asked) {
                         break;
                     }

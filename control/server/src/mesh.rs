@@ -430,8 +430,9 @@ impl Mesh {
     }
 
     /// Serves what Cloud Map answered for `answers` (each query's healthy instances), keeping
-    /// the other queries' last answers and dropping those no node asks any more; when that
-    /// changes any query's instances, a new snapshot re-translates the nodes that read them.
+    /// the other queries' last answers; when that changes any query's instances, a new
+    /// snapshot re-translates the nodes that read them. (Answers no node asks for any more
+    /// are dropped by the next apply.)
     pub async fn update_cloud_map(
         &self,
         answers: BTreeMap<CloudMapQuery, Vec<CloudMapInstance>>,

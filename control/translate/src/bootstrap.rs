@@ -357,11 +357,19 @@ pub fn static_bootstrap(
                 c.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
                     cluster::cluster::DiscoveryType::Static as i32,
                 ));
-                c.load_assignment = cfg
-                    .endpoints
-                    .iter()
-                    .find(|e| e.cluster_name == c.name)
-                    .cloned();
+                // No assignment (a Cloud Map query not answered here): no endpoints.
+                c.load_assignment = Some(
+                    cfg.endpoints
+                        .iter()
+                        .find(|e| e.cluster_name == c.name)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+                                cluster_name: c.name.clone(),
+                                ..Default::default()
+                            }
+                        }),
+                );
             }
             c
         })

@@ -300,16 +300,6 @@ pub(crate) fn http_connection_manager(
     }
 }
 
-/// The port an HTTP, HTTP/2 or gRPC route matches on, if any.
-fn route_port(rt: &maille_model::Route) -> Option<u32> {
-    rt.spec
-        .http_route
-        .as_ref()
-        .or(rt.spec.http2_route.as_ref())
-        .and_then(|h| h.matches.port)
-        .or_else(|| rt.spec.grpc_route.as_ref().and_then(|g| g.matches.port))
-}
-
 /// Matches requests whose Host is `service:port` (or plain `service` when `port` is the
 /// router's first listener's), in any case.
 fn authority_port(service: &str, port: u32, first: bool) -> route::HeaderMatcher {
@@ -469,16 +459,32 @@ fn egress(
                 virtual_router: Some(r),
                 ..
             }) => {
-                let ports: Vec<u32> =
-                    match cx.get(Kind::VirtualRouter, mesh, &r.virtual_router_name) {
-                        Some(Resource::VirtualRouter(vr)) => vr
+                let ports: Vec<u32> = match cx.get(
+                    Kind::VirtualRouter,
+                    mesh,
+                    &r.virtual_router_name,
+                ) {
+                    Some(Resource::VirtualRouter(vr)) => {
+                        let tcp = vr
                             .spec
                             .listeners
                             .iter()
+                            .filter(|l| l.port_mapping.protocol == "tcp")
+                            .count();
+                        if tcp > 0 && tcp < vr.spec.listeners.len() {
+                            out.warnings.push(format!(
+                                    "virtual router {:?} mixes tcp and HTTP listeners: only its first listener's kind is served",
+                                    r.virtual_router_name
+                                ));
+                        }
+                        vr.spec
+                            .listeners
+                            .iter()
                             .map(|l| l.port_mapping.port)
-                            .collect(),
-                        _ => Vec::new(),
-                    };
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                };
                 for rt in cx.routes_of(mesh, &r.virtual_router_name) {
                     if rt.spec.tcp_route.is_some() {
                         continue;
@@ -487,7 +493,7 @@ fn egress(
                         Ok((mut route, filter)) => {
                             // A route for one of the router's ports: the port the caller
                             // named in Host (none: the router's first listener's).
-                            if let Some(p) = route_port(rt) {
+                            if let Some(p) = crate::world::route_port(rt) {
                                 by_port = true;
                                 if !ports.contains(&p) {
                                     out.warnings.push(format!(

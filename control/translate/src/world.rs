@@ -251,6 +251,8 @@ impl<'a> Ctx<'a> {
             let pa = a.spec.priority.unwrap_or(u32::MAX);
             let pb = b.spec.priority.unwrap_or(u32::MAX);
             pa.cmp(&pb)
+                // A route for one port before one for every port.
+                .then_with(|| route_port(b).is_some().cmp(&route_port(a).is_some()))
                 .then_with(|| specificity(b).cmp(&specificity(a)))
                 .then_with(|| a.route_name.cmp(&b.route_name))
         });
@@ -270,6 +272,16 @@ impl<'a> Ctx<'a> {
             })
             .collect()
     }
+}
+
+/// The port an HTTP, HTTP/2 or gRPC route matches on, if any.
+pub(crate) fn route_port(rt: &Route) -> Option<u32> {
+    rt.spec
+        .http_route
+        .as_ref()
+        .or(rt.spec.http2_route.as_ref())
+        .and_then(|h| h.matches.port)
+        .or_else(|| rt.spec.grpc_route.as_ref().and_then(|g| g.matches.port))
 }
 
 fn specificity(r: &Route) -> usize {
