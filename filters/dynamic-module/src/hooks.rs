@@ -35,7 +35,7 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     LAST_PANIC
         .with(|p| p.borrow_mut().take())
         .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
@@ -44,9 +44,15 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn log_panic<C: HttpFilterConfig>(hook: &str, payload: &(dyn std::any::Any + Send)) {
+    log_panic_of(C::NAME, hook, payload);
+}
+
+/// Logs a panic caught in `hook` of the module part named `name` (`maille_canary: panic in
+/// select: ...`).
+pub(crate) fn log_panic_of(name: &str, hook: &str, payload: &(dyn std::any::Any + Send)) {
     log(
         Level::Error,
-        &format!("{}: panic in {hook}: {}", C::NAME, panic_message(payload)),
+        &format!("{name}: panic in {hook}: {}", panic_message(payload)),
     );
 }
 

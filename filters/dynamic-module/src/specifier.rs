@@ -19,7 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::abi::{EnvoyBuffer, Host, ModuleBuffer};
 use crate::handle::{envoy_bytes, metric_result, Counter, MetricError};
-use crate::hooks::{hook_bytes, host, panic_message};
+use crate::hooks::{hook_bytes, host, log_panic_of};
 use crate::{log, Level};
 
 /// A cluster specifier's configuration: made on Envoy's main thread each time a route
@@ -163,10 +163,7 @@ unsafe impl<C: ClusterSpecifier> Send for Specified<C> {}
 unsafe impl<C: ClusterSpecifier> Sync for Specified<C> {}
 
 fn log_panic<C: ClusterSpecifier>(hook: &str, payload: &(dyn std::any::Any + Send)) {
-    log(
-        Level::Error,
-        &format!("{}: panic in {hook}: {}", C::NAME, panic_message(payload)),
-    );
+    log_panic_of(C::NAME, hook, payload);
 }
 
 /// `envoy_dynamic_module_on_cluster_specifier_config_new` (main thread).
