@@ -420,13 +420,8 @@ pub fn start_canary_on(
 /// Front Envoy of `deploy/envoy/canary-specifier.yaml`: the canary as a native cluster
 /// specifier on the route (no HTTP filter), configured by `config`.
 pub fn start_canary_specifier(up: &Upstreams, config: &str) -> Result<(Envoy, u16), EnvoyExit> {
-    start_canary_template(
-        "deploy/envoy/canary-specifier.yaml",
-        "CANARY_MODULE",
-        &filter_native("canary"),
-        up,
-        config,
-    )
+    let c = render_canary_specifier(up, config);
+    Envoy::start(&c.yaml, c.admin).map(|e| (e, c.listener))
 }
 
 fn start_canary_template(
@@ -436,6 +431,39 @@ fn start_canary_template(
     up: &Upstreams,
     config: &str,
 ) -> Result<(Envoy, u16), EnvoyExit> {
+    let c = render_canary(template, module_var, module, up, config);
+    Envoy::start(&c.yaml, c.admin).map(|e| (e, c.listener))
+}
+
+/// A canary template rendered for `up` and `config`, with the ports it was given.
+#[derive(Debug)]
+pub struct RenderedCanary {
+    /// The Envoy configuration.
+    pub yaml: String,
+    /// Its admin port.
+    pub admin: u16,
+    /// Its listener port.
+    pub listener: u16,
+}
+
+/// `deploy/envoy/canary-specifier.yaml` rendered as [`start_canary_specifier`] would start it.
+pub fn render_canary_specifier(up: &Upstreams, config: &str) -> RenderedCanary {
+    render_canary(
+        "deploy/envoy/canary-specifier.yaml",
+        "CANARY_MODULE",
+        &filter_native("canary"),
+        up,
+        config,
+    )
+}
+
+fn render_canary(
+    template: &str,
+    module_var: &str,
+    module: &Path,
+    up: &Upstreams,
+    config: &str,
+) -> RenderedCanary {
     let admin = free_port();
     let listener = free_port();
     // The config goes into a single-quoted YAML scalar: one line, quotes doubled.
@@ -451,7 +479,11 @@ fn start_canary_template(
             ("CANARY_CONFIG", &quoted),
         ],
     );
-    Envoy::start(&yaml, admin).map(|e| (e, listener))
+    RenderedCanary {
+        yaml,
+        admin,
+        listener,
+    }
 }
 
 /// Front Envoy of the breaker template of `runtime` (`deploy/envoy/breaker.yaml` or

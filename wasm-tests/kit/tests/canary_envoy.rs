@@ -317,31 +317,15 @@ fn module_is_small() {
 #[test]
 fn a_specifier_name_the_module_does_not_have_is_refused() {
     let up = Upstreams::start();
-    let admin = maille_testkit::free_port();
-    let yaml = maille_testkit::render(
-        &maille_testkit::repo_root().join("deploy/envoy/canary-specifier.yaml"),
-        &[
-            ("ADMIN_PORT", &admin.to_string()),
-            ("LISTENER_PORT", &maille_testkit::free_port().to_string()),
-            ("STABLE_PORT", &up.stable_port.to_string()),
-            ("CANARY_PORT", &up.canary_port.to_string()),
-            (
-                "CANARY_MODULE",
-                &maille_testkit::filter_native("canary")
-                    .display()
-                    .to_string(),
-            ),
-            (
-                "CANARY_CONFIG",
-                r#"{"targets": [{"name": "stable", "cluster": "stable", "weight": 1}]}"#,
-            ),
-        ],
-    )
-    .replace(
+    let c = maille_testkit::render_canary_specifier(
+        &up,
+        r#"{"targets": [{"name": "stable", "cluster": "stable", "weight": 1}]}"#,
+    );
+    let yaml = c.yaml.replace(
         "specifier_name: maille_canary",
         "specifier_name: maille_breaker",
     );
-    match Envoy::start(&yaml, admin) {
+    match Envoy::start(&yaml, c.admin) {
         Ok(envoy) => panic!("Envoy took a specifier the module lacks:\n{}", envoy.log()),
         Err(exit) => assert!(
             exit.log.contains(
