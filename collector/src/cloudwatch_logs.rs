@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 const OLDEST_MS: i64 = 14 * 24 * 3600 * 1000;
 /// Events further ahead than this are refused by CloudWatch Logs.
 const NEWEST_MS: i64 = 2 * 3600 * 1000;
+/// Why an event outside those bounds is given up on.
+const TOO_OLD: &str = "older than 14 days";
+const TOO_NEW: &str = "more than 2 hours in the future";
 
 /// Tries at setting a created group's retention before giving up on it (logged).
 const RETENTION_TRIES: u32 = 5;
@@ -208,11 +211,11 @@ fn rejected_by_info(
     let new = at(too_new_start).unwrap_or(n);
     for (sent, index) in order.iter().enumerate() {
         if sent < old {
-            out.push(never(*index, "older than 14 days"));
+            out.push(never(*index, TOO_OLD));
         } else if sent < expired {
             out.push(never(*index, "older than the group's retention"));
         } else if sent >= new {
-            out.push(never(*index, "more than 2 hours in the future"));
+            out.push(never(*index, TOO_NEW));
         }
     }
     out
@@ -234,9 +237,9 @@ impl Destination<Event> for CloudWatchLogsSink {
         let mut order = Vec::with_capacity(batch.len());
         for (i, e) in batch.iter().enumerate() {
             if e.item.timestamp_ms < now - OLDEST_MS {
-                rejected.push(never(i, "older than 14 days"));
+                rejected.push(never(i, TOO_OLD));
             } else if e.item.timestamp_ms > now + NEWEST_MS {
-                rejected.push(never(i, "more than 2 hours in the future"));
+                rejected.push(never(i, TOO_NEW));
             } else {
                 order.push(i);
             }

@@ -263,11 +263,7 @@ pub(crate) fn event(
             .iter()
             .rev()
             .find(|kv| kv.key == "trace_id")
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(|v| match &v.value {
-                Some(any_value::Value::StringValue(t)) => Some(t.as_str()),
-                _ => None,
-            })
+            .and_then(str_value)
             .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
             .filter(|t| t.bytes().any(|b| b != b'0'))
             .map(str::to_ascii_lowercase)
@@ -436,6 +432,22 @@ fn hex(b: &[u8]) -> String {
             let _ = write!(s, "{x:02x}");
             s
         })
+}
+
+/// The text of an attribute whose value is a string.
+pub(crate) fn str_value(kv: &KeyValue) -> Option<&str> {
+    match kv.value.as_ref()?.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// The `maille.mesh` resource attribute: the mesh a record's node belongs to.
+pub(crate) fn mesh_of(r: Option<&Resource>) -> Option<&str> {
+    r?.attributes
+        .iter()
+        .find(|kv| kv.key == "maille.mesh")
+        .and_then(str_value)
 }
 
 #[cfg(test)]

@@ -33,7 +33,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::bytes::Bytes;
 use prost::Message;
 use std::sync::{Arc, Mutex};
@@ -373,15 +372,7 @@ impl Logs {
                 over += n;
                 continue;
             };
-            let mesh = rl
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "maille.mesh"))
-                .and_then(|kv| kv.value.as_ref())
-                .and_then(|v| match &v.value {
-                    Some(any_value::Value::StringValue(m)) => Some(m.as_str()),
-                    _ => None,
-                });
+            let mesh = crate::logs::mesh_of(rl.resource.as_ref());
             for rec in all {
                 records += 1;
                 let c = crate::logs::event(rec, &stream, mesh, now_ms);

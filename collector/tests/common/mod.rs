@@ -347,8 +347,6 @@ pub enum FrontRule {
     Refuse(u16, &'static str),
 }
 
-/// An X-Ray endpoint in front of moto that bends `PutTraceSegments` answers by `rule`, and
-/// records the id of every document it was sent (in order, repeats included).
 /// Sends a request a front received on to `url` (moto), with its AWS headers (moto does not
 /// check signatures); moto's status and body, or 502.
 pub fn forward(
@@ -372,6 +370,8 @@ pub fn forward(
     }
 }
 
+/// An X-Ray endpoint in front of moto that bends `PutTraceSegments` answers by `rule`, and
+/// records the id of every document it was sent (in order, repeats included).
 pub struct Front {
     pub port: u16,
     pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,

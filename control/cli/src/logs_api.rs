@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 /// Most log groups searched.
-const MAX_GROUPS: usize = 50;
+pub(crate) const MAX_GROUPS: usize = 50;
 /// Most lines read per group.
 const MAX_LINES: usize = 200;
 /// Most pages read per group: CloudWatch Logs may answer pages with few or no events and a

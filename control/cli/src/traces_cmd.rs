@@ -170,7 +170,8 @@ async fn access_log(
         Ok((lines, left_out)) => {
             if left_out {
                 eprintln!(
-                    "note: only the first 50 log groups under {} were searched (narrow --log-group-prefix)",
+                    "note: only the first {} log groups under {} were searched (narrow --log-group-prefix)",
+                    crate::logs_api::MAX_GROUPS,
                     a.log_group_prefix
                 );
             }
