@@ -15,7 +15,7 @@ use crate::mesh::Mesh;
 use aws_sdk_servicediscovery::error::ProvideErrorMetadata;
 use aws_sdk_servicediscovery::types::HealthStatusFilter;
 use aws_sdk_servicediscovery::Client;
-use maille_translate::{cloud_map_queries, CloudMapInstance, CloudMapQuery};
+use maille_translate::{CloudMapInstance, CloudMapQuery};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Recei
     let mut skipped: BTreeMap<CloudMapQuery, usize> = BTreeMap::new();
     let mut snapshots = mesh.subscribe();
     loop {
-        let queries = cloud_map_queries(&mesh.current().resources);
+        let queries = mesh.current().cloud_map_queries.clone();
         failing.retain(|q, _| queries.contains(q));
         skipped.retain(|q, _| queries.contains(q));
         if !queries.is_empty() {
@@ -96,8 +96,7 @@ pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Recei
                     if changed.is_err() {
                         return;
                     }
-                    let snap = snapshots.borrow_and_update().clone();
-                    let now = cloud_map_queries(&snap.resources);
+                    let now = snapshots.borrow_and_update().cloud_map_queries.clone();
                     if !now.is_subset(&asked) {
                         break;
                     }

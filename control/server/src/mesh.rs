@@ -73,6 +73,8 @@ pub struct Snapshot {
     pub modules: BTreeMap<String, Module>,
     /// What AWS Cloud Map last answered for the mesh's `awsCloudMap` nodes.
     pub cloud_map: Arc<CloudMap>,
+    /// The Cloud Map queries the resources' nodes make (what the poller asks).
+    pub cloud_map_queries: Arc<BTreeSet<CloudMapQuery>>,
     /// When it was made (for apply-to-ACK times).
     pub made_at: Instant,
 }
@@ -85,6 +87,14 @@ impl Snapshot {
             cloud_map: &self.cloud_map,
         }
     }
+}
+
+/// The answers of `cm` to the queries in `wanted`.
+fn asked(cm: &CloudMap, wanted: &BTreeSet<CloudMapQuery>) -> CloudMap {
+    cm.iter()
+        .filter(|(q, _)| wanted.contains(*q))
+        .map(|(q, i)| (q.clone(), i.clone()))
+        .collect()
 }
 
 /// Resources of one type as sent: `(name, Any)` sorted by name, and a hash of them.
@@ -275,9 +285,11 @@ impl Mesh {
     /// virtual node once (to know what each depends on).
     pub fn new(store: Arc<dyn Store>, modules: Modules) -> Result<Mesh, StoreError> {
         let (version, stored) = store.load()?;
+        let resources: Resources = stored.into_iter().map(|(k, r)| (k, Arc::new(r))).collect();
         let snap = Snapshot {
             version,
-            resources: stored.into_iter().map(|(k, r)| (k, Arc::new(r))).collect(),
+            cloud_map_queries: Arc::new(maille_translate::cloud_map_queries(&resources)),
+            resources,
             modules: modules.current(),
             cloud_map: Arc::new(CloudMap::new()),
             made_at: Instant::now(),
@@ -422,6 +434,7 @@ impl Mesh {
             resources: cur.resources.clone(),
             modules: self.modules.current(),
             cloud_map: cur.cloud_map.clone(),
+            cloud_map_queries: cur.cloud_map_queries.clone(),
             made_at: Instant::now(),
         };
         let deps: Vec<Dep> = changed.into_iter().map(Dep::Module).collect();
@@ -439,13 +452,8 @@ impl Mesh {
     ) -> Result<bool, StoreError> {
         let _guard = self.write.lock().await;
         let cur = self.current();
-        let wanted = maille_translate::cloud_map_queries(&cur.resources);
-        let mut next: CloudMap = cur
-            .cloud_map
-            .iter()
-            .filter(|(q, _)| wanted.contains(*q))
-            .map(|(q, i)| (q.clone(), i.clone()))
-            .collect();
+        let wanted = &cur.cloud_map_queries;
+        let mut next = asked(&cur.cloud_map, wanted);
         for (q, mut instances) in answers {
             if wanted.contains(&q) {
                 instances.sort();
@@ -469,10 +477,11 @@ impl Mesh {
             resources: cur.resources.clone(),
             modules: cur.modules.clone(),
             cloud_map: Arc::new(next),
+            cloud_map_queries: cur.cloud_map_queries.clone(),
             made_at: Instant::now(),
         };
         self.publish(snap, &changed, &[]);
-        Ok(!changed.is_empty())
+        Ok(true)
     }
 
     /// Commits (unless `dry_run`) and publishes the change from `cur` to `next` of `keys`,
@@ -497,22 +506,22 @@ impl Mesh {
             })
             .collect();
         let version = cur.version + 1;
+        // Only a virtual node can change what Cloud Map is asked.
+        let cloud_map_queries = if keys.iter().any(|k| k.kind == Kind::VirtualNode) {
+            Arc::new(maille_translate::cloud_map_queries(&next))
+        } else {
+            cur.cloud_map_queries.clone()
+        };
         let snap = Snapshot {
             version,
-            cloud_map: if cur.cloud_map.is_empty() {
+            // Only what the nodes still ask: a node removed and added back later must not be
+            // served the instances of then.
+            cloud_map: if Arc::ptr_eq(&cloud_map_queries, &cur.cloud_map_queries) {
                 cur.cloud_map.clone()
             } else {
-                // Only what the nodes still ask: a node removed and added back later must
-                // not be served the instances of then.
-                let wanted = maille_translate::cloud_map_queries(&next);
-                Arc::new(
-                    cur.cloud_map
-                        .iter()
-                        .filter(|(q, _)| wanted.contains(*q))
-                        .map(|(q, i)| (q.clone(), i.clone()))
-                        .collect(),
-                )
+                Arc::new(asked(&cur.cloud_map, &cloud_map_queries))
             },
+            cloud_map_queries,
             resources: next,
             modules: cur.modules.clone(),
             made_at: Instant::now(),

@@ -300,33 +300,22 @@ pub(crate) fn http_connection_manager(
     }
 }
 
-/// Matches requests whose Host is `service:port` (or plain `service` when `port` is the
-/// router's first listener's), in any case.
-fn authority_port(service: &str, port: u32, first: bool) -> route::HeaderMatcher {
-    let escaped: String = service
-        .chars()
-        .flat_map(|c| {
-            let special = "\\.+*?()|[]{}^$".contains(c);
-            special
-                .then_some('\\')
-                .into_iter()
-                .chain(std::iter::once(c))
-        })
-        .collect();
-    let regex = if first {
-        format!("(?i)^{escaped}(:{port})?$")
+/// Matches requests whose Host names `port` (or no port, when `port` is the router's first
+/// listener's). The virtual host has already matched the service's name.
+fn authority_port(port: u32, first: bool) -> route::HeaderMatcher {
+    use envoy_types::pb::envoy::r#type::matcher::v3 as m;
+    let pattern = if first {
+        m::string_matcher::MatchPattern::SafeRegex(crate::route::regex(&format!(
+            "^[^:]*(:{port})?$"
+        )))
     } else {
-        format!("(?i)^{escaped}:{port}$")
+        m::string_matcher::MatchPattern::Suffix(format!(":{port}"))
     };
     route::HeaderMatcher {
         name: ":authority".into(),
         header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
-            envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
-                match_pattern: Some(
-                    envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::SafeRegex(
-                        crate::route::regex(&regex),
-                    ),
-                ),
+            m::StringMatcher {
+                match_pattern: Some(pattern),
                 ..Default::default()
             },
         )),
@@ -502,11 +491,7 @@ fn egress(
                                     ));
                                 }
                                 if let Some(m) = route.r#match.as_mut() {
-                                    m.headers.push(authority_port(
-                                        vs_name,
-                                        p,
-                                        ports.first() == Some(&p),
-                                    ));
+                                    m.headers.push(authority_port(p, ports.first() == Some(&p)));
                                 }
                             }
                             vhost.routes.push(route);
