@@ -184,6 +184,16 @@ fn a_canary_failing_half_its_requests_is_rolled_back() {
         .collect();
     let rate = failed[0]["canary"]["successRate"].as_f64().unwrap();
     assert!((0.3..0.7).contains(&rate), "{rate}");
+    // The status moves first; the Envoy gets the rollback's weights a moment later (its push
+    // and ACK).
+    eventually(
+        "the Envoy is back on stable",
+        Duration::from_secs(10),
+        || {
+            let t = tally(s.egress, 20);
+            (t.get("stable") == Some(&20), t)
+        },
+    );
     let t = tally(s.egress, 200);
     assert_eq!(t.get("stable"), Some(&200), "all traffic on stable: {t:?}");
 }
