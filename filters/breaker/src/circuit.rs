@@ -61,12 +61,17 @@ pub struct Record {
     pub consecutive: u32,
     /// Count of state changes so far: orders signals from different workers.
     pub generation: u32,
+    /// Which creation of the record this is: the CAS value of the empty record the first
+    /// write of counts replaced (0 until then). Shared data has no create-if-absent, so a
+    /// worker that found the key missing may create it again after others wrote counts;
+    /// the epoch changes then, and each writer puts back what it had merged.
+    pub epoch: u32,
     /// The sliding window.
     pub buckets: [Bucket; BUCKETS],
 }
 
 /// Bytes of an encoded [`Record`].
-pub const RECORD_LEN: usize = 1 + 8 + 4 + 4 + 4 + 4 + BUCKETS * 16;
+pub const RECORD_LEN: usize = 1 + 8 + 4 + 4 + 4 + 4 + 4 + BUCKETS * 16;
 
 impl Default for Record {
     fn default() -> Self {
@@ -77,6 +82,7 @@ impl Default for Record {
             probe_successes: 0,
             consecutive: 0,
             generation: 0,
+            epoch: 0,
             buckets: [Bucket::default(); BUCKETS],
         }
     }
@@ -92,8 +98,9 @@ impl Record {
         out[13..17].copy_from_slice(&self.probe_successes.to_le_bytes());
         out[17..21].copy_from_slice(&self.consecutive.to_le_bytes());
         out[21..25].copy_from_slice(&self.generation.to_le_bytes());
+        out[25..29].copy_from_slice(&self.epoch.to_le_bytes());
         for (i, b) in self.buckets.iter().enumerate() {
-            let at = 25 + i * 16;
+            let at = 29 + i * 16;
             out[at..at + 8].copy_from_slice(&b.start_ms.to_le_bytes());
             out[at + 8..at + 12].copy_from_slice(&b.total.to_le_bytes());
             out[at + 12..at + 16].copy_from_slice(&b.failures.to_le_bytes());
@@ -112,7 +119,7 @@ impl Record {
             |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
         let mut buckets = [Bucket::default(); BUCKETS];
         for (i, b) in buckets.iter_mut().enumerate() {
-            let at = 25 + i * 16;
+            let at = 29 + i * 16;
             *b = Bucket {
                 start_ms: u64_at(at),
                 total: u32_at(at + 8),
@@ -126,6 +133,7 @@ impl Record {
             probe_successes: u32_at(13),
             consecutive: u32_at(17),
             generation: u32_at(21),
+            epoch: u32_at(25),
             buckets,
         })
     }

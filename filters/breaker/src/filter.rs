@@ -29,6 +29,8 @@ const KEY_PREFIX: &str = "maille_breaker/";
 const TICK: Duration = Duration::from_millis(50);
 /// Compare-and-swap attempts before an update is given up (and logged).
 const CAS_ATTEMPTS: usize = 64;
+/// Merges a worker remembers per cluster, to put back if the record is created again.
+const JOURNAL_LEN: usize = 64;
 /// Signals waiting to be sent, at most; beyond, the oldest are dropped (and logged).
 const MAX_PENDING_SIGNALS: usize = 256;
 
@@ -98,6 +100,27 @@ struct Plugin {
     /// (a failure merges at once) and by the timer, so a trip made by another worker is
     /// seen here within one tick.
     states: RefCell<HashMap<String, State>>,
+    /// Per cluster, this worker's first merges and the record epoch they are in.
+    journals: RefCell<HashMap<String, Journal>>,
+}
+
+/// A worker's first [`JOURNAL_LEN`] merges into a cluster's record. A worker that read the
+/// key as missing creates it (empty) right after; if it was preempted in between, its
+/// create lands on counts others wrote. The record's epoch then differs from the one the
+/// journal's merges went into, and they are merged again. Creates only come from reads
+/// made before the key first existed, so the first merges are the ones at risk.
+#[derive(Default)]
+struct Journal {
+    epoch: u32,
+    merges: Vec<Merge>,
+}
+
+/// One merge: successes, then maybe a failure (and whether it was a probe), at `now`.
+#[derive(Clone, Copy)]
+struct Merge {
+    now: u64,
+    successes: u32,
+    failure: Option<bool>,
 }
 
 /// A worker's batch for one cluster. Healthy traffic costs no shared-data write per
@@ -120,24 +143,59 @@ impl Plugin {
     /// Reads the cluster's record, applies `update`, and writes it back with CAS, retrying
     /// when another worker got there first. `update` returns whether the record changed
     /// and a value to hand back.
+    /// A record whose epoch is not the one this worker's journal went into first gets the
+    /// journal merged again.
     fn update<T>(
         &self,
         cluster: &str,
         mut update: impl FnMut(&mut Record) -> (bool, T),
     ) -> Option<T> {
         let key = format!("{KEY_PREFIX}{cluster}");
+        let mut replayed = Vec::new();
         for _ in 0..CAS_ATTEMPTS {
             let (mut rec, cas) = read(&key);
+            let Some(cas) = cas else {
+                let (changed, out) = update(&mut rec.clone());
+                if !changed {
+                    self.remember(cluster, rec.state);
+                    return Some(out);
+                }
+                // The ABI has no create-if-absent: a write to a missing key always lands.
+                // So a missing key is created empty, and only CAS writes carry counts.
+                if let Err(status) = hostcalls::set_shared_data(&key, Some(&rec.encode()), None) {
+                    log(
+                        LogLevel::Error,
+                        &format!("{NAME}: cluster {cluster}: shared data write failed: {status:?}"),
+                    );
+                    return None;
+                }
+                continue;
+            };
+            if rec.epoch == 0 {
+                rec.epoch = cas;
+            }
+            replayed.clear();
+            let replay = self.replay(cluster, &mut rec, &mut replayed);
             let (changed, out) = update(&mut rec);
-            if !changed {
+            if !changed && !replay {
                 self.remember(cluster, rec.state);
                 return Some(out);
             }
-            // A missing key has no CAS: the first write per cluster is unconditional (the
-            // ABI offers no create-if-absent); every later one is compare-and-swap.
-            match hostcalls::set_shared_data(&key, Some(&rec.encode()), cas) {
+            match hostcalls::set_shared_data(&key, Some(&rec.encode()), Some(cas)) {
                 Ok(()) => {
                     self.remember(cluster, rec.state);
+                    if let Some(j) = self.journals.borrow_mut().get_mut(cluster) {
+                        j.epoch = rec.epoch;
+                    }
+                    if replay {
+                        log(
+                            LogLevel::Warn,
+                            &format!("{NAME}: cluster {cluster}: the record was created again over counts; merged this worker's again"),
+                        );
+                    }
+                    for t in replayed.drain(..) {
+                        self.transitioned(cluster, t);
+                    }
                     return Some(out);
                 }
                 Err(Status::CasMismatch) => continue,
@@ -155,6 +213,35 @@ impl Plugin {
             &format!("{NAME}: cluster {cluster}: gave up after {CAS_ATTEMPTS} CAS conflicts"),
         );
         None
+    }
+
+    /// Merges this worker's journal into `rec` again if `rec` is another epoch than the
+    /// one the journal went into. Returns whether it did.
+    fn replay(&self, cluster: &str, rec: &mut Record, transitions: &mut Vec<Transition>) -> bool {
+        let journals = self.journals.borrow();
+        let Some(j) = journals.get(cluster) else {
+            return false;
+        };
+        if j.epoch == rec.epoch || j.merges.is_empty() {
+            return false;
+        }
+        for m in &j.merges {
+            transitions.extend(self.circuit.record_successes(rec, m.now, m.successes));
+            if let Some(probe) = m.failure {
+                transitions.extend(self.circuit.record(rec, m.now, true, probe));
+            }
+        }
+        true
+    }
+
+    /// Notes a merge made into epoch `epoch`, while the journal has room.
+    fn journal(&self, cluster: &str, merge: Merge, epoch: u32) {
+        let mut journals = self.journals.borrow_mut();
+        let j = journals.entry(cluster.to_owned()).or_default();
+        j.epoch = epoch;
+        if j.merges.len() < JOURNAL_LEN {
+            j.merges.push(merge);
+        }
     }
 
     fn remember(&self, cluster: &str, state: State) {
@@ -195,15 +282,26 @@ impl Plugin {
         }
         let circuit = &self.circuit;
         let mut changes = Vec::new();
-        self.update(cluster, |rec| {
+        let merged = self.update(cluster, |rec| {
             changes.clear();
             let before = rec.clone();
             changes.extend(circuit.record_successes(rec, now, batch.successes));
             if let Some(probe) = failure {
                 changes.extend(circuit.record(rec, now, true, probe));
             }
-            (*rec != before, ())
+            (*rec != before, rec.epoch)
         });
+        if let Some(epoch) = merged {
+            self.journal(
+                cluster,
+                Merge {
+                    now,
+                    successes: batch.successes,
+                    failure,
+                },
+                epoch,
+            );
+        }
         for t in changes {
             self.transitioned(cluster, t);
         }
@@ -228,8 +326,8 @@ impl Plugin {
         let now = now_ms();
         for c in clusters {
             if !self.merge(&c, now, None) {
-                let (rec, _) = read(&format!("{KEY_PREFIX}{c}"));
-                self.remember(&c, rec.state);
+                // A read (and a write only when the journal must be merged again).
+                self.update(&c, |_| (false, ()));
             }
         }
     }
@@ -401,6 +499,7 @@ impl RootContext for BreakerRoot {
             signals: RefCell::new(VecDeque::new()),
             pending: RefCell::new(HashMap::new()),
             states: RefCell::new(HashMap::new()),
+            journals: RefCell::new(HashMap::new()),
         }));
         true
     }

@@ -26,8 +26,13 @@ fn breaker(host: &Host, config: &str) -> Vm {
 
 /// One request to `svc`, answered by the upstream with `status` if it gets there.
 fn call(vm: &mut Vm, status: u16) -> Seen {
+    call_to(vm, "svc", status)
+}
+
+/// One request to `cluster`, answered by the upstream with `status` if it gets there.
+fn call_to(vm: &mut Vm, cluster: &str, status: u16) -> Seen {
     let mut s = vm.stream();
-    s.set_upstream_cluster("svc");
+    s.set_upstream_cluster(cluster);
     let action = s.request_headers(&[(":path", "/")], true).expect("request");
     if let Some(local) = s.local_response() {
         assert_eq!(action, Action::Pause);
@@ -308,6 +313,45 @@ fn two_workers_racing_on_shared_state_lose_no_update_and_no_transition() {
             + host.metric("maille_breaker.svc.rejections").unwrap(),
         400
     );
+}
+
+#[test]
+fn two_workers_failing_first_on_a_fresh_cluster_at_once_both_count() {
+    // Each round, both workers send their first request to a cluster nobody has seen, at
+    // the same moment, and it fails (a failure is merged at once). Shared data has no
+    // create-if-absent, so a worker's create can land on the other's counts: its journal
+    // puts them back on its next look.
+    let host = Host::new();
+    let config = r#"{"windowMillis": 600000, "minRequests": 1000000, "consecutiveFailures": 0}"#;
+    let rounds = 300;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let mut vm = breaker(&host, config);
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                for round in 0..rounds {
+                    barrier.wait();
+                    call_to(&mut vm, &format!("fresh{round}"), 503);
+                }
+                // Each worker's timer re-reads the clusters it knows (as Envoy's ticks do).
+                vm.advance(Duration::from_millis(50)).unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let lost: Vec<usize> = (0..rounds)
+        .filter(|round| {
+            let (bytes, _) = host
+                .shared_data(&format!("maille_breaker/fresh{round}"))
+                .expect("record");
+            let rec = Record::decode(&bytes).expect("decodes");
+            rec.window(maille_wasm_host::EPOCH_NANOS / 1_000_000, 600_000) != (2, 2)
+        })
+        .collect();
+    assert!(lost.is_empty(), "rounds that lost a failure: {lost:?}");
 }
 
 #[test]
