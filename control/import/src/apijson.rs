@@ -42,7 +42,11 @@ fn kind_of(obj: &serde_json::Map<String, Value>) -> Option<(Kind, bool)> {
         }
     }
     let has = |k: &str| obj.contains_key(k);
-    let kind = if has("routeName") {
+    let kind = if has("gatewayRouteName") {
+        Kind::GatewayRoute
+    } else if has("virtualGatewayName") {
+        Kind::VirtualGateway
+    } else if has("routeName") {
         Kind::Route
     } else if has("virtualNodeName") {
         Kind::VirtualNode
@@ -70,31 +74,6 @@ fn one(file: &str, base: &str, v: Value, out: &mut Imported) -> Result<(), Impor
             message: "expected an App Mesh resource object".into(),
         });
     };
-    // Gateways: not translated yet; said, and the rest of the file still read.
-    let gateway = ["virtualGateway", "gatewayRoute"]
-        .into_iter()
-        .find(|k| obj.contains_key(*k) && obj.len() == 1)
-        .or_else(|| {
-            ["gatewayRouteName", "virtualGatewayName"]
-                .into_iter()
-                .find(|k| obj.contains_key(*k))
-        });
-    if let Some(k) = gateway {
-        let what = if k.starts_with("gatewayRoute") {
-            "a gateway route"
-        } else {
-            "a virtual gateway"
-        };
-        out.warnings.push(format!(
-            "{file}: {}{what} ({k}) is not supported by Maille yet; skipped",
-            if base.is_empty() {
-                String::new()
-            } else {
-                format!("{base}: ")
-            }
-        ));
-        return Ok(());
-    }
     let Some((kind, wrapped)) = kind_of(&obj) else {
         return Err(ImportError {
             file: file.to_owned(),

@@ -191,6 +191,8 @@ fn resource_of(
         "AWS::AppMesh::VirtualRouter" => Kind::VirtualRouter,
         "AWS::AppMesh::Route" => Kind::Route,
         "AWS::AppMesh::VirtualService" => Kind::VirtualService,
+        "AWS::AppMesh::VirtualGateway" => Kind::VirtualGateway,
+        "AWS::AppMesh::GatewayRoute" => Kind::GatewayRoute,
         t if t.starts_with("AWS::AppMesh::") => {
             out.warnings.push(format!(
                 "{file}: {path}: {t} is not supported by Maille yet; skipped"
@@ -266,6 +268,8 @@ fn resource_of(
         Kind::VirtualRouter => "VirtualRouterName",
         Kind::Route => "RouteName",
         Kind::VirtualService => "VirtualServiceName",
+        Kind::VirtualGateway => "VirtualGatewayName",
+        Kind::GatewayRoute => "GatewayRouteName",
         Kind::Filter => "FilterName",
         Kind::Rollout => "RolloutName",
     };
@@ -582,6 +586,8 @@ impl Ctx<'_> {
             "AWS::AppMesh::VirtualRouter" => "VirtualRouterName",
             "AWS::AppMesh::Route" => "RouteName",
             "AWS::AppMesh::VirtualService" => "VirtualServiceName",
+            "AWS::AppMesh::VirtualGateway" => "VirtualGatewayName",
+            "AWS::AppMesh::GatewayRoute" => "GatewayRouteName",
             t => {
                 return Err(self.err(
                     path,

@@ -332,6 +332,8 @@ pub(crate) fn typed(
         Kind::VirtualRouter => Resource::VirtualRouter(de(file, base, v)?),
         Kind::Route => Resource::Route(de(file, base, v)?),
         Kind::VirtualService => Resource::VirtualService(de(file, base, v)?),
+        Kind::VirtualGateway => Resource::VirtualGateway(de(file, base, v)?),
+        Kind::GatewayRoute => Resource::GatewayRoute(de(file, base, v)?),
         Kind::Filter => Resource::Filter(de(file, base, v)?),
         Kind::Rollout => Resource::Rollout(de(file, base, v)?),
     })

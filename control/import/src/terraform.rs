@@ -4,8 +4,7 @@
 //! (`port_mapping` -> `portMapping`; repeated blocks such as `listener`, `backend`,
 //! `weighted_target` and `header` -> `listeners`, `backends`, `weightedTargets`, `headers`).
 //! `depends_on`, `provider` and `lifecycle` are ignored; `count` and `for_each` are refused,
-//! other resource types and `aws_appmesh_virtual_gateway`/`gateway_route` are reported and
-//! skipped.
+//! other resource types are reported and skipped.
 
 use super::{snake_to_camel, typed, ImportError, Imported, Params};
 use hcl::eval::{Context, Evaluate};
@@ -33,6 +32,8 @@ fn kind_of(ty: &str) -> Option<Kind> {
         "aws_appmesh_virtual_router" => Kind::VirtualRouter,
         "aws_appmesh_route" => Kind::Route,
         "aws_appmesh_virtual_service" => Kind::VirtualService,
+        "aws_appmesh_virtual_gateway" => Kind::VirtualGateway,
+        "aws_appmesh_gateway_route" => Kind::GatewayRoute,
         _ => return None,
     })
 }
@@ -44,6 +45,8 @@ fn name_field(kind: Kind) -> &'static str {
         Kind::VirtualRouter => "virtualRouterName",
         Kind::Route => "routeName",
         Kind::VirtualService => "virtualServiceName",
+        Kind::VirtualGateway => "virtualGatewayName",
+        Kind::GatewayRoute => "gatewayRouteName",
         Kind::Filter => "filterName",
         Kind::Rollout => "rolloutName",
     }

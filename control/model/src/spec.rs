@@ -23,6 +23,10 @@ pub enum Kind {
     Route,
     /// The name clients call; provided by a node or a router.
     VirtualService,
+    /// An ingress Envoy at the edge of the mesh: clients outside call its listeners.
+    VirtualGateway,
+    /// One route of a virtual gateway: which requests go to which virtual service.
+    GatewayRoute,
     /// Maille: a wasm filter with its config, attached to virtual nodes.
     Filter,
     /// Maille: a progressive delivery of a route from a stable node to a canary.
@@ -31,12 +35,14 @@ pub enum Kind {
 
 impl Kind {
     /// All kinds, in dependency order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Mesh,
         Kind::VirtualNode,
         Kind::VirtualRouter,
         Kind::Route,
         Kind::VirtualService,
+        Kind::VirtualGateway,
+        Kind::GatewayRoute,
         Kind::Filter,
         Kind::Rollout,
     ];
@@ -49,6 +55,8 @@ impl Kind {
             Kind::VirtualRouter => "virtualRouter",
             Kind::Route => "route",
             Kind::VirtualService => "virtualService",
+            Kind::VirtualGateway => "virtualGateway",
+            Kind::GatewayRoute => "gatewayRoute",
             Kind::Filter => "filter",
             Kind::Rollout => "rollout",
         }
@@ -81,7 +89,8 @@ pub struct Key {
     pub kind: Kind,
     /// The mesh it belongs to (for a mesh, its own name).
     pub mesh: String,
-    /// Its name; a route's is `<virtualRouterName>/<routeName>`.
+    /// Its name; a route's is `<virtualRouterName>/<routeName>`, a gateway route's
+    /// `<virtualGatewayName>/<gatewayRouteName>`.
     pub name: String,
 }
 
@@ -122,6 +131,10 @@ pub enum Resource {
     Route(Route),
     /// `AWS::AppMesh::VirtualService`
     VirtualService(VirtualService),
+    /// `AWS::AppMesh::VirtualGateway`
+    VirtualGateway(VirtualGateway),
+    /// `AWS::AppMesh::GatewayRoute`
+    GatewayRoute(GatewayRoute),
     /// Maille's wasm filter attachment.
     Filter(Filter),
     /// Maille's progressive delivery.
@@ -150,6 +163,16 @@ impl Resource {
                 Kind::VirtualService,
                 &r.mesh_name,
                 r.virtual_service_name.clone(),
+            ),
+            Resource::VirtualGateway(r) => (
+                Kind::VirtualGateway,
+                &r.mesh_name,
+                r.virtual_gateway_name.clone(),
+            ),
+            Resource::GatewayRoute(r) => (
+                Kind::GatewayRoute,
+                &r.mesh_name,
+                format!("{}/{}", r.virtual_gateway_name, r.gateway_route_name),
             ),
             Resource::Filter(r) => (Kind::Filter, &r.mesh_name, r.filter_name.clone()),
             Resource::Rollout(r) => (Kind::Rollout, &r.mesh_name, r.rollout_name.clone()),
@@ -1046,6 +1069,273 @@ pub struct NodeRef {
 pub struct RouterRef {
     /// The router.
     pub virtual_router_name: String,
+}
+
+// === VirtualGateway ===
+
+/// A virtual gateway (`CreateVirtualGateway`): an Envoy of its own at the mesh's edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualGateway {
+    /// The mesh.
+    pub mesh_name: String,
+    /// Its name.
+    pub virtual_gateway_name: String,
+    /// Its settings.
+    pub spec: VirtualGatewaySpec,
+}
+
+/// `VirtualGatewaySpec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualGatewaySpec {
+    /// Where clients connect (App Mesh allows one).
+    pub listeners: Vec<GatewayListener>,
+    /// Client policy towards every target virtual service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_defaults: Option<BackendDefaults>,
+    /// Access logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+}
+
+/// `VirtualGatewayListener`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayListener {
+    /// The port the gateway's Envoy listens on, and its protocol (`http`, `http2`, `grpc`).
+    pub port_mapping: PortMapping,
+    /// How the gateway's own health is checked (by load balancers in front of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Limits on what the gateway sends on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<GatewayConnectionPool>,
+    /// TLS towards clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// `VirtualGatewayConnectionPool`: one member, by protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConnectionPool {
+    /// HTTP/1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpPool>,
+    /// HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<RequestPool>,
+    /// gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<RequestPool>,
+}
+
+// === GatewayRoute ===
+
+/// A gateway route (`CreateGatewayRoute`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayRoute {
+    /// The mesh.
+    pub mesh_name: String,
+    /// The gateway it belongs to.
+    pub virtual_gateway_name: String,
+    /// Its name.
+    pub gateway_route_name: String,
+    /// Its settings.
+    pub spec: GatewayRouteSpec,
+}
+
+/// `GatewayRouteSpec`: one of the routes, and a priority.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayRouteSpec {
+    /// HTTP/1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_route: Option<HttpGatewayRoute>,
+    /// HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_route: Option<HttpGatewayRoute>,
+    /// gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_route: Option<GrpcGatewayRoute>,
+    /// 0 (first) to 1000; routes without one come after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+}
+
+/// `HttpGatewayRoute` (also `http2Route`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGatewayRoute {
+    /// Which requests it takes.
+    #[serde(rename = "match")]
+    pub matches: HttpGatewayRouteMatch,
+    /// Where they go.
+    pub action: HttpGatewayRouteAction,
+}
+
+/// `HttpGatewayRouteMatch`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGatewayRouteMatch {
+    /// Path prefix (`/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Exact or regex path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// Query parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_parameters: Vec<QueryParameterMatch>,
+    /// HTTP method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The host the client called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<HostnameMatch>,
+    /// Headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpRouteHeader>,
+    /// The gateway listener's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+/// `GatewayRouteHostnameMatch`: one member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostnameMatch {
+    /// The whole host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// Its ending (`.example.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+}
+
+/// `HttpGatewayRouteAction`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGatewayRouteAction {
+    /// The virtual service.
+    pub target: GatewayRouteTarget,
+    /// What is changed on the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<HttpGatewayRouteRewrite>,
+}
+
+/// `GatewayRouteTarget`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayRouteTarget {
+    /// The virtual service requests go to.
+    pub virtual_service: GatewayRouteVirtualService,
+    /// Its listener port, when its provider has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+/// `GatewayRouteVirtualService`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayRouteVirtualService {
+    /// Its name.
+    pub virtual_service_name: String,
+}
+
+/// `HttpGatewayRouteRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGatewayRouteRewrite {
+    /// The matched prefix: replaced by `/` (the default), by `value`, or kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<PrefixRewrite>,
+    /// The whole path replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+    /// The Host header: the target service's name (the default) or kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<HostnameRewrite>,
+}
+
+/// `HttpGatewayRoutePrefixRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixRewrite {
+    /// `ENABLED` (the matched prefix becomes `/`) or `DISABLED` (kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prefix: Option<String>,
+    /// What the matched prefix becomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// `HttpGatewayRoutePathRewrite`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathRewrite {
+    /// The new path.
+    pub exact: String,
+}
+
+/// `GatewayRouteHostnameRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostnameRewrite {
+    /// `ENABLED` (Host becomes the target's name, the default) or `DISABLED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_target_hostname: Option<String>,
+}
+
+/// `GrpcGatewayRoute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcGatewayRoute {
+    /// Which calls it takes.
+    #[serde(rename = "match")]
+    pub matches: GrpcGatewayRouteMatch,
+    /// Where they go.
+    pub action: GrpcGatewayRouteAction,
+}
+
+/// `GrpcGatewayRouteMatch`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcGatewayRouteMatch {
+    /// The fully qualified gRPC service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// The host the client called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<HostnameMatch>,
+    /// Request metadata.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata: Vec<HttpRouteHeader>,
+    /// The gateway listener's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+/// `GrpcGatewayRouteAction`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcGatewayRouteAction {
+    /// The virtual service.
+    pub target: GatewayRouteTarget,
+    /// What is changed on the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<GrpcGatewayRouteRewrite>,
+}
+
+/// `GrpcGatewayRouteRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcGatewayRouteRewrite {
+    /// The Host header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<HostnameRewrite>,
 }
 
 // === Filter (Maille) ===

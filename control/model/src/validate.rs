@@ -263,6 +263,17 @@ fn check_into(r: &Resource, errors: &mut Vec<SpecError>) {
                 }
             }
         }
+        Resource::VirtualGateway(g) => {
+            c.name("meshName", &g.mesh_name);
+            c.name("virtualGatewayName", &g.virtual_gateway_name);
+            gateway_spec(&mut c, &g.spec);
+        }
+        Resource::GatewayRoute(gr) => {
+            c.name("meshName", &gr.mesh_name);
+            c.name("virtualGatewayName", &gr.virtual_gateway_name);
+            c.name("gatewayRouteName", &gr.gateway_route_name);
+            gateway_route_spec(&mut c, &gr.spec);
+        }
         Resource::Filter(f) => {
             c.name("meshName", &f.mesh_name);
             c.name("filterName", &f.filter_name);
@@ -629,6 +640,164 @@ fn node_spec(c: &mut Check<'_>, s: &VirtualNodeSpec) {
                 }
             }
         }
+    }
+}
+
+/// A gateway's listeners are a node's without outlier detection, timeouts or TCP: they
+/// are checked as a node's, at the same paths.
+fn gateway_spec(c: &mut Check<'_>, s: &VirtualGatewaySpec) {
+    if s.listeners.is_empty() {
+        c.err("spec.listeners", "at least one listener is required");
+    }
+    for (i, l) in s.listeners.iter().enumerate() {
+        if l.port_mapping.protocol == "tcp" {
+            c.err(
+                format!("spec.listeners[{i}].portMapping.protocol"),
+                "must be one of http, http2, grpc, got \"tcp\"",
+            );
+        }
+    }
+    let as_node = VirtualNodeSpec {
+        listeners: s
+            .listeners
+            .iter()
+            .map(|l| Listener {
+                port_mapping: l.port_mapping.clone(),
+                health_check: l.health_check.clone(),
+                outlier_detection: None,
+                connection_pool: l.connection_pool.as_ref().map(|p| ConnectionPool {
+                    http: p.http.clone(),
+                    http2: p.http2.clone(),
+                    grpc: p.grpc.clone(),
+                    tcp: None,
+                }),
+                timeout: None,
+                tls: l.tls.clone(),
+            })
+            .collect(),
+        backend_defaults: s.backend_defaults.clone(),
+        logging: s.logging.clone(),
+        ..Default::default()
+    };
+    node_spec(c, &as_node);
+}
+
+fn gateway_route_spec(c: &mut Check<'_>, s: &GatewayRouteSpec) {
+    let kinds = [
+        s.http_route.is_some(),
+        s.http2_route.is_some(),
+        s.grpc_route.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if kinds != 1 {
+        c.err("spec", "exactly one of httpRoute, http2Route, grpcRoute is required");
+    }
+    if let Some(p) = s.priority {
+        c.range("spec.priority", p, 0..=limits::MAX_PRIORITY);
+    }
+    for (field, r) in [("httpRoute", &s.http_route), ("http2Route", &s.http2_route)] {
+        let Some(r) = r else { continue };
+        let p = format!("spec.{field}");
+        let m = &r.matches;
+        let as_route = HttpRouteMatch {
+            prefix: m.prefix.clone(),
+            path: m.path.clone(),
+            headers: m.headers.clone(),
+            method: m.method.clone(),
+            scheme: None,
+            query_parameters: m.query_parameters.clone(),
+            port: m.port,
+        };
+        // A match on the host name alone takes every path.
+        if m.hostname.is_none() || m.prefix.is_some() || m.path.is_some() || m.port.is_some() {
+            http_match(c, &format!("{p}.match"), &as_route);
+        }
+        if let Some(h) = &m.hostname {
+            hostname_match(c, &format!("{p}.match.hostname"), h);
+        }
+        target(c, &format!("{p}.action.target"), &r.action.target);
+        let Some(rw) = &r.action.rewrite else { continue };
+        let rp = format!("{p}.action.rewrite");
+        if rw.prefix.is_some() && rw.path.is_some() {
+            c.err(&rp, "only one of prefix, path may be given");
+        }
+        if let Some(pr) = &rw.prefix {
+            if m.prefix.is_none() {
+                c.err(format!("{rp}.prefix"), "needs match.prefix");
+            }
+            match (&pr.default_prefix, &pr.value) {
+                (Some(d), None) => enabled(c, &format!("{rp}.prefix.defaultPrefix"), d),
+                (None, Some(v)) if !v.starts_with('/') => c.err(
+                    format!("{rp}.prefix.value"),
+                    format!("must start with '/', got {v:?}"),
+                ),
+                (None, Some(_)) => {}
+                _ => c.err(
+                    format!("{rp}.prefix"),
+                    "exactly one of defaultPrefix, value is required",
+                ),
+            }
+        }
+        if let Some(pa) = &rw.path {
+            if !pa.exact.starts_with('/') {
+                c.err(
+                    format!("{rp}.path.exact"),
+                    format!("must start with '/', got {:?}", pa.exact),
+                );
+            }
+        }
+        if let Some(d) = rw.hostname.as_ref().and_then(|h| h.default_target_hostname.as_ref()) {
+            enabled(c, &format!("{rp}.hostname.defaultTargetHostname"), d);
+        }
+    }
+    if let Some(r) = &s.grpc_route {
+        let p = "spec.grpcRoute";
+        headers(c, &format!("{p}.match.metadata"), &r.matches.metadata);
+        if let Some(port) = r.matches.port {
+            c.port(&format!("{p}.match.port"), port);
+        }
+        if let Some(h) = &r.matches.hostname {
+            hostname_match(c, &format!("{p}.match.hostname"), h);
+        }
+        target(c, &format!("{p}.action.target"), &r.action.target);
+        if let Some(d) = r
+            .action
+            .rewrite
+            .as_ref()
+            .and_then(|rw| rw.hostname.as_ref())
+            .and_then(|h| h.default_target_hostname.as_ref())
+        {
+            enabled(c, &format!("{p}.action.rewrite.hostname.defaultTargetHostname"), d);
+        }
+    }
+}
+
+fn enabled(c: &mut Check<'_>, p: &str, v: &str) {
+    if v != "ENABLED" && v != "DISABLED" {
+        c.err(p, format!("must be ENABLED or DISABLED, got {v:?}"));
+    }
+}
+
+fn hostname_match(c: &mut Check<'_>, p: &str, h: &HostnameMatch) {
+    match (&h.exact, &h.suffix) {
+        (Some(v), None) | (None, Some(v)) => {
+            if v.is_empty() || v.len() > 253 || v.contains(['/', ' ', ':']) {
+                c.err(p, format!("must be a host name without port, got {v:?}"));
+            }
+        }
+        _ => c.err(p, "exactly one of exact, suffix is required"),
+    }
+}
+
+fn target(c: &mut Check<'_>, p: &str, t: &GatewayRouteTarget) {
+    c.service_name(
+        &format!("{p}.virtualService.virtualServiceName"),
+        &t.virtual_service.virtual_service_name,
+    );
+    if let Some(port) = t.port {
+        c.port(&format!("{p}.port"), port);
     }
 }
 
@@ -1325,6 +1494,30 @@ fn check_refs(resources: &Resources, key: &Key, r: &Resource, errors: &mut Vec<S
                 }
             }
         }
+        Resource::GatewayRoute(gr) => {
+            if !has(Kind::VirtualGateway, &gr.mesh_name, &gr.virtual_gateway_name) {
+                c.err(
+                    "virtualGatewayName",
+                    format!("no virtual gateway named {:?}", gr.virtual_gateway_name),
+                );
+            }
+            let (field, t) = if let Some(h) = &gr.spec.http_route {
+                ("httpRoute", &h.action.target)
+            } else if let Some(h) = &gr.spec.http2_route {
+                ("http2Route", &h.action.target)
+            } else if let Some(g) = &gr.spec.grpc_route {
+                ("grpcRoute", &g.action.target)
+            } else {
+                return;
+            };
+            let name = &t.virtual_service.virtual_service_name;
+            if !has(Kind::VirtualService, &gr.mesh_name, name) {
+                c.err(
+                    format!("spec.{field}.action.target.virtualService.virtualServiceName"),
+                    format!("no virtual service named {name:?}"),
+                );
+            }
+        }
         Resource::Filter(f) => {
             for (i, n) in f.spec.virtual_nodes.iter().enumerate() {
                 if !has(Kind::VirtualNode, &f.mesh_name, n) {
@@ -1357,6 +1550,6 @@ fn check_refs(resources: &Resources, key: &Key, r: &Resource, errors: &mut Vec<S
                 }
             }
         }
-        Resource::Mesh(_) | Resource::VirtualRouter(_) => {}
+        Resource::Mesh(_) | Resource::VirtualRouter(_) | Resource::VirtualGateway(_) => {}
     }
 }
