@@ -85,7 +85,8 @@ enum Command {
     Delete {
         /// Its kind.
         kind: String,
-        /// Its name (a route: ROUTER/ROUTE; a mesh: the mesh's name).
+        /// Its name (a route: ROUTER/ROUTE; a gateway route: GATEWAY/ROUTE; a mesh: the
+        /// mesh's name).
         name: String,
         /// Its mesh (not needed for a mesh).
         #[arg(long)]
@@ -112,9 +113,12 @@ enum Command {
         #[arg(short, long, default_value = "table")]
         output: String,
     },
-    /// Print an Envoy bootstrap for a virtual node's proxy that points at this server.
+    /// Print an Envoy bootstrap for a virtual node's or virtual gateway's proxy that points
+    /// at this server.
     Bootstrap {
-        /// The virtual node: `mesh/<mesh>/virtualNode/<name>`, or `<mesh>/<name>`.
+        /// The virtual node: `mesh/<mesh>/virtualNode/<name>`, or `<mesh>/<name>`; a
+        /// virtual gateway: `mesh/<mesh>/virtualGateway/<name>` (it listens on its
+        /// listeners' own ports; `--egress-port` is its internal hop, on 127.0.0.1).
         #[arg(long)]
         node: String,
         /// Envoy's admin port.
@@ -357,7 +361,7 @@ fn run(cli: Cli) -> Result<i32> {
                 maille_translate::names::node_id(m, n)
             } else {
                 bail!(
-                    "--node must be mesh/<mesh>/virtualNode/<name> or <mesh>/<name>, got {node:?}"
+                    "--node must be mesh/<mesh>/virtualNode/<name>, mesh/<mesh>/virtualGateway/<name> or <mesh>/<name>, got {node:?}"
                 );
             };
             print!(

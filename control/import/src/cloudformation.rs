@@ -641,8 +641,13 @@ impl Ctx<'_> {
                 None if ty == "AWS::AppMesh::Mesh" => Ok(Value::String(logical.clone())),
                 None => Err(self.err(path, format!("{logical} has no MeshName"))),
             },
-            "VirtualNodeName" | "VirtualRouterName" | "RouteName" | "VirtualServiceName" => {
-                self.name_of(path, &logical, depth).map(Value::String)
+            "VirtualNodeName" | "VirtualRouterName" | "RouteName" | "VirtualServiceName"
+            | "VirtualGatewayName" | "GatewayRouteName" => {
+                // A route's `VirtualRouterName` is its router's: the property, when given.
+                match r.get("Properties").and_then(|p| p.get(&attr)) {
+                    Some(v) => self.resolve(path, v, depth + 1),
+                    None => self.name_of(path, &logical, depth).map(Value::String),
+                }
             }
             "Arn" => Ok(Value::String(format!(
                 "arn:aws:appmesh:{}:{}:{}",

@@ -359,11 +359,9 @@ fn bad_definitions_name_the_file_and_field() {
         "{e}"
     );
     let gw = "Resources:\n  G:\n    Type: AWS::AppMesh::VirtualGateway\n    Properties: {}\n";
-    let i = import_str("t.yaml", gw, Format::CloudFormation, &p).unwrap();
-    assert!(
-        i.resources.is_empty() && i.warnings[0].contains("not supported by Maille yet"),
-        "{i:?}"
-    );
+    let e = import_str("t.yaml", gw, Format::CloudFormation, &p).unwrap_err();
+    assert_eq!(e.path, "Resources.G.Properties", "{e}");
+    assert!(e.message.contains("missing field `meshName`"), "{e}");
 
     // Terraform: an undefined variable, and for_each.
     let tf = "resource \"aws_appmesh_mesh\" \"m\" {\n  name = var.nope\n}\n";
@@ -878,27 +876,157 @@ fn write_temp(name: &str, text: &str) -> PathBuf {
 }
 
 #[test]
-fn api_json_gateways_are_skipped_by_name_and_the_rest_is_read() {
-    let docs = r#"[
+fn gateways_import_the_same_from_api_json_cloudformation_and_terraform() {
+    // `describe-*` output and `create-*` input, mixed.
+    let api = r#"[
       {"meshName": "m", "spec": {}},
-      {"meshName": "m", "virtualGatewayName": "gw",
-       "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]}},
-      {"gatewayRoute": {"meshName": "m", "virtualGatewayName": "gw", "gatewayRouteName": "r",
-       "spec": {"httpRoute": {}}}}
+      {"virtualGateway": {"meshName": "m", "virtualGatewayName": "gw",
+       "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]},
+       "metadata": {"version": 1}, "status": {"status": "ACTIVE"}}},
+      {"meshName": "m", "virtualGatewayName": "gw", "gatewayRouteName": "r",
+       "spec": {"priority": 5, "httpRoute": {
+         "match": {"prefix": "/api/", "hostname": {"exact": "shop.example.com"}},
+         "action": {"target": {"virtualService": {"virtualServiceName": "api.local"}},
+                    "rewrite": {"prefix": {"value": "/"}}}}}}
     ]"#;
-    let i = import_str("gw.json", docs, Format::ApiJson, &Params::new()).unwrap();
-    assert_eq!(i.resources.len(), 1, "{:?}", i.resources);
-    assert!(matches!(i.resources[0], Resource::Mesh(_)));
-    let w = i.warnings.join("\n");
-    assert!(
-        w.contains("gw.json: [1]: a virtual gateway (virtualGatewayName) is not supported by Maille yet; skipped"),
-        "{w}"
+    let cfn = r#"
+Resources:
+  Mesh:
+    Type: AWS::AppMesh::Mesh
+    Properties: { MeshName: m }
+  Gateway:
+    Type: AWS::AppMesh::VirtualGateway
+    Properties:
+      MeshName: !GetAtt Mesh.MeshName
+      VirtualGatewayName: gw
+      Spec:
+        Listeners:
+          - PortMapping: { Port: 8080, Protocol: http }
+  Route:
+    Type: AWS::AppMesh::GatewayRoute
+    Properties:
+      MeshName: m
+      VirtualGatewayName: !GetAtt Gateway.VirtualGatewayName
+      GatewayRouteName: r
+      Spec:
+        Priority: 5
+        HttpRoute:
+          Match:
+            Prefix: /api/
+            Hostname: { Exact: shop.example.com }
+          Action:
+            Target:
+              VirtualService: { VirtualServiceName: api.local }
+            Rewrite:
+              Prefix: { Value: / }
+"#;
+    let tf = r#"
+resource "aws_appmesh_mesh" "m" {
+  name = "m"
+}
+resource "aws_appmesh_virtual_gateway" "gw" {
+  name      = "gw"
+  mesh_name = aws_appmesh_mesh.m.name
+  spec {
+    listener {
+      port_mapping {
+        port     = 8080
+        protocol = "http"
+      }
+    }
+  }
+}
+resource "aws_appmesh_gateway_route" "r" {
+  name                 = "r"
+  mesh_name            = "m"
+  virtual_gateway_name = aws_appmesh_virtual_gateway.gw.name
+  spec {
+    priority = 5
+    http_route {
+      match {
+        prefix = "/api/"
+        hostname {
+          exact = "shop.example.com"
+        }
+      }
+      action {
+        target {
+          virtual_service {
+            virtual_service_name = "api.local"
+          }
+        }
+        rewrite {
+          prefix {
+            value = "/"
+          }
+        }
+      }
+    }
+  }
+}
+"#;
+    let p = Params::new();
+    let sorted = |mut i: maille_import::Imported| {
+        i.resources.sort_by_key(|r| r.key());
+        i.resources
+    };
+    let from_api = sorted(import_str("gw.json", api, Format::ApiJson, &p).unwrap());
+    assert_eq!(from_api.len(), 3, "{from_api:?}");
+    assert!(from_api
+        .iter()
+        .any(|r| matches!(r, Resource::VirtualGateway(_))));
+    let Some(Resource::GatewayRoute(gr)) = from_api
+        .iter()
+        .find(|r| matches!(r, Resource::GatewayRoute(_)))
+    else {
+        panic!("no gateway route in {from_api:?}")
+    };
+    assert_eq!(gr.virtual_gateway_name, "gw");
+    let h = gr.spec.http_route.as_ref().unwrap();
+    assert_eq!(
+        h.matches.hostname.as_ref().unwrap().exact.as_deref(),
+        Some("shop.example.com")
     );
+    let from_cfn = sorted(import_str("gw.yaml", cfn, Format::CloudFormation, &p).unwrap());
+    assert_eq!(from_cfn, from_api);
+    let from_tf = sorted(import_str("gw.tf", tf, Format::Terraform, &p).unwrap());
+    assert_eq!(from_tf, from_api);
+    // They validate: the route's target must exist.
+    let all = maille_model::resources(from_api);
+    let e = maille_model::check_all(&all).unwrap_err().to_string();
     assert!(
-        w.contains(
-            "gw.json: [2]: a gateway route (gatewayRoute) is not supported by Maille yet; skipped"
-        ),
-        "{w}"
+        e.contains("gatewayRoute/m/gw/r: spec.httpRoute.action.target.virtualService.virtualServiceName: no virtual service named \"api.local\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_gateway_routes_are_refused_with_their_field_path() {
+    let api = r#"{"meshName": "m", "virtualGatewayName": "gw", "gatewayRouteName": "r",
+       "spec": {"httpRoute": {
+         "match": {"path": {"exact": "/x"}, "hostname": {}},
+         "action": {"target": {"virtualService": {"virtualServiceName": "api.local"}},
+                    "rewrite": {"prefix": {"defaultPrefix": "SOMETIMES"}}}}}}"#;
+    let i = import_str("r.json", api, Format::ApiJson, &Params::new()).unwrap();
+    let e = maille_model::check_resource(&i.resources[0])
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "gatewayRoute/m/gw/r: spec.httpRoute.match.hostname: exactly one of exact, suffix is required",
+        "gatewayRoute/m/gw/r: spec.httpRoute.action.rewrite.prefix: needs match.prefix",
+        "gatewayRoute/m/gw/r: spec.httpRoute.action.rewrite.prefix.defaultPrefix: must be ENABLED or DISABLED, got \"SOMETIMES\"",
+    ] {
+        assert!(e.contains(want), "{want}\nnot in\n{e}");
+    }
+    let gw = r#"{"meshName": "m", "virtualGatewayName": "gw", "spec": {"listeners": [
+        {"portMapping": {"port": 8080, "protocol": "tcp"}}]}}"#;
+    let i = import_str("g.json", gw, Format::ApiJson, &Params::new()).unwrap();
+    let e = maille_model::check_resource(&i.resources[0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("virtualGateway/m/gw: spec.listeners[0].portMapping.protocol: must be one of http, http2, grpc, got \"tcp\""),
+        "{e}"
     );
 }
 

@@ -692,7 +692,10 @@ fn gateway_route_spec(c: &mut Check<'_>, s: &GatewayRouteSpec) {
     .filter(|b| **b)
     .count();
     if kinds != 1 {
-        c.err("spec", "exactly one of httpRoute, http2Route, grpcRoute is required");
+        c.err(
+            "spec",
+            "exactly one of httpRoute, http2Route, grpcRoute is required",
+        );
     }
     if let Some(p) = s.priority {
         c.range("spec.priority", p, 0..=limits::MAX_PRIORITY);
@@ -718,7 +721,9 @@ fn gateway_route_spec(c: &mut Check<'_>, s: &GatewayRouteSpec) {
             hostname_match(c, &format!("{p}.match.hostname"), h);
         }
         target(c, &format!("{p}.action.target"), &r.action.target);
-        let Some(rw) = &r.action.rewrite else { continue };
+        let Some(rw) = &r.action.rewrite else {
+            continue;
+        };
         let rp = format!("{p}.action.rewrite");
         if rw.prefix.is_some() && rw.path.is_some() {
             c.err(&rp, "only one of prefix, path may be given");
@@ -748,7 +753,11 @@ fn gateway_route_spec(c: &mut Check<'_>, s: &GatewayRouteSpec) {
                 );
             }
         }
-        if let Some(d) = rw.hostname.as_ref().and_then(|h| h.default_target_hostname.as_ref()) {
+        if let Some(d) = rw
+            .hostname
+            .as_ref()
+            .and_then(|h| h.default_target_hostname.as_ref())
+        {
             enabled(c, &format!("{rp}.hostname.defaultTargetHostname"), d);
         }
     }
@@ -769,7 +778,11 @@ fn gateway_route_spec(c: &mut Check<'_>, s: &GatewayRouteSpec) {
             .and_then(|rw| rw.hostname.as_ref())
             .and_then(|h| h.default_target_hostname.as_ref())
         {
-            enabled(c, &format!("{p}.action.rewrite.hostname.defaultTargetHostname"), d);
+            enabled(
+                c,
+                &format!("{p}.action.rewrite.hostname.defaultTargetHostname"),
+                d,
+            );
         }
     }
 }
@@ -1495,7 +1508,11 @@ fn check_refs(resources: &Resources, key: &Key, r: &Resource, errors: &mut Vec<S
             }
         }
         Resource::GatewayRoute(gr) => {
-            if !has(Kind::VirtualGateway, &gr.mesh_name, &gr.virtual_gateway_name) {
+            if !has(
+                Kind::VirtualGateway,
+                &gr.mesh_name,
+                &gr.virtual_gateway_name,
+            ) {
                 c.err(
                     "virtualGatewayName",
                     format!("no virtual gateway named {:?}", gr.virtual_gateway_name),

@@ -219,7 +219,7 @@ async fn node(State(s): State<AppState>, Path(node): Path<String>) -> Response {
     let Some((mesh, vn)) = names::parse_node_id(&node) else {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("{node:?} is not a node id: use mesh/<mesh>/virtualNode/<name>"),
+            format!("{node:?} is not a node id: use mesh/<mesh>/virtualNode/<name> or mesh/<mesh>/virtualGateway/<name>"),
         );
     };
     let snap = s.mesh.current();

@@ -195,7 +195,7 @@ impl Stream_ {
             })?;
             let (mesh, vn) = names::parse_node_id(&node.id).ok_or_else(|| {
                 Status::invalid_argument(format!(
-                    "node id {:?} must be mesh/<mesh>/virtualNode/<name> (see `maillectl bootstrap`)",
+                    "node id {:?} must be mesh/<mesh>/virtualNode/<name> or mesh/<mesh>/virtualGateway/<name> (see `maillectl bootstrap`)",
                     node.id
                 ))
             })?;

@@ -71,7 +71,8 @@ pub fn valid_host(s: &str) -> bool {
 }
 
 impl BootstrapParams {
-    /// Checks the parameters: a node id `mesh/<mesh>/virtualNode/<name>` with valid names,
+    /// Checks the parameters: a node id `mesh/<mesh>/virtualNode/<name>` (or
+    /// `.../virtualGateway/<name>`) with valid names,
     /// ports above 0 and distinct, the listen address an IP address, the application's an IP
     /// address or a DNS name.
     pub fn new(
@@ -82,10 +83,10 @@ impl BootstrapParams {
         let (mesh, vn) = names::parse_node_id(node_id).ok_or_else(|| {
             bad(
                 "node",
-                format!("{node_id:?} is not a node id: use mesh/<mesh>/virtualNode/<name>"),
+                format!("{node_id:?} is not a node id: use mesh/<mesh>/virtualNode/<name> (or mesh/<mesh>/virtualGateway/<name> for a gateway)"),
             )
         })?;
-        for n in [mesh, vn] {
+        for n in [mesh, names::as_gateway(vn).unwrap_or(vn)] {
             if !maille_model::valid_name(n) {
                 return Err(bad(
                     "node",

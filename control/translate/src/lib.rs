@@ -1,7 +1,11 @@
 //! Maille's model to the Envoy v3 resources of each proxy: native Envoy wherever Envoy can do
 //! the job, one of Maille's filters only where it adds function.
 //!
-//! Each Envoy serves one virtual node (node id `mesh/<mesh>/virtualNode/<name>`):
+//! A virtual gateway's Envoy (node id `mesh/<mesh>/virtualGateway/<name>`) has a listener
+//! per gateway listener with the gateway routes, in front of an egress listener like a
+//! node's (see `gateway.rs`).
+//!
+//! Each other Envoy serves one virtual node (node id `mesh/<mesh>/virtualNode/<name>`):
 //! - one ingress listener per node listener, in front of the local application;
 //! - one egress listener whose route configuration has a virtual host per backend virtual
 //!   service, with the service's router's routes in App Mesh order;
@@ -22,6 +26,7 @@ pub mod access_log;
 pub mod bootstrap;
 mod cluster;
 mod filters;
+mod gateway;
 pub mod names;
 mod node;
 mod options;

@@ -1,17 +1,58 @@
 //! Names of the Envoy resources generated for each mesh resource: the one place that says how
 //! a listener, route, cluster or filter seen in Envoy's logs and `/stats` maps back to the
-//! spec. Each Envoy serves one virtual node; its node id says which.
+//! spec. Each Envoy serves one virtual node or virtual gateway; its node id says which.
 
 /// Envoy node id of a virtual node's proxy, as App Mesh wrote it.
 pub fn node_id(mesh: &str, virtual_node: &str) -> String {
     format!("mesh/{mesh}/virtualNode/{virtual_node}")
 }
 
-/// Parses [`node_id`]: `(mesh, virtual node)`.
+/// Envoy node id of a virtual gateway's proxy, as App Mesh wrote it.
+pub fn gateway_node_id(mesh: &str, virtual_gateway: &str) -> String {
+    format!("mesh/{mesh}/virtualGateway/{virtual_gateway}")
+}
+
+/// What the control server calls the proxy of virtual gateway `name` wherever it takes a
+/// proxy's name beside a node's: `virtualGateway/<name>` (a node's name has no `/`).
+pub fn gateway_proxy(name: &str) -> String {
+    format!("{GATEWAY_PROXY_PREFIX}{name}")
+}
+
+/// See [`gateway_proxy`].
+pub const GATEWAY_PROXY_PREFIX: &str = "virtualGateway/";
+
+/// The gateway's name if `proxy` is a [`gateway_proxy`].
+pub fn as_gateway(proxy: &str) -> Option<&str> {
+    proxy.strip_prefix(GATEWAY_PROXY_PREFIX)
+}
+
+/// Parses [`node_id`] and [`gateway_node_id`]: `(mesh, proxy)`, where the proxy is the
+/// node's name or the gateway's [`gateway_proxy`].
 pub fn parse_node_id(id: &str) -> Option<(&str, &str)> {
     let rest = id.strip_prefix("mesh/")?;
-    let (mesh, node) = rest.split_once("/virtualNode/")?;
-    (!mesh.is_empty() && !node.is_empty() && !node.contains('/')).then_some((mesh, node))
+    let (mesh, proxy) = match rest.split_once("/virtualNode/") {
+        Some((mesh, node)) => (mesh, node),
+        None => {
+            let (mesh, _) = rest.split_once("/virtualGateway/")?;
+            (mesh, &rest[mesh.len() + 1..])
+        }
+    };
+    let name = as_gateway(proxy).unwrap_or(proxy);
+    (!mesh.is_empty() && !mesh.contains('/') && !name.is_empty() && !name.contains('/'))
+        .then_some((mesh, proxy))
+}
+
+/// A gateway's listener on `port`; also its route configuration.
+pub fn gateway_listener(port: u32) -> String {
+    format!("gateway/{port}")
+}
+
+/// The cluster from a gateway's listeners to its own egress listener.
+pub const GATEWAY_EGRESS: &str = "gateway-egress";
+
+/// Envoy route of a gateway route.
+pub fn gateway_route(gateway: &str, route: &str) -> String {
+    format!("gatewayRoute/{gateway}/{route}")
 }
 
 /// Inbound listener for the node's listener on application port `port`; also the name of its

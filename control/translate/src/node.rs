@@ -44,9 +44,20 @@ pub struct NodeConfig {
 
 /// The Envoy resources for the proxy of virtual node `node` of `mesh`. A node that does not
 /// exist gets no resources and a warning (its Envoy keeps waiting, as with App Mesh).
+///
+/// `node` may also name a virtual gateway's proxy ([`names::gateway_proxy`]).
 pub fn node_config(world: World<'_>, mesh: &str, node: &str, opts: &NodeOptions) -> NodeConfig {
     let cx = Ctx::new(world);
-    let mut out = translate_node(&cx, mesh, node, opts);
+    let mut out = match names::as_gateway(node) {
+        Some(gw) => crate::gateway::translate_gateway(&cx, mesh, gw, opts),
+        None => translate_node(&cx, mesh, node, opts),
+    };
+    out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    out.clusters.dedup_by(|a, b| a.name == b.name);
+    out.endpoints
+        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    out.endpoints
+        .dedup_by(|a, b| a.cluster_name == b.cluster_name);
     out.depends_on = cx.into_deps();
     out
 }
@@ -64,12 +75,6 @@ fn translate_node(cx: &Ctx<'_>, mesh: &str, node: &str, opts: &NodeOptions) -> N
     let logs = access_logs(vn, opts);
     ingress(&mut out, vn, opts, &logs);
     egress(&mut out, cx, vn, opts, mesh_res, &logs);
-    out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    out.clusters.dedup_by(|a, b| a.name == b.name);
-    out.endpoints
-        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
-    out.endpoints
-        .dedup_by(|a, b| a.cluster_name == b.cluster_name);
     out
 }
 
@@ -199,43 +204,52 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[A
             traffic_direction: core::TrafficDirection::Inbound as i32,
             ..Default::default()
         };
-        match l.tls.as_ref().filter(|t| t.mode != "DISABLED") {
-            None => l_out.filter_chains.push(listener::FilterChain {
-                filters: vec![filter],
-                ..Default::default()
-            }),
-            Some(t) => {
-                let tls_chain = listener::FilterChain {
-                    name: format!("{name}/tls"),
-                    filters: vec![filter.clone()],
-                    transport_socket: Some(downstream_tls(t)),
-                    filter_chain_match: (t.mode == "PERMISSIVE").then(|| {
-                        listener::FilterChainMatch {
-                            transport_protocol: "tls".into(),
-                            ..Default::default()
-                        }
-                    }),
+        filter_chains(&mut l_out, &name, filter, l.tls.as_ref());
+        out.listeners.push(l_out);
+    }
+}
+
+/// The listener's filter chains for `filter`: plaintext, TLS (`STRICT`), or both told apart
+/// by the TLS inspector (`PERMISSIVE`).
+pub(crate) fn filter_chains(
+    l_out: &mut listener::Listener,
+    name: &str,
+    filter: listener::Filter,
+    tls: Option<&ListenerTls>,
+) {
+    match tls.filter(|t| t.mode != "DISABLED") {
+        None => l_out.filter_chains.push(listener::FilterChain {
+            filters: vec![filter],
+            ..Default::default()
+        }),
+        Some(t) => {
+            let tls_chain = listener::FilterChain {
+                name: format!("{name}/tls"),
+                filters: vec![filter.clone()],
+                transport_socket: Some(downstream_tls(t)),
+                filter_chain_match: (t.mode == "PERMISSIVE").then(|| listener::FilterChainMatch {
+                    transport_protocol: "tls".into(),
                     ..Default::default()
-                };
-                l_out.filter_chains.push(tls_chain);
-                if t.mode == "PERMISSIVE" {
-                    // TLS and plaintext on one port: the TLS inspector tells them apart.
-                    l_out.listener_filters.push(listener::ListenerFilter {
-                        name: "envoy.filters.listener.tls_inspector".into(),
-                        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(any(
-                            &tls_inspector::TlsInspector::default(),
-                        ))),
-                        ..Default::default()
-                    });
-                    l_out.filter_chains.push(listener::FilterChain {
-                        name: format!("{name}/plaintext"),
-                        filters: vec![filter],
-                        ..Default::default()
-                    });
-                }
+                }),
+                ..Default::default()
+            };
+            l_out.filter_chains.push(tls_chain);
+            if t.mode == "PERMISSIVE" {
+                // TLS and plaintext on one port: the TLS inspector tells them apart.
+                l_out.listener_filters.push(listener::ListenerFilter {
+                    name: "envoy.filters.listener.tls_inspector".into(),
+                    config_type: Some(listener::listener_filter::ConfigType::TypedConfig(any(
+                        &tls_inspector::TlsInspector::default(),
+                    ))),
+                    ..Default::default()
+                });
+                l_out.filter_chains.push(listener::FilterChain {
+                    name: format!("{name}/plaintext"),
+                    filters: vec![filter],
+                    ..Default::default()
+                });
             }
         }
-        out.listeners.push(l_out);
     }
 }
 
@@ -366,7 +380,7 @@ fn trace_config(service: &str) -> hcm::http_connection_manager::Tracing {
     }
 }
 
-fn egress(
+pub(crate) fn egress(
     out: &mut NodeConfig,
     cx: &Ctx<'_>,
     vn: &VirtualNode,

@@ -141,6 +141,26 @@ pub(crate) fn exact_header(name: &str, value: &str) -> route::HeaderMatcher {
     }
 }
 
+/// An App Mesh query parameter condition: an exact value, or present.
+pub(crate) fn query_matcher(q: &QueryParameterMatch) -> route::QueryParameterMatcher {
+    route::QueryParameterMatcher {
+        name: q.name.clone(),
+        query_parameter_match_specifier: Some(match &q.matches {
+            Some(e) => route::query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                matcher::StringMatcher {
+                    match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(
+                        e.exact.clone(),
+                    )),
+                    ..Default::default()
+                },
+            ),
+            None => {
+                route::query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true)
+            }
+        }),
+    }
+}
+
 /// One Envoy route for an App Mesh route, and the canary filter it enables (if it splits).
 pub(crate) fn envoy_route(
     out: &mut NodeConfig,
@@ -150,67 +170,43 @@ pub(crate) fn envoy_route(
 ) -> Result<(route::Route, Option<hcm::HttpFilter>), String> {
     let id = format!("route {}/{}", rt.virtual_router_name, rt.route_name);
     let mut m = route::RouteMatch::default();
-    let (action, retry_policy, timeout) = if let Some(h) =
-        rt.spec.http_route.as_ref().or(rt.spec.http2_route.as_ref())
-    {
-        let hm = &h.matches;
-        m.path_specifier = Some(match (&hm.prefix, &hm.path) {
-            (Some(p), _) => route::route_match::PathSpecifier::Prefix(p.clone()),
-            (None, Some(PathMatch { exact: Some(e), .. })) => {
-                route::route_match::PathSpecifier::Path(e.clone())
+    let (action, retry_policy, timeout) =
+        if let Some(h) = rt.spec.http_route.as_ref().or(rt.spec.http2_route.as_ref()) {
+            let hm = &h.matches;
+            m.path_specifier = Some(match (&hm.prefix, &hm.path) {
+                (Some(p), _) => route::route_match::PathSpecifier::Prefix(p.clone()),
+                (None, Some(PathMatch { exact: Some(e), .. })) => {
+                    route::route_match::PathSpecifier::Path(e.clone())
+                }
+                (None, Some(PathMatch { regex: Some(r), .. })) => {
+                    route::route_match::PathSpecifier::SafeRegex(regex(r))
+                }
+                _ => route::route_match::PathSpecifier::Prefix("/".into()),
+            });
+            m.headers = hm.headers.iter().map(header_matcher).collect();
+            if let Some(method) = &hm.method {
+                m.headers.push(exact_header(":method", method));
             }
-            (None, Some(PathMatch { regex: Some(r), .. })) => {
-                route::route_match::PathSpecifier::SafeRegex(regex(r))
+            if let Some(s) = &hm.scheme {
+                m.headers.push(exact_header(":scheme", s));
             }
-            _ => route::route_match::PathSpecifier::Prefix("/".into()),
-        });
-        m.headers = hm.headers.iter().map(header_matcher).collect();
-        if let Some(method) = &hm.method {
-            m.headers.push(exact_header(":method", method));
-        }
-        if let Some(s) = &hm.scheme {
-            m.headers.push(exact_header(":scheme", s));
-        }
-        m.query_parameters = hm
-            .query_parameters
-            .iter()
-            .map(|q| route::QueryParameterMatcher {
-                name: q.name.clone(),
-                query_parameter_match_specifier: Some(match &q.matches {
-                    Some(e) => {
-                        route::query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
-                            matcher::StringMatcher {
-                                match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(
-                                    e.exact.clone(),
-                                )),
-                                ..Default::default()
-                            },
-                        )
-                    }
-                    None => {
-                        route::query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(
-                            true,
-                        )
-                    }
-                }),
-            })
-            .collect();
-        (&h.action, h.retry_policy.as_ref(), h.timeout.as_ref())
-    } else if let Some(g) = &rt.spec.grpc_route {
-        let gm = &g.matches;
-        m.path_specifier = Some(match (&gm.service_name, &gm.method_name) {
-            (Some(s), Some(meth)) => {
-                route::route_match::PathSpecifier::Path(format!("/{s}/{meth}"))
-            }
-            (Some(s), None) => route::route_match::PathSpecifier::Prefix(format!("/{s}/")),
-            _ => route::route_match::PathSpecifier::Prefix("/".into()),
-        });
-        m.headers = gm.metadata.iter().map(header_matcher).collect();
-        m.grpc = Some(route::route_match::GrpcRouteMatchOptions {});
-        (&g.action, g.retry_policy.as_ref(), g.timeout.as_ref())
-    } else {
-        return Err(format!("{id}: a tcpRoute has its own egress listener"));
-    };
+            m.query_parameters = hm.query_parameters.iter().map(query_matcher).collect();
+            (&h.action, h.retry_policy.as_ref(), h.timeout.as_ref())
+        } else if let Some(g) = &rt.spec.grpc_route {
+            let gm = &g.matches;
+            m.path_specifier = Some(match (&gm.service_name, &gm.method_name) {
+                (Some(s), Some(meth)) => {
+                    route::route_match::PathSpecifier::Path(format!("/{s}/{meth}"))
+                }
+                (Some(s), None) => route::route_match::PathSpecifier::Prefix(format!("/{s}/")),
+                _ => route::route_match::PathSpecifier::Prefix("/".into()),
+            });
+            m.headers = gm.metadata.iter().map(header_matcher).collect();
+            m.grpc = Some(route::route_match::GrpcRouteMatchOptions {});
+            (&g.action, g.retry_policy.as_ref(), g.timeout.as_ref())
+        } else {
+            return Err(format!("{id}: a tcpRoute has its own egress listener"));
+        };
 
     // Targets with their clusters.
     let mut targets = Vec::new();

@@ -112,6 +112,13 @@ pub enum Dep {
         /// The router.
         router: String,
     },
+    /// The set of routes of a virtual gateway.
+    GatewayRoutesOf {
+        /// Its mesh.
+        mesh: String,
+        /// The gateway.
+        gateway: String,
+    },
     /// The Maille `Filter`s attached to one virtual node.
     FiltersFor {
         /// The mesh.
@@ -137,6 +144,14 @@ impl Dep {
                     out.push(Dep::RoutesOf {
                         mesh: key.mesh.clone(),
                         router: router.to_owned(),
+                    });
+                }
+            }
+            Kind::GatewayRoute => {
+                if let Some((gateway, _)) = key.name.split_once('/') {
+                    out.push(Dep::GatewayRoutesOf {
+                        mesh: key.mesh.clone(),
+                        gateway: gateway.to_owned(),
                     });
                 }
             }
@@ -255,6 +270,37 @@ impl<'a> Ctx<'a> {
                 .then_with(|| route_port(b).is_some().cmp(&route_port(a).is_some()))
                 .then_with(|| specificity(b).cmp(&specificity(a)))
                 .then_with(|| a.route_name.cmp(&b.route_name))
+        });
+        routes
+    }
+
+    /// The routes of virtual gateway `gateway`, in App Mesh order: by priority (0 first);
+    /// routes without one after, a route for one port before one for every port, longest
+    /// match first; then by name.
+    pub(crate) fn gateway_routes_of(
+        &self,
+        mesh: &str,
+        gateway: &str,
+    ) -> Vec<&'a maille_model::GatewayRoute> {
+        self.read(Dep::GatewayRoutesOf {
+            mesh: mesh.to_owned(),
+            gateway: gateway.to_owned(),
+        });
+        let mut routes: Vec<&maille_model::GatewayRoute> = self
+            .range(Kind::GatewayRoute, mesh, &format!("{gateway}/"))
+            .filter_map(|r| match r {
+                Resource::GatewayRoute(gr) => Some(gr),
+                _ => None,
+            })
+            .collect();
+        use crate::gateway::{route_port, specificity};
+        routes.sort_by(|a, b| {
+            let pa = a.spec.priority.unwrap_or(u32::MAX);
+            let pb = b.spec.priority.unwrap_or(u32::MAX);
+            pa.cmp(&pb)
+                .then_with(|| route_port(b).is_some().cmp(&route_port(a).is_some()))
+                .then_with(|| specificity(b).cmp(&specificity(a)))
+                .then_with(|| a.gateway_route_name.cmp(&b.gateway_route_name))
         });
         routes
     }

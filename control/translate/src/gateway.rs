@@ -1,0 +1,330 @@
+//! A virtual gateway's Envoy: a listener per gateway listener, on the listener's own port,
+//! whose routes are the gateway routes in App Mesh order; each hands the request, rewritten,
+//! to the gateway's egress listener (on the loopback only), which routes it to the target
+//! virtual service exactly as a virtual node's egress would (the service's router's routes
+//! apply after the gateway's rewrite, as in App Mesh).
+
+use crate::access_log::access_logs;
+use crate::cluster::http2_upstream;
+use crate::names;
+use crate::node::{egress, filter_chains, http_connection_manager, NodeConfig};
+use crate::options::{defaults, NodeOptions};
+use crate::proto::*;
+use crate::route::{exact_header, header_matcher, regex};
+use crate::world::Ctx;
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use maille_model::*;
+
+pub(crate) fn translate_gateway(
+    cx: &Ctx<'_>,
+    mesh: &str,
+    name: &str,
+    opts: &NodeOptions,
+) -> NodeConfig {
+    let mut out = NodeConfig::default();
+    let mesh_res = cx.get(Kind::Mesh, mesh, mesh);
+    let Some(Resource::VirtualGateway(gw)) = cx.get(Kind::VirtualGateway, mesh, name) else {
+        out.warnings
+            .push(format!("no virtual gateway {name:?} in mesh {mesh:?}"));
+        return out;
+    };
+    let routes = cx.gateway_routes_of(mesh, name);
+
+    // The egress half: a virtual node whose backends are the routes' targets.
+    let mut backends: Vec<Backend> = Vec::new();
+    for gr in &routes {
+        let vs = &target(gr).virtual_service.virtual_service_name;
+        if !backends
+            .iter()
+            .any(|b| &b.virtual_service.virtual_service_name == vs)
+        {
+            backends.push(Backend {
+                virtual_service: VirtualServiceBackend {
+                    virtual_service_name: vs.clone(),
+                    client_policy: None,
+                },
+            });
+        }
+    }
+    let as_node = VirtualNode {
+        mesh_name: mesh.to_owned(),
+        virtual_node_name: names::gateway_proxy(name),
+        spec: VirtualNodeSpec {
+            listeners: Vec::new(),
+            backends,
+            backend_defaults: gw.spec.backend_defaults.clone(),
+            service_discovery: None,
+            logging: gw.spec.logging.clone(),
+        },
+        kubernetes: None,
+    };
+    let logs = access_logs(&as_node, opts);
+    // Only the gateway's own listeners take outside traffic.
+    let inner = NodeOptions {
+        listen_address: "127.0.0.1".into(),
+        ..opts.clone()
+    };
+    egress(&mut out, cx, &as_node, &inner, mesh_res, &logs);
+
+    let hop = names::GATEWAY_EGRESS.to_owned();
+    let mut c = cluster::Cluster {
+        name: hop.clone(),
+        connect_timeout: Some(ms(defaults::CONNECT_TIMEOUT_MS)),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        load_assignment: Some(endpoint::ClusterLoadAssignment {
+            cluster_name: hop.clone(),
+            endpoints: vec![locality(&[("127.0.0.1", u32::from(opts.egress_port))])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // HTTP/2 to the egress listener carries HTTP/1, HTTP/2 and gRPC alike.
+    http2_upstream(&mut c);
+    out.clusters.push(c);
+
+    for l in &gw.spec.listeners {
+        let port = l.port_mapping.port;
+        let rds = names::gateway_listener(port);
+        let mut vhost = route::VirtualHost {
+            name: format!("{rds}/routes"),
+            domains: vec!["*".into()],
+            ..Default::default()
+        };
+        for gr in routes
+            .iter()
+            .filter(|gr| route_port(gr).is_none_or(|p| p == port))
+        {
+            match envoy_gateway_route(gr, &hop) {
+                Ok((r, warning)) => {
+                    vhost.routes.push(r);
+                    out.warnings.extend(warning);
+                }
+                Err(w) => out.warnings.push(w),
+            }
+        }
+        out.routes.push(route::RouteConfiguration {
+            name: rds.clone(),
+            virtual_hosts: vec![vhost],
+            ..Default::default()
+        });
+        let filter = http_connection_manager(
+            &rds,
+            Vec::new(),
+            opts.otlp_port.map(|_| as_node.virtual_node_name.as_str()),
+            true,
+            logs.clone(),
+            true,
+        );
+        let mut l_out = listener::Listener {
+            name: rds.clone(),
+            address: Some(socket(&opts.listen_address, port)),
+            traffic_direction: core::TrafficDirection::Inbound as i32,
+            ..Default::default()
+        };
+        filter_chains(&mut l_out, &rds, filter, l.tls.as_ref());
+        out.listeners.push(l_out);
+        if l.health_check.is_some() || l.connection_pool.is_some() {
+            out.warnings.push(format!(
+                "virtual gateway {name:?}: listener {port}: healthCheck and connectionPool are for the load balancer in front of the gateway and App Mesh's own Envoy; Maille does not configure them"
+            ));
+        }
+    }
+    out
+}
+
+fn target(gr: &GatewayRoute) -> &GatewayRouteTarget {
+    let s = &gr.spec;
+    match (&s.http_route, &s.http2_route, &s.grpc_route) {
+        (Some(h), _, _) | (None, Some(h), _) => &h.action.target,
+        (None, None, Some(g)) => &g.action.target,
+        // Refused by validation; an empty target routes nowhere.
+        _ => {
+            static NONE: std::sync::OnceLock<GatewayRouteTarget> = std::sync::OnceLock::new();
+            NONE.get_or_init(|| GatewayRouteTarget {
+                virtual_service: GatewayRouteVirtualService {
+                    virtual_service_name: String::new(),
+                },
+                port: None,
+            })
+        }
+    }
+}
+
+pub(crate) fn route_port(gr: &GatewayRoute) -> Option<u32> {
+    let s = &gr.spec;
+    s.http_route
+        .as_ref()
+        .or(s.http2_route.as_ref())
+        .and_then(|h| h.matches.port)
+        .or_else(|| s.grpc_route.as_ref().and_then(|g| g.matches.port))
+}
+
+/// How specific a gateway route's match is, for App Mesh's order among routes of the same
+/// priority: longer paths first, then more conditions.
+pub(crate) fn specificity(gr: &GatewayRoute) -> usize {
+    let s = &gr.spec;
+    if let Some(h) = s.http_route.as_ref().or(s.http2_route.as_ref()) {
+        let m = &h.matches;
+        let path = match (&m.prefix, &m.path) {
+            (Some(p), _) => p.len(),
+            (_, Some(PathMatch { exact: Some(e), .. })) => 10_000 + e.len(),
+            (_, Some(_)) => 5_000,
+            _ => 0,
+        };
+        path + 100
+            * (m.headers.len()
+                + m.query_parameters.len()
+                + usize::from(m.hostname.is_some())
+                + usize::from(m.method.is_some()))
+    } else if let Some(g) = &s.grpc_route {
+        g.matches.service_name.as_ref().map_or(0, |s| s.len())
+            + 100 * (g.matches.metadata.len() + usize::from(g.matches.hostname.is_some()))
+    } else {
+        0
+    }
+}
+
+fn hostname_matcher(h: &HostnameMatch) -> route::HeaderMatcher {
+    // The listener strips any port from Host first.
+    let pattern = match (&h.exact, &h.suffix) {
+        (Some(e), _) => matcher::string_matcher::MatchPattern::Exact(e.clone()),
+        (None, Some(s)) => matcher::string_matcher::MatchPattern::Suffix(s.clone()),
+        (None, None) => matcher::string_matcher::MatchPattern::Prefix(String::new()),
+    };
+    route::HeaderMatcher {
+        name: ":authority".into(),
+        header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
+            matcher::StringMatcher {
+                match_pattern: Some(pattern),
+                ignore_case: true,
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// One gateway route as an Envoy route to `hop`, and a warning for what it cannot honour.
+fn envoy_gateway_route(
+    gr: &GatewayRoute,
+    hop: &str,
+) -> Result<(route::Route, Option<String>), String> {
+    let id = format!(
+        "gateway route {}/{}",
+        gr.virtual_gateway_name, gr.gateway_route_name
+    );
+    let t = target(gr);
+    let vs = &t.virtual_service.virtual_service_name;
+    let mut m = route::RouteMatch::default();
+    let mut ra = route::RouteAction {
+        cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+            hop.to_owned(),
+        )),
+        // The egress listener's routes keep their own timeouts and retries.
+        timeout: Some(ms(0)),
+        ..Default::default()
+    };
+    let mut warning = None;
+    let hostname_rewrite;
+    if let Some(h) = gr.spec.http_route.as_ref().or(gr.spec.http2_route.as_ref()) {
+        let hm = &h.matches;
+        m.path_specifier = Some(match (&hm.prefix, &hm.path) {
+            (Some(p), _) => route::route_match::PathSpecifier::Prefix(p.clone()),
+            (None, Some(PathMatch { exact: Some(e), .. })) => {
+                route::route_match::PathSpecifier::Path(e.clone())
+            }
+            (None, Some(PathMatch { regex: Some(r), .. })) => {
+                route::route_match::PathSpecifier::SafeRegex(regex(r))
+            }
+            _ => route::route_match::PathSpecifier::Prefix("/".into()),
+        });
+        m.headers = hm.headers.iter().map(header_matcher).collect();
+        if let Some(method) = &hm.method {
+            m.headers.push(exact_header(":method", method));
+        }
+        if let Some(host) = &hm.hostname {
+            m.headers.push(hostname_matcher(host));
+        }
+        m.query_parameters = hm
+            .query_parameters
+            .iter()
+            .map(crate::route::query_matcher)
+            .collect();
+        let rw = h.action.rewrite.clone().unwrap_or_default();
+        if let Some(p) = &rw.path {
+            ra.regex_rewrite = Some(matcher::RegexMatchAndSubstitute {
+                pattern: Some(regex("^.*$")),
+                substitution: p.exact.clone(),
+            });
+        } else if let Some(prefix) = &hm.prefix {
+            // App Mesh's default: the matched prefix becomes `/`.
+            let to = match &rw.prefix {
+                Some(PrefixRewrite { value: Some(v), .. }) => Some(v.clone()),
+                Some(PrefixRewrite {
+                    default_prefix: Some(d),
+                    ..
+                }) if d == "DISABLED" => None,
+                _ => Some("/".to_owned()),
+            };
+            if let Some(to) = to.filter(|to| to != prefix) {
+                if to.ends_with('/') && !prefix.ends_with('/') {
+                    // `/color` -> `/`: `/color/x` becomes `/x`, not `//x`.
+                    ra.regex_rewrite = Some(matcher::RegexMatchAndSubstitute {
+                        pattern: Some(regex(&format!("^{}/?", regex_lite::escape(prefix)))),
+                        substitution: to,
+                    });
+                } else {
+                    ra.prefix_rewrite = to;
+                }
+            }
+        }
+        hostname_rewrite = rw.hostname;
+    } else if let Some(g) = &gr.spec.grpc_route {
+        let gm = &g.matches;
+        m.path_specifier = Some(match &gm.service_name {
+            Some(s) => route::route_match::PathSpecifier::Prefix(format!("/{s}/")),
+            None => route::route_match::PathSpecifier::Prefix("/".into()),
+        });
+        m.headers = gm.metadata.iter().map(header_matcher).collect();
+        if let Some(host) = &gm.hostname {
+            m.headers.push(hostname_matcher(host));
+        }
+        m.grpc = Some(route::route_match::GrpcRouteMatchOptions {});
+        hostname_rewrite = g.action.rewrite.as_ref().and_then(|r| r.hostname.clone());
+    } else {
+        return Err(format!(
+            "{id}: no httpRoute, http2Route or grpcRoute (skipped)"
+        ));
+    }
+    // The egress listener picks the virtual service by Host: it always becomes the target's
+    // name (with the target port, when given).
+    let host = match t.port {
+        Some(p) => format!("{vs}:{p}"),
+        None => vs.clone(),
+    };
+    if hostname_rewrite
+        .and_then(|h| h.default_target_hostname)
+        .is_some_and(|d| d == "DISABLED")
+    {
+        warning = Some(format!(
+            "{id}: rewrite.hostname.defaultTargetHostname DISABLED is not honoured: the Host header becomes {vs:?}"
+        ));
+    }
+    ra.host_rewrite_specifier =
+        Some(route::route_action::HostRewriteSpecifier::HostRewriteLiteral(host));
+    Ok((
+        route::Route {
+            name: names::gateway_route(&gr.virtual_gateway_name, &gr.gateway_route_name),
+            r#match: Some(m),
+            action: Some(route::route::Action::Route(ra)),
+            ..Default::default()
+        },
+        warning,
+    ))
+}
