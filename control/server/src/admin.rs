@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
             post(rollout_action),
         )
         .route("/", get(crate::console::page))
+        .merge(crate::appmesh_api::router())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -172,7 +173,7 @@ async fn resources(State(s): State<AppState>, Query(f): Query<Filter>) -> Respon
         Some((k, None)) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("unknown kind {k:?}: use mesh, virtual-node, virtual-router, route, virtual-service, filter or rollout"),
+                format!("unknown kind {k:?}: use mesh, virtual-node, virtual-router, route, virtual-service, virtual-gateway, gateway-route, filter or rollout"),
             )
         }
         Some((_, k)) => k,

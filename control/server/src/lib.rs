@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod analysis;
+pub mod appmesh_api;
 pub mod clients;
 mod cloud_map;
 #[cfg(feature = "cloudwatch")]
