@@ -19,9 +19,15 @@
 //!   (`name: "*"` is every virtual service of the group's namespace).
 //! - `podSelector` is kept on the virtual node as metadata (`kubernetes`).
 //!
-//! `VirtualGateway` and `GatewayRoute` are skipped with a warning (Maille does not translate
-//! gateways yet); objects of other API groups (Deployments, Services, ...) are skipped with a
-//! warning; anything else a CRD field Maille does not know is refused with its path.
+//! - A `GatewayRoute` belongs to the one `VirtualGateway` of its mesh whose
+//!   `namespaceSelector` matches the route's namespace (absent: none; empty: all) and whose
+//!   `gatewayRouteSelector` (absent or empty: all) matches the route's labels; none or
+//!   several is refused, as the controller does. Gateways and gateway routes are named
+//!   `<name>_<namespace>` by default; a gateway's `podSelector` is the controller's
+//!   business (which pods get its Envoy), not the mesh's, and is dropped with a warning.
+//!
+//! Objects of other API groups (Deployments, Services, ...) are skipped with a warning;
+//! anything else a CRD field Maille does not know is refused with its path.
 
 use super::{typed, ImportError, Imported};
 use maille_model::Kind;
@@ -73,6 +79,7 @@ struct Object {
     kind: String,
     name: String,
     namespace: String,
+    labels: Map<String, Value>,
     spec: Map<String, Value>,
 }
 
@@ -326,6 +333,10 @@ fn read_object(
         kind: kind.clone(),
         name: name.clone(),
         namespace: namespace.clone(),
+        labels: match meta.get("labels") {
+            Some(Value::Object(l)) => l.clone(),
+            _ => Map::new(),
+        },
         spec,
     };
     let key = (kind, namespace, name);
@@ -597,15 +608,6 @@ impl<'a> Cx<'a> {
     fn convert(&mut self, o: &Object, out: &mut Imported) {
         match o.kind.as_str() {
             "BackendGroup" => return, // expanded into the nodes that use it
-            "VirtualGateway" | "GatewayRoute" => {
-                out.warnings.push(format!(
-                    "{}: {}: {} is not supported by Maille yet; skipped",
-                    o.file,
-                    o.at(),
-                    o.kind
-                ));
-                return;
-            }
             _ => {}
         }
         let mesh = if o.kind == "Mesh" {
@@ -696,6 +698,55 @@ impl<'a> Cx<'a> {
                     }),
                 )
             }
+            "VirtualGateway" => {
+                spec_map.remove("namespaceSelector");
+                spec_map.remove("gatewayRouteSelector");
+                if spec_map.remove("podSelector").is_some() {
+                    out.warnings.push(format!(
+                        "{}: {}.spec.podSelector: ignored (which pods run the gateway is the deployment's business)",
+                        o.file,
+                        o.at()
+                    ));
+                }
+                (
+                    Kind::VirtualGateway,
+                    serde_json::json!({
+                        "meshName": mesh,
+                        "virtualGatewayName": o.aws_name(),
+                        "spec": spec,
+                    }),
+                )
+            }
+            "GatewayRoute" => {
+                let Some(gateway) = self.gateway_of(o, &mesh) else {
+                    return;
+                };
+                for kind in ["httpRoute", "http2Route", "grpcRoute"] {
+                    if let Some(vs) = spec_map
+                        .get_mut(kind)
+                        .and_then(|k| k.get_mut("action"))
+                        .and_then(|a| a.get_mut("target"))
+                        .and_then(|t| t.get_mut("virtualService"))
+                    {
+                        self.replace_ref(
+                            o,
+                            &mesh,
+                            &format!("spec.{kind}.action.target.virtualService"),
+                            vs,
+                            BACKEND,
+                        );
+                    }
+                }
+                (
+                    Kind::GatewayRoute,
+                    serde_json::json!({
+                        "meshName": mesh,
+                        "virtualGatewayName": gateway,
+                        "gatewayRouteName": o.aws_name(),
+                        "spec": spec,
+                    }),
+                )
+            }
             _ => return,
         };
         if self.errors.len() > before {
@@ -712,6 +763,69 @@ impl<'a> Cx<'a> {
         match typed(&o.file, "", kind, v) {
             Ok(r) => out.resources.push(r),
             Err(e) => self.fail(o, &e.path, e.message),
+        }
+    }
+
+    /// The App Mesh name of the one gateway of `mesh` that selects gateway route `o`.
+    fn gateway_of(&mut self, o: &Object, mesh: &str) -> Option<String> {
+        let ns_labels = self
+            .m
+            .namespaces
+            .get(&o.namespace)
+            .cloned()
+            .unwrap_or_else(|| {
+                let mut l = Map::new();
+                l.insert(
+                    "kubernetes.io/metadata.name".into(),
+                    Value::String(o.namespace.clone()),
+                );
+                l
+            });
+        let all: &'a Manifests = self.m;
+        let mut chosen = Vec::new();
+        for gw in all.objects.iter().filter(|g| g.kind == "VirtualGateway") {
+            if self.mesh_of(gw).ok().as_deref() != Some(mesh) {
+                continue;
+            }
+            let by_ns = selects(gw.spec.get("namespaceSelector"), &ns_labels);
+            // Absent or empty: every route of the selected namespaces.
+            let by_labels = match gw.spec.get("gatewayRouteSelector") {
+                None | Some(Value::Null) => Ok(true),
+                sel => selects(sel, &o.labels),
+            };
+            match (by_ns, by_labels) {
+                (Ok(true), Ok(true)) => chosen.push(gw),
+                (Err(e), _) | (_, Err(e)) => {
+                    self.fail(gw, "spec", e);
+                    return None;
+                }
+                _ => {}
+            }
+        }
+        match chosen.as_slice() {
+            [one] => Some(one.aws_name()),
+            [] => {
+                self.fail(
+                    o,
+                    "",
+                    format!(
+                        "no VirtualGateway of mesh {mesh:?} selects it (their namespaceSelector must match Namespace {:?}, their gatewayRouteSelector its labels)",
+                        o.namespace
+                    ),
+                );
+                None
+            }
+            many => {
+                self.fail(
+                    o,
+                    "",
+                    format!(
+                        "found several matching VirtualGateways, expecting 1: {}",
+                        many.iter().map(|g| g.at()).collect::<Vec<_>>().join(", ")
+                    ),
+                );
+                None
+            }
         }
     }
 

@@ -704,7 +704,19 @@ apiVersion: appmesh.k8s.aws/v1beta2
 kind: VirtualGateway
 metadata: { name: ingress, namespace: howto }
 spec:
+  namespaceSelector: { matchLabels: { mesh: howto-mesh } }
+  gatewayRouteSelector: { matchLabels: { via: ingress } }
+  podSelector: { matchLabels: { app: ingress } }
   listeners: [{ portMapping: { port: 8088, protocol: http } }]
+---
+apiVersion: appmesh.k8s.aws/v1beta2
+kind: GatewayRoute
+metadata: { name: color, namespace: howto, labels: { via: ingress } }
+spec:
+  httpRoute:
+    match: { prefix: /color }
+    action:
+      target: { virtualService: { virtualServiceRef: { name: color } } }
 "#;
 
 #[test]
@@ -727,10 +739,12 @@ fn kubernetes_manifests_get_the_controllers_names_and_references_across_files() 
         "color-route",
         "color.howto.svc.cluster.local",
         "front.howto",
+        "virtualGateway/howto-mesh/ingress_howto",
+        "gatewayRoute/howto-mesh/ingress_howto/color_howto",
     ] {
         assert!(all.contains(want), "{want} missing from {names:?}");
     }
-    assert_eq!(m.len(), 8, "{names:?}");
+    assert_eq!(m.len(), 10, "{names:?}");
     assert!(m.keys().all(|k| k.mesh == "howto-mesh"), "{names:?}");
     check_all(&m).expect("valid");
     let route = m
@@ -776,10 +790,39 @@ fn kubernetes_manifests_get_the_controllers_names_and_references_across_files() 
         "{w}"
     );
     assert!(
-        w.contains(
-            "VirtualGateway howto/ingress: VirtualGateway is not supported by Maille yet; skipped"
-        ),
+        w.contains("VirtualGateway howto/ingress.spec.podSelector: ignored"),
         "{w}"
+    );
+    let gr = m
+        .values()
+        .find_map(|r| match r.as_ref() {
+            Resource::GatewayRoute(g) => Some(g.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        gr.spec
+            .http_route
+            .unwrap()
+            .action
+            .target
+            .virtual_service
+            .virtual_service_name,
+        "color.howto.svc.cluster.local"
+    );
+
+    // A gateway route no gateway selects is refused, by name.
+    let unlabelled = K8S_APP.replace("labels: { via: ingress }", "labels: { via: elsewhere }");
+    std::fs::write(dir.path().join("app.yaml"), unlabelled).unwrap();
+    let e = import_paths(&[dir.path().to_path_buf()], &Params::new()).unwrap_err();
+    let e = e
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        e.contains("GatewayRoute howto/color: no VirtualGateway of mesh \"howto-mesh\" selects it"),
+        "{e}"
     );
 }
 
