@@ -606,9 +606,8 @@ impl<'a> Cx<'a> {
     }
 
     fn convert(&mut self, o: &Object, out: &mut Imported) {
-        match o.kind.as_str() {
-            "BackendGroup" => return, // expanded into the nodes that use it
-            _ => {}
+        if o.kind == "BackendGroup" {
+            return; // expanded into the nodes that use it
         }
         let mesh = if o.kind == "Mesh" {
             o.aws_name()

@@ -7,6 +7,7 @@
 //! `maille-translate`): the server, the translation and `maillectl` all speak these types.
 #![forbid(unsafe_code)]
 
+pub mod coverage;
 mod rollout;
 mod spec;
 mod validate;
