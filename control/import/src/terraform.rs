@@ -124,6 +124,8 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
 
     // The App Mesh resources, and what references to them give.
     let mut blocks = Vec::new();
+    // AWS Cloud Map's resources: not imported, but App Mesh's refer to their names.
+    let mut discovery = Vec::new();
     let mut out = Imported::default();
     out.parameters.extend(vars.keys().cloned());
     for b in body
@@ -140,9 +142,13 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
             None if ty.starts_with("aws_appmesh_") => out.warnings.push(format!(
                 "{file}: {path}: {ty} is not supported by Maille yet; skipped"
             )),
-            None => out
-                .warnings
-                .push(format!("{file}: {path}: not an App Mesh resource; skipped")),
+            None => {
+                if ty.starts_with("aws_service_discovery_") {
+                    discovery.push((ty.clone(), label.clone(), b));
+                }
+                out.warnings
+                    .push(format!("{file}: {path}: not an App Mesh resource; skipped"));
+            }
         }
     }
     let mut refs: BTreeMap<String, hcl::Map<String, hcl::Value>> = BTreeMap::new();
@@ -152,7 +158,14 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
             let mut obj = hcl::Map::new();
             for a in b.body.attributes() {
                 let k = a.key.as_str();
-                if ["name", "mesh_name", "virtual_router_name"].contains(&k) {
+                if [
+                    "name",
+                    "mesh_name",
+                    "virtual_router_name",
+                    "virtual_gateway_name",
+                ]
+                .contains(&k)
+                {
                     if let Ok(v) = a.expr.evaluate(&ctx) {
                         obj.insert(k.to_owned(), v);
                     }
@@ -169,6 +182,20 @@ pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported
             }
             let entry = refs.entry(ty.clone()).or_default();
             entry.insert(label.clone(), hcl::Value::Object(obj));
+        }
+        for (ty, label, b) in &discovery {
+            if let Some(Ok(v)) = b
+                .body
+                .attributes()
+                .find(|a| a.key.as_str() == "name")
+                .map(|a| a.expr.evaluate(&ctx))
+            {
+                let mut obj = hcl::Map::new();
+                obj.insert("name".into(), v);
+                refs.entry(ty.clone())
+                    .or_default()
+                    .insert(label.clone(), hcl::Value::Object(obj));
+            }
         }
     }
 

@@ -1246,3 +1246,36 @@ Resources:
         "{e}"
     );
 }
+
+#[test]
+fn terraform_cloud_map_discovery_names_its_namespace_and_service() {
+    let tf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cloud_map.tf"))
+        .unwrap();
+    let i = import_str("m.tf", &tf, Format::Terraform, &Params::new()).unwrap();
+    let n = i
+        .resources
+        .iter()
+        .find_map(|r| match r {
+            Resource::VirtualNode(n) => Some(n),
+            _ => None,
+        })
+        .unwrap();
+    let cm = n
+        .spec
+        .service_discovery
+        .as_ref()
+        .and_then(|s| s.aws_cloud_map.as_ref())
+        .unwrap();
+    assert_eq!(
+        (cm.namespace_name.as_str(), cm.service_name.as_str()),
+        ("demo.local", "colorteller")
+    );
+    // The Cloud Map resources themselves are said to be skipped.
+    assert!(
+        i.warnings
+            .iter()
+            .any(|w| w.contains("aws_service_discovery_service.svc: not an App Mesh resource")),
+        "{:?}",
+        i.warnings
+    );
+}
