@@ -7,7 +7,7 @@ use maille_translate::{bootstrap, modules_in, names, node_config, Module, NodeOp
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Checks `resources`, translates every virtual node with `opts`, and has `envoy` validate
+/// Checks `resources`, translates every virtual node and gateway with `opts`, and has `envoy` validate
 /// each node's configuration (`envoy --mode validate` on a static bootstrap holding what the
 /// node would get over ADS, with the modules of `modules_dir`); keeps the bootstraps in
 /// `keep` when given.
@@ -43,27 +43,40 @@ pub fn validate(
     let mut failed = 0;
     let mut checked = 0;
     for r in map.values() {
-        let Resource::VirtualNode(n) = r.as_ref() else {
-            continue;
+        // Each proxy: a virtual node's, or a virtual gateway's; `file` names it in `keep`.
+        let (mesh, proxy, id, file_name) = match r.as_ref() {
+            Resource::VirtualNode(n) => (
+                &n.mesh_name,
+                n.virtual_node_name.clone(),
+                names::node_id(&n.mesh_name, &n.virtual_node_name),
+                n.virtual_node_name.clone(),
+            ),
+            Resource::VirtualGateway(g) => (
+                &g.mesh_name,
+                names::gateway_proxy(&g.virtual_gateway_name),
+                names::gateway_node_id(&g.mesh_name, &g.virtual_gateway_name),
+                // Names have no `.`: no node's file can be called so.
+                format!("virtualGateway.{}", g.virtual_gateway_name),
+            ),
+            _ => continue,
         };
-        let cfg = node_config(world, &n.mesh_name, &n.virtual_node_name, opts);
+        let cfg = node_config(world, mesh, &proxy, opts);
         for w in &cfg.warnings {
             eprintln!("warning: {}: {w}", r.key());
         }
-        let id = names::node_id(&n.mesh_name, &n.virtual_node_name);
         let pb = bootstrap::static_bootstrap(&id, &cfg, |sha| {
             let (name, _) = modules.iter().find(|(_, m)| m.sha256 == sha)?;
             std::fs::canonicalize(modules_dir.join(name))
                 .ok()
                 .map(|p| p.display().to_string())
         });
-        let file = dir.join(format!("{}-{}.pb", n.mesh_name, n.virtual_node_name));
+        let file = dir.join(format!("{checked}.pb"));
         if let Some(k) = keep {
             // One folder per mesh: names may hold `-`, so `<mesh>-<node>` could collide.
-            let folder = k.join(&n.mesh_name);
+            let folder = k.join(mesh);
             std::fs::create_dir_all(&folder)
                 .with_context(|| format!("creating {}", folder.display()))?;
-            let kept = folder.join(format!("{}.pb", n.virtual_node_name));
+            let kept = folder.join(format!("{file_name}.pb"));
             std::fs::write(&kept, &pb).with_context(|| format!("writing {}", kept.display()))?;
         }
         std::fs::write(&file, pb)?;
@@ -107,7 +120,7 @@ pub fn validate(
         bail!("{failed} of {checked} node configurations refused by Envoy");
     }
     if checked == 0 {
-        bail!("no virtual nodes to validate");
+        bail!("no virtual nodes or gateways to validate");
     }
     Ok(())
 }

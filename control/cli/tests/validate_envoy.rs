@@ -133,7 +133,27 @@ fn envoy_validates_http2_grpc_and_tcp_routes_and_tls() {
             "action": {"weightedTargets": [{"virtualNode": "ga", "weight": 8}, {"virtualNode": "gb", "weight": 1}, {"virtualNode": "gc", "weight": 1}]}}}}),
         {"meshName": "m", "virtualServiceName": "h2.m.local", "spec": {"provider": {"virtualRouter": {"virtualRouterName": "h2"}}}},
         {"meshName": "m", "virtualServiceName": "grpc.m.local", "spec": {"provider": {"virtualRouter": {"virtualRouterName": "grpc"}}}},
-        {"meshName": "m", "virtualServiceName": "db.m.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "db"}}}}
+        {"meshName": "m", "virtualServiceName": "db.m.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "db"}}}},
+        // A gateway: TLS towards clients, an HTTP/2 listener with rewrites and a gRPC one.
+        {"meshName": "m", "virtualGatewayName": "edge", "spec": {
+            "listeners": [
+                {"portMapping": {"port": 8443, "protocol": "http2"},
+                 "tls": {"mode": "STRICT", "certificate": {"file": {"certificateChain": pem("cert.pem"), "privateKey": pem("key.pem")}}}},
+                {"portMapping": {"port": 9443, "protocol": "grpc"}}],
+            "backendDefaults": {"clientPolicy": {"tls": {"validation": {"trust": {"file": {"certificateChain": pem("cert.pem")}}}}}},
+            "logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": {"text": "%REQ(:PATH)%\n"}}}}}},
+        {"meshName": "m", "virtualGatewayName": "edge", "gatewayRouteName": "web", "spec": {"http2Route": {
+            "match": {"prefix": "/h2", "port": 8443, "hostname": {"suffix": ".example.com"},
+                      "queryParameters": [{"name": "v", "match": {"exact": "2"}}], "method": "GET"},
+            "action": {"target": {"virtualService": {"virtualServiceName": "h2.m.local"}},
+                       "rewrite": {"prefix": {"value": "/"}}}}}},
+        {"meshName": "m", "virtualGatewayName": "edge", "gatewayRouteName": "exact", "spec": {"priority": 3, "httpRoute": {
+            "match": {"path": {"regex": "^/v[0-9]+/ping$"}},
+            "action": {"target": {"virtualService": {"virtualServiceName": "h2.m.local"}},
+                       "rewrite": {"path": {"exact": "/ping"}}}}}},
+        {"meshName": "m", "virtualGatewayName": "edge", "gatewayRouteName": "rpc", "spec": {"grpcRoute": {
+            "match": {"serviceName": "colors.Teller", "port": 9443, "metadata": [{"name": "x-tier", "match": {"prefix": "gold"}}]},
+            "action": {"target": {"virtualService": {"virtualServiceName": "grpc.m.local"}}}}}}
     ]);
     let f = dir.path().join("mesh.json");
     std::fs::write(&f, docs.to_string()).unwrap();
@@ -149,5 +169,10 @@ fn envoy_validates_http2_grpc_and_tcp_routes_and_tls() {
         stdout.contains("mesh/m/virtualNode/client: valid (2 listeners, 6 clusters, 1 filters)"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches(": valid (").count(), 7, "{stdout}");
+    // The gateway: its two listeners and its egress; the hop cluster and the targets'.
+    assert!(
+        stdout.contains("mesh/m/virtualGateway/edge: valid (3 listeners,"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches(": valid (").count(), 8, "{stdout}");
 }
