@@ -69,7 +69,10 @@ fn a_gateway_routes_by_its_gateway_routes_and_rewrites_as_they_say() {
             "provider": {"virtualRouter": {"virtualRouterName": "color"}}}}),
         // `create-virtual-gateway` input, as the AWS CLI takes it.
         json!({"meshName": "demo", "virtualGatewayName": "ingress", "spec": {
-            "listeners": [{"portMapping": {"port": gw_port, "protocol": "http"}}]}}),
+            "listeners": [{"portMapping": {"port": gw_port, "protocol": "http"},
+                "healthCheck": {"protocol": "http", "path": "/healthz", "healthyThreshold": 2,
+                    "unhealthyThreshold": 2, "intervalMillis": 5000, "timeoutMillis": 2000},
+                "connectionPool": {"http": {"maxConnections": 7, "maxPendingRequests": 3}}}]}}),
         // The default: the matched prefix becomes `/`, Host the target's name.
         gateway_route(
             "white",
@@ -213,6 +216,21 @@ fn a_gateway_routes_by_its_gateway_routes_and_rewrites_as_they_say() {
     }
     // No gateway route takes it.
     assert_eq!(ask("/nowhere", "gw.example.com", None), "HTTP 404");
+    // The load balancer's health check is answered by the gateway itself.
+    assert_eq!(ask("/healthz", "10.0.0.1", None), "ok\n");
+    // The connection pool limits what the gateway sends to its targets.
+    let clusters = a
+        .get(&format!("http://127.0.0.1:{admin}/clusters"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let white = apps.iter().find(|(n, _)| n == "white").unwrap().1;
+    for limit in ["max_connections::7", "max_pending_requests::3"] {
+        let line = format!("node/white/{white}::default_priority::{limit}");
+        assert!(clusters.contains(&line), "{line} not in\n{clusters}");
+    }
 
     // A route deleted: its requests are no longer taken.
     let (ok, out, err) =

@@ -262,19 +262,14 @@ fn resource_of(
         }
     }
     // The name CloudFormation would generate when the template gives none.
-    let name_key = match kind {
-        Kind::Mesh => "MeshName",
-        Kind::VirtualNode => "VirtualNodeName",
-        Kind::VirtualRouter => "VirtualRouterName",
-        Kind::Route => "RouteName",
-        Kind::VirtualService => "VirtualServiceName",
-        Kind::VirtualGateway => "VirtualGatewayName",
-        Kind::GatewayRoute => "GatewayRouteName",
-        Kind::Filter => "FilterName",
-        Kind::Rollout => "RolloutName",
+    let name_key = {
+        let camel = kind.name_fields().0;
+        let mut pascal = camel[..1].to_ascii_uppercase();
+        pascal.push_str(&camel[1..]);
+        pascal
     };
     resolved
-        .entry(name_key.to_owned())
+        .entry(name_key)
         .or_insert_with(|| Value::String(logical.to_owned()));
     let mut v = super::camel_keys(Value::Object(resolved));
     if let (Some(m), Value::Object(o)) = (maille, &mut v) {

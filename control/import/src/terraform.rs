@@ -39,17 +39,7 @@ fn kind_of(ty: &str) -> Option<Kind> {
 }
 
 fn name_field(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Mesh => "meshName",
-        Kind::VirtualNode => "virtualNodeName",
-        Kind::VirtualRouter => "virtualRouterName",
-        Kind::Route => "routeName",
-        Kind::VirtualService => "virtualServiceName",
-        Kind::VirtualGateway => "virtualGatewayName",
-        Kind::GatewayRoute => "gatewayRouteName",
-        Kind::Filter => "filterName",
-        Kind::Rollout => "rolloutName",
-    }
+    kind.name_fields().0
 }
 
 pub(super) fn import(file: &str, text: &str, params: &Params) -> Result<Imported, ImportError> {

@@ -50,18 +50,12 @@ fn app_mesh_fields() -> Vec<(Kind, String, Value)> {
 /// field (a missing sibling, a value out of range) means it knows the field.
 fn model_knows(kind: Kind, spec: &Value) -> Result<(), String> {
     let mut doc = json!({"meshName": "m", "spec": spec});
-    let names: &[&str] = match kind {
-        Kind::Mesh => &[],
-        Kind::VirtualNode => &["virtualNodeName"],
-        Kind::VirtualRouter => &["virtualRouterName"],
-        Kind::Route => &["virtualRouterName", "routeName"],
-        Kind::VirtualService => &["virtualServiceName"],
-        Kind::VirtualGateway => &["virtualGatewayName"],
-        Kind::GatewayRoute => &["virtualGatewayName", "gatewayRouteName"],
-        Kind::Filter | Kind::Rollout => unreachable!("not App Mesh's"),
-    };
+    let (name, parent) = kind.name_fields();
+    let names = parent
+        .into_iter()
+        .chain((kind != Kind::Mesh).then_some(name));
     for n in names {
-        doc[*n] = json!("n");
+        doc[n] = json!("n");
     }
     let wrapped = json!({ kind.as_str(): doc });
     match import_str(

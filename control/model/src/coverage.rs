@@ -67,14 +67,8 @@ pub const RULES: &[Rule] = &[
     (
         Kind::VirtualGateway,
         "spec.listeners[].healthCheck",
-        Coverage::Warned,
-        "for the load balancer in front of the gateway; Maille's gateway Envoy does not check itself",
-    ),
-    (
-        Kind::VirtualGateway,
-        "spec.listeners[].connectionPool",
-        Coverage::Warned,
-        "not applied to the gateway's hop to its egress listener",
+        Coverage::Partly,
+        "the gateway answers `200` on the path (http, http2, on the listener's port); the thresholds and timings are the checker's (the load balancer in front); a grpc or tcp check, or another port, is warned",
     ),
     (
         Kind::GatewayRoute,

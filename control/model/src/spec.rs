@@ -62,6 +62,22 @@ impl Kind {
         }
     }
 
+    /// The field naming a resource of this kind in App Mesh's JSON (`virtualNodeName`), and
+    /// for a route or a gateway route the field naming its router or gateway.
+    pub fn name_fields(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Kind::Mesh => ("meshName", None),
+            Kind::VirtualNode => ("virtualNodeName", None),
+            Kind::VirtualRouter => ("virtualRouterName", None),
+            Kind::Route => ("routeName", Some("virtualRouterName")),
+            Kind::VirtualService => ("virtualServiceName", None),
+            Kind::VirtualGateway => ("virtualGatewayName", None),
+            Kind::GatewayRoute => ("gatewayRouteName", Some("virtualGatewayName")),
+            Kind::Filter => ("filterName", None),
+            Kind::Rollout => ("rolloutName", None),
+        }
+    }
+
     /// Parses [`Kind::as_str`] names and the CLI's kebab-case ones (`virtual-node`).
     pub fn parse(s: &str) -> Option<Kind> {
         let norm: String = s

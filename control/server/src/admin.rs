@@ -93,6 +93,7 @@ fn apply_error(e: ApplyError) -> Response {
         )
             .into_response(),
         ApplyError::NotFound(k) => error(StatusCode::NOT_FOUND, format!("{k} does not exist")),
+        ApplyError::Exists(k) => error(StatusCode::CONFLICT, format!("{k} already exists")),
         ApplyError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

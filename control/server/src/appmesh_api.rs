@@ -5,8 +5,10 @@
 //! managing the mesh. A change goes through the same validation and store as
 //! `maillectl apply`, and reaches the Envoys the same way.
 //!
-//! Requests must be SigV4-signed: the access key id names the client (the signature is not
-//! checked here: the server holds no AWS secrets). Errors carry App Mesh's types
+//! Requests must carry a SigV4 `Authorization` header: its access key id names the client in
+//! the server's log. The signature is not checked (the server holds no AWS secrets): this
+//! identifies clients, it does not authenticate them. Tags are not kept: `ListTagsForResource`
+//! answers none, and `TagResource`/`UntagResource` are refused. Errors carry App Mesh's types
 //! (`x-amzn-ErrorType`: `BadRequestException`, `NotFoundException`, `ConflictException`,
 //! `ResourceInUseException`, `ForbiddenException`) and, for a bad spec, every field path.
 //! Maille keeps no per-resource times: `metadata.createdAt` and `lastUpdatedAt` are those of
@@ -126,21 +128,6 @@ impl Target {
     }
 }
 
-/// The name field of `kind` in App Mesh's JSON, and its parent's.
-fn fields(kind: Kind) -> (&'static str, Option<&'static str>) {
-    match kind {
-        Kind::Mesh => ("meshName", None),
-        Kind::VirtualNode => ("virtualNodeName", None),
-        Kind::VirtualRouter => ("virtualRouterName", None),
-        Kind::Route => ("routeName", Some("virtualRouterName")),
-        Kind::VirtualService => ("virtualServiceName", None),
-        Kind::VirtualGateway => ("virtualGatewayName", None),
-        Kind::GatewayRoute => ("gatewayRouteName", Some("virtualGatewayName")),
-        Kind::Filter => ("filterName", None),
-        Kind::Rollout => ("rolloutName", None),
-    }
-}
-
 /// The list answer's key for `kind`.
 fn list_key(kind: Kind) -> &'static str {
     match kind {
@@ -221,7 +208,7 @@ fn data(r: &Resource, version: u64, status: &str) -> Value {
 /// `<Kind>Ref`: a list item.
 fn reference(r: &Resource, version: u64) -> Value {
     let key = r.key();
-    let (name_field, parent_field) = fields(key.kind);
+    let (name_field, parent_field) = key.kind.name_fields();
     let mut o = Map::new();
     o.insert("meshName".into(), key.mesh.clone().into());
     match (parent_field, key.name.split_once('/')) {
@@ -265,6 +252,13 @@ async fn handle(
             "the request must be signed with AWS Signature Version 4 (its access key id names the client)",
         );
     };
+    match (&method, rest.as_str()) {
+        (&Method::GET, "tags") => return axum::Json(json!({"tags": []})).into_response(),
+        (&Method::PUT, "tag" | "untag") => {
+            return bad("Maille keeps no tags: the mesh configuration has none (Maille's own settings are `maille:` tags given at create)")
+        }
+        _ => {}
+    }
     let Some(t) = Target::parse(&rest) else {
         return fail(
             StatusCode::NOT_FOUND,
@@ -333,8 +327,12 @@ fn list(s: &AppState, t: &Target, query: &BTreeMap<String, String>) -> Response 
         .filter(|(k, _)| prefix.as_ref().is_none_or(|p| k.name.starts_with(p)))
         .map(|(_, r)| reference(r, snap.version))
         .collect();
+    if from > all.len() {
+        return bad("nextToken: not a token this server gave");
+    }
     let page: Vec<Value> = all.iter().skip(from).take(limit).cloned().collect();
-    let next = (from + limit < all.len()).then(|| (from + limit).to_string());
+    let end = from + page.len();
+    let next = (end < all.len()).then(|| end.to_string());
     let mut o = Map::new();
     o.insert(list_key(t.kind).into(), Value::Array(page));
     if let Some(n) = next {
@@ -362,7 +360,7 @@ async fn write(
     let Value::Object(mut input) = input else {
         return bad("the body must be a JSON object");
     };
-    let (name_field, parent_field) = fields(t.kind);
+    let (name_field, parent_field) = t.kind.name_fields();
     let creating = name.is_none();
     let name = match name {
         Some(n) => n.to_owned(),
@@ -372,17 +370,11 @@ async fn write(
         },
     };
     let key = t.key(&name);
-    let exists = s.mesh.current().resources.contains_key(&key);
-    if creating && exists {
-        return fail(
-            StatusCode::CONFLICT,
-            "ConflictException",
-            format!("{key} already exists"),
-        );
-    }
-    if !creating && !exists {
-        return not_found(&key);
-    }
+    // What App Mesh has no field for, kept from the resource an update replaces: a route's
+    // `maille:` settings (given as tags at create), a node's Kubernetes source.
+    let kept = (!creating)
+        .then(|| s.mesh.current().resources.get(&key).cloned())
+        .flatten();
     // The document `maillectl apply` would read: the create input with the path's names.
     input.insert(name_field.into(), name.into());
     if t.kind != Kind::Mesh {
@@ -400,13 +392,29 @@ async fn write(
     for w in &imported.warnings {
         tracing::warn!(client, "App Mesh API: {w}");
     }
-    let Some(r) = imported.resources.into_iter().next() else {
+    let Some(mut r) = imported.resources.into_iter().next() else {
         return bad("no resource in the request");
     };
+    match (&mut r, kept.as_deref()) {
+        (Resource::Route(new), Some(Resource::Route(old))) if new.maille.is_none() => {
+            new.maille = old.maille.clone();
+        }
+        (Resource::VirtualNode(new), Some(Resource::VirtualNode(old)))
+            if new.kubernetes.is_none() =>
+        {
+            new.kubernetes = old.kubernetes.clone();
+        }
+        _ => {}
+    }
     if r.key() != key {
         return bad(format!("the body names {}, the path {key}", r.key()));
     }
-    match s.mesh.apply(vec![r.clone()], false).await {
+    // Created only if absent, updated only if present: checked where the change is made.
+    match s
+        .mesh
+        .apply_expecting(vec![r.clone()], Vec::new(), false, Some(!creating))
+        .await
+    {
         Ok(report) => {
             tracing::info!(client, %key, version = report.version, "App Mesh API: {}", if creating { "created" } else { "updated" });
             axum::Json(data(&r, report.version, "ACTIVE")).into_response()
@@ -448,6 +456,11 @@ fn apply_failed(e: ApplyError, deleting: bool) -> Response {
             StatusCode::NOT_FOUND,
             "NotFoundException",
             format!("{k} does not exist"),
+        ),
+        ApplyError::Exists(k) => fail(
+            StatusCode::CONFLICT,
+            "ConflictException",
+            format!("{k} already exists"),
         ),
         ApplyError::Store(e) => fail(
             StatusCode::INTERNAL_SERVER_ERROR,

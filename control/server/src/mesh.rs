@@ -185,9 +185,12 @@ pub enum ApplyError {
     /// The resulting set of resources is invalid.
     #[error("{0}")]
     Invalid(#[from] SpecErrors),
-    /// Deleting something that does not exist.
+    /// Deleting (or updating, when it must exist) something that does not exist.
     #[error("{0} does not exist")]
     NotFound(String),
+    /// Creating, when it must not exist yet, something that exists.
+    #[error("{0} already exists")]
+    Exists(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -363,6 +366,19 @@ impl Mesh {
         keys: Vec<Key>,
         dry_run: bool,
     ) -> Result<ApplyReport, ApplyError> {
+        self.apply_expecting(resources, keys, dry_run, None).await
+    }
+
+    /// Creates (`exists: Some(false)`: each must not exist yet) or updates (`Some(true)`:
+    /// each must exist) `resources`, checked under the write lock so that two racing
+    /// creates cannot both succeed; `None`: either.
+    pub async fn apply_expecting(
+        &self,
+        resources: Vec<Resource>,
+        keys: Vec<Key>,
+        dry_run: bool,
+        exists: Option<bool>,
+    ) -> Result<ApplyReport, ApplyError> {
         let mut errors = Vec::new();
         for r in &resources {
             if let Err(e) = check_resource(r) {
@@ -382,6 +398,11 @@ impl Mesh {
         let mut upserts = Vec::new();
         for r in resources {
             let key = r.key();
+            match (exists, next.contains_key(&key)) {
+                (Some(false), true) => return Err(ApplyError::Exists(key.to_string())),
+                (Some(true), false) => return Err(ApplyError::NotFound(key.to_string())),
+                _ => {}
+            }
             match next.get(&key) {
                 Some(old) if **old == r => {
                     report.unchanged.push(key.to_string());

@@ -7,7 +7,7 @@
 use crate::access_log::access_logs;
 use crate::cluster::http2_upstream;
 use crate::names;
-use crate::node::{egress, filter_chains, http_connection_manager, NodeConfig};
+use crate::node::{circuit_breakers, egress, filter_chains, http_connection_manager, NodeConfig};
 use crate::options::{defaults, NodeOptions};
 use crate::proto::*;
 use crate::route::{exact_header, header_matcher, regex};
@@ -69,7 +69,32 @@ pub(crate) fn translate_gateway(
         listen_address: "127.0.0.1".into(),
         ..opts.clone()
     };
-    egress(&mut out, cx, &as_node, &inner, mesh_res, &logs);
+    // Each request is logged once, where the client is seen: on the gateway's listener.
+    egress(&mut out, cx, &as_node, &inner, mesh_res, &[]);
+    // App Mesh's gateway connection pool limits what the gateway sends upstream: the
+    // clusters of its targets (App Mesh allows one listener; a second's pool is warned).
+    let pools: Vec<&GatewayConnectionPool> = gw
+        .spec
+        .listeners
+        .iter()
+        .filter_map(|l| l.connection_pool.as_ref())
+        .collect();
+    if let Some(pool) = pools.first() {
+        let cb = circuit_breakers(&ConnectionPool {
+            http: pool.http.clone(),
+            http2: pool.http2.clone(),
+            grpc: pool.grpc.clone(),
+            tcp: None,
+        });
+        for c in &mut out.clusters {
+            c.circuit_breakers = Some(cb.clone());
+        }
+        if pools.len() > 1 {
+            out.warnings.push(format!(
+                "virtual gateway {name:?}: only the first listener's connectionPool applies (to every target cluster)"
+            ));
+        }
+    }
 
     let hop = names::GATEWAY_EGRESS.to_owned();
     let mut c = cluster::Cluster {
@@ -85,10 +110,36 @@ pub(crate) fn translate_gateway(
         }),
         ..Default::default()
     };
-    // HTTP/2 to the egress listener carries HTTP/1, HTTP/2 and gRPC alike.
+    // HTTP/2 to the egress listener carries HTTP/1, HTTP/2 and gRPC alike. Every request
+    // of the gateway takes this hop: Envoy's default limits (1,024) must not apply to it;
+    // the targets' clusters keep the real ones.
     http2_upstream(&mut c);
+    c.circuit_breakers = Some(cluster::CircuitBreakers {
+        thresholds: vec![cluster::circuit_breakers::Thresholds {
+            max_connections: Some(u32v(u32::MAX)),
+            max_pending_requests: Some(u32v(u32::MAX)),
+            max_requests: Some(u32v(u32::MAX)),
+            max_retries: Some(u32v(u32::MAX)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
     out.clusters.push(c);
 
+    let ports: Vec<u32> = gw
+        .spec
+        .listeners
+        .iter()
+        .map(|l| l.port_mapping.port)
+        .collect();
+    for gr in &routes {
+        if let Some(p) = route_port(gr).filter(|p| !ports.contains(p)) {
+            out.warnings.push(format!(
+                "gateway route {}/{}: match.port {p} is none of the gateway's listener ports {ports:?}: it never matches",
+                gr.virtual_gateway_name, gr.gateway_route_name
+            ));
+        }
+    }
     for l in &gw.spec.listeners {
         let port = l.port_mapping.port;
         let rds = names::gateway_listener(port);
@@ -97,6 +148,17 @@ pub(crate) fn translate_gateway(
             domains: vec!["*".into()],
             ..Default::default()
         };
+        // The gateway answers its own health checks on the path, ahead of every route.
+        if let Some(h) = l.health_check.as_ref() {
+            match (h.protocol.as_str(), &h.path, h.port) {
+                ("http" | "http2", Some(path), p) if p.is_none_or(|p| p == port) => {
+                    vhost.routes.push(health_route(&rds, path));
+                }
+                _ => out.warnings.push(format!(
+                    "virtual gateway {name:?}: listener {port}: only an http or http2 healthCheck with a path and no port of its own is answered"
+                )),
+            }
+        }
         for gr in routes
             .iter()
             .filter(|gr| route_port(gr).is_none_or(|p| p == port))
@@ -121,6 +183,7 @@ pub(crate) fn translate_gateway(
             true,
             logs.clone(),
             true,
+            true,
         );
         let mut l_out = listener::Listener {
             name: rds.clone(),
@@ -130,13 +193,30 @@ pub(crate) fn translate_gateway(
         };
         filter_chains(&mut l_out, &rds, filter, l.tls.as_ref());
         out.listeners.push(l_out);
-        if l.health_check.is_some() || l.connection_pool.is_some() {
-            out.warnings.push(format!(
-                "virtual gateway {name:?}: listener {port}: healthCheck and connectionPool are for the load balancer in front of the gateway and App Mesh's own Envoy; Maille does not configure them"
-            ));
-        }
     }
     out
+}
+
+/// `200 ok` on `path`: what a load balancer checking the gateway gets while its Envoy is up.
+fn health_route(rds: &str, path: &str) -> route::Route {
+    route::Route {
+        name: format!("{rds}/health"),
+        r#match: Some(route::RouteMatch {
+            path_specifier: Some(route::route_match::PathSpecifier::Path(path.to_owned())),
+            ..Default::default()
+        }),
+        action: Some(route::route::Action::DirectResponse(
+            route::DirectResponseAction {
+                status: 200,
+                body: Some(core::DataSource {
+                    specifier: Some(core::data_source::Specifier::InlineString("ok\n".into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
 }
 
 fn target(gr: &GatewayRoute) -> &GatewayRouteTarget {
@@ -167,27 +247,30 @@ pub(crate) fn route_port(gr: &GatewayRoute) -> Option<u32> {
 }
 
 /// How specific a gateway route's match is, for App Mesh's order among routes of the same
-/// priority: longer paths first, then more conditions.
-pub(crate) fn specificity(gr: &GatewayRoute) -> usize {
+/// priority: an exact path, then a regex, then the longest prefix; then more conditions.
+pub(crate) fn specificity(gr: &GatewayRoute) -> (u8, usize, usize) {
     let s = &gr.spec;
     if let Some(h) = s.http_route.as_ref().or(s.http2_route.as_ref()) {
         let m = &h.matches;
-        let path = match (&m.prefix, &m.path) {
-            (Some(p), _) => p.len(),
-            (_, Some(PathMatch { exact: Some(e), .. })) => 10_000 + e.len(),
-            (_, Some(_)) => 5_000,
-            _ => 0,
+        let (rank, len) = match (&m.prefix, &m.path) {
+            (Some(p), _) => (1, p.len()),
+            (_, Some(PathMatch { exact: Some(e), .. })) => (3, e.len()),
+            (_, Some(_)) => (2, 0),
+            _ => (0, 0),
         };
-        path + 100
-            * (m.headers.len()
-                + m.query_parameters.len()
-                + usize::from(m.hostname.is_some())
-                + usize::from(m.method.is_some()))
+        let conditions = m.headers.len()
+            + m.query_parameters.len()
+            + usize::from(m.hostname.is_some())
+            + usize::from(m.method.is_some());
+        (rank, len, conditions)
     } else if let Some(g) = &s.grpc_route {
-        g.matches.service_name.as_ref().map_or(0, |s| s.len())
-            + 100 * (g.matches.metadata.len() + usize::from(g.matches.hostname.is_some()))
+        (
+            1,
+            g.matches.service_name.as_ref().map_or(0, |s| s.len()),
+            g.matches.metadata.len() + usize::from(g.matches.hostname.is_some()),
+        )
     } else {
-        0
+        (0, 0, 0)
     }
 }
 
@@ -327,4 +410,93 @@ fn envoy_gateway_route(
         },
         warning,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::node_config;
+    use crate::world::{World, NO_CLOUD_MAP};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use prost::Message;
+
+    fn address(l: &listener::Listener) -> String {
+        match l.address.as_ref().and_then(|a| a.address.as_ref()) {
+            Some(core::address::Address::SocketAddress(s)) => s.address.clone(),
+            _ => String::new(),
+        }
+    }
+
+    #[test]
+    fn only_the_gateway_listeners_face_clients_and_the_hop_is_unlimited() {
+        let docs: Vec<Resource> = serde_json::from_value(serde_json::json!([
+            {"mesh": {"meshName": "m", "spec": {}}},
+            {"virtualNode": {"meshName": "m", "virtualNodeName": "a", "spec": {
+                "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
+                "serviceDiscovery": {"dns": {"hostname": "a.local"}}}}},
+            {"virtualService": {"meshName": "m", "virtualServiceName": "a.local",
+                "spec": {"provider": {"virtualNode": {"virtualNodeName": "a"}}}}},
+            {"virtualGateway": {"meshName": "m", "virtualGatewayName": "gw", "spec": {
+                "listeners": [{"portMapping": {"port": 8443, "protocol": "http"}}]}}},
+            {"gatewayRoute": {"meshName": "m", "virtualGatewayName": "gw",
+                "gatewayRouteName": "r", "spec": {"httpRoute": {"match": {"prefix": "/", "port": 9999},
+                "action": {"target": {"virtualService": {"virtualServiceName": "a.local"}}}}}}}
+        ]))
+        .unwrap();
+        let resources = maille_model::resources(docs);
+        let modules = Default::default();
+        let world = World {
+            resources: &resources,
+            modules: &modules,
+            cloud_map: &NO_CLOUD_MAP,
+        };
+        let opts = NodeOptions {
+            listen_address: "0.0.0.0".into(),
+            ..NodeOptions::default()
+        };
+        let cfg = node_config(world, "m", &names::gateway_proxy("gw"), &opts);
+        let by_name: std::collections::BTreeMap<&str, String> = cfg
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), address(l)))
+            .collect();
+        assert_eq!(
+            by_name.get(names::EGRESS).map(String::as_str),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            by_name
+                .get(names::gateway_listener(8443).as_str())
+                .map(String::as_str),
+            Some("0.0.0.0")
+        );
+        let hop = cfg
+            .clusters
+            .iter()
+            .find(|c| c.name == names::GATEWAY_EGRESS)
+            .unwrap();
+        let t = &hop.circuit_breakers.as_ref().unwrap().thresholds[0];
+        assert_eq!(t.max_requests.as_ref().map(|v| v.value), Some(u32::MAX));
+        // The gateway's listener is the edge: the peer is the client.
+        let gl = cfg
+            .listeners
+            .iter()
+            .find(|l| l.name == names::gateway_listener(8443))
+            .unwrap();
+        let Some(listener::filter::ConfigType::TypedConfig(any)) =
+            &gl.filter_chains[0].filters[0].config_type
+        else {
+            panic!("no HCM")
+        };
+        let m = hcm::HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        assert_eq!(m.use_remote_address.map(|v| v.value), Some(true));
+        // A route on a port the gateway does not listen on is said.
+        assert!(
+            cfg.warnings
+                .iter()
+                .any(|w| w.contains("gateway route gw/r: match.port 9999")),
+            "{:?}",
+            cfg.warnings
+        );
+    }
 }

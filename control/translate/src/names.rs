@@ -37,7 +37,12 @@ pub fn parse_node_id(id: &str) -> Option<(&str, &str)> {
             (mesh, &rest[mesh.len() + 1..])
         }
     };
-    let name = as_gateway(proxy).unwrap_or(proxy);
+    // A node's name has no `/`; a gateway's proxy is exactly `virtualGateway/<name>`.
+    let name = match as_gateway(proxy) {
+        Some(gw) if rest[mesh.len()..].starts_with("/virtualGateway/") => gw,
+        Some(_) => return None,
+        None => proxy,
+    };
     (!mesh.is_empty() && !mesh.contains('/') && !name.is_empty() && !name.contains('/'))
         .then_some((mesh, proxy))
 }

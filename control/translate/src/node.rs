@@ -101,21 +101,7 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[A
             http2_upstream(&mut c);
         }
         if let Some(pool) = &l.connection_pool {
-            let mut t = cluster::circuit_breakers::Thresholds::default();
-            if let Some(h) = &pool.http {
-                t.max_connections = Some(u32v(h.max_connections));
-                t.max_pending_requests = h.max_pending_requests.map(u32v);
-            }
-            if let Some(h) = pool.http2.as_ref().or(pool.grpc.as_ref()) {
-                t.max_requests = Some(u32v(h.max_requests));
-            }
-            if let Some(h) = &pool.tcp {
-                t.max_connections = Some(u32v(h.max_connections));
-            }
-            c.circuit_breakers = Some(cluster::CircuitBreakers {
-                thresholds: vec![t],
-                ..Default::default()
-            });
+            c.circuit_breakers = Some(circuit_breakers(pool));
         }
         if let Some(h) = &l.health_check {
             c.health_checks.push(health_check(h));
@@ -196,6 +182,7 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[A
                 false,
                 logs.to_vec(),
                 true,
+                false,
             )
         };
         let mut l_out = listener::Listener {
@@ -206,6 +193,25 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[A
         };
         filter_chains(&mut l_out, &name, filter, l.tls.as_ref());
         out.listeners.push(l_out);
+    }
+}
+
+/// App Mesh's connection pool as Envoy's circuit breaker thresholds on a cluster.
+pub(crate) fn circuit_breakers(pool: &ConnectionPool) -> cluster::CircuitBreakers {
+    let mut t = cluster::circuit_breakers::Thresholds::default();
+    if let Some(h) = &pool.http {
+        t.max_connections = Some(u32v(h.max_connections));
+        t.max_pending_requests = h.max_pending_requests.map(u32v);
+    }
+    if let Some(h) = pool.http2.as_ref().or(pool.grpc.as_ref()) {
+        t.max_requests = Some(u32v(h.max_requests));
+    }
+    if let Some(h) = &pool.tcp {
+        t.max_connections = Some(u32v(h.max_connections));
+    }
+    cluster::CircuitBreakers {
+        thresholds: vec![t],
+        ..Default::default()
     }
 }
 
@@ -259,7 +265,9 @@ const MAILLE_HEADERS: [&str; 2] = [defaults::CLUSTER_HEADER, defaults::VARIANT_H
 
 /// An HTTP connection manager on route configuration `rds` (from ADS) with `filters` before
 /// the router; with `strip_maille_headers`, requests lose [`MAILLE_HEADERS`] first; each
-/// request logged to `access_log`.
+/// request logged to `access_log`. At the mesh's `edge` (a gateway's listeners) the peer's
+/// address is the client's: appended to X-Forwarded-For, and no client is taken as internal
+/// (so none of its `x-envoy-*` headers is obeyed).
 pub(crate) fn http_connection_manager(
     rds: &str,
     mut filters: Vec<hcm::HttpFilter>,
@@ -267,6 +275,7 @@ pub(crate) fn http_connection_manager(
     strip_maille_headers: bool,
     access_log: Vec<AccessLog>,
     strip_port: bool,
+    edge: bool,
 ) -> listener::Filter {
     use envoy_types::pb::envoy::config::common::mutation_rules::v3 as rules;
     use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3 as ehm;
@@ -289,6 +298,14 @@ pub(crate) fn http_connection_manager(
         strip_port_mode: strip_port
             .then_some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
         http_filters: filters,
+        use_remote_address: edge
+            .then_some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+        internal_address_config: edge.then(|| {
+            hcm::http_connection_manager::InternalAddressConfig {
+                unix_sockets: false,
+                cidr_ranges: Vec::new(),
+            }
+        }),
         tracing: tracing.map(trace_config),
         access_log,
         early_header_mutation_extensions: if strip_maille_headers {
@@ -565,6 +582,7 @@ pub(crate) fn egress(
                 true,
                 logs.to_vec(),
                 !by_port,
+                false,
             )],
             ..Default::default()
         }],

@@ -22,8 +22,9 @@ proxy_wasm::main! {{
 
 /// Prefix of log lines and metrics.
 const NAME: &str = "maille_breaker";
-/// Shared-data key prefix; the cluster name follows.
-const KEY_PREFIX: &str = "maille_breaker/";
+/// Shared-data keys: one record per cluster. The version changes with the record's layout,
+/// so that old and new VMs side by side during an upgrade never read each other's.
+const KEY_PREFIX: &str = "maille_breaker/v2/";
 /// How often a worker merges its batched successes into the shared records and sends
 /// queued signals.
 const TICK: Duration = Duration::from_millis(50);
@@ -289,9 +290,11 @@ impl Plugin {
             if let Some(probe) = failure {
                 changes.extend(circuit.record(rec, now, true, probe));
             }
-            (*rec != before, rec.epoch)
+            let changed = *rec != before;
+            (changed, changed.then_some(rec.epoch))
         });
-        if let Some(epoch) = merged {
+        // Only what was written is journalled (outcomes an open circuit ignores are not).
+        if let Some(Some(epoch)) = merged {
             self.journal(
                 cluster,
                 Merge {

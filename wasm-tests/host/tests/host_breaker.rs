@@ -61,7 +61,7 @@ fn call_to(vm: &mut Vm, cluster: &str, status: u16) -> Seen {
 }
 
 fn record(host: &Host) -> Record {
-    Record::decode(&host.shared_data("maille_breaker/svc").expect("record").0).expect("decodes")
+    Record::decode(&host.shared_data("maille_breaker/v2/svc").expect("record").0).expect("decodes")
 }
 
 fn open_seen(retry: &str) -> Seen {
@@ -115,7 +115,7 @@ fn trips_on_consecutive_failures_and_successes_reset_the_streak() {
         assert_eq!(call(&mut vm, 404), Seen::Upstream);
     }
     // Successes are batched by the worker and merged by its timer.
-    assert!(host.shared_data("maille_breaker/svc").is_none());
+    assert!(host.shared_data("maille_breaker/v2/svc").is_none());
     vm.advance(Duration::from_millis(50)).unwrap();
     let rec = record(&host);
     assert_eq!(rec.state, State::Closed);
@@ -334,7 +334,11 @@ fn two_workers_failing_first_on_a_fresh_cluster_at_once_both_count() {
                     barrier.wait();
                     call_to(&mut vm, &format!("fresh{round}"), 503);
                 }
-                // Each worker's timer re-reads the clusters it knows (as Envoy's ticks do).
+                // Each worker's timer re-reads the clusters it knows (as Envoy's ticks do),
+                // after both are done: a late create of the last round lands first.
+                barrier.wait();
+                vm.advance(Duration::from_millis(50)).unwrap();
+                barrier.wait();
                 vm.advance(Duration::from_millis(50)).unwrap();
             })
         })
@@ -345,7 +349,7 @@ fn two_workers_failing_first_on_a_fresh_cluster_at_once_both_count() {
     let lost: Vec<usize> = (0..rounds)
         .filter(|round| {
             let (bytes, _) = host
-                .shared_data(&format!("maille_breaker/fresh{round}"))
+                .shared_data(&format!("maille_breaker/v2/fresh{round}"))
                 .expect("record");
             let rec = Record::decode(&bytes).expect("decodes");
             rec.window(maille_wasm_host::EPOCH_NANOS / 1_000_000, 600_000) != (2, 2)
