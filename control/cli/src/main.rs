@@ -72,7 +72,8 @@ enum Command {
     },
     /// List resources.
     Get {
-        /// mesh, virtual-node, virtual-router, route, virtual-service, filter or rollout; all when absent.
+        /// mesh, virtual-node, virtual-router, route, virtual-service, virtual-gateway,
+        /// gateway-route, filter or rollout; all when absent.
         kind: Option<String>,
         /// Only this mesh.
         #[arg(long)]
@@ -418,6 +419,6 @@ fn run(cli: Cli) -> Result<i32> {
 
 fn parse_kind(kind: &str) -> Result<Kind> {
     Kind::parse(kind).with_context(|| {
-        format!("unknown kind {kind:?}: use mesh, virtual-node, virtual-router, route, virtual-service, filter or rollout")
+        format!("unknown kind {kind:?}: use mesh, virtual-node, virtual-router, route, virtual-service, virtual-gateway, gateway-route, filter or rollout")
     })
 }
