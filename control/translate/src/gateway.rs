@@ -10,7 +10,7 @@ use crate::names;
 use crate::node::{circuit_breakers, egress, filter_chains, http_connection_manager, NodeConfig};
 use crate::options::{defaults, NodeOptions};
 use crate::proto::*;
-use crate::route::{exact_header, header_matcher, regex};
+use crate::route::{exact_header, header_matcher, path_specifier, regex};
 use crate::world::Ctx;
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -317,16 +317,7 @@ fn envoy_gateway_route(
     let hostname_rewrite;
     if let Some(h) = gr.spec.http_route.as_ref().or(gr.spec.http2_route.as_ref()) {
         let hm = &h.matches;
-        m.path_specifier = Some(match (&hm.prefix, &hm.path) {
-            (Some(p), _) => route::route_match::PathSpecifier::Prefix(p.clone()),
-            (None, Some(PathMatch { exact: Some(e), .. })) => {
-                route::route_match::PathSpecifier::Path(e.clone())
-            }
-            (None, Some(PathMatch { regex: Some(r), .. })) => {
-                route::route_match::PathSpecifier::SafeRegex(regex(r))
-            }
-            _ => route::route_match::PathSpecifier::Prefix("/".into()),
-        });
+        m.path_specifier = Some(path_specifier(hm.prefix.as_ref(), hm.path.as_ref()));
         m.headers = hm.headers.iter().map(header_matcher).collect();
         if let Some(method) = &hm.method {
             m.headers.push(exact_header(":method", method));

@@ -141,6 +141,20 @@ pub(crate) fn exact_header(name: &str, value: &str) -> route::HeaderMatcher {
     }
 }
 
+/// An App Mesh path condition: a prefix, an exact path or a regex (none: every path).
+pub(crate) fn path_specifier(
+    prefix: Option<&String>,
+    path: Option<&PathMatch>,
+) -> route::route_match::PathSpecifier {
+    use route::route_match::PathSpecifier;
+    match (prefix, path) {
+        (Some(p), _) => PathSpecifier::Prefix(p.clone()),
+        (None, Some(PathMatch { exact: Some(e), .. })) => PathSpecifier::Path(e.clone()),
+        (None, Some(PathMatch { regex: Some(r), .. })) => PathSpecifier::SafeRegex(regex(r)),
+        _ => PathSpecifier::Prefix("/".into()),
+    }
+}
+
 /// An App Mesh query parameter condition: an exact value, or present.
 pub(crate) fn query_matcher(q: &QueryParameterMatch) -> route::QueryParameterMatcher {
     route::QueryParameterMatcher {
@@ -173,16 +187,7 @@ pub(crate) fn envoy_route(
     let (action, retry_policy, timeout) =
         if let Some(h) = rt.spec.http_route.as_ref().or(rt.spec.http2_route.as_ref()) {
             let hm = &h.matches;
-            m.path_specifier = Some(match (&hm.prefix, &hm.path) {
-                (Some(p), _) => route::route_match::PathSpecifier::Prefix(p.clone()),
-                (None, Some(PathMatch { exact: Some(e), .. })) => {
-                    route::route_match::PathSpecifier::Path(e.clone())
-                }
-                (None, Some(PathMatch { regex: Some(r), .. })) => {
-                    route::route_match::PathSpecifier::SafeRegex(regex(r))
-                }
-                _ => route::route_match::PathSpecifier::Prefix("/".into()),
-            });
+            m.path_specifier = Some(path_specifier(hm.prefix.as_ref(), hm.path.as_ref()));
             m.headers = hm.headers.iter().map(header_matcher).collect();
             if let Some(method) = &hm.method {
                 m.headers.push(exact_header(":method", method));
