@@ -1181,6 +1181,19 @@ pub struct GatewayRouteSpec {
     pub priority: Option<u32>,
 }
 
+impl GatewayRouteSpec {
+    /// The route's kind (`httpRoute`, `http2Route`, `grpcRoute`) and target; none when the
+    /// spec has no route (which validation refuses).
+    pub fn target(&self) -> Option<(&'static str, &GatewayRouteTarget)> {
+        match (&self.http_route, &self.http2_route, &self.grpc_route) {
+            (Some(h), _, _) => Some(("httpRoute", &h.action.target)),
+            (None, Some(h), _) => Some(("http2Route", &h.action.target)),
+            (None, None, Some(g)) => Some(("grpcRoute", &g.action.target)),
+            _ => None,
+        }
+    }
+}
+
 /// `HttpGatewayRoute` (also `http2Route`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

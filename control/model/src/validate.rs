@@ -1518,13 +1518,7 @@ fn check_refs(resources: &Resources, key: &Key, r: &Resource, errors: &mut Vec<S
                     format!("no virtual gateway named {:?}", gr.virtual_gateway_name),
                 );
             }
-            let (field, t) = if let Some(h) = &gr.spec.http_route {
-                ("httpRoute", &h.action.target)
-            } else if let Some(h) = &gr.spec.http2_route {
-                ("http2Route", &h.action.target)
-            } else if let Some(g) = &gr.spec.grpc_route {
-                ("grpcRoute", &g.action.target)
-            } else {
+            let Some((field, t)) = gr.spec.target() else {
                 return;
             };
             let name = &t.virtual_service.virtual_service_name;

@@ -37,8 +37,8 @@ pub(crate) fn translate_gateway(
 
     // The egress half: a virtual node whose backends are the routes' targets.
     let mut backends: Vec<Backend> = Vec::new();
-    for gr in &routes {
-        let vs = &target(gr).virtual_service.virtual_service_name;
+    for (_, t) in routes.iter().filter_map(|gr| gr.spec.target()) {
+        let vs = &t.virtual_service.virtual_service_name;
         if !backends
             .iter()
             .any(|b| &b.virtual_service.virtual_service_name == vs)
@@ -219,24 +219,6 @@ fn health_route(rds: &str, path: &str) -> route::Route {
     }
 }
 
-fn target(gr: &GatewayRoute) -> &GatewayRouteTarget {
-    let s = &gr.spec;
-    match (&s.http_route, &s.http2_route, &s.grpc_route) {
-        (Some(h), _, _) | (None, Some(h), _) => &h.action.target,
-        (None, None, Some(g)) => &g.action.target,
-        // Refused by validation; an empty target routes nowhere.
-        _ => {
-            static NONE: std::sync::OnceLock<GatewayRouteTarget> = std::sync::OnceLock::new();
-            NONE.get_or_init(|| GatewayRouteTarget {
-                virtual_service: GatewayRouteVirtualService {
-                    virtual_service_name: String::new(),
-                },
-                port: None,
-            })
-        }
-    }
-}
-
 pub(crate) fn route_port(gr: &GatewayRoute) -> Option<u32> {
     let s = &gr.spec;
     s.http_route
@@ -302,7 +284,11 @@ fn envoy_gateway_route(
         "gateway route {}/{}",
         gr.virtual_gateway_name, gr.gateway_route_name
     );
-    let t = target(gr);
+    let Some((_, t)) = gr.spec.target() else {
+        return Err(format!(
+            "{id}: no httpRoute, http2Route or grpcRoute (skipped)"
+        ));
+    };
     let vs = &t.virtual_service.virtual_service_name;
     let mut m = route::RouteMatch::default();
     let mut ra = route::RouteAction {
