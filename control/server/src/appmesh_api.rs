@@ -182,18 +182,11 @@ fn metadata(key: &Key, version: u64) -> Value {
 
 /// `<Kind>Data`: the resource with its metadata and status.
 fn data(r: &Resource, version: u64, status: &str) -> Value {
-    let mut v = match r {
-        Resource::Mesh(x) => serde_json::to_value(x),
-        Resource::VirtualNode(x) => serde_json::to_value(x),
-        Resource::VirtualRouter(x) => serde_json::to_value(x),
-        Resource::Route(x) => serde_json::to_value(x),
-        Resource::VirtualService(x) => serde_json::to_value(x),
-        Resource::VirtualGateway(x) => serde_json::to_value(x),
-        Resource::GatewayRoute(x) => serde_json::to_value(x),
-        Resource::Filter(x) => serde_json::to_value(x),
-        Resource::Rollout(x) => serde_json::to_value(x),
-    }
-    .unwrap_or(Value::Null);
+    // `Resource` serializes as `{"<kind>": {...}}`: App Mesh's `<Kind>Data` is the inside.
+    let mut v = match serde_json::to_value(r) {
+        Ok(Value::Object(o)) => o.into_iter().next().map_or(Value::Null, |(_, v)| v),
+        _ => Value::Null,
+    };
     if let Value::Object(o) = &mut v {
         // Not App Mesh's: its `maille:` tags.
         o.remove("maille");
