@@ -96,13 +96,17 @@ fn the_aws_cli_and_boto3_manage_the_mesh_through_the_app_mesh_api() {
             "provider": {"virtualRouter": {"virtualRouterName": "colorteller"}}}}),
     );
 
-    // Its backend exists first: Maille checks every reference.
+    // Its backend exists first: Maille checks every reference. Its text access log, as App
+    // Mesh's `logging.accessLog.file.format.text`.
+    let log = dir.path().join("gateway-access.log");
     aws_ok(
         &control,
         "create-virtual-node",
         json!({"meshName": "demo", "virtualNodeName": "gateway", "spec": {
             "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
-            "backends": [{"virtualService": {"virtualServiceName": "colorteller.local"}}]}}),
+            "backends": [{"virtualService": {"virtualServiceName": "colorteller.local"}}],
+            "logging": {"accessLog": {"file": {"path": log.display().to_string(),
+                "format": {"text": "text-log %REQ(:AUTHORITY)% %RESPONSE_CODE%\n"}}}}}}),
     );
 
     let (envoy, egress) = control.envoy("demo", "gateway");
@@ -123,6 +127,18 @@ fn the_aws_cli_and_boto3_manage_the_mesh_through_the_app_mesh_api() {
         || {
             let got = ask();
             (got == "white", (got, tail()))
+        },
+    );
+
+    eventually(
+        "the text access log is written",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            (
+                text.lines().any(|l| l == "text-log colorteller.local 200"),
+                text,
+            )
         },
     );
 

@@ -56,6 +56,7 @@ fn a_gateway_routes_by_its_gateway_routes_and_rewrites_as_they_say() {
     let control = Control::start(&rt, &dir.path().join("state.redb"), None);
     let apps = echo_apps(&rt, &["white", "blue"]);
     let gw_port = free_port();
+    let log = dir.path().join("gateway-access.jsonl");
     let mut docs = vec![
         json!({"meshName": "demo", "spec": {"egressFilter": {"type": "DROP_ALL"}}}),
         json!({"meshName": "demo", "virtualServiceName": "white.local", "spec": {
@@ -72,7 +73,11 @@ fn a_gateway_routes_by_its_gateway_routes_and_rewrites_as_they_say() {
             "listeners": [{"portMapping": {"port": gw_port, "protocol": "http"},
                 "healthCheck": {"protocol": "http", "path": "/healthz", "healthyThreshold": 2,
                     "unhealthyThreshold": 2, "intervalMillis": 5000, "timeoutMillis": 2000},
-                "connectionPool": {"http": {"maxConnections": 7, "maxPendingRequests": 3}}}]}}),
+                "connectionPool": {"http": {"maxConnections": 7, "maxPendingRequests": 3}}}],
+            // App Mesh's JSON access log format.
+            "logging": {"accessLog": {"file": {"path": log.display().to_string(), "format": {"json": [
+                {"key": "path", "value": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"},
+                {"key": "code", "value": "%RESPONSE_CODE%"}]}}}}}}),
         // The default: the matched prefix becomes `/`, Host the target's name.
         gateway_route(
             "white",
@@ -231,6 +236,31 @@ fn a_gateway_routes_by_its_gateway_routes_and_rewrites_as_they_say() {
         let line = format!("node/white/{white}::default_priority::{limit}");
         assert!(clusters.contains(&line), "{line} not in\n{clusters}");
     }
+
+    // The gateway's access log: a JSON object per request, with the keys the spec names.
+    eventually(
+        "the JSON access log is written",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let code = |l: &Value| {
+                l["code"]
+                    .as_u64()
+                    .or_else(|| l["code"].as_str()?.parse().ok())
+            };
+            let seen = lines
+                .iter()
+                .any(|l| l["path"] == "/v1/items?id=7" && code(l) == Some(200))
+                && lines
+                    .iter()
+                    .any(|l| l["path"] == "/nowhere" && code(l) == Some(404));
+            (seen, text)
+        },
+    );
 
     // A route deleted: its requests are no longer taken.
     let (ok, out, err) =
