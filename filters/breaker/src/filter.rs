@@ -144,8 +144,9 @@ impl Plugin {
     /// Reads the cluster's record, applies `update`, and writes it back with CAS, retrying
     /// when another worker got there first. `update` returns whether the record changed
     /// and a value to hand back.
-    /// A record whose epoch is not the one this worker's journal went into first gets the
-    /// journal merged again.
+    ///
+    /// A record whose epoch is not the one this worker's journal went into gets the journal
+    /// merged again first.
     fn update<T>(
         &self,
         cluster: &str,
@@ -238,7 +239,13 @@ impl Plugin {
     /// Notes a merge made into epoch `epoch`, while the journal has room.
     fn journal(&self, cluster: &str, merge: Merge, epoch: u32) {
         let mut journals = self.journals.borrow_mut();
-        let j = journals.entry(cluster.to_owned()).or_default();
+        // Merges are on the failure path and every tick: no key allocated once it is there.
+        if !journals.contains_key(cluster) {
+            journals.insert(cluster.to_owned(), Journal::default());
+        }
+        let Some(j) = journals.get_mut(cluster) else {
+            return;
+        };
         j.epoch = epoch;
         if j.merges.len() < JOURNAL_LEN {
             j.merges.push(merge);
