@@ -248,9 +248,29 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The tag keys that carry Maille's settings, in every format (App Mesh's tags are the one
-/// extension point all its formats have): `maille:sticky-header` and `maille:sticky-cookie`
-/// on a route ask for a sticky split on that header or cookie.
-pub const MAILLE_TAGS: [&str; 2] = ["maille:sticky-header", "maille:sticky-cookie"];
+/// extension point all its formats have), by the kind of resource they go on:
+/// - on a route, `maille:sticky-header` and `maille:sticky-cookie` ask for a sticky split on
+///   that header or cookie;
+/// - on a mesh, `maille:mtls` (`STRICT`, `PERMISSIVE`, `DISABLED`) and
+///   `maille:authorization` (`BACKENDS`, `NONE`) set its mutual TLS.
+pub const MAILLE_TAGS: [(maille_model::Kind, &str, &str); 4] = [
+    (
+        maille_model::Kind::Route,
+        "maille:sticky-header",
+        "sticky.header",
+    ),
+    (
+        maille_model::Kind::Route,
+        "maille:sticky-cookie",
+        "sticky.cookie",
+    ),
+    (maille_model::Kind::Mesh, "maille:mtls", "mtls"),
+    (
+        maille_model::Kind::Mesh,
+        "maille:authorization",
+        "authorization",
+    ),
+];
 
 /// Reads a resource's tags: the `maille:` ones become its Maille settings (the value of its
 /// `maille` field); the others are not part of the mesh and get one warning. A `maille:` tag
@@ -262,41 +282,67 @@ pub(crate) fn tags(
     tags: Vec<(String, String)>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<serde_json::Value>, ImportError> {
-    let mut sticky = serde_json::Map::new();
+    let mut out = serde_json::Map::new();
     let mut others = false;
     for (k, v) in tags {
-        let Some(name) = k.strip_prefix("maille:") else {
+        if !k.starts_with("maille:") {
             others = true;
             continue;
-        };
+        }
         let err = |message: String| ImportError {
             file: file.to_owned(),
             path: path.to_owned(),
             message,
         };
-        if kind != maille_model::Kind::Route {
+        let known = |of: maille_model::Kind| {
+            MAILLE_TAGS
+                .iter()
+                .filter(|(kk, ..)| *kk == of)
+                .map(|(_, t, _)| *t)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some((tag_kind, _, field)) = MAILLE_TAGS.iter().find(|(_, t, _)| *t == k) else {
             return Err(err(format!(
-                "tag {k:?}: Maille's tags apply to routes only ({})",
-                MAILLE_TAGS.join(", ")
+                "tag {k:?}: not a Maille tag; known: {}",
+                MAILLE_TAGS
+                    .iter()
+                    .map(|(_, t, _)| *t)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        if *tag_kind != kind {
+            return Err(err(format!(
+                "tag {k:?}: goes on a {} ({} on a {})",
+                tag_kind.as_str(),
+                match known(kind) {
+                    s if s.is_empty() => "none".to_owned(),
+                    s => s,
+                },
+                kind.as_str()
             )));
         }
-        match name {
-            "sticky-header" => sticky.insert("header".into(), v.into()),
-            "sticky-cookie" => sticky.insert("cookie".into(), v.into()),
-            _ => {
-                return Err(err(format!(
-                    "tag {k:?}: not a Maille tag; known: {}",
-                    MAILLE_TAGS.join(", ")
-                )))
+        match field.split_once('.') {
+            Some((outer, inner)) => {
+                let o = out
+                    .entry(outer.to_owned())
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(m) = o.as_object_mut() {
+                    m.insert(inner.to_owned(), v.into());
+                }
             }
-        };
+            None => {
+                out.insert((*field).to_owned(), v.into());
+            }
+        }
     }
     if others {
         warnings.push(format!(
             "{file}: {path}: ignored (not part of the mesh configuration)"
         ));
     }
-    Ok((!sticky.is_empty()).then(|| serde_json::json!({ "sticky": sticky })))
+    Ok((!out.is_empty()).then_some(serde_json::Value::Object(out)))
 }
 
 /// Turns a JSON value in App Mesh API shape (camelCase) into a resource of `kind`, naming

@@ -599,7 +599,44 @@ resource "aws_appmesh_route" "x" {
         &p,
     )
     .unwrap_err();
-    assert!(e.to_string().contains("apply to routes only"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("\"maille:sticky-header\": goes on a route (maille:mtls, maille:authorization on a mesh)"),
+        "{e}"
+    );
+
+    // A mesh's tags set its mutual TLS, in every format; a bad value is refused by path.
+    let m = import_str(
+        "m.json",
+        r#"{"meshName": "m", "spec": {}, "tags": [{"key": "maille:mtls", "value": "PERMISSIVE"}, {"key": "maille:authorization", "value": "NONE"}]}"#,
+        Format::ApiJson,
+        &p,
+    )
+    .unwrap();
+    let Resource::Mesh(mesh) = &m.resources[0] else {
+        panic!("{:?}", m.resources)
+    };
+    assert_eq!(mesh.mtls(), maille_model::MtlsMode::Permissive);
+    assert!(!mesh.authorizes_backends());
+    let cfn_mesh = "Resources:\n  M:\n    Type: AWS::AppMesh::Mesh\n    Properties:\n      MeshName: m\n      Tags:\n        - {Key: maille:mtls, Value: DISABLED}\n";
+    let m = import_str("m.yaml", cfn_mesh, Format::CloudFormation, &p).unwrap();
+    let Resource::Mesh(mesh) = &m.resources[0] else {
+        panic!("{:?}", m.resources)
+    };
+    assert_eq!(mesh.mtls(), maille_model::MtlsMode::Disabled);
+    let bad = import_str(
+        "m.yaml",
+        &cfn_mesh.replace("DISABLED", "OFF"),
+        Format::CloudFormation,
+        &p,
+    )
+    .unwrap();
+    let e = check_all(&maille_model::resources(bad.resources)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("maille.mtls: must be STRICT, PERMISSIVE or DISABLED, got \"OFF\""),
+        "{e}"
+    );
 
     // The value is checked like every field.
     let bad = import_str(

@@ -212,6 +212,60 @@ pub struct Mesh {
     /// The mesh's settings.
     #[serde(default)]
     pub spec: MeshSpec,
+    /// Maille's settings of the mesh, beyond App Mesh's (from the `maille:` tags of any
+    /// format, or this field in Maille's JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maille: Option<MeshOptions>,
+}
+
+/// Maille's settings of a mesh: encryption and authorization between its proxies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshOptions {
+    /// Mutual TLS between the mesh's proxies, with certificates from Maille's certificate
+    /// authority (tag `maille:mtls`): `STRICT` (the default: a node's listeners take only
+    /// TLS from a proxy of the mesh), `PERMISSIVE` (TLS and plaintext, for a migration) or
+    /// `DISABLED`. A listener's own App Mesh `tls` takes precedence over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<String>,
+    /// Which proxies a node takes calls from, under `STRICT` (tag `maille:authorization`):
+    /// `BACKENDS` (the default: only the nodes and gateways that declare one of its virtual
+    /// services as a backend or route target) or `NONE` (any proxy of the mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
+}
+
+/// Mesh-wide mutual TLS, as set by [`MeshOptions::mtls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// TLS with a mesh certificate required on every node listener.
+    Strict,
+    /// TLS and plaintext accepted; proxies send TLS.
+    Permissive,
+    /// Plaintext.
+    Disabled,
+}
+
+impl Mesh {
+    /// The mesh's mutual TLS mode (`STRICT` unless set otherwise).
+    pub fn mtls(&self) -> MtlsMode {
+        match self.maille.as_ref().and_then(|m| m.mtls.as_deref()) {
+            Some("PERMISSIVE") => MtlsMode::Permissive,
+            Some("DISABLED") => MtlsMode::Disabled,
+            _ => MtlsMode::Strict,
+        }
+    }
+
+    /// Whether a node takes calls only from the proxies that declare it as a backend
+    /// (under `STRICT`; the default).
+    pub fn authorizes_backends(&self) -> bool {
+        self.mtls() == MtlsMode::Strict
+            && self
+                .maille
+                .as_ref()
+                .and_then(|m| m.authorization.as_deref())
+                != Some("NONE")
+    }
 }
 
 /// `MeshSpec`.
@@ -814,6 +868,21 @@ pub struct RouteSpec {
     /// Order among the router's routes, 0 (first) to 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u32>,
+}
+
+impl RouteSpec {
+    /// The weighted targets of whichever kind of route this is (none without a kind).
+    pub fn weighted_targets(&self) -> &[WeightedTarget] {
+        if let Some(h) = self.http_route.as_ref().or(self.http2_route.as_ref()) {
+            &h.action.weighted_targets
+        } else if let Some(g) = &self.grpc_route {
+            &g.action.weighted_targets
+        } else if let Some(t) = &self.tcp_route {
+            &t.action.weighted_targets
+        } else {
+            &[]
+        }
+    }
 }
 
 /// `HttpRoute` (also used for `http2Route`).

@@ -183,6 +183,24 @@ fn check_into(r: &Resource, errors: &mut Vec<SpecError>) {
                     );
                 }
             }
+            if let Some(o) = &m.maille {
+                if let Some(v) = o.mtls.as_deref() {
+                    if !["STRICT", "PERMISSIVE", "DISABLED"].contains(&v) {
+                        c.err(
+                            "maille.mtls",
+                            format!("must be STRICT, PERMISSIVE or DISABLED, got {v:?}"),
+                        );
+                    }
+                }
+                if let Some(v) = o.authorization.as_deref() {
+                    if !["BACKENDS", "NONE"].contains(&v) {
+                        c.err(
+                            "maille.authorization",
+                            format!("must be BACKENDS or NONE, got {v:?}"),
+                        );
+                    }
+                }
+            }
             if let Some(p) = m
                 .spec
                 .service_discovery
