@@ -138,10 +138,19 @@ pub(crate) fn target_cluster(
     if proto == "http2" || proto == "grpc" {
         http2_upstream(&mut c);
     }
-    if let Some(t) = policy.and_then(|p| p.tls.as_ref()) {
-        if t.enforce.unwrap_or(true) && (t.ports.is_empty() || t.ports.contains(&port)) {
+    match policy.and_then(|p| p.tls.as_ref()) {
+        // The client policy's own TLS, where it applies, takes precedence over the mesh's.
+        Some(t) if t.enforce.unwrap_or(true) && (t.ports.is_empty() || t.ports.contains(&port)) => {
             c.transport_socket = Some(upstream_tls(t));
         }
+        // The mesh's mTLS, unless the target's listener has TLS of its own.
+        _ if l.tls.is_none() && mesh_mtls(cx, &target.mesh_name).0 != MtlsMode::Disabled => {
+            c.transport_socket = Some(mesh_upstream_tls(
+                &names::spiffe_id(&target.mesh_name, &target.virtual_node_name),
+                proto,
+            ));
+        }
+        _ => {}
     }
     if let Some(o) = &l.outlier_detection {
         c.outlier_detection = Some(cluster::OutlierDetection {

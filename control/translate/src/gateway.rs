@@ -7,7 +7,9 @@
 use crate::access_log::access_logs;
 use crate::cluster::http2_upstream;
 use crate::names;
-use crate::node::{circuit_breakers, egress, filter_chains, http_connection_manager, NodeConfig};
+use crate::node::{
+    circuit_breakers, egress, filter_chains, http_connection_manager, listener_tls, NodeConfig,
+};
 use crate::options::{defaults, NodeOptions};
 use crate::proto::*;
 use crate::route::{exact_header, header_matcher, path_specifier, regex};
@@ -191,7 +193,7 @@ pub(crate) fn translate_gateway(
             traffic_direction: core::TrafficDirection::Inbound as i32,
             ..Default::default()
         };
-        filter_chains(&mut l_out, &rds, filter, l.tls.as_ref());
+        filter_chains(&mut l_out, &rds, vec![filter], listener_tls(l.tls.as_ref()));
         out.listeners.push(l_out);
     }
     out
@@ -422,10 +424,12 @@ mod tests {
         .unwrap();
         let resources = maille_model::resources(docs);
         let modules = Default::default();
+        let callers = crate::callers(&resources);
         let world = World {
             resources: &resources,
             modules: &modules,
             cloud_map: &NO_CLOUD_MAP,
+            callers: &callers,
         };
         let opts = NodeOptions {
             listen_address: "0.0.0.0".into(),

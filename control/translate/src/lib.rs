@@ -38,6 +38,6 @@ mod world;
 pub use node::{node_config, NodeConfig};
 pub use options::{defaults, NodeOptions};
 pub use world::{
-    cloud_map_queries, is_module_file, modules_in, CloudMap, CloudMapInstance, CloudMapQuery, Dep,
-    Module, World, NO_CLOUD_MAP,
+    callers, cloud_map_queries, is_module_file, modules_in, Callers, CloudMap, CloudMapInstance,
+    CloudMapQuery, Dep, Module, World, NO_CALLERS, NO_CLOUD_MAP,
 };

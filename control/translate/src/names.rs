@@ -47,6 +47,28 @@ pub fn parse_node_id(id: &str) -> Option<(&str, &str)> {
         .then_some((mesh, proxy))
 }
 
+/// The trust domain of the SPIFFE IDs Maille's certificate authority issues.
+pub const TRUST_DOMAIN: &str = "maille";
+
+/// The SPIFFE ID in the certificate of the proxy `proxy` of `mesh` (a node's name or a
+/// [`gateway_proxy`]): `spiffe://maille/` and its node id, such as
+/// `spiffe://maille/mesh/colorapp/virtualNode/white`.
+pub fn spiffe_id(mesh: &str, proxy: &str) -> String {
+    match as_gateway(proxy) {
+        Some(gw) => format!("spiffe://{TRUST_DOMAIN}/{}", gateway_node_id(mesh, gw)),
+        None => format!("spiffe://{TRUST_DOMAIN}/{}", node_id(mesh, proxy)),
+    }
+}
+
+/// The SPIFFE ID in the control server's own certificate (ADS and admin API over TLS).
+pub const CONTROL_SPIFFE_ID: &str = "spiffe://maille/control";
+
+/// The SDS secret holding a proxy's certificate and key, served on its ADS stream.
+pub const IDENTITY_SECRET: &str = "maille/identity";
+
+/// The SDS secret holding the mesh's trust bundle (the certificate authority's).
+pub const TRUST_SECRET: &str = "maille/trust";
+
 /// A gateway's listener on `port`; also its route configuration.
 pub fn gateway_listener(port: u32) -> String {
     format!("gateway/{port}")

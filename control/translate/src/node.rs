@@ -16,9 +16,11 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3 as network_rbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
 use maille_model::*;
 use std::collections::BTreeSet;
@@ -73,12 +75,27 @@ fn translate_node(cx: &Ctx<'_>, mesh: &str, node: &str, opts: &NodeOptions) -> N
     };
     // The same access logs on every listener: made once.
     let logs = access_logs(vn, opts);
-    ingress(&mut out, vn, opts, &logs);
+    ingress(&mut out, cx, vn, opts, &logs);
     egress(&mut out, cx, vn, opts, mesh_res, &logs);
     out
 }
 
-fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[AccessLog]) {
+fn ingress(
+    out: &mut NodeConfig,
+    cx: &Ctx<'_>,
+    vn: &VirtualNode,
+    opts: &NodeOptions,
+    logs: &[AccessLog],
+) {
+    let mesh = vn.mesh_name.as_str();
+    // Mesh mTLS on the listeners without TLS of their own; under STRICT, only the declared
+    // callers get in (unless the mesh says NONE).
+    let (mtls, authorize) = mesh_mtls(cx, mesh);
+    let callers = if mtls == MtlsMode::Strict && authorize {
+        Some(cx.callers_of(mesh, &vn.virtual_node_name))
+    } else {
+        None
+    };
     for (i, l) in vn.spec.listeners.iter().enumerate() {
         let port = l.port_mapping.port;
         let envoy_port = u32::from(opts.ingress_port) + i as u32;
@@ -135,12 +152,26 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[A
                 .and_then(|t| t.idle)
                 .map(|d| d.millis())
                 .unwrap_or(defaults::IDLE_TIMEOUT_MS);
-            tcp_proxy_filter(
+            let mut fs = Vec::new();
+            if let (Some(c), None) = (&callers, &l.tls) {
+                fs.push(listener::Filter {
+                    name: "envoy.filters.network.rbac".into(),
+                    config_type: Some(listener::filter::ConfigType::TypedConfig(any(
+                        &network_rbac::Rbac {
+                            stat_prefix: name.replace('/', "_"),
+                            rules: Some(callers_rbac(c)),
+                            ..Default::default()
+                        },
+                    ))),
+                });
+            }
+            fs.push(tcp_proxy_filter(
                 name.clone(),
                 tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(local.clone()),
                 idle,
                 logs.to_vec(),
-            )
+            ));
+            fs
         } else {
             let t = l.timeout.as_ref().and_then(|t| match proto {
                 "http2" => t.http2.as_ref(),
@@ -175,15 +206,28 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[A
                 ..Default::default()
             };
             out.routes.push(rc);
-            http_connection_manager(
+            let mut http_filters = Vec::new();
+            if let (Some(c), None) = (&callers, &l.tls) {
+                http_filters.push(hcm::HttpFilter {
+                    name: "envoy.filters.http.rbac".into(),
+                    config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                        &http_rbac::Rbac {
+                            rules: Some(callers_rbac(c)),
+                            ..Default::default()
+                        },
+                    ))),
+                    ..Default::default()
+                });
+            }
+            vec![http_connection_manager(
                 &name,
-                Vec::new(),
+                http_filters,
                 opts.otlp_port.map(|_| vn.virtual_node_name.as_str()),
                 false,
                 logs.to_vec(),
                 true,
                 false,
-            )
+            )]
         };
         let mut l_out = listener::Listener {
             name: name.clone(),
@@ -191,7 +235,13 @@ fn ingress(out: &mut NodeConfig, vn: &VirtualNode, opts: &NodeOptions, logs: &[A
             traffic_direction: core::TrafficDirection::Inbound as i32,
             ..Default::default()
         };
-        filter_chains(&mut l_out, &name, filter, l.tls.as_ref());
+        let tls = match (&l.tls, mtls) {
+            (Some(t), _) => listener_tls(Some(t)),
+            (None, MtlsMode::Disabled) => None,
+            (None, MtlsMode::Strict) => Some(("STRICT", mesh_downstream_tls(mesh, proto))),
+            (None, MtlsMode::Permissive) => Some(("PERMISSIVE", mesh_downstream_tls(mesh, proto))),
+        };
+        filter_chains(&mut l_out, &name, filter, tls);
         out.listeners.push(l_out);
     }
 }
@@ -215,32 +265,34 @@ pub(crate) fn circuit_breakers(pool: &ConnectionPool) -> cluster::CircuitBreaker
     }
 }
 
-/// The listener's filter chains for `filter`: plaintext, TLS (`STRICT`), or both told apart
-/// by the TLS inspector (`PERMISSIVE`).
+/// The listener's filter chains for `filters`: plaintext (`tls` `None`), TLS (`STRICT`), or
+/// both told apart by the TLS inspector (`PERMISSIVE`); `tls` is the mode and the transport
+/// socket of its TLS chain.
 pub(crate) fn filter_chains(
     l_out: &mut listener::Listener,
     name: &str,
-    filter: listener::Filter,
-    tls: Option<&ListenerTls>,
+    filters: Vec<listener::Filter>,
+    tls: Option<(&str, core::TransportSocket)>,
 ) {
-    match tls.filter(|t| t.mode != "DISABLED") {
+    match tls {
         None => l_out.filter_chains.push(listener::FilterChain {
-            filters: vec![filter],
+            filters,
             ..Default::default()
         }),
-        Some(t) => {
+        Some((mode, socket)) => {
+            let permissive = mode == "PERMISSIVE";
             let tls_chain = listener::FilterChain {
                 name: format!("{name}/tls"),
-                filters: vec![filter.clone()],
-                transport_socket: Some(downstream_tls(t)),
-                filter_chain_match: (t.mode == "PERMISSIVE").then(|| listener::FilterChainMatch {
+                filters: filters.clone(),
+                transport_socket: Some(socket),
+                filter_chain_match: permissive.then(|| listener::FilterChainMatch {
                     transport_protocol: "tls".into(),
                     ..Default::default()
                 }),
                 ..Default::default()
             };
             l_out.filter_chains.push(tls_chain);
-            if t.mode == "PERMISSIVE" {
+            if permissive {
                 // TLS and plaintext on one port: the TLS inspector tells them apart.
                 l_out.listener_filters.push(listener::ListenerFilter {
                     name: "envoy.filters.listener.tls_inspector".into(),
@@ -251,12 +303,18 @@ pub(crate) fn filter_chains(
                 });
                 l_out.filter_chains.push(listener::FilterChain {
                     name: format!("{name}/plaintext"),
-                    filters: vec![filter],
+                    filters,
                     ..Default::default()
                 });
             }
         }
     }
+}
+
+/// A listener's App Mesh `tls` as [`filter_chains`] takes it (`None` when disabled).
+pub(crate) fn listener_tls(t: Option<&ListenerTls>) -> Option<(&str, core::TransportSocket)> {
+    t.filter(|t| t.mode != "DISABLED")
+        .map(|t| (t.mode.as_str(), downstream_tls(t)))
 }
 
 /// Headers only Maille sets: removed from what the application sends to its egress listener,

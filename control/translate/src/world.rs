@@ -28,6 +28,99 @@ pub struct World<'a> {
     /// The instances AWS Cloud Map last gave for each query of an `awsCloudMap` node (an
     /// absent query: not discovered yet).
     pub cloud_map: &'a CloudMap,
+    /// Who calls each node ([`callers`]).
+    pub callers: &'a Callers,
+}
+
+/// The SPIFFE IDs of the proxies that may call each virtual node, by `(mesh, node)`: the
+/// nodes that have one of the virtual services it serves as a backend, and the gateways
+/// with a route to one ([`callers`]).
+pub type Callers = BTreeMap<(String, String), BTreeSet<String>>;
+
+/// No callers known (translations that do not authorize callers, such as tests').
+pub static NO_CALLERS: Callers = BTreeMap::new();
+
+/// Who may call each virtual node of `resources`: for each virtual service, the nodes it
+/// reaches (its provider node, or every target of its router's routes); each node that has
+/// it as a backend, and each gateway with a route to it, calls those nodes.
+pub fn callers(resources: &Resources) -> Callers {
+    let get = |kind: Kind, mesh: &str, name: &str| {
+        resources
+            .get(&Key {
+                kind,
+                mesh: mesh.to_owned(),
+                name: name.to_owned(),
+            })
+            .map(|r| r.as_ref())
+    };
+    // The nodes each virtual service reaches, by (mesh, service).
+    let reaches = |mesh: &str, service: &str| -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let Some(Resource::VirtualService(vs)) = get(Kind::VirtualService, mesh, service) else {
+            return out;
+        };
+        let Some(p) = &vs.spec.provider else {
+            return out;
+        };
+        if let Some(n) = &p.virtual_node {
+            out.insert(n.virtual_node_name.clone());
+        }
+        if let Some(r) = &p.virtual_router {
+            let from = Key {
+                kind: Kind::Route,
+                mesh: mesh.to_owned(),
+                name: format!("{}/", r.virtual_router_name),
+            };
+            let prefix = from.name.clone();
+            for (k, res) in resources.range((Bound::Included(from), Bound::Unbounded)) {
+                if k.kind != Kind::Route || k.mesh != mesh || !k.name.starts_with(&prefix) {
+                    break;
+                }
+                if let Resource::Route(rt) = res.as_ref() {
+                    out.extend(
+                        rt.spec
+                            .weighted_targets()
+                            .iter()
+                            .map(|t| t.virtual_node.clone()),
+                    );
+                }
+            }
+        }
+        out
+    };
+    let mut out = Callers::new();
+    for (k, r) in resources {
+        let (caller, services): (String, Vec<&str>) = match r.as_ref() {
+            Resource::VirtualNode(n) => (
+                crate::names::spiffe_id(&k.mesh, &n.virtual_node_name),
+                n.spec
+                    .backends
+                    .iter()
+                    .map(|b| b.virtual_service.virtual_service_name.as_str())
+                    .collect(),
+            ),
+            Resource::GatewayRoute(gr) => (
+                crate::names::spiffe_id(
+                    &k.mesh,
+                    &crate::names::gateway_proxy(&gr.virtual_gateway_name),
+                ),
+                gr.spec
+                    .target()
+                    .map(|(_, t)| t.virtual_service.virtual_service_name.as_str())
+                    .into_iter()
+                    .collect(),
+            ),
+            _ => continue,
+        };
+        for s in services {
+            for node in reaches(&k.mesh, s) {
+                out.entry((k.mesh.clone(), node))
+                    .or_default()
+                    .insert(caller.clone());
+            }
+        }
+    }
+    out
 }
 
 /// One `DiscoverInstances` question: a Cloud Map service and the attributes its instances
@@ -130,6 +223,13 @@ pub enum Dep {
     Module(String),
     /// The instances of a Cloud Map query.
     CloudMap(CloudMapQuery),
+    /// Who may call a virtual node ([`callers`]).
+    CallersOf {
+        /// The mesh.
+        mesh: String,
+        /// The virtual node.
+        node: String,
+    },
 }
 
 impl Dep {
@@ -223,6 +323,19 @@ impl<'a> Ctx<'a> {
     pub(crate) fn cloud_map(&self, q: &CloudMapQuery) -> Option<&'a [CloudMapInstance]> {
         self.read(Dep::CloudMap(q.clone()));
         self.world.cloud_map.get(q).map(Vec::as_slice)
+    }
+
+    /// The SPIFFE IDs of the proxies that may call `node` ([`callers`]).
+    pub(crate) fn callers_of(&self, mesh: &str, node: &str) -> Vec<&'a str> {
+        self.read(Dep::CallersOf {
+            mesh: mesh.to_owned(),
+            node: node.to_owned(),
+        });
+        self.world
+            .callers
+            .get(&(mesh.to_owned(), node.to_owned()))
+            .map(|s| s.iter().map(String::as_str).collect())
+            .unwrap_or_default()
     }
 
     /// The keys of `kind` in `mesh` whose name starts with `prefix`, with their resources.

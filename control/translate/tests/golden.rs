@@ -71,6 +71,8 @@ fn pool() -> &'static DescriptorPool {
             "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
             "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
             "envoy/extensions/filters/http/router/v3/router.proto",
+            "envoy/extensions/filters/http/rbac/v3/rbac.proto",
+            "envoy/extensions/filters/network/rbac/v3/rbac.proto",
             "envoy/extensions/filters/http/wasm/v3/wasm.proto",
             "envoy/extensions/filters/http/dynamic_modules/v3/dynamic_modules.proto",
             "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
@@ -302,10 +304,12 @@ fn check_consistent(node: &str, j: &Value) {
 fn golden(example: &str, rel: &str, opts: &[(&str, NodeOptions)]) {
     let resources = load(rel);
     let modules = modules();
+    let callers = maille_translate::callers(&resources);
     let world = World {
         resources: &resources,
         modules: &modules,
         cloud_map: &maille_translate::NO_CLOUD_MAP,
+        callers: &callers,
     };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
@@ -378,10 +382,12 @@ fn every_example_translates_to_consistent_resources() {
         "deploy/examples/colorteller/local/colorapp.json",
     ] {
         let resources = load(rel);
+        let callers = maille_translate::callers(&resources);
         let world = World {
             resources: &resources,
             modules: &modules,
             cloud_map: &maille_translate::NO_CLOUD_MAP,
+            callers: &callers,
         };
         let ns = nodes(&resources);
         assert!(ns.len() >= 5, "{rel}");
@@ -398,10 +404,12 @@ fn the_consistency_check_catches_a_dangling_name() {
     // The check itself: a route config name nobody serves is caught.
     let resources = load("deploy/examples/colorteller/appmesh-api.json");
     let modules = modules();
+    let callers = maille_translate::callers(&resources);
     let world = World {
         resources: &resources,
         modules: &modules,
         cloud_map: &maille_translate::NO_CLOUD_MAP,
+        callers: &callers,
     };
     let (mesh, node) = nodes(&resources)
         .into_iter()
@@ -446,10 +454,12 @@ fn with_route(targets: &[(&str, u32)], sticky: bool) -> Resources {
 
 fn gateway_json(r: &Resources) -> Value {
     let modules = modules();
+    let callers = maille_translate::callers(r);
     let world = World {
         resources: r,
         modules: &modules,
         cloud_map: &maille_translate::NO_CLOUD_MAP,
+        callers: &callers,
     };
     config_json(&node_config(
         world,
@@ -582,10 +592,12 @@ fn access_logs_go_to_the_file_the_spec_names_and_to_the_collector() {
     }
     r.insert(key, std::sync::Arc::new(node));
     let modules = modules();
+    let callers = maille_translate::callers(&r);
     let world = World {
         resources: &r,
         modules: &modules,
         cloud_map: &maille_translate::NO_CLOUD_MAP,
+        callers: &callers,
     };
     let logs_of = |opts: &NodeOptions| -> Vec<Value> {
         let j = config_json(&node_config(world, "colorapp", "colorgateway", opts));
@@ -648,10 +660,12 @@ fn access_logs_go_to_the_file_the_spec_names_and_to_the_collector() {
 fn dns_names_resolve_by_the_nodes_ip_preference_else_the_meshs() {
     let family = |r: &Resources| -> BTreeSet<String> {
         let modules = modules();
+        let callers = maille_translate::callers(r);
         let world = World {
             resources: r,
             modules: &modules,
             cloud_map: &maille_translate::NO_CLOUD_MAP,
+            callers: &callers,
         };
         let j = config_json(&node_config(
             world,
@@ -707,10 +721,12 @@ fn dns_names_resolve_by_the_nodes_ip_preference_else_the_meshs() {
 fn a_health_check_port_is_where_envoy_checks_the_application() {
     let checked = |r: &Resources| -> Vec<Value> {
         let modules = modules();
+        let callers = maille_translate::callers(r);
         let world = World {
             resources: r,
             modules: &modules,
             cloud_map: &maille_translate::NO_CLOUD_MAP,
+            callers: &callers,
         };
         let j = config_json(&node_config(
             world,
@@ -767,10 +783,12 @@ fn cloud_map_instances_become_the_eds_endpoints_of_their_node() {
     maille_model::check_all(&r).expect("valid");
     let endpoints = |cm: &CloudMap| -> Value {
         let modules = modules();
+        let callers = maille_translate::callers(&r);
         let world = World {
             resources: &r,
             modules: &modules,
             cloud_map: cm,
+            callers: &callers,
         };
         let j = config_json(&node_config(
             world,
