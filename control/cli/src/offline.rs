@@ -33,10 +33,12 @@ pub fn validate(
         .into_iter()
         .map(|(n, (m, _))| (n, m))
         .collect();
+    let callers = maille_translate::callers(&map);
     let world = World {
         resources: &map,
         modules: &modules,
         cloud_map: &maille_translate::NO_CLOUD_MAP,
+        callers: &callers,
     };
     let dir = std::env::temp_dir().join(format!("maillectl-validate-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

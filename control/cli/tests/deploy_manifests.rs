@@ -128,6 +128,8 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
             modules_dir: Some(root.join("target/filters")),
             cloudwatch: None,
             cloud_map_every: std::time::Duration::from_millis(300),
+            cert_lifetime: maille_control::ca::DEFAULT_LIFETIME,
+            ca_pem: None,
         }))
         .unwrap();
     let url = format!("http://127.0.0.1:{}", server.http_port);

@@ -121,10 +121,12 @@ fn main() {
         affected.sort();
         // Baseline: one translation of every node, as each apply did before.
         let snap = mesh.current();
+        let callers = maille_translate::callers(&snap.resources);
         let world = World {
             resources: &snap.resources,
             modules: &snap.modules,
             cloud_map: &maille_translate::NO_CLOUD_MAP,
+            callers: &callers,
         };
         let t = Instant::now();
         for n in 0..nodes {

@@ -12,8 +12,8 @@ use envoy_types::pb::google::protobuf::Any;
 use maille_api::ApplyReport;
 use maille_model::{check_changes, check_resource, Key, Kind, Resource, Resources, SpecErrors};
 use maille_translate::{
-    node_config, CloudMap, CloudMapInstance, CloudMapQuery, Dep, Module, NodeConfig, NodeOptions,
-    World,
+    node_config, Callers, CloudMap, CloudMapInstance, CloudMapQuery, Dep, Module, NodeConfig,
+    NodeOptions, World,
 };
 use prost::{Message, Name};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -34,9 +34,11 @@ pub mod types {
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
     /// ECDS.
     pub const EXTENSION: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
-    /// Every type, in the order Envoy applies them (clusters before endpoints, listeners
-    /// before routes).
-    pub const ALL: [&str; 5] = [CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE];
+    /// SDS: the proxy's certificate and the trust bundle (per stream, not per snapshot).
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    /// Every type, in the order Envoy applies them (secrets first, clusters before
+    /// endpoints, listeners before routes).
+    pub const ALL: [&str; 6] = [SECRET, CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE];
 
     /// A short name for status output.
     pub fn short(type_url: &str) -> &str {
@@ -46,6 +48,7 @@ pub mod types {
             CLUSTER => "CDS",
             ENDPOINT => "EDS",
             EXTENSION => "ECDS",
+            SECRET => "SDS",
             other => other,
         }
     }
@@ -75,6 +78,8 @@ pub struct Snapshot {
     pub cloud_map: Arc<CloudMap>,
     /// The Cloud Map queries the resources' nodes make (what the poller asks).
     pub cloud_map_queries: Arc<BTreeSet<CloudMapQuery>>,
+    /// Who may call each node (for the RBAC rules of mesh mTLS).
+    pub callers: Arc<Callers>,
     /// When it was made (for apply-to-ACK times).
     pub made_at: Instant,
 }
@@ -85,6 +90,7 @@ impl Snapshot {
             resources: &self.resources,
             modules: &self.modules,
             cloud_map: &self.cloud_map,
+            callers: &self.callers,
         }
     }
 }
@@ -292,6 +298,7 @@ impl Mesh {
         let snap = Snapshot {
             version,
             cloud_map_queries: Arc::new(maille_translate::cloud_map_queries(&resources)),
+            callers: Arc::new(maille_translate::callers(&resources)),
             resources,
             modules: modules.current(),
             cloud_map: Arc::new(CloudMap::new()),
@@ -456,6 +463,7 @@ impl Mesh {
             modules: self.modules.current(),
             cloud_map: cur.cloud_map.clone(),
             cloud_map_queries: cur.cloud_map_queries.clone(),
+            callers: cur.callers.clone(),
             made_at: Instant::now(),
         };
         let deps: Vec<Dep> = changed.into_iter().map(Dep::Module).collect();
@@ -499,6 +507,7 @@ impl Mesh {
             modules: cur.modules.clone(),
             cloud_map: Arc::new(next),
             cloud_map_queries: cur.cloud_map_queries.clone(),
+            callers: cur.callers.clone(),
             made_at: Instant::now(),
         };
         self.publish(snap, &changed, &[]);
@@ -516,7 +525,7 @@ impl Mesh {
         mut report: ApplyReport,
         commit: impl FnOnce(&dyn Store, u64) -> Result<(), StoreError>,
     ) -> Result<ApplyReport, ApplyError> {
-        let deps: Vec<Dep> = keys
+        let mut deps: Vec<Dep> = keys
             .iter()
             .flat_map(|k| {
                 Dep::of_change(
@@ -526,6 +535,27 @@ impl Mesh {
                 )
             })
             .collect();
+        // Only nodes, services, routes and gateway routes say who calls whom.
+        let callers = if keys.iter().any(|k| {
+            matches!(
+                k.kind,
+                Kind::VirtualNode | Kind::VirtualService | Kind::Route | Kind::GatewayRoute
+            )
+        }) {
+            let c = maille_translate::callers(&next);
+            let (old, new) = (cur.callers.as_ref(), &c);
+            for k in old.keys().chain(new.keys()) {
+                if old.get(k) != new.get(k) {
+                    deps.push(Dep::CallersOf {
+                        mesh: k.0.clone(),
+                        node: k.1.clone(),
+                    });
+                }
+            }
+            Arc::new(c)
+        } else {
+            cur.callers.clone()
+        };
         let version = cur.version + 1;
         // Only a virtual node can change what Cloud Map is asked.
         let cloud_map_queries = if keys.iter().any(|k| k.kind == Kind::VirtualNode) {
@@ -543,6 +573,7 @@ impl Mesh {
                 Arc::new(asked(&cur.cloud_map, &cloud_map_queries))
             },
             cloud_map_queries,
+            callers,
             resources: next,
             modules: cur.modules.clone(),
             made_at: Instant::now(),

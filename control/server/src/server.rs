@@ -2,6 +2,7 @@
 //! and a watch on the modules folder.
 
 use crate::admin::{self, AppState};
+use crate::ca::Ca;
 use crate::clients::Clients;
 use crate::mesh::Mesh;
 use crate::metrics::MeshMetrics;
@@ -41,6 +42,11 @@ pub struct ServerConfig {
     /// How often AWS Cloud Map is asked for the instances of `awsCloudMap` nodes (only
     /// while some node uses it).
     pub cloud_map_every: Duration,
+    /// Lifetime of the proxies' certificates (replaced at half of it).
+    pub cert_lifetime: Duration,
+    /// The CA to sign with, as PEM (its certificate then its chain, and its key); `None`:
+    /// the one kept in the store, made on first start.
+    pub ca_pem: Option<(String, String)>,
 }
 
 /// Why the server could not start.
@@ -57,6 +63,9 @@ pub enum ServerError {
     /// The state could not be loaded.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The certificate authority cannot be used.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
     /// A setting cannot be used.
     #[error("{0}")]
     Config(String),
@@ -79,6 +88,8 @@ pub struct Running {
     pub rollouts: Rollouts,
     /// The mesh's own stats, as received.
     pub metrics: Arc<MeshMetrics>,
+    /// The certificate authority.
+    pub ca: Arc<Ca>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -119,6 +130,10 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         cfg.modules_dir.clone(),
         &format!("http://{}:{http_port}", cfg.advertise_address),
     );
+    let ca = Arc::new(match &cfg.ca_pem {
+        Some((cert, key)) => Ca::from_pem(cert, key, cfg.cert_lifetime),
+        None => Ca::load_or_create(store.as_ref(), cfg.cert_lifetime),
+    }?);
     let store_for_rollouts = store.clone();
     let mesh = Arc::new(Mesh::new(store, modules)?);
     let clients = Arc::new(Clients::default());
@@ -143,7 +158,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     tasks.push(supervisor);
 
     let mut rx = stop_rx.clone();
-    let ads = Ads::new(mesh.clone(), clients.clone(), stop_rx.clone());
+    let ads = Ads::new(mesh.clone(), clients.clone(), ca.clone(), stop_rx.clone());
     let stats = metrics.service();
     tasks.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds);
@@ -211,6 +226,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         signals,
         rollouts,
         metrics,
+        ca,
         stop,
         tasks,
     })

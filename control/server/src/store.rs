@@ -27,11 +27,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn rollout_statuses(&self) -> Result<Vec<(Key, Vec<u8>)>, StoreError>;
     /// Keeps (or, with `None`, forgets) a rollout's status.
     fn save_rollout_status(&self, key: &Key, status: Option<&[u8]>) -> Result<(), StoreError>;
+    /// Keeps `bytes` as the secret `name` (the certificate authority's key, the token key)
+    /// unless one is kept already, and returns the one kept: whoever created it first wins,
+    /// so every reader gets the same.
+    fn create_secret(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError>;
 }
 
 const RESOURCES: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("resources");
 const META: redb::TableDefinition<'_, &str, u64> = redb::TableDefinition::new("meta");
 const ROLLOUTS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("rollouts");
+const SECRETS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("secrets");
 
 fn key_string(k: &Key) -> String {
     // A JSON key keeps any name unambiguous.
@@ -53,6 +58,13 @@ impl RedbStore {
         }
         let db = redb::Database::create(path)
             .map_err(|e| StoreError(format!("opening {}: {e}", path.display())))?;
+        // It holds the certificate authority's key: readable by its owner only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError(format!("restricting {}: {e}", path.display())))?;
+        }
         let txn = db.begin_write().map_err(|e| err("begin")(e.into()))?;
         {
             txn.open_table(RESOURCES)
@@ -61,6 +73,8 @@ impl RedbStore {
                 .map_err(|e| err("meta table")(e.into()))?;
             txn.open_table(ROLLOUTS)
                 .map_err(|e| err("rollouts table")(e.into()))?;
+            txn.open_table(SECRETS)
+                .map_err(|e| err("secrets table")(e.into()))?;
         }
         txn.commit().map_err(|e| err("commit")(e.into()))?;
         Ok(RedbStore { db })
@@ -163,6 +177,29 @@ impl Store for RedbStore {
         }
         txn.commit().map_err(|e| err("commit")(e.into()))
     }
+
+    fn create_secret(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        use redb::ReadableTable;
+        let txn = self.db.begin_write().map_err(|e| err("begin")(e.into()))?;
+        let kept = {
+            let mut t = txn
+                .open_table(SECRETS)
+                .map_err(|e| err("secrets")(e.into()))?;
+            let existing = t
+                .get(name)
+                .map_err(|e| err("read")(e.into()))?
+                .map(|v| v.value().to_vec());
+            match existing {
+                Some(v) => v,
+                None => {
+                    t.insert(name, bytes).map_err(|e| err("insert")(e.into()))?;
+                    bytes.to_vec()
+                }
+            }
+        };
+        txn.commit().map_err(|e| err("commit")(e.into()))?;
+        Ok(kept)
+    }
 }
 
 /// A store in memory, for tests and `--ephemeral` runs.
@@ -170,6 +207,7 @@ impl Store for RedbStore {
 pub struct MemoryStore {
     inner: Mutex<(u64, BTreeMap<Key, Resource>)>,
     rollouts: Mutex<BTreeMap<Key, Vec<u8>>>,
+    secrets: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl Store for MemoryStore {
@@ -222,6 +260,16 @@ impl Store for MemoryStore {
         };
         Ok(())
     }
+
+    fn create_secret(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut g = self
+            .secrets
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        Ok(g.entry(name.to_owned())
+            .or_insert_with(|| bytes.to_vec())
+            .clone())
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +281,7 @@ mod tests {
         Resource::Mesh(Mesh {
             mesh_name: name.into(),
             spec: MeshSpec::default(),
+            maille: None,
         })
     }
 

@@ -7,6 +7,7 @@
 //! same node gets the last content it accepted instead, so a refused version never replaces
 //! the last good one.
 
+use crate::ca::Ca;
 use crate::clients::{now_secs, Clients};
 use crate::mesh::{types, Content, Mesh, Snapshot};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -30,6 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct Ads {
     mesh: Arc<Mesh>,
     clients: Arc<Clients>,
+    ca: Arc<Ca>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -42,11 +44,13 @@ impl Ads {
     pub fn new(
         mesh: Arc<Mesh>,
         clients: Arc<Clients>,
+        ca: Arc<Ca>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> AggregatedDiscoveryServiceServer<Ads> {
         AggregatedDiscoveryServiceServer::new(Ads {
             mesh,
             clients,
+            ca,
             stop,
         })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -75,6 +79,58 @@ struct Stream_ {
     /// The extension configs Envoy refused only because it is still fetching a dynamic
     /// module they name (`nack_on_cache_miss`): sent again, marked, until it takes them.
     fetching: Option<Fetching>,
+    ca: Arc<Ca>,
+    /// The proxy's certificate and the trust bundle as SDS secrets, once Envoy asked.
+    identity: Option<Identity>,
+}
+
+/// A proxy's secrets, and when they are replaced.
+struct Identity {
+    secrets: Content,
+    renew_at: tokio::time::Instant,
+}
+
+/// The SDS secrets of `spiffe_id`'s new certificate and of the trust bundle.
+fn identity(ca: &Ca, mesh: &str, proxy: &str) -> Result<Identity, Status> {
+    use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    let issued = ca.issue_proxy(mesh, proxy).map_err(|e| {
+        tracing::error!(error = %e, "issuing a certificate");
+        Status::internal("the certificate authority could not issue a certificate")
+    })?;
+    let inline = |s: String| DataSource {
+        specifier: Some(Specifier::InlineString(s)),
+        ..Default::default()
+    };
+    let cert = tls::Secret {
+        name: names::IDENTITY_SECRET.into(),
+        r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+            certificate_chain: Some(inline(issued.certificate_chain)),
+            private_key: Some(inline(issued.private_key)),
+            ..Default::default()
+        })),
+    };
+    let trust = tls::Secret {
+        name: names::TRUST_SECRET.into(),
+        r#type: Some(tls::secret::Type::ValidationContext(
+            tls::CertificateValidationContext {
+                trusted_ca: Some(inline(ca.trust_bundle().to_owned())),
+                ..Default::default()
+            },
+        )),
+    };
+    let any = |s: &tls::Secret| envoy_types::pb::google::protobuf::Any {
+        type_url: types::SECRET.into(),
+        value: prost::Message::encode_to_vec(s),
+    };
+    Ok(Identity {
+        secrets: Content::new(vec![
+            (names::IDENTITY_SECRET.to_owned(), any(&cert)),
+            (names::TRUST_SECRET.to_owned(), any(&trust)),
+        ]),
+        // Replaced at half its lifetime.
+        renew_at: tokio::time::Instant::now() + ca.lifetime() / 2,
+    })
 }
 
 /// A module fetch Envoy is waiting on, for this stream's extension configs.
@@ -123,6 +179,13 @@ impl Stream_ {
         let Some((_, mesh, vn, opts)) = &self.node else {
             return Content::new(Vec::new());
         };
+        if type_url == types::SECRET {
+            return self
+                .identity
+                .as_ref()
+                .map(|i| i.secrets.only(names_))
+                .unwrap_or_default();
+        }
         let res = self.mesh.node_resources(snap, mesh, vn, opts);
         let all = res.by_type.get(type_url).cloned().unwrap_or_default();
         if matches!(type_url, types::ROUTE | types::ENDPOINT | types::EXTENSION) {
@@ -217,6 +280,11 @@ impl Stream_ {
             tracing::debug!(type_url = %req.type_url, "unknown type requested; ignored");
             return Ok(());
         };
+        if type_url == types::SECRET && self.identity.is_none() {
+            if let Some((_, mesh, proxy, _)) = &self.node {
+                self.identity = Some(identity(&self.ca, mesh, proxy)?);
+            }
+        }
         let snap = self.mesh.current();
         self.target_version = self.target_version.max(snap.version);
         let node = self.node_id().to_owned();
@@ -283,6 +351,25 @@ impl Stream_ {
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
         Ok(())
+    }
+
+    /// A new certificate for the proxy, sent at once.
+    async fn renew_identity(&mut self) -> Result<(), ()> {
+        let Some((_, mesh, proxy, _)) = &self.node else {
+            return Ok(());
+        };
+        match identity(&self.ca, mesh, proxy) {
+            Ok(i) => self.identity = Some(i),
+            Err(_) => {
+                // Tried again in a minute; the certificate in use is still valid.
+                if let Some(i) = self.identity.as_mut() {
+                    i.renew_at = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+                }
+                return Ok(());
+            }
+        }
+        let snap = self.mesh.current();
+        self.send(&snap, types::SECRET, false).await
     }
 
     async fn on_snapshot(&mut self) -> Result<(), ()> {
@@ -378,6 +465,14 @@ fn refetch_marked(content: &Content, shas: &std::collections::HashSet<String>) -
     Content::new(items)
 }
 
+/// Resolves when the proxy's certificate is due to be replaced; never, before it has one.
+async fn renew_due(identity: &Option<Identity>) {
+    match identity {
+        Some(i) => tokio::time::sleep_until(i.renew_at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when the extension configs are due to be sent again; never, when they are not.
 async fn resend_due(fetching: &Option<Fetching>) {
     match fetching.as_ref().and_then(|f| f.due) {
@@ -422,6 +517,8 @@ impl AggregatedDiscoveryService for Ads {
             tx,
             target_version,
             fetching: None,
+            ca: self.ca.clone(),
+            identity: None,
         };
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
@@ -439,6 +536,11 @@ impl AggregatedDiscoveryService for Ads {
                     },
                     changed = snapshots.changed() => {
                         if changed.is_err() || s.on_snapshot().await.is_err() {
+                            break;
+                        }
+                    }
+                    () = renew_due(&s.identity) => {
+                        if s.renew_identity().await.is_err() {
                             break;
                         }
                     }

@@ -46,7 +46,14 @@ async fn fixture() -> Fixture {
     mesh.apply(common::colorapp(), false).await.unwrap();
     let clients = Arc::new(Clients::default());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let ads = Ads::new(mesh.clone(), clients.clone(), stop_rx);
+    let ca = Arc::new(
+        maille_control::ca::Ca::load_or_create(
+            &MemoryStore::default(),
+            maille_control::ca::DEFAULT_LIFETIME,
+        )
+        .unwrap(),
+    );
+    let ads = Ads::new(mesh.clone(), clients.clone(), ca, stop_rx);
     // One in-memory connection per dial.
     let (conn_tx, conn_rx) = mpsc::channel::<Result<tokio::io::DuplexStream, std::io::Error>>(8);
     tokio::spawn(

@@ -293,10 +293,12 @@ async fn incremental_translation_equals_translating_from_scratch() {
             assert!(mesh.reload_modules().await.unwrap());
         }
         let snap = mesh.current();
+        let callers = maille_translate::callers(&snap.resources);
         let world = World {
             resources: &snap.resources,
             modules: &snap.modules,
             cloud_map: &maille_translate::NO_CLOUD_MAP,
+            callers: &callers,
         };
         for n in nodes {
             for o in &opts {

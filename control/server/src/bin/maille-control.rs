@@ -44,6 +44,19 @@ struct Args {
     #[arg(long, env = "MAILLE_CLOUD_MAP_INTERVAL_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     cloud_map_interval_ms: u64,
+    /// Lifetime of each proxy's certificate (s), from Maille's certificate authority; each
+    /// is replaced at half its lifetime, over SDS, with no restart.
+    #[arg(long, env = "MAILLE_CERT_LIFETIME_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(4..=31_536_000))]
+    cert_lifetime_secs: u64,
+    /// A CA certificate (PEM: the signing CA first, then its chain to your root) to sign
+    /// proxies' certificates with, such as an intermediate of your own PKI. Without it the
+    /// server makes a root on first start and keeps it in the state.
+    #[arg(long, env = "MAILLE_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The private key (PEM, PKCS#8) of `--ca-cert`.
+    #[arg(long, env = "MAILLE_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
 }
 
 #[cfg(feature = "cloudwatch")]
@@ -88,6 +101,16 @@ async fn main() -> anyhow::Result<()> {
         modules_dir: Some(args.modules),
         cloudwatch: cloudwatch(args.cloudwatch_namespace.as_deref()).await?,
         cloud_map_every: std::time::Duration::from_millis(args.cloud_map_interval_ms),
+        cert_lifetime: std::time::Duration::from_secs(args.cert_lifetime_secs),
+        ca_pem: match (&args.ca_cert, &args.ca_key) {
+            (Some(c), Some(k)) => Some((
+                std::fs::read_to_string(c)
+                    .map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", c.display()))?,
+                std::fs::read_to_string(k)
+                    .map_err(|e| anyhow::anyhow!("--ca-key {}: {e}", k.display()))?,
+            )),
+            _ => None,
+        },
     })
     .await?;
     println!(
