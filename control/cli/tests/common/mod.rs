@@ -42,6 +42,38 @@ impl Control {
         ports: Option<(u16, u16)>,
         modules: &Path,
     ) -> Control {
+        Control::start_full(
+            rt,
+            state,
+            ports,
+            modules,
+            maille_control::ca::DEFAULT_LIFETIME,
+        )
+    }
+
+    /// As [`Control::start`], the proxies' certificates living `cert_lifetime`.
+    pub fn start_with_lifetime(
+        rt: &tokio::runtime::Runtime,
+        state: &Path,
+        ports: Option<(u16, u16)>,
+        cert_lifetime: Duration,
+    ) -> Control {
+        Control::start_full(
+            rt,
+            state,
+            ports,
+            &repo_root().join("target/filters"),
+            cert_lifetime,
+        )
+    }
+
+    fn start_full(
+        rt: &tokio::runtime::Runtime,
+        state: &Path,
+        ports: Option<(u16, u16)>,
+        modules: &Path,
+        cert_lifetime: Duration,
+    ) -> Control {
         // Port 0 unless asked: the server binds at once and reports what it got, so no other
         // test can take its ports in between.
         let (xds, http) = ports.unwrap_or((0, 0));
@@ -54,6 +86,8 @@ impl Control {
                 modules_dir: Some(modules.to_path_buf()),
                 cloudwatch: None,
                 cloud_map_every: std::time::Duration::from_millis(300),
+                cert_lifetime,
+                ca_pem: None,
             }))
             .expect("control server starts");
         Control {
@@ -360,10 +394,13 @@ impl Apps {
 
 /// The ColorTeller mesh of the tests, in App Mesh API JSON (describe and create shapes mixed,
 /// as users' files are): a gateway node calling `colorteller.local`, a router with one
-/// weighted route over the colour nodes, which run on `apps`' ports.
+/// weighted route over the colour nodes, which run on `apps`' ports. The colour nodes are
+/// bare applications with no Envoy of their own, so the mesh's mTLS is off (`envoy_mtls.rs`
+/// tests it, with an Envoy in front of every node).
 pub fn colorteller(apps: &Apps, weights: &[(&str, u32)]) -> Value {
     let mut docs = vec![
         json!({"mesh": {"meshName": "demo", "spec": {"egressFilter": {"type": "DROP_ALL"}},
+                        "maille": {"mtls": "DISABLED"},
                         "metadata": {"arn": "arn:aws:appmesh:us-east-1:123456789012:mesh/demo", "version": 1},
                         "status": {"status": "ACTIVE"}}}),
         json!({"meshName": "demo", "virtualNodeName": "gateway", "spec": {
