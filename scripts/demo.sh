@@ -189,6 +189,12 @@ In another shell, first:   source $RUN_DIR/env.sh
      maillectl rollout pause blue ; maillectl rollout resume blue ; maillectl rollout abort blue
    The web console (routes and weights, rollouts with their checks over time, breakers, and
    promote / pause / abort buttons):  $MAILLE_SERVER/
+9. Every hop between Envoys is mutual TLS, with certificates from Maille's own CA naming each
+   node's SPIFFE ID, rotated over SDS; white takes calls only from the gateway (which declares
+   it as a backend). Plaintext to white's Envoy is refused; the gateway's Envoy takes it from
+   you (its node is PERMISSIVE: the entry of the mesh):
+     curl -sS http://127.0.0.1:10001/            # refused: white's Envoy takes only mTLS
+     curl -s http://127.0.0.1:10031/certs | grep -o 'spiffe://[^"]*' | sort -u
 
 Serving; Ctrl-C stops everything.
 TXT

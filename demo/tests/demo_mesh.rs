@@ -215,6 +215,28 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
     assert!(split.get("black").copied().unwrap_or(0) >= 8, "{split:?}");
     assert!(split.get("red").copied().unwrap_or(0) >= 8, "{split:?}");
 
+    // 9 (checked early, before red is made to fail). Between Envoys, mutual TLS: plaintext
+    // to white's Envoy is refused, and each Envoy presents its node's SPIFFE ID.
+    let plaintext = agent().get("http://127.0.0.1:10001/").call();
+    assert!(
+        matches!(
+            plaintext,
+            Err(ureq::Error::Io(_)) | Err(ureq::Error::ConnectionFailed)
+        ),
+        "plaintext to white's Envoy: {plaintext:?}"
+    );
+    let certs = agent()
+        .get("http://127.0.0.1:10031/certs")
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        certs.contains("spiffe://maille/mesh/colorapp/virtualNode/colorteller-white"),
+        "{certs}"
+    );
+
     // 2. Red fails; the breaker opens after 5 failures in a row and answers for red.
     let r = agent()
         .post(&format!("{RED_APP}/fault?rate=1"))

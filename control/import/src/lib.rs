@@ -252,8 +252,9 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) {
 /// - on a route, `maille:sticky-header` and `maille:sticky-cookie` ask for a sticky split on
 ///   that header or cookie;
 /// - on a mesh, `maille:mtls` (`STRICT`, `PERMISSIVE`, `DISABLED`) and
-///   `maille:authorization` (`BACKENDS`, `NONE`) set its mutual TLS.
-pub const MAILLE_TAGS: [(maille_model::Kind, &str, &str); 4] = [
+///   `maille:authorization` (`BACKENDS`, `NONE`) set its mutual TLS;
+/// - on a virtual node, `maille:mtls` sets its own mutual TLS instead of its mesh's.
+pub const MAILLE_TAGS: [(maille_model::Kind, &str, &str); 5] = [
     (
         maille_model::Kind::Route,
         "maille:sticky-header",
@@ -270,6 +271,7 @@ pub const MAILLE_TAGS: [(maille_model::Kind, &str, &str); 4] = [
         "maille:authorization",
         "authorization",
     ),
+    (maille_model::Kind::VirtualNode, "maille:mtls", "mtls"),
 ];
 
 /// Reads a resource's tags: the `maille:` ones become its Maille settings (the value of its
@@ -302,7 +304,11 @@ pub(crate) fn tags(
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let Some((tag_kind, _, field)) = MAILLE_TAGS.iter().find(|(_, t, _)| *t == k) else {
+        let Some((tag_kind, _, field)) = MAILLE_TAGS
+            .iter()
+            .find(|(kk, t, _)| *t == k && *kk == kind)
+            .or_else(|| MAILLE_TAGS.iter().find(|(_, t, _)| *t == k))
+        else {
             return Err(err(format!(
                 "tag {k:?}: not a Maille tag; known: {}",
                 MAILLE_TAGS

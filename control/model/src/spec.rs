@@ -315,6 +315,34 @@ pub struct VirtualNode {
     /// that map pods to nodes, unused by the translation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesSource>,
+    /// Maille's settings of the node (from the `maille:` tags of any format, or this field
+    /// in Maille's JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maille: Option<VirtualNodeOptions>,
+}
+
+/// Maille's settings of a virtual node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualNodeOptions {
+    /// The node's own mutual TLS, instead of its mesh's (tag `maille:mtls` on the node):
+    /// `PERMISSIVE` for a node that clients outside the mesh call too (behind a load
+    /// balancer), `DISABLED` for one with no Maille proxy (called in plaintext), `STRICT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<String>,
+}
+
+impl VirtualNode {
+    /// The node's mutual TLS: its own setting, else its mesh's (`mesh`, when there is one),
+    /// else `STRICT`.
+    pub fn mtls(&self, mesh: Option<&Mesh>) -> MtlsMode {
+        match self.maille.as_ref().and_then(|m| m.mtls.as_deref()) {
+            Some("STRICT") => MtlsMode::Strict,
+            Some("PERMISSIVE") => MtlsMode::Permissive,
+            Some("DISABLED") => MtlsMode::Disabled,
+            _ => mesh.map_or(MtlsMode::Strict, Mesh::mtls),
+        }
+    }
 }
 
 /// A virtual node's Kubernetes `VirtualNode` object.

@@ -213,6 +213,14 @@ fn check_into(r: &Resource, errors: &mut Vec<SpecError>) {
         Resource::VirtualNode(n) => {
             c.name("meshName", &n.mesh_name);
             c.name("virtualNodeName", &n.virtual_node_name);
+            if let Some(v) = n.maille.as_ref().and_then(|o| o.mtls.as_deref()) {
+                if !["STRICT", "PERMISSIVE", "DISABLED"].contains(&v) {
+                    c.err(
+                        "maille.mtls",
+                        format!("must be STRICT, PERMISSIVE or DISABLED, got {v:?}"),
+                    );
+                }
+            }
             node_spec(&mut c, &n.spec);
         }
         Resource::VirtualRouter(vr) => {

@@ -37,6 +37,10 @@ pub struct AppState {
     pub rollouts: Rollouts,
     /// Where Envoys reach this server (for bootstraps).
     pub endpoints: ControlEndpoints,
+    /// The certificate authority (its trust bundle goes into bootstraps).
+    pub ca: Arc<crate::ca::Ca>,
+    /// Node tokens (one goes into each bootstrap).
+    pub tokens: Arc<crate::auth::NodeTokens>,
 }
 
 /// The router of the admin API.
@@ -274,7 +278,14 @@ async fn bootstrap(
     };
     (
         [(header::CONTENT_TYPE, "application/json")],
-        bootstrap::render(&params, &s.endpoints),
+        bootstrap::render(
+            &params,
+            &s.endpoints,
+            &bootstrap::Credentials {
+                node_token: s.tokens.token(&q.node),
+                trust_bundle: s.ca.trust_bundle().to_owned(),
+            },
+        ),
     )
         .into_response()
 }

@@ -165,8 +165,18 @@ impl Ca {
     }
 
     /// A new key and certificate for `spiffe_id` (a client and server certificate), with
-    /// `dns` names and IP addresses too (the control server's own).
+    /// `hosts` (DNS names and IP addresses) too, for the configured lifetime.
     pub fn issue(&self, spiffe_id: &str, hosts: &[String]) -> Result<Issued, CaError> {
+        self.issue_for(spiffe_id, hosts, self.lifetime)
+    }
+
+    /// As [`Ca::issue`], valid for `lifetime`.
+    pub fn issue_for(
+        &self,
+        spiffe_id: &str,
+        hosts: &[String],
+        lifetime: Duration,
+    ) -> Result<Issued, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(cert_err("making a key"))?;
         let mut p = CertificateParams::default();
@@ -198,7 +208,7 @@ impl Ca {
         ];
         p.use_authority_key_identifier_extension = true;
         let now = SystemTime::now();
-        let not_after = now + self.lifetime;
+        let not_after = now + lifetime;
         p.not_before = (now - BACKDATE).into();
         p.not_after = not_after.into();
         p.serial_number = Some(serial());

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod analysis;
 pub mod appmesh_api;
+pub mod auth;
 pub mod ca;
 pub mod clients;
 mod cloud_map;

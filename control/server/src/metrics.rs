@@ -235,15 +235,19 @@ impl MeshMetrics {
     }
 
     /// The OTLP service that feeds it.
-    pub fn service(self: &Arc<Self>) -> MetricsServiceServer<Receiver> {
-        MetricsServiceServer::new(Receiver(self.clone()))
+    /// Each export must carry a node token (`authorization: Bearer`) that `tokens` made.
+    pub fn service(
+        self: &Arc<Self>,
+        tokens: Arc<crate::auth::NodeTokens>,
+    ) -> MetricsServiceServer<Receiver> {
+        MetricsServiceServer::new(Receiver(self.clone(), tokens))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 }
 
 /// The OTLP metrics receiver of [`MeshMetrics`].
 #[derive(Debug, Clone)]
-pub struct Receiver(Arc<MeshMetrics>);
+pub struct Receiver(Arc<MeshMetrics>, Arc<crate::auth::NodeTokens>);
 
 #[tonic::async_trait]
 impl MetricsService for Receiver {
@@ -251,6 +255,12 @@ impl MetricsService for Receiver {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let node = crate::auth::bearer(request.metadata()).and_then(|t| self.1.node_of(t));
+        if node.is_none() {
+            return Err(tonic::Status::unauthenticated(
+                "stats are taken only from proxies with a node token",
+            ));
+        }
         self.0.record(request.get_ref(), now_secs());
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: None,

@@ -2,6 +2,7 @@
 //! and a watch on the modules folder.
 
 use crate::admin::{self, AppState};
+use crate::auth::NodeTokens;
 use crate::ca::Ca;
 use crate::clients::Clients;
 use crate::mesh::Mesh;
@@ -19,6 +20,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Lifetime of the server's own certificate.
+const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How often the modules folder is read again for new module builds.
 const MODULE_POLL: Duration = Duration::from_secs(2);
@@ -118,6 +122,9 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
             cfg.advertise_address
         )));
     }
+    // Both of rustls's providers are in the build (the AWS SDK's is aws-lc): choose one for
+    // the process, once (a second start finds it chosen).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let xds = bind(cfg.xds_addr).await?;
     let http = bind(cfg.http_addr).await?;
     let xds_port = xds.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -134,6 +141,14 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         Some((cert, key)) => Ca::from_pem(cert, key, cfg.cert_lifetime),
         None => Ca::load_or_create(store.as_ref(), cfg.cert_lifetime),
     }?);
+    let tokens = Arc::new(NodeTokens::load_or_create(store.as_ref())?);
+    // The server's own certificate (ADS over TLS), for the address Envoys reach it at.
+    // Made at each start; it lives a year.
+    let own = ca.issue_for(
+        maille_translate::names::CONTROL_SPIFFE_ID,
+        &[cfg.advertise_address.clone()],
+        SERVER_CERT_LIFETIME,
+    )?;
     let store_for_rollouts = store.clone();
     let mesh = Arc::new(Mesh::new(store, modules)?);
     let clients = Arc::new(Clients::default());
@@ -158,11 +173,23 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     tasks.push(supervisor);
 
     let mut rx = stop_rx.clone();
-    let ads = Ads::new(mesh.clone(), clients.clone(), ca.clone(), stop_rx.clone());
-    let stats = metrics.service();
+    let ads = Ads::new(
+        mesh.clone(),
+        clients.clone(),
+        ca.clone(),
+        tokens.clone(),
+        stop_rx.clone(),
+    );
+    let stats = metrics.service(tokens.clone());
+    let tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&own.certificate_chain, &own.private_key),
+    );
+    let builder = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| ServerError::Config(format!("ADS TLS: {e}")))?;
     tasks.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds);
-        let result = tonic::transport::Server::builder()
+        let result = builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(ads)
             .add_service(stats)
@@ -182,6 +209,8 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         signals: signals.clone(),
         rollouts: rollouts.clone(),
         endpoints,
+        ca: ca.clone(),
+        tokens: tokens.clone(),
     });
     tasks.push(tokio::spawn(async move {
         let result = axum::serve(http, app)

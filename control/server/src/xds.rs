@@ -7,6 +7,7 @@
 //! same node gets the last content it accepted instead, so a refused version never replaces
 //! the last good one.
 
+use crate::auth::{bearer, NodeTokens};
 use crate::ca::Ca;
 use crate::clients::{now_secs, Clients};
 use crate::mesh::{types, Content, Mesh, Snapshot};
@@ -32,6 +33,7 @@ pub struct Ads {
     mesh: Arc<Mesh>,
     clients: Arc<Clients>,
     ca: Arc<Ca>,
+    tokens: Arc<NodeTokens>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -45,12 +47,14 @@ impl Ads {
         mesh: Arc<Mesh>,
         clients: Arc<Clients>,
         ca: Arc<Ca>,
+        tokens: Arc<NodeTokens>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> AggregatedDiscoveryServiceServer<Ads> {
         AggregatedDiscoveryServiceServer::new(Ads {
             mesh,
             clients,
             ca,
+            tokens,
             stop,
         })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -82,6 +86,9 @@ struct Stream_ {
     ca: Arc<Ca>,
     /// The proxy's certificate and the trust bundle as SDS secrets, once Envoy asked.
     identity: Option<Identity>,
+    tokens: Arc<NodeTokens>,
+    /// The stream's bearer token: the node id of its first request must be the one it names.
+    token: String,
 }
 
 /// A proxy's secrets, and when they are replaced.
@@ -256,6 +263,13 @@ impl Stream_ {
             let node = req.node.as_ref().ok_or_else(|| {
                 Status::invalid_argument("the first request of a stream must carry the node")
             })?;
+            if !self.tokens.verify(&node.id, &self.token) {
+                tracing::warn!(node = %node.id, "ADS stream refused: its token is not this node's");
+                return Err(Status::permission_denied(format!(
+                    "the stream's token is not node {:?}'s (each node's bootstrap from `maillectl bootstrap` has its own)",
+                    bounded_id(&node.id)
+                )));
+            }
             let (mesh, vn) = names::parse_node_id(&node.id).ok_or_else(|| {
                 Status::invalid_argument(format!(
                     "node id {:?} must be mesh/<mesh>/virtualNode/<name> or mesh/<mesh>/virtualGateway/<name> (see `maillectl bootstrap`)",
@@ -408,6 +422,14 @@ impl Stream_ {
     }
 }
 
+/// A node id as quoted in an error: at most 300 characters.
+fn bounded_id(id: &str) -> &str {
+    match id.char_indices().nth(300) {
+        Some((cut, _)) => &id[..cut],
+        None => id,
+    }
+}
+
 /// Longest NACK message kept (Envoy's can quote a whole resource).
 const MAX_NACK_MESSAGE: usize = 4096;
 
@@ -497,6 +519,12 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let Some(token) = bearer(request.metadata()).map(str::to_owned) else {
+            tracing::warn!(peer = ?request.remote_addr(), "ADS stream refused: no token");
+            return Err(Status::unauthenticated(
+                "no node token: Envoy's bootstrap (from `maillectl bootstrap`) sends it as authorization: Bearer <token>",
+            ));
+        };
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -519,6 +547,8 @@ impl AggregatedDiscoveryService for Ads {
             fetching: None,
             ca: self.ca.clone(),
             identity: None,
+            tokens: self.tokens.clone(),
+            token,
         };
         let mut stop = self.stop.clone();
         tokio::spawn(async move {

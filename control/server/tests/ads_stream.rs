@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use maille_control::auth::NodeTokens;
 use maille_control::clients::Clients;
 use maille_control::mesh::types;
 use maille_control::modules::Modules;
@@ -28,6 +29,7 @@ const WHITE: &str = "mesh/colorapp/virtualNode/colorteller-white";
 struct Fixture {
     mesh: Arc<Mesh>,
     clients: Arc<Clients>,
+    tokens: Arc<NodeTokens>,
     channel: tonic::transport::Channel,
     _modules: tempfile::TempDir,
     _stop: tokio::sync::watch::Sender<bool>,
@@ -53,7 +55,8 @@ async fn fixture() -> Fixture {
         )
         .unwrap(),
     );
-    let ads = Ads::new(mesh.clone(), clients.clone(), ca, stop_rx);
+    let tokens = Arc::new(NodeTokens::load_or_create(&MemoryStore::default()).unwrap());
+    let ads = Ads::new(mesh.clone(), clients.clone(), ca, tokens.clone(), stop_rx);
     // One in-memory connection per dial.
     let (conn_tx, conn_rx) = mpsc::channel::<Result<tokio::io::DuplexStream, std::io::Error>>(8);
     tokio::spawn(
@@ -77,6 +80,7 @@ async fn fixture() -> Fixture {
     Fixture {
         mesh,
         clients,
+        tokens,
         channel,
         _modules: dir,
         _stop: stop,
@@ -90,15 +94,24 @@ struct Stream {
 }
 
 impl Stream {
-    async fn open(f: &Fixture) -> Stream {
-        let (tx, rx) = mpsc::channel(16);
-        let mut client = AggregatedDiscoveryServiceClient::new(f.channel.clone());
-        let rx = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
+    /// A stream with `node`'s token.
+    async fn open(f: &Fixture, node: &str) -> Stream {
+        Stream::try_open(f, Some(&f.tokens.token(node)))
             .await
             .unwrap()
-            .into_inner();
-        Stream { tx, rx }
+    }
+
+    /// A stream with `token` (none: anonymous), or why it was refused.
+    async fn try_open(f: &Fixture, token: Option<&str>) -> Result<Stream, tonic::Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut client = AggregatedDiscoveryServiceClient::new(f.channel.clone());
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let rx = client.stream_aggregated_resources(req).await?.into_inner();
+        Ok(Stream { tx, rx })
     }
 
     async fn send(&self, req: DiscoveryRequest) {
@@ -213,14 +226,14 @@ fn weights(white: u32, black: u32, red: u32) -> Resource {
 #[tokio::test]
 async fn the_first_request_must_name_a_node() {
     let f = fixture().await;
-    let mut s = Stream::open(&f).await;
+    let mut s = Stream::open(&f, GATEWAY).await;
     s.ask(None, types::CLUSTER, &[]).await;
     let e = tokio::time::timeout(Duration::from_secs(5), s.rx.message())
         .await
         .unwrap()
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
-    let mut s = Stream::open(&f).await;
+    let mut s = Stream::open(&f, "colorgateway").await;
     s.ask(Some("colorgateway"), types::CLUSTER, &[]).await;
     let e = tokio::time::timeout(Duration::from_secs(5), s.rx.message())
         .await
@@ -233,9 +246,56 @@ async fn the_first_request_must_name_a_node() {
 }
 
 #[tokio::test]
+async fn no_stream_is_served_without_its_own_nodes_token() {
+    let f = fixture().await;
+    // No token at all: refused before anything is read.
+    let e = Stream::try_open(&f, None).await.err().unwrap();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    // A genuine token of white's claiming to be the gateway, or a made-up one: refused at
+    // the first request, with nothing sent.
+    for token in [f.tokens.token(WHITE), "maille-node.v1.00.00".to_owned()] {
+        let mut s = Stream::try_open(&f, Some(&token)).await.unwrap();
+        s.ask(Some(GATEWAY), types::CLUSTER, &[]).await;
+        let e = tokio::time::timeout(Duration::from_secs(5), s.rx.message())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    }
+    assert!(f.clients.list().iter().all(|c| c.node != GATEWAY));
+
+    // The real gateway takes version A; a rogue with white's token tries to NACK it as the
+    // gateway; the gateway reconnects and is still served A, with no NACK on its record.
+    let mut gw = Stream::open(&f, GATEWAY).await;
+    gw.ask(Some(GATEWAY), types::ROUTE, &["egress"]).await;
+    let rds = gw.next().await;
+    gw.ack(&rds, &["egress"]).await;
+    drop(gw);
+    let mut rogue = Stream::try_open(&f, Some(&f.tokens.token(WHITE)))
+        .await
+        .unwrap();
+    rogue.ask(Some(GATEWAY), types::ROUTE, &["egress"]).await;
+    rogue
+        .nack(&rds, "", &["egress"], "forged: roll the gateway back")
+        .await;
+    assert!(rogue.rx.message().await.is_err());
+    let mut gw = Stream::open(&f, GATEWAY).await;
+    gw.ask(Some(GATEWAY), types::ROUTE, &["egress"]).await;
+    let again = gw.next().await;
+    assert_eq!(names(&again), ["egress"]);
+    assert_eq!(again.resources, rds.resources);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for c in f.clients.list() {
+        for t in c.types.values() {
+            assert!(t.last_nack.is_none(), "{c:?}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn acks_nacks_pushes_and_a_reconnect() {
     let f = fixture().await;
-    let mut s = Stream::open(&f).await;
+    let mut s = Stream::open(&f, GATEWAY).await;
     s.ask(Some(GATEWAY), types::CLUSTER, &[]).await;
     let cds = s.next().await;
     assert_eq!(cds.type_url, types::CLUSTER);
@@ -284,7 +344,7 @@ async fn acks_nacks_pushes_and_a_reconnect() {
 
     // A new stream of the same node gets what it last accepted, not the refused version.
     drop(s);
-    let mut s2 = Stream::open(&f).await;
+    let mut s2 = Stream::open(&f, GATEWAY).await;
     s2.ask(Some(GATEWAY), types::ROUTE, &["egress"]).await;
     let again = s2.next().await;
     assert_eq!(
@@ -308,7 +368,7 @@ async fn acks_nacks_pushes_and_a_reconnect() {
 #[tokio::test]
 async fn a_change_reaches_only_the_envoys_it_affects() {
     let f = fixture().await;
-    let mut white = Stream::open(&f).await;
+    let mut white = Stream::open(&f, WHITE).await;
     white.ask(Some(WHITE), types::LISTENER, &[]).await;
     let lds = white.next().await;
     white.ack(&lds, &[]).await;

@@ -162,9 +162,48 @@ fn static_cluster(name: &str, address: &str, port: u16, http2: bool) -> Value {
     c
 }
 
+/// What a proxy proves itself with and trusts the control server by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The node's token, sent on its ADS stream and stats export.
+    pub node_token: String,
+    /// The trust bundle (PEM) that the control server's certificate chains to.
+    pub trust_bundle: String,
+}
+
+/// An HTTP/2 gRPC service on `cluster` that sends the node's token.
+fn grpc_service(cluster: &str, token: &str) -> Value {
+    json!({
+        "envoy_grpc": {"cluster_name": cluster},
+        "initial_metadata": [{"key": "authorization", "value": format!("Bearer {token}")}]
+    })
+}
+
+/// TLS to the control server: its certificate must chain to `trust` and name
+/// [`names::CONTROL_SPIFFE_ID`].
+fn control_tls(trust: &str, alpn: &str) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": [alpn],
+                "validation_context": {
+                    "trusted_ca": {"inline_string": trust},
+                    "match_typed_subject_alt_names": [{
+                        "san_type": "URI",
+                        "matcher": {"exact": names::CONTROL_SPIFFE_ID}
+                    }]
+                }
+            }
+        }
+    })
+}
+
 /// The bootstrap, as a JSON document (Envoy reads it as `.yaml` or `.json`). `server` is
-/// the control server's own configuration, checked when it starts.
-pub fn render(p: &BootstrapParams, server: &ControlEndpoints) -> String {
+/// the control server's own configuration, checked when it starts; ADS runs over TLS with
+/// `creds`.
+pub fn render(p: &BootstrapParams, server: &ControlEndpoints, creds: &Credentials) -> String {
     let o = &p.opts;
     let mut metadata = json!({
         "maille.ingress_port": o.ingress_port,
@@ -172,13 +211,15 @@ pub fn render(p: &BootstrapParams, server: &ControlEndpoints) -> String {
         "maille.listen_address": o.listen_address,
         "maille.app_address": o.app_address,
     });
+    let mut xds = static_cluster(
+        names::XDS_CLUSTER,
+        &server.advertise_address,
+        server.xds_port,
+        true,
+    );
+    xds["transport_socket"] = control_tls(&creds.trust_bundle, "h2");
     let mut clusters = vec![
-        static_cluster(
-            names::XDS_CLUSTER,
-            &server.advertise_address,
-            server.xds_port,
-            true,
-        ),
+        xds,
         static_cluster(
             names::CONTROL_CLUSTER,
             &server.advertise_address,
@@ -197,7 +238,7 @@ pub fn render(p: &BootstrapParams, server: &ControlEndpoints) -> String {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": names::XDS_CLUSTER}}]
+                "grpc_services": [grpc_service(names::XDS_CLUSTER, &creds.node_token)]
             },
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
             "cds_config": {"ads": {}, "resource_api_version": "V3"}
@@ -205,14 +246,13 @@ pub fn render(p: &BootstrapParams, server: &ControlEndpoints) -> String {
     });
     // Envoy's stats, as deltas, to the control server (rollout analysis with no AWS at
     // all): over the ADS cluster's HTTP/2 connection, every 5 s.
+    let mut stats_service = grpc_service(names::XDS_CLUSTER, &creds.node_token);
+    stats_service["timeout"] = json!("2s");
     let mut sinks = vec![json!({
         "name": "envoy.stat_sinks.open_telemetry",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig",
-            "grpc_service": {
-                "envoy_grpc": {"cluster_name": names::XDS_CLUSTER},
-                "timeout": "2s"
-            },
+            "grpc_service": stats_service,
             "report_counters_as_deltas": true,
             "report_histograms_as_deltas": true,
             "prefix": names::CONTROL_STATS_PREFIX
@@ -458,7 +498,24 @@ mod tests {
             },
         )
         .unwrap();
-        let v: Value = serde_json::from_str(&render(&p, &server())).unwrap();
+        let creds = Credentials {
+            node_token: "tok".into(),
+            trust_bundle: "PEM".into(),
+        };
+        let v: Value = serde_json::from_str(&render(&p, &server(), &creds)).unwrap();
+        // ADS and the stats export send the token, over TLS to the control server's identity.
+        let ads = &v["dynamic_resources"]["ads_config"]["grpc_services"][0];
+        assert_eq!(ads["initial_metadata"][0]["value"], "Bearer tok");
+        let sink = &v["stats_sinks"][0]["typed_config"]["grpc_service"];
+        assert_eq!(sink["initial_metadata"][0]["value"], "Bearer tok");
+        assert_eq!(sink["timeout"], "2s");
+        let tls = &v["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+            ["common_tls_context"]["validation_context"];
+        assert_eq!(tls["trusted_ca"]["inline_string"], "PEM");
+        assert_eq!(
+            tls["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+            names::CONTROL_SPIFFE_ID
+        );
         assert_eq!(v["node"]["id"], "mesh/colorapp/virtualNode/colorgateway");
         assert_eq!(v["node"]["cluster"], "colorgateway");
         assert_eq!(v["node"]["metadata"]["maille.app_address"], "app.local");

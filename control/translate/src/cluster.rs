@@ -143,8 +143,9 @@ pub(crate) fn target_cluster(
         Some(t) if t.enforce.unwrap_or(true) && (t.ports.is_empty() || t.ports.contains(&port)) => {
             c.transport_socket = Some(upstream_tls(t));
         }
-        // The mesh's mTLS, unless the target's listener has TLS of its own.
-        _ if l.tls.is_none() && mesh_mtls(cx, &target.mesh_name).0 != MtlsMode::Disabled => {
+        // The mesh's mTLS (as the target takes it), unless the target's listener has TLS of
+        // its own.
+        _ if l.tls.is_none() && node_mtls(cx, target).0 != MtlsMode::Disabled => {
             c.transport_socket = Some(mesh_upstream_tls(
                 &names::spiffe_id(&target.mesh_name, &target.virtual_node_name),
                 proto,

@@ -64,6 +64,7 @@ pub(crate) fn translate_gateway(
             logging: gw.spec.logging.clone(),
         },
         kubernetes: None,
+        maille: None,
     };
     let logs = access_logs(&as_node, opts);
     // Only the gateway's own listeners take outside traffic.

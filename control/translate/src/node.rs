@@ -88,9 +88,9 @@ fn ingress(
     logs: &[AccessLog],
 ) {
     let mesh = vn.mesh_name.as_str();
-    // Mesh mTLS on the listeners without TLS of their own; under STRICT, only the declared
-    // callers get in (unless the mesh says NONE).
-    let (mtls, authorize) = mesh_mtls(cx, mesh);
+    // Mesh mTLS on the listeners without TLS of their own (the node's setting, else the
+    // mesh's); under STRICT, only the declared callers get in (unless the mesh says NONE).
+    let (mtls, authorize) = node_mtls(cx, vn);
     let callers = if mtls == MtlsMode::Strict && authorize {
         Some(cx.callers_of(mesh, &vn.virtual_node_name))
     } else {

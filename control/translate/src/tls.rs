@@ -87,13 +87,20 @@ pub(crate) fn upstream_tls(t: &ClientPolicyTls) -> core::TransportSocket {
     }
 }
 
-/// The mutual TLS of `mesh` (`STRICT` when the mesh is not there yet), and whether its nodes
-/// take calls only from the proxies that declare them as backends.
-pub(crate) fn mesh_mtls(cx: &crate::world::Ctx<'_>, mesh: &str) -> (MtlsMode, bool) {
-    match cx.get(Kind::Mesh, mesh, mesh) {
-        Some(Resource::Mesh(m)) => (m.mtls(), m.authorizes_backends()),
-        _ => (MtlsMode::Strict, true),
-    }
+/// The mutual TLS of node `vn`'s listeners (its own setting, else its mesh's; `STRICT` when
+/// the mesh is not there yet), and whether it takes calls only from the proxies that declare
+/// it as a backend (under `STRICT`, unless the mesh says `NONE`).
+pub(crate) fn node_mtls(cx: &crate::world::Ctx<'_>, vn: &VirtualNode) -> (MtlsMode, bool) {
+    let mesh = match cx.get(Kind::Mesh, &vn.mesh_name, &vn.mesh_name) {
+        Some(Resource::Mesh(m)) => Some(m),
+        _ => None,
+    };
+    let mode = vn.mtls(mesh);
+    let authorize = mode == MtlsMode::Strict
+        && mesh.is_none_or(|m| {
+            m.maille.as_ref().and_then(|o| o.authorization.as_deref()) != Some("NONE")
+        });
+    (mode, authorize)
 }
 
 /// An SDS secret served on the proxy's ADS stream.

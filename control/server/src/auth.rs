@@ -1,0 +1,125 @@
+//! Who may reach the control server.
+//!
+//! **Proxies** prove their node id with a token: `maille-node.v1.` and the hex HMAC-SHA256
+//! of the node id under a key kept in the store (made on first start). `maillectl bootstrap`
+//! writes it into the Envoy bootstrap, which sends it as `authorization: Bearer <token>` on
+//! its ADS stream and stats export. The token is bound to one node id: a stream is served
+//! only the resources of the node its token names, and only its ACKs and NACKs count for
+//! that node. ADS runs over TLS (the server's certificate from Maille's CA, checked by the
+//! trust bundle in the bootstrap), so the token does not cross the network in clear.
+//!
+//! Why a token and not a certificate in the bootstrap: the proxy's certificate comes over
+//! its ADS stream (SDS) and rotates every few hours; Envoy cannot present it on the stream
+//! that delivers it without an agent rewriting files. A per-node token from the bootstrap is
+//! what the proxy has before anything else, and it names exactly one node. Changing the key
+//! in the store revokes every token at once.
+
+use crate::store::{Store, StoreError};
+use ring::hmac;
+
+/// The store's name of the node token key.
+const STORED: &str = "node-token-key";
+
+/// What a node token starts with.
+pub const NODE_TOKEN_PREFIX: &str = "maille-node.v1.";
+
+/// Makes and checks node tokens.
+pub struct NodeTokens {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for NodeTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeTokens")
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+impl NodeTokens {
+    /// The key kept in `store`, made on first use: every server on the store agrees.
+    pub fn load_or_create(store: &dyn Store) -> Result<NodeTokens, StoreError> {
+        let fresh: [u8; 32] = rand::random();
+        let kept = store.create_secret(STORED, &fresh)?;
+        Ok(NodeTokens {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &kept),
+        })
+    }
+
+    /// The token of `node_id`: `maille-node.v1.<hex node id>.<hex HMAC>`.
+    pub fn token(&self, node_id: &str) -> String {
+        format!(
+            "{NODE_TOKEN_PREFIX}{}.{}",
+            hex(node_id.as_bytes()),
+            hex(hmac::sign(&self.key, node_id.as_bytes()).as_ref())
+        )
+    }
+
+    /// The node id `token` names, if it is genuine (its HMAC compared in constant time).
+    pub fn node_of(&self, token: &str) -> Option<String> {
+        let (id, mac) = token.strip_prefix(NODE_TOKEN_PREFIX)?.split_once('.')?;
+        let (id, mac) = (unhex(id)?, unhex(mac)?);
+        hmac::verify(&self.key, &id, &mac).ok()?;
+        String::from_utf8(id).ok()
+    }
+
+    /// Whether `token` is `node_id`'s.
+    pub fn verify(&self, node_id: &str, token: &str) -> bool {
+        self.node_of(token).as_deref() == Some(node_id)
+    }
+}
+
+/// The bearer token of a gRPC request's `authorization` metadata, if any.
+pub fn bearer(meta: &tonic::metadata::MetadataMap) -> Option<&str> {
+    meta.get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn a_token_names_one_node_of_one_store() {
+        let store = MemoryStore::default();
+        let t = NodeTokens::load_or_create(&store).unwrap();
+        let again = NodeTokens::load_or_create(&store).unwrap();
+        let other = NodeTokens::load_or_create(&MemoryStore::default()).unwrap();
+        let id = "mesh/m/virtualNode/white";
+        let tok = t.token(id);
+        assert!(tok.starts_with(NODE_TOKEN_PREFIX));
+        assert!(t.verify(id, &tok));
+        assert!(again.verify(id, &tok), "the same store's key");
+        assert!(!other.verify(id, &tok), "another store's key");
+        assert!(!t.verify("mesh/m/virtualNode/black", &tok));
+        assert!(!t.verify(id, ""));
+        assert!(!t.verify(id, &tok[..tok.len() - 2]));
+        assert!(!t.verify(id, &tok.replace(NODE_TOKEN_PREFIX, "")));
+        assert!(!t.verify(id, &format!("{tok}00")));
+        assert!(!t.verify(id, "maille-node.v1.zz"));
+        assert_eq!(t.node_of(&tok).as_deref(), Some(id));
+        // Another node's id with this node's HMAC.
+        let forged = format!(
+            "{NODE_TOKEN_PREFIX}{}.{}",
+            hex(b"mesh/m/virtualNode/black"),
+            tok.rsplit('.').next().unwrap()
+        );
+        assert_eq!(t.node_of(&forged), None);
+    }
+}
