@@ -69,6 +69,8 @@ fi
 export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT AWS_REGION=us-east-1 \
   AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
 export MAILLE_SERVER=http://127.0.0.1:$CONTROL_PORT
+# maillectl finds the admin token the server writes next to its state.
+export MAILLE_STATE=$RUN_DIR/maille-state.redb
 CTL=$BIN/maillectl
 
 step() { printf '  %-58s' "$1"; }
@@ -82,9 +84,9 @@ wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/"; took "$t"
 
 t=$(date +%s%N); step "control server :$XDS_PORT (ADS) :$CONTROL_PORT"
 start_bg control "$BIN/maille-control" --xds-addr "127.0.0.1:$XDS_PORT" \
-  --http-addr "127.0.0.1:$CONTROL_PORT" --state "$RUN_DIR/maille-state.redb" \
+  --http-addr "127.0.0.1:$CONTROL_PORT" --state "$MAILLE_STATE" \
   --modules "$ROOT/target/filters"
-wait_for "the control server" "$MAILLE_SERVER/v1/status"; took "$t"
+wait_for "the control server" "$MAILLE_SERVER/healthz"; took "$t"
 
 t=$(date +%s%N); step "mesh from ${SPEC#$ROOT/}"
 "$CTL" apply -f "$SPEC" >"$RUN_DIR/apply.log" 2>&1 \
@@ -132,6 +134,7 @@ cat >"$RUN_DIR/env.sh" <<ENV
 # source this file to drive the demo from another shell
 export PATH="$BIN:$ROOT/.venv/bin:\$PATH"   # maillectl, and the AWS CLI
 export MAILLE_SERVER=$MAILLE_SERVER
+export MAILLE_STATE=$MAILLE_STATE   # maillectl reads the admin token next to it
 export AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL AWS_REGION=$AWS_REGION AWS_DEFAULT_REGION=$AWS_REGION
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
 ENV
@@ -188,7 +191,7 @@ In another shell, first:   source $RUN_DIR/env.sh
      maillectl rollout status blue --watch      # or: --wait, which exits 0 on success
      maillectl rollout pause blue ; maillectl rollout resume blue ; maillectl rollout abort blue
    The web console (routes and weights, rollouts with their checks over time, breakers, and
-   promote / pause / abort buttons):  $MAILLE_SERVER/
+   promote / pause / abort buttons):  $MAILLE_SERVER/#token=$(cat "$RUN_DIR/maille-admin.token")
 9. Every hop between Envoys is mutual TLS, with certificates from Maille's own CA naming each
    node's SPIFFE ID, rotated over SDS; white takes calls only from the gateway (which declares
    it as a backend). Plaintext to white's Envoy is refused; the gateway's Envoy takes it from

@@ -116,6 +116,7 @@ impl Demo {
         let out = Command::new(bin_dir().join("maillectl"))
             .args(args)
             .env("MAILLE_SERVER", "http://127.0.0.1:10061")
+            .env("MAILLE_STATE", self.run_dir.join("maille-state.redb"))
             .env("AWS_ENDPOINT_URL", MOTO)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "demo")
@@ -484,11 +485,13 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
             }
         })
     };
+    let token = std::fs::read_to_string(demo.run_dir.join("maille-read.token")).unwrap();
     let status = |name: &str| -> serde_json::Value {
         let mut r = agent()
             .get(&format!(
                 "http://127.0.0.1:10061/v1/rollouts/colorapp/{name}"
             ))
+            .header("authorization", format!("Bearer {}", token.trim()))
             .call()
             .unwrap();
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or_default()

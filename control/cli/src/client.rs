@@ -58,7 +58,51 @@ const CLIENT: &str = concat!("maillectl/", env!("CARGO_PKG_VERSION"));
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `Bearer <token>`, when one was found.
+    authorization: Option<String>,
 }
+
+/// The token given with `--token`, if any (set once by `main`).
+static GIVEN_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Uses `token` for every call (from `--token`).
+pub fn set_token(token: String) {
+    let _ = GIVEN_TOKEN.set(token);
+}
+
+/// The admin API token: `--token` (or `MAILLE_TOKEN`), else the file `MAILLE_TOKEN_FILE`
+/// names, else `maille-admin.token` where the server writes it: in the folder of
+/// `MAILLE_STATE`, the current folder, or `/var/lib/maille` (the EC2 and container
+/// deployments' state folder).
+pub fn find_token() -> Option<String> {
+    if let Some(t) = GIVEN_TOKEN.get() {
+        return Some(t.clone());
+    }
+    if let Ok(t) = std::env::var("MAILLE_TOKEN") {
+        if !t.trim().is_empty() {
+            return Some(t.trim().to_owned());
+        }
+    }
+    let mut files = Vec::new();
+    if let Ok(f) = std::env::var("MAILLE_TOKEN_FILE") {
+        files.push(std::path::PathBuf::from(f));
+    }
+    if let Ok(state) = std::env::var("MAILLE_STATE") {
+        if let Some(dir) = std::path::Path::new(&state).parent() {
+            files.push(dir.join(TOKEN_FILE));
+        }
+    }
+    files.push(std::path::PathBuf::from(TOKEN_FILE));
+    files.push(std::path::Path::new("/var/lib/maille").join(TOKEN_FILE));
+    files.into_iter().find_map(|f| {
+        let t = std::fs::read_to_string(f).ok()?;
+        let t = t.trim();
+        (!t.is_empty()).then(|| t.to_owned())
+    })
+}
+
+/// The file the server writes its admin token into, next to its state.
+pub const TOKEN_FILE: &str = "maille-admin.token";
 
 /// Longest answer read from the server (a big mesh in one listing).
 const MAX_ANSWER: u64 = 64 * 1024 * 1024;
@@ -79,6 +123,7 @@ impl Client {
                 .timeout_global(Some(timeout))
                 .build()
                 .into(),
+            authorization: find_token().map(|t| format!("Bearer {t}")),
         }
     }
 
@@ -134,19 +179,28 @@ impl Client {
     }
 
     fn get_text(&self, path: &str) -> Result<String, ApiError> {
-        let resp = self
-            .agent
-            .get(&format!("{}{path}", self.base))
-            .call()
-            .map_err(|e| self.unreachable(e))?;
+        let mut req = self.agent.get(&format!("{}{path}", self.base));
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a);
+        }
+        let resp = req.call().map_err(|e| self.unreachable(e))?;
         self.answer(path, resp)
+    }
+
+    fn post_request(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let mut req = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .header(paths::CLIENT_HEADER, CLIENT);
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a);
+        }
+        req
     }
 
     fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ApiError> {
         let resp = self
-            .agent
-            .post(&format!("{}{path}", self.base))
-            .header(paths::CLIENT_HEADER, CLIENT)
+            .post_request(path)
             .send_json(body)
             .map_err(|e| self.unreachable(e))?;
         let text = self.answer(path, resp)?;
@@ -155,9 +209,7 @@ impl Client {
 
     fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
         let resp = self
-            .agent
-            .post(&format!("{}{path}", self.base))
-            .header(paths::CLIENT_HEADER, CLIENT)
+            .post_request(path)
             .send_empty()
             .map_err(|e| self.unreachable(e))?;
         let text = self.answer(path, resp)?;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use maille_api::{ApplyReport, BootstrapQuery};
 use maille_import::{import_paths, Params};
 use maille_model::{Key, Kind, Resource};
-use maillectl::client::Client;
+use maillectl::client::{self, Client};
 use maillectl::traces_cmd::TracesArgs;
 use maillectl::{offline, parse_param, traces_cmd};
 use std::path::PathBuf;
@@ -28,6 +28,12 @@ struct Cli {
         default_value = "http://127.0.0.1:18080"
     )]
     server: String,
+    /// The admin API token. Without it, maillectl reads the file MAILLE_TOKEN_FILE names,
+    /// else `maille-admin.token` where the server writes it: next to MAILLE_STATE, in the
+    /// current folder, or in /var/lib/maille. The read-only token (`maille-read.token`)
+    /// serves `get`, `status` and the like.
+    #[arg(long, global = true, env = "MAILLE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -243,6 +249,9 @@ fn main() {
         default_hook(info)
     }));
     let cli = Cli::parse();
+    if let Some(t) = &cli.token {
+        client::set_token(t.trim().to_owned());
+    }
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

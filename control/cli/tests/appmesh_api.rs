@@ -12,10 +12,11 @@ use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
 
-/// The environment of an AWS client that talks to nothing but the control server.
-fn aws_env(cmd: &mut Command) -> &mut Command {
+/// The environment of an AWS client that talks to nothing but the control server, signing
+/// with `secret` (the server's admin token).
+fn aws_env<'a>(cmd: &'a mut Command, secret: &str) -> &'a mut Command {
     cmd.env("AWS_ACCESS_KEY_ID", "AKIDMAILLETEST")
-        .env("AWS_SECRET_ACCESS_KEY", "not-checked")
+        .env("AWS_SECRET_ACCESS_KEY", secret)
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
@@ -26,12 +27,10 @@ fn aws_env(cmd: &mut Command) -> &mut Command {
 /// `aws appmesh <args> --endpoint-url <control>`: success, stdout as JSON (or Null), stderr.
 fn aws(control: &Control, args: &[&str]) -> (bool, Value, String) {
     let mut cmd = Command::new(repo_root().join(".venv/bin/aws"));
-    aws_env(&mut cmd).arg("appmesh").args(args).args([
-        "--endpoint-url",
-        &control.url(),
-        "--output",
-        "json",
-    ]);
+    aws_env(&mut cmd, &control.admin_token())
+        .arg("appmesh")
+        .args(args)
+        .args(["--endpoint-url", &control.url(), "--output", "json"]);
     let out = cmd.output().expect("run the AWS CLI from .venv");
     let stdout = String::from_utf8_lossy(&out.stdout);
     (
@@ -58,7 +57,9 @@ fn the_aws_cli_and_boto3_manage_the_mesh_through_the_app_mesh_api() {
     let mesh = aws_ok(
         &control,
         "create-mesh",
-        json!({"meshName": "demo", "spec": {"egressFilter": {"type": "DROP_ALL"}}}),
+        // The colours are bare apps with no Envoy of their own: no mesh mTLS.
+        json!({"meshName": "demo", "spec": {"egressFilter": {"type": "DROP_ALL"}},
+               "tags": [{"key": "maille:mtls", "value": "DISABLED"}]}),
     );
     assert_eq!(mesh["mesh"]["meshName"], "demo", "{mesh}");
     assert_eq!(mesh["mesh"]["status"]["status"], "ACTIVE", "{mesh}");
@@ -230,6 +231,28 @@ fn the_aws_cli_and_boto3_manage_the_mesh_through_the_app_mesh_api() {
             .and_then(|v| v.to_str().ok()),
         Some("ForbiddenException")
     );
+    // Signed with a wrong secret: refused, nothing changed. Signed with the read-only
+    // token: describe and list, no change.
+    let with_secret = |secret: &str, args: &[&str]| -> (bool, String) {
+        let mut cmd = Command::new(repo_root().join(".venv/bin/aws"));
+        aws_env(&mut cmd, secret)
+            .arg("appmesh")
+            .args(args)
+            .args(["--endpoint-url", &control.url()]);
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = with_secret("wrong", &["delete-mesh", "--mesh-name", "demo"]);
+    assert!(!ok && err.contains("signature does not match"), "{err}");
+    let read = std::fs::read_to_string(dir.path().join("maille-read.token")).unwrap();
+    let (ok, err) = with_secret(read.trim(), &["list-meshes"]);
+    assert!(ok, "{err}");
+    let (ok, err) = with_secret(read.trim(), &["delete-mesh", "--mesh-name", "demo"]);
+    assert!(!ok && err.contains("read-only"), "{err}");
+    assert!(aws(&control, &["describe-mesh", "--mesh-name", "demo"]).0);
 
     // boto3: a paginator over pages of one, and a describe.
     let script = r#"
@@ -245,7 +268,7 @@ print(json.dumps({"names": names, "pages": pages, "egress": mesh["spec"]["egress
                   "meshes": [m["meshName"] for m in c.list_meshes()["meshes"]]}))
 "#;
     let mut py = Command::new(repo_root().join(".venv/bin/python"));
-    let out = aws_env(&mut py)
+    let out = aws_env(&mut py, &control.admin_token())
         .args(["-c", script, &control.url()])
         .output()
         .unwrap();

@@ -199,6 +199,7 @@ fn a_change_without_the_client_header_is_refused_as_a_cross_site_request() {
     for path in ["/v1/apply", "/v1/delete", "/v1/rollouts/m/r/abort"] {
         let mut r = maille_testkit::agent()
             .post(&format!("{}{path}", control.url()))
+            .header("authorization", format!("Bearer {}", control.admin_token()))
             .content_type("text/plain")
             .send(r#"{"resources": [{"mesh": {"meshName": "x", "spec": {}}}]}"#)
             .unwrap();

@@ -32,7 +32,8 @@ fn client(endpoint: &str) -> Client {
 /// (namespace `demo.local`, service `colorteller`, instances with `stage=prod` only).
 fn mesh() -> Value {
     json!([
-        {"meshName": "demo", "spec": {}},
+        // The colours are bare apps with no Envoy of their own: no mesh mTLS.
+        {"meshName": "demo", "spec": {}, "maille": {"mtls": "DISABLED"}},
         {"meshName": "demo", "virtualNodeName": "gateway", "spec": {
             "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
             "backends": [{"virtualService": {"virtualServiceName": "colorteller.local"}}]}},

@@ -150,24 +150,63 @@ fn the_console_shows_the_mesh_and_its_rollouts_and_aborts_one() {
             }
         })
     };
-    // A breaker opened on red, another half-opened on black (neither is a canary), and a
-    // signal whose cluster is markup: anyone can post one, and the page must show it as text.
+    // A breaker opened on red, another half-opened on black (neither is a canary), and one on
+    // white closed again, as Envoys signal them (with a node token); and a signal whose
+    // cluster is markup, which the page must show as text. Red and black are kept directly:
+    // while the rollouts run, no route has them, so no node has their clusters and the API
+    // refuses their signals (checked below); white's comes through the API.
     let a = maille_testkit::agent();
-    for (cluster, from, to, gen) in [
-        ("node/colorteller-red/10014", "closed", "open", 1),
-        ("node/colorteller-black/10012", "closed", "open", 1),
-        ("node/colorteller-black/10012", "open", "half_open", 2),
-        (HOSTILE, "open", "closed", 1),
+    let running = control.running.as_ref().unwrap();
+    let gateway_token = running
+        .node_tokens
+        .token("mesh/colorapp/virtualNode/colorgateway");
+    let signal = |cluster: &str, from: &str, to: &str, gen: u64| {
+        json!({"cluster": cluster, "from": from, "to": to, "generation": gen,
+               "failureRatio": 0.6, "requests": 20, "failures": 12, "consecutiveFailures": 5,
+               "atMillis": 1_795_753_011_355u64 + gen})
+    };
+    let post = |token: Option<&str>, body: &serde_json::Value| -> u16 {
+        let mut r = a.post(&format!("{}/v1/signals/breaker", control.url()));
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        match r.send_json(body) {
+            Ok(r) => r.status().as_u16(),
+            Err(ureq::Error::StatusCode(c)) => c,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let white = signal("node/colorteller-white/10011", "open", "closed", 3);
+    assert_eq!(post(None, &white), 401, "no node token");
+    assert_eq!(
+        post(Some("maille-node.v1.00.00"), &white),
+        401,
+        "a made-up token"
+    );
+    let red = signal("node/colorteller-red/10014", "closed", "open", 1);
+    assert_eq!(
+        post(Some(&gateway_token), &red),
+        403,
+        "no longer the gateway's cluster"
+    );
+    let hostile = signal(HOSTILE, "open", "closed", 1);
+    assert_eq!(
+        post(Some(&gateway_token), &hostile),
+        403,
+        "not the node's cluster"
+    );
+    assert_eq!(post(Some(&gateway_token), &white), 204);
+    for body in [
+        red,
+        signal("node/colorteller-black/10012", "closed", "open", 1),
+        signal("node/colorteller-black/10012", "open", "half_open", 2),
+        hostile,
     ] {
-        let r = a
-            .post(&format!("{}/v1/signals/breaker", control.url()))
-            .send_json(
-                json!({"cluster": cluster, "from": from, "to": to, "generation": gen,
-                "failureRatio": 0.6, "requests": 20, "failures": 12, "consecutiveFailures": 5,
-                "atMillis": 1_795_753_011_355u64 + gen}),
-            )
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 204);
+        running.signals.record(
+            "mesh/colorapp/virtualNode/colorgateway",
+            serde_json::from_value(body).unwrap(),
+            100,
+        );
     }
 
     let shots = std::env::var_os("MAILLE_CONSOLE_SHOTS")
@@ -176,7 +215,10 @@ fn the_console_shows_the_mesh_and_its_rollouts_and_aborts_one() {
     let stderr_log = dir.path().join("console_check.stderr");
     let mut child = Command::new(&python)
         .arg(root.join("control/cli/tests/console_check.py"))
-        .args(["--url", &format!("{}/", control.url())])
+        .args([
+            "--url",
+            &format!("{}/#token={}", control.url(), control.admin_token()),
+        ])
         .arg("--shots")
         .arg(&shots)
         .args([
@@ -318,10 +360,11 @@ fn the_console_shows_the_mesh_and_its_rollouts_and_aborts_one() {
     // Breakers: the latest state per cluster.
     assert_eq!(
         report["breakers"],
-        json!({"node/colorteller-red/10014": "open", "node/colorteller-black/10012": "half-open", HOSTILE: "closed"}),
+        json!({"node/colorteller-red/10014": "open", "node/colorteller-black/10012": "half-open",
+               "node/colorteller-white/10011": "closed", HOSTILE: "closed"}),
         "{ctx}"
     );
-    assert_eq!(report["signalRows"], 4, "{ctx}");
+    assert_eq!(report["signalRows"], 5, "{ctx}");
     // The markup showed as its characters: no element made of it, no script run.
     assert_eq!(report["hostileText"], HOSTILE, "{ctx}");
     assert_eq!(report["images"], 0, "{ctx}");

@@ -130,10 +130,16 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
             cloud_map_every: std::time::Duration::from_millis(300),
             cert_lifetime: maille_control::ca::DEFAULT_LIFETIME,
             ca_pem: None,
+            token_dir: None,
         }))
         .unwrap();
     let url = format!("http://127.0.0.1:{}", server.http_port);
+    let bootstrap_token = std::fs::read_to_string(dir.path().join("maille-bootstrap.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
     run(Command::new(env!("CARGO_BIN_EXE_maillectl"))
+        .env("MAILLE_STATE", dir.path().join("state.redb"))
         .args([
             "--server",
             &url,
@@ -191,8 +197,14 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
             .unwrap()
             .trim_end_matches('"');
         let query = query.replace("$(MAILLE_NODE)", &node);
+        // With the bootstrap token, as the pod sends it (from its Secret).
+        assert!(
+            script.contains("--header \"Authorization: Bearer $(MAILLE_BOOTSTRAP_TOKEN)\""),
+            "{script}"
+        );
         let mut r = agent()
             .get(&format!("{url}/v1/bootstrap?{query}"))
+            .header("authorization", format!("Bearer {bootstrap_token}"))
             .call()
             .unwrap();
         let body = r.body_mut().read_to_string().unwrap();
@@ -249,8 +261,13 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
         .split('"')
         .next()
         .unwrap();
+    assert!(
+        cmd.contains("Authorization: Bearer $MAILLE_BOOTSTRAP_TOKEN"),
+        "{cmd}"
+    );
     let mut r = agent()
         .get(&format!("{url}/v1/bootstrap?{query}"))
+        .header("authorization", format!("Bearer {bootstrap_token}"))
         .call()
         .unwrap();
     let body = r.body_mut().read_to_string().unwrap();

@@ -58,7 +58,10 @@ fn a_gateway_routes_by_its_gateway_routes_and_rewrites_as_they_say() {
     let gw_port = free_port();
     let log = dir.path().join("gateway-access.jsonl");
     let mut docs = vec![
-        json!({"meshName": "demo", "spec": {"egressFilter": {"type": "DROP_ALL"}}}),
+        // The targets are bare echo servers with no Envoy of their own: no mesh mTLS
+        // (envoy_mtls.rs has the gateway-to-node hop over mTLS).
+        json!({"meshName": "demo", "spec": {"egressFilter": {"type": "DROP_ALL"}},
+               "maille": {"mtls": "DISABLED"}}),
         json!({"meshName": "demo", "virtualServiceName": "white.local", "spec": {
             "provider": {"virtualNode": {"virtualNodeName": "white"}}}}),
         json!({"meshName": "demo", "virtualRouterName": "color", "spec": {

@@ -1,5 +1,5 @@
 //! Mesh-wide mutual TLS in real Envoy, with certificates from Maille's certificate authority
-//! served over SDS: a gateway node's Envoy calls white through white's own Envoy; white's
+//! served over SDS: a virtual gateway's Envoy calls white through white's own Envoy; white's
 //! listener takes only TLS from a proxy of the mesh that declares it as a backend; the
 //! certificates rotate under load with no failed request, across a restart of the server.
 
@@ -14,27 +14,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A mesh `sec` (mTLS from `maille`, when given): the gateway node calls `white.local`,
-/// served by white, whose Envoy listens on `ingress` in front of the app on `app`; `rogue`
-/// is a node of the mesh that declares no backend.
-fn mesh(app: u16, ingress: u16, maille: Option<Value>) -> Value {
-    let mut m = json!({"meshName": "sec", "spec": {}});
-    if let Some(o) = maille {
-        m["maille"] = o;
-    }
-    json!([
-        {"mesh": m},
-        {"meshName": "sec", "virtualNodeName": "gateway", "spec": {
-            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
-            "backends": [{"virtualService": {"virtualServiceName": "white.local"}}]}},
-        {"meshName": "sec", "virtualNodeName": "rogue", "spec": {
-            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}]}},
-        {"meshName": "sec", "virtualNodeName": "white", "spec": {
-            "listeners": [{"portMapping": {"port": app, "protocol": "http"}}],
-            "serviceDiscovery": {"endpoints": [{"address": "127.0.0.1", "port": ingress}]}}},
-        {"meshName": "sec", "virtualServiceName": "white.local", "spec": {
-            "provider": {"virtualNode": {"virtualNodeName": "white"}}}},
-    ])
+/// The mesh of these tests ([`gateway_to_white`], with a rogue node), mTLS from `maille`.
+fn mesh(gw: u16, app: u16, ingress: u16, maille: Option<Value>) -> Value {
+    gateway_to_white(gw, app, ingress, maille.unwrap_or(json!({})), true)
+}
+
+/// The gateway's SPIFFE ID.
+const GATEWAY_ID: &str = "spiffe://maille/mesh/sec/virtualGateway/ingress";
+
+/// The gateway's Envoy.
+fn gateway_envoy(c: &Control) -> maille_testkit::Envoy {
+    c.gateway_envoy("sec", "ingress")
+}
+
+fn gateway_cert(ca: &maille_control::ca::Ca) -> maille_control::ca::Issued {
+    ca.issue_proxy("sec", &maille_translate::names::gateway_proxy("ingress"))
+        .unwrap()
 }
 
 fn apply(c: &Control, dir: &Path, doc: &Value) {
@@ -133,10 +128,10 @@ fn strict_mtls_takes_only_declared_callers_of_the_mesh() {
     let control = Control::start(&rt, &dir.path().join("state.redb"), None);
     let apps = Apps::start(&rt, &["white"]);
     let app = apps.ports["white"];
-    let ingress = free_port();
-    apply(&control, dir.path(), &mesh(app, ingress, None));
+    let (ingress, egress) = (free_port(), free_port());
+    apply(&control, dir.path(), &mesh(egress, app, ingress, None));
     let (white, _) = control.envoy_with_ingress("sec", "white", ingress);
-    let (gateway, egress) = control.envoy("sec", "gateway");
+    let gateway = gateway_envoy(&control);
     let a = agent();
     eventually(
         "the gateway reaches white over mTLS",
@@ -150,21 +145,14 @@ fn strict_mtls_takes_only_declared_callers_of_the_mesh() {
     let ids = |e: &maille_testkit::Envoy| -> Vec<String> {
         envoy_certs(e).into_iter().map(|(id, _)| id).collect()
     };
-    assert_eq!(
-        ids(&gateway),
-        vec!["spiffe://maille/mesh/sec/virtualNode/gateway"]
-    );
+    assert_eq!(ids(&gateway), vec![GATEWAY_ID]);
     assert_eq!(
         ids(&white),
         vec!["spiffe://maille/mesh/sec/virtualNode/white"]
     );
 
     let ca = control.running.as_ref().unwrap().ca.clone();
-    write_cert(
-        dir.path(),
-        "gateway",
-        &ca.issue_proxy("sec", "gateway").unwrap(),
-    );
+    write_cert(dir.path(), "gateway", &gateway_cert(&ca));
     write_cert(
         dir.path(),
         "rogue",
@@ -173,18 +161,15 @@ fn strict_mtls_takes_only_declared_callers_of_the_mesh() {
     write_cert(
         dir.path(),
         "other-mesh",
-        &ca.issue_proxy("other", "gateway").unwrap(),
+        &ca.issue_proxy("other", &maille_translate::names::gateway_proxy("ingress"))
+            .unwrap(),
     );
     let stranger = maille_control::ca::Ca::load_or_create(
         &maille_control::store::MemoryStore::default(),
         maille_control::ca::DEFAULT_LIFETIME,
     )
     .unwrap();
-    write_cert(
-        dir.path(),
-        "other-ca",
-        &stranger.issue_proxy("sec", "gateway").unwrap(),
-    );
+    write_cert(dir.path(), "other-ca", &gateway_cert(&stranger));
     let hits = || apps.hits["white"].load(Ordering::Relaxed);
     let before = hits();
     // A caller the spec declares gets in (so the refusals below are the certificates').
@@ -204,7 +189,7 @@ fn strict_mtls_takes_only_declared_callers_of_the_mesh() {
     apply(
         &control,
         dir.path(),
-        &mesh(app, ingress, Some(json!({"authorization": "NONE"}))),
+        &mesh(egress, app, ingress, Some(json!({"authorization": "NONE"}))),
     );
     eventually("the rogue gets in", Duration::from_secs(20), || {
         let got = curl(dir.path(), ingress, Some("rogue"));
@@ -217,7 +202,7 @@ fn strict_mtls_takes_only_declared_callers_of_the_mesh() {
     apply(
         &control,
         dir.path(),
-        &mesh(app, ingress, Some(json!({"mtls": "PERMISSIVE"}))),
+        &mesh(egress, app, ingress, Some(json!({"mtls": "PERMISSIVE"}))),
     );
     eventually("plaintext gets in", Duration::from_secs(20), || {
         let got = curl(dir.path(), ingress, None);
@@ -237,7 +222,7 @@ fn strict_mtls_takes_only_declared_callers_of_the_mesh() {
     apply(
         &control,
         dir.path(),
-        &mesh(app, ingress, Some(json!({"mtls": "DISABLED"}))),
+        &mesh(egress, app, ingress, Some(json!({"mtls": "DISABLED"}))),
     );
     eventually("TLS is off", Duration::from_secs(20), || {
         let got = curl(dir.path(), ingress, Some("gateway"));
@@ -298,14 +283,14 @@ fn certificates_rotate_every_10_s_under_200_requests_a_second_with_none_failed()
     let mut control = Control::start_with_lifetime(&rt, &state, None, lifetime);
     let ports = (control.xds_port, control.http_port);
     let apps = Apps::start(&rt, &["white"]);
-    let ingress = free_port();
+    let (ingress, egress) = (free_port(), free_port());
     apply(
         &control,
         dir.path(),
-        &mesh(apps.ports["white"], ingress, None),
+        &mesh(egress, apps.ports["white"], ingress, None),
     );
     let (white, _) = control.envoy_with_ingress("sec", "white", ingress);
-    let (gateway, egress) = control.envoy("sec", "gateway");
+    let gateway = gateway_envoy(&control);
     let a = agent();
     eventually("the gateway reaches white", Duration::from_secs(30), || {
         let got = get(&a, egress, "white.local");
@@ -340,11 +325,7 @@ fn certificates_rotate_every_10_s_under_200_requests_a_second_with_none_failed()
         }
         // A new one each time: they live 20 s too.
         let ca = control.running.as_ref().unwrap().ca.clone();
-        write_cert(
-            dir.path(),
-            "gateway",
-            &ca.issue_proxy("sec", "gateway").unwrap(),
-        );
+        write_cert(dir.path(), "gateway", &gateway_cert(&ca));
         let got = curl(dir.path(), ingress, Some("gateway"));
         if got == "200" {
             fresh.0 += 1;
@@ -385,10 +366,7 @@ fn certificates_rotate_every_10_s_under_200_requests_a_second_with_none_failed()
     );
     assert!(fresh.0 >= 80, "{} fresh handshakes", fresh.0);
     // Every 10 s, and at the restart: at least 6 certificates each over the minute.
-    for id in [
-        "spiffe://maille/mesh/sec/virtualNode/gateway",
-        "spiffe://maille/mesh/sec/virtualNode/white",
-    ] {
+    for id in [GATEWAY_ID, "spiffe://maille/mesh/sec/virtualNode/white"] {
         let n = serials.get(id).map_or(0, |s| s.len());
         assert!(n >= 6, "{id}: {n} certificates seen");
     }

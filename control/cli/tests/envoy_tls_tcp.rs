@@ -178,7 +178,8 @@ fn a_tcp_virtual_service_gets_its_own_egress_listener() {
     let apps = Apps::start(&rt, &["black"]);
     let tcp_port = free_port();
     let spec = json!([
-        {"meshName": "demo"},
+        // Black is a bare TCP app with no Envoy of its own: no mesh mTLS.
+        {"meshName": "demo", "maille": {"mtls": "DISABLED"}},
         {"meshName": "demo", "virtualNodeName": "gateway", "spec": {
             "backends": [{"virtualService": {"virtualServiceName": "black-tcp.local"}}]}},
         {"meshName": "demo", "virtualNodeName": "black", "spec": {

@@ -40,6 +40,7 @@ fn status_advances_and_wait_exits_0_on_success() {
 
     // A live view in a pipe: one line per change, no screen control.
     let watch = Command::new(env!("CARGO_BIN_EXE_maillectl"))
+        .env("MAILLE_STATE", &control.state)
         .args([
             "--server",
             &control.url(),
@@ -55,6 +56,7 @@ fn status_advances_and_wait_exits_0_on_success() {
 
     // A pipeline reading JSON: one document per change.
     let json_wait = Command::new(env!("CARGO_BIN_EXE_maillectl"))
+        .env("MAILLE_STATE", &control.state)
         .args([
             "--server",
             &control.url(),
@@ -237,6 +239,7 @@ fn wait_exits_nonzero_after_an_abort_and_on_timeout() {
 
     // A pipeline waits; a second maillectl aborts; the wait ends with RolledBack's code.
     let mut wait = Command::new(env!("CARGO_BIN_EXE_maillectl"))
+        .env("MAILLE_STATE", &control.state)
         .args([
             "--server",
             &control.url(),
@@ -497,6 +500,7 @@ fn a_stopped_server_is_named() {
     let url = control.url();
     control.stop(&rt);
     let out = Command::new(env!("CARGO_BIN_EXE_maillectl"))
+        .env("MAILLE_STATE", &control.state)
         .args(["--server", &url, "rollout", "abort", "colorapp/blue"])
         .output()
         .unwrap();
@@ -528,6 +532,7 @@ fn watch_in_a_terminal_redraws_in_place() {
         control.url()
     );
     let out = Command::new("script")
+        .env("MAILLE_STATE", &control.state)
         .args(["-qefc", &cmd, "/dev/null"])
         .stdin(Stdio::null())
         .output()

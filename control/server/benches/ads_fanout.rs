@@ -40,6 +40,15 @@ struct Server {
     child: Child,
     xds: u16,
     http: u16,
+    /// Where it writes its tokens.
+    tokens: tempfile::TempDir,
+}
+
+/// What a simulated Envoy needs from its bootstrap: the node token and the trust bundle.
+#[derive(Clone)]
+struct Creds {
+    token: String,
+    trust: String,
 }
 
 impl Drop for Server {
@@ -53,8 +62,11 @@ impl Server {
     fn start() -> Server {
         let (xds, http) = (free_port(), free_port());
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let tokens = tempfile::tempdir().expect("token folder");
         let child = Command::new(env!("CARGO_BIN_EXE_maille-control"))
             .args(["--ephemeral", "--xds-addr", &format!("127.0.0.1:{xds}")])
+            .arg("--token-dir")
+            .arg(tokens.path())
             .args(["--http-addr", &format!("127.0.0.1:{http}")])
             .arg("--modules")
             .arg(format!("{root}/target/filters"))
@@ -63,7 +75,12 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("start maille-control");
-        let s = Server { child, xds, http };
+        let s = Server {
+            child,
+            xds,
+            http,
+            tokens,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while ureq::get(&format!("http://127.0.0.1:{http}/healthz"))
             .call()
@@ -73,6 +90,38 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         s
+    }
+
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.tokens.path().join("maille-admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_owned()
+    }
+
+    /// The node's token and the trust bundle, from its bootstrap, as an Envoy gets them.
+    fn creds(&self) -> Creds {
+        let mut r = ureq::get(&format!(
+            "http://127.0.0.1:{}/v1/bootstrap?node={NODE}",
+            self.http
+        ))
+        .header("authorization", format!("Bearer {}", self.admin_token()))
+        .call()
+        .expect("bootstrap");
+        let b: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        let auth = b["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"][0]
+            ["value"]
+            .as_str()
+            .expect("token");
+        let trust = b["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+            ["common_tls_context"]["validation_context"]["trusted_ca"]["inline_string"]
+            .as_str()
+            .expect("trust bundle");
+        Creds {
+            token: auth.trim_start_matches("Bearer ").to_owned(),
+            trust: trust.to_owned(),
+        }
     }
 
     fn rss_kib(&self) -> u64 {
@@ -122,6 +171,7 @@ impl Server {
         let body = serde_json::json!({ "resources": i.resources });
         let mut r = ureq::post(&format!("http://127.0.0.1:{}/v1/apply", self.http))
             .header(maille_api::paths::CLIENT_HEADER, "bench")
+            .header("authorization", format!("Bearer {}", self.admin_token()))
             .send_json(&body)
             .expect("apply");
         let v: serde_json::Value =
@@ -138,10 +188,36 @@ struct Shared {
     ack_ms: Mutex<Vec<f64>>,
 }
 
-async fn client(port: u16, i: usize, initial: u64, shared: Arc<Shared>) -> Result<(), String> {
-    let mut c = AggregatedDiscoveryServiceClient::connect(format!("http://127.0.0.1:{port}"))
+async fn client(
+    port: u16,
+    creds: Creds,
+    i: usize,
+    initial: u64,
+    shared: Arc<Shared>,
+) -> Result<(), String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    // As Envoy does: TLS to the server's certificate from the mesh's CA, the node's token.
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&creds.trust))
+                .domain_name("127.0.0.1"),
+        )
+        .map_err(|e| e.to_string())?
+        .connect()
         .await
         .map_err(|e| e.to_string())?;
+    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {}", creds.token)
+        .parse()
+        .map_err(|_| "token".to_owned())?;
+    let mut c = AggregatedDiscoveryServiceClient::with_interceptor(
+        channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", token.clone());
+            Ok(r)
+        },
+    );
     let (tx, rx) = mpsc::channel(16);
     let node = Node {
         id: NODE.into(),
@@ -213,6 +289,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 fn run(n: usize) -> (f64, f64, f64, f64, f64, usize, usize) {
     let server = Server::start();
     let initial = server.apply((8, 1, 1));
+    let creds = server.creds();
     let rss0 = server.rss_kib();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -227,10 +304,10 @@ fn run(n: usize) -> (f64, f64, f64, f64, f64, usize, usize) {
         if i > 0 && i % 500 == 0 {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let (s, e) = (shared.clone(), errors.clone());
+        let (s, e, c) = (shared.clone(), errors.clone(), creds.clone());
         let port = server.xds;
         rt.spawn(async move {
-            if client(port, i, initial, s).await.is_err() {
+            if client(port, c, i, initial, s).await.is_err() {
                 e.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -272,6 +349,7 @@ fn run(n: usize) -> (f64, f64, f64, f64, f64, usize, usize) {
 }
 
 fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // `cargo bench` passes `--bench`; nothing else is taken.
     let counts: Vec<usize> = std::env::var("ADS_CLIENTS")
         .unwrap_or_else(|_| "1000,5000,10000".into())

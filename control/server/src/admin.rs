@@ -1,6 +1,7 @@
 //! The admin API (HTTP/JSON, the types of `maille-api`) that `maillectl` speaks, and the HTTP
 //! endpoints Envoys use: filter module downloads and the breaker's signal endpoint.
 
+use crate::auth::Scope;
 use crate::clients::Clients;
 use crate::mesh::{types, ApplyError, Mesh};
 use crate::rollouts::{ActError, Rollouts};
@@ -41,6 +42,8 @@ pub struct AppState {
     pub ca: Arc<crate::ca::Ca>,
     /// Node tokens (one goes into each bootstrap).
     pub tokens: Arc<crate::auth::NodeTokens>,
+    /// The admin API's tokens.
+    pub admin_tokens: Arc<crate::auth::AdminTokens>,
 }
 
 /// The router of the admin API.
@@ -70,8 +73,83 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/", get(crate::console::page))
         .merge(crate::appmesh_api::router())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// The scope a request needs; `None`: open to anyone (the health check, the console's page,
+/// module downloads, which Envoy fetches by sha256; the App Mesh API, which checks SigV4
+/// itself; the breaker's signals, which name a node and a cluster).
+fn needs(method: &axum::http::Method, path: &str) -> Option<Scope> {
+    use axum::http::Method;
+    let open = path == paths::HEALTH
+        || path == "/"
+        || path
+            .strip_prefix(paths::MODULES)
+            .is_some_and(|r| r.starts_with('/'))
+        || (path == paths::SIGNAL && method == Method::POST)
+        || path.starts_with("/v20190125/");
+    if open {
+        None
+    } else if path == paths::BOOTSTRAP {
+        // A bootstrap carries a node token.
+        Some(Scope::Bootstrap)
+    } else if method == Method::GET || method == Method::HEAD {
+        Some(Scope::Read)
+    } else {
+        Some(Scope::Admin)
+    }
+}
+
+/// Refuses a request without the token its scope needs.
+async fn guard(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(need) = needs(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| s.admin_tokens.scope_of(t)) {
+        Some(have) if have.allows(need) => next.run(req).await,
+        Some(have) => error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} {}: the {} token cannot do this; it needs the admin token",
+                req.method(),
+                req.uri().path(),
+                match have {
+                    Scope::Read => "read-only",
+                    Scope::Bootstrap => "bootstrap",
+                    Scope::Admin => "admin",
+                }
+            ),
+        ),
+        None => {
+            tracing::warn!(path = %req.uri().path(), "admin API: request without a valid token refused");
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "{}: {} (authorization: Bearer <token>): maillectl reads it from {} next to the server's state, or takes --token / MAILLE_TOKEN / MAILLE_TOKEN_FILE",
+                    req.uri().path(),
+                    if token.is_some() { "this token is not valid here" } else { "this needs a token" },
+                    crate::auth::ADMIN_TOKEN_FILE
+                ),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"maille\""),
+            );
+            r
+        }
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -311,7 +389,25 @@ async fn module(State(s): State<AppState>, Path(file): Path<String>) -> Response
     }
 }
 
-async fn signal(State(s): State<AppState>, bytes: axum::body::Bytes) -> Response {
+/// A breaker's signal: taken only from a proxy with its node token (the bootstrap's control
+/// cluster adds it to every call), about a cluster that proxy has.
+async fn signal(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let node = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| s.tokens.node_of(t.trim()));
+    let Some(node) = node else {
+        tracing::warn!("breaker signal refused: no node token");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "breaker signals are taken only from proxies, with their node token",
+        );
+    };
     let sig: BreakerSignal = match body(&bytes) {
         Ok(b) => b,
         Err(r) => return *r,
@@ -319,9 +415,34 @@ async fn signal(State(s): State<AppState>, bytes: axum::body::Bytes) -> Response
     if let Err(e) = sig.check() {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    tracing::info!(cluster = %sig.cluster, from = ?sig.from, to = ?sig.to, generation = sig.generation, "breaker signal");
+    let clusters: Vec<String> = names::parse_node_id(&node)
+        .and_then(|(mesh, proxy)| {
+            s.mesh
+                .node_resources(&s.mesh.current(), mesh, proxy, &NodeOptions::default())
+                .by_type
+                .get(types::CLUSTER)
+                .map(|c| c.items.iter().map(|(n, _)| n.clone()).collect())
+        })
+        .unwrap_or_default();
+    if !clusters.contains(&sig.cluster) {
+        tracing::warn!(node = %node, cluster = %sig.cluster, "breaker signal refused: not a cluster of its node");
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{node} has no cluster {:?} (its clusters: {})",
+                sig.cluster,
+                clusters
+                    .iter()
+                    .take(20)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    tracing::info!(node = %node, cluster = %sig.cluster, from = ?sig.from, to = ?sig.to, generation = sig.generation, "breaker signal");
     s.rollouts.on_signal(&sig);
-    s.signals.record(sig, bytes.len());
+    s.signals.record(&node, sig, bytes.len());
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -5,9 +5,8 @@
 //! managing the mesh. A change goes through the same validation and store as
 //! `maillectl apply`, and reaches the Envoys the same way.
 //!
-//! Requests must carry a SigV4 `Authorization` header: its access key id names the client in
-//! the server's log. The signature is not checked (the server holds no AWS secrets): this
-//! identifies clients, it does not authenticate them. Tags are not kept: `ListTagsForResource`
+//! Requests must be signed with SigV4, the admin API's token as the secret access key
+//! ([`crate::sigv4`]); the access key id names the client in the server's log. Tags are not kept: `ListTagsForResource`
 //! answers none, and `TagResource`/`UntagResource` are refused. Errors carry App Mesh's types
 //! (`x-amzn-ErrorType`: `BadRequestException`, `NotFoundException`, `ConflictException`,
 //! `ResourceInUseException`, `ForbiddenException`) and, for a bad spec, every field path.
@@ -235,15 +234,25 @@ async fn handle(
     Path(rest): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
     method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(client) = access_key(&headers) else {
-        return fail(
-            StatusCode::FORBIDDEN,
-            "ForbiddenException",
-            "the request must be signed with AWS Signature Version 4 (its access key id names the client)",
-        );
+    let client = match crate::sigv4::verify(&s.admin_tokens, &method, &uri, &headers, &body) {
+        Ok((client, scope)) => {
+            if scope != crate::auth::Scope::Admin && method != Method::GET {
+                return fail(
+                    StatusCode::FORBIDDEN,
+                    "ForbiddenException",
+                    "signed with the read-only token: describe and list only",
+                );
+            }
+            client
+        }
+        Err(why) => {
+            tracing::warn!(client = ?access_key(&headers), why, "App Mesh API: request refused");
+            return fail(StatusCode::FORBIDDEN, "ForbiddenException", why);
+        }
     };
     match (&method, rest.as_str()) {
         (&Method::GET, "tags") => return axum::Json(json!({"tags": []})).into_response(),

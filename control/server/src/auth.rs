@@ -123,3 +123,116 @@ mod tests {
         assert_eq!(t.node_of(&forged), None);
     }
 }
+
+/// What a caller of the admin API may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Fetch proxies' bootstraps, nothing else: what a deployment's start-up step holds (a
+    /// Kubernetes Secret, an ECS secret, a file on an instance).
+    Bootstrap,
+    /// Read the mesh, status, rollouts and signals.
+    Read,
+    /// Everything: apply, delete, rollout actions, bootstraps.
+    Admin,
+}
+
+impl Scope {
+    /// Whether a token of this scope may do what `need` asks.
+    pub fn allows(self, need: Scope) -> bool {
+        matches!(
+            (self, need),
+            (Scope::Admin, _) | (Scope::Read, Scope::Read) | (Scope::Bootstrap, Scope::Bootstrap)
+        )
+    }
+}
+
+/// File (in the token folder, next to the state) holding the admin token.
+pub const ADMIN_TOKEN_FILE: &str = "maille-admin.token";
+/// File holding the read-only token.
+pub const READ_TOKEN_FILE: &str = "maille-read.token";
+/// File holding the bootstrap token.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "maille-bootstrap.token";
+
+/// The admin API's two bearer tokens, kept in the store (made on first start).
+pub struct AdminTokens {
+    admin: String,
+    read: String,
+    bootstrap: String,
+}
+
+impl std::fmt::Debug for AdminTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminTokens")
+    }
+}
+
+/// Whether `a` and `b` are equal, in a time that does not depend on where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AdminTokens {
+    /// The tokens kept in `store`, made on first use.
+    pub fn load_or_create(store: &dyn Store) -> Result<AdminTokens, StoreError> {
+        let make = |prefix: &str| -> Result<String, StoreError> {
+            let fresh = format!("{prefix}{}", hex(&rand::random::<[u8; 32]>()));
+            let kept = store.create_secret(&format!("token/{prefix}"), fresh.as_bytes())?;
+            String::from_utf8(kept)
+                .map_err(|_| StoreError(format!("stored {prefix} token unreadable")))
+        };
+        Ok(AdminTokens {
+            admin: make("maille-admin.")?,
+            read: make("maille-read.")?,
+            bootstrap: make("maille-bootstrap.")?,
+        })
+    }
+
+    /// The scope `token` grants, if any (compared in constant time).
+    pub fn scope_of(&self, token: &str) -> Option<Scope> {
+        if constant_time_eq(token.as_bytes(), self.admin.as_bytes()) {
+            Some(Scope::Admin)
+        } else if constant_time_eq(token.as_bytes(), self.read.as_bytes()) {
+            Some(Scope::Read)
+        } else if constant_time_eq(token.as_bytes(), self.bootstrap.as_bytes()) {
+            Some(Scope::Bootstrap)
+        } else {
+            None
+        }
+    }
+
+    /// The admin token (the secret of the App Mesh API's SigV4 too).
+    pub fn admin(&self) -> &str {
+        &self.admin
+    }
+
+    /// The read-only token.
+    pub fn read(&self) -> &str {
+        &self.read
+    }
+
+    /// Writes the tokens into `dir` ([`ADMIN_TOKEN_FILE`], [`READ_TOKEN_FILE`],
+    /// [`BOOTSTRAP_TOKEN_FILE`]), readable by their owner only, for `maillectl` on this
+    /// machine and for deployments.
+    pub fn write_files(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (file, token) in [
+            (ADMIN_TOKEN_FILE, &self.admin),
+            (READ_TOKEN_FILE, &self.read),
+            (BOOTSTRAP_TOKEN_FILE, &self.bootstrap),
+        ] {
+            let path = dir.join(file);
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                o.mode(0o600);
+            }
+            use std::io::Write;
+            let mut f = o.open(&path)?;
+            f.write_all(token.as_bytes())?;
+            f.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}

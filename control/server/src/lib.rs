@@ -25,6 +25,7 @@ pub mod modules;
 pub mod rollouts;
 pub mod server;
 pub mod signals;
+pub mod sigv4;
 pub mod store;
 pub mod xds;
 

@@ -2,7 +2,7 @@
 //! and a watch on the modules folder.
 
 use crate::admin::{self, AppState};
-use crate::auth::NodeTokens;
+use crate::auth::{AdminTokens, NodeTokens};
 use crate::ca::Ca;
 use crate::clients::Clients;
 use crate::mesh::Mesh;
@@ -51,6 +51,9 @@ pub struct ServerConfig {
     /// The CA to sign with, as PEM (its certificate then its chain, and its key); `None`:
     /// the one kept in the store, made on first start.
     pub ca_pem: Option<(String, String)>,
+    /// Folder the admin API's tokens are written into (`maille-admin.token`,
+    /// `maille-read.token`); `None`: the state file's folder (none for a state in memory).
+    pub token_dir: Option<PathBuf>,
 }
 
 /// Why the server could not start.
@@ -94,6 +97,10 @@ pub struct Running {
     pub metrics: Arc<MeshMetrics>,
     /// The certificate authority.
     pub ca: Arc<Ca>,
+    /// The admin API's tokens.
+    pub admin_tokens: Arc<AdminTokens>,
+    /// The proxies' tokens.
+    pub node_tokens: Arc<NodeTokens>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -142,11 +149,27 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         None => Ca::load_or_create(store.as_ref(), cfg.cert_lifetime),
     }?);
     let tokens = Arc::new(NodeTokens::load_or_create(store.as_ref())?);
+    let admin_tokens = Arc::new(AdminTokens::load_or_create(store.as_ref())?);
+    let token_dir = cfg.token_dir.clone().or_else(|| {
+        cfg.state_path.as_ref().map(|p| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+    });
+    if let Some(dir) = &token_dir {
+        admin_tokens.write_files(dir).map_err(|e| {
+            ServerError::Config(format!(
+                "writing the admin tokens into {}: {e}",
+                dir.display()
+            ))
+        })?;
+        tracing::info!(dir = %dir.display(), "admin API tokens written (maille-admin.token, maille-read.token)");
+    }
     // The server's own certificate (ADS over TLS), for the address Envoys reach it at.
     // Made at each start; it lives a year.
     let own = ca.issue_for(
         maille_translate::names::CONTROL_SPIFFE_ID,
-        &[cfg.advertise_address.clone()],
+        std::slice::from_ref(&cfg.advertise_address),
         SERVER_CERT_LIFETIME,
     )?;
     let store_for_rollouts = store.clone();
@@ -211,6 +234,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         endpoints,
         ca: ca.clone(),
         tokens: tokens.clone(),
+        admin_tokens: admin_tokens.clone(),
     });
     tasks.push(tokio::spawn(async move {
         let result = axum::serve(http, app)
@@ -256,6 +280,8 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         rollouts,
         metrics,
         ca,
+        admin_tokens,
+        node_tokens: tokens,
         stop,
         tasks,
     })

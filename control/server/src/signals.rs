@@ -8,23 +8,36 @@ use std::sync::Mutex;
 pub const MAX_SIGNALS: usize = 1000;
 /// Most bytes of signals kept (their JSON size).
 pub const MAX_SIGNAL_BYTES_KEPT: usize = 1024 * 1024;
+/// Most signals kept of one node: no node can push the others' out.
+pub const MAX_SIGNALS_PER_NODE: usize = 100;
+
+/// A kept signal: its node, the signal, its size in bytes.
+type Kept = (String, BreakerSignal, usize);
 
 /// The newest signals, oldest first.
 #[derive(Debug, Default)]
 pub struct Signals {
-    kept: Mutex<(VecDeque<(BreakerSignal, usize)>, usize)>,
+    kept: Mutex<(VecDeque<Kept>, usize)>,
 }
 
 impl Signals {
-    /// Keeps `signal`, whose body was `size` bytes, dropping the oldest past the bounds.
-    pub fn record(&self, signal: BreakerSignal, size: usize) {
+    /// Keeps `signal` of node `node`, whose body was `size` bytes, dropping the node's oldest
+    /// past [`MAX_SIGNALS_PER_NODE`] and the oldest of all past the other bounds.
+    pub fn record(&self, node: &str, signal: BreakerSignal, size: usize) {
         let mut g = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let (q, bytes) = &mut *g;
-        q.push_back((signal, size));
+        q.push_back((node.to_owned(), signal, size));
         *bytes += size;
+        if q.iter().filter(|(n, ..)| n == node).count() > MAX_SIGNALS_PER_NODE {
+            if let Some(i) = q.iter().position(|(n, ..)| n == node) {
+                if let Some((_, _, n)) = q.remove(i) {
+                    *bytes -= n;
+                }
+            }
+        }
         while q.len() > MAX_SIGNALS || *bytes > MAX_SIGNAL_BYTES_KEPT {
             match q.pop_front() {
-                Some((_, n)) => *bytes -= n,
+                Some((_, _, n)) => *bytes -= n,
                 None => break,
             }
         }
@@ -37,7 +50,7 @@ impl Signals {
             .unwrap_or_else(|e| e.into_inner())
             .0
             .iter()
-            .map(|(s, _)| s.clone())
+            .map(|(_, s, _)| s.clone())
             .collect()
     }
 
@@ -68,16 +81,29 @@ mod tests {
     }
 
     #[test]
+    fn one_node_cannot_push_the_others_signals_out() {
+        let s = Signals::default();
+        s.record("good", signal("real".into()), 100);
+        for i in 0..5000 {
+            s.record("noisy", signal(format!("junk{i}")), 100);
+        }
+        let list = s.list();
+        assert_eq!(list.len(), MAX_SIGNALS_PER_NODE + 1);
+        assert_eq!(list[0].cluster, "real");
+        assert_eq!(list.last().unwrap().cluster, "junk4999");
+    }
+
+    #[test]
     fn signals_are_bounded_in_bytes_and_count() {
         let s = Signals::default();
         for i in 0..5000 {
-            s.record(signal(format!("c{i}")), 100);
+            s.record(&format!("n{}", i % 50), signal(format!("c{i}")), 100);
         }
         assert_eq!(s.size(), (MAX_SIGNALS, MAX_SIGNALS * 100));
         assert_eq!(s.list().last().unwrap().cluster, "c4999");
         // Large signals: the byte bound holds before the count bound.
         for i in 0..1000 {
-            s.record(signal(format!("big{i}")), 4096);
+            s.record(&format!("n{}", i % 50), signal(format!("big{i}")), 4096);
         }
         let (n, bytes) = s.size();
         assert!(bytes <= MAX_SIGNAL_BYTES_KEPT, "{bytes}");

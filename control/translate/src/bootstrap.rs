@@ -179,6 +179,43 @@ fn grpc_service(cluster: &str, token: &str) -> Value {
     })
 }
 
+/// The cluster of the control server's HTTP port (module downloads, breaker signals): every
+/// request on it carries the node's token, added by an upstream filter, so the server knows
+/// which node signals.
+fn control_cluster(server: &ControlEndpoints, token: &str) -> Value {
+    let mut c = static_cluster(
+        names::CONTROL_CLUSTER,
+        &server.advertise_address,
+        server.http_port,
+        false,
+    );
+    c["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http_protocol_options": {}},
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.header_mutation",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                        "mutations": {"request_mutations": [{"append": {
+                            "header": {"key": "authorization", "value": format!("Bearer {token}")},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
+                        }}]}
+                    }
+                },
+                {
+                    "name": "envoy.filters.http.upstream_codec",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                    }
+                }
+            ]
+        }
+    });
+    c
+}
+
 /// TLS to the control server: its certificate must chain to `trust` and name
 /// [`names::CONTROL_SPIFFE_ID`].
 fn control_tls(trust: &str, alpn: &str) -> Value {
@@ -218,15 +255,7 @@ pub fn render(p: &BootstrapParams, server: &ControlEndpoints, creds: &Credential
         true,
     );
     xds["transport_socket"] = control_tls(&creds.trust_bundle, "h2");
-    let mut clusters = vec![
-        xds,
-        static_cluster(
-            names::CONTROL_CLUSTER,
-            &server.advertise_address,
-            server.http_port,
-            false,
-        ),
-    ];
+    let mut clusters = vec![xds, control_cluster(server, &creds.node_token)];
     let mut doc = json!({
         "node": {
             "id": p.node_id,

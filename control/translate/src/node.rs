@@ -96,6 +96,14 @@ fn ingress(
     } else {
         None
     };
+    if callers.as_ref().is_some_and(|c| c.is_empty())
+        && vn.spec.listeners.iter().any(|l| l.tls.is_none())
+    {
+        out.warnings.push(format!(
+            "no node or gateway of mesh {mesh:?} has {:?} as a backend: under STRICT mTLS its listeners take no calls (tag it maille:mtls PERMISSIVE if clients outside the mesh call it, or put a virtual gateway in front)",
+            vn.virtual_node_name
+        ));
+    }
     for (i, l) in vn.spec.listeners.iter().enumerate() {
         let port = l.port_mapping.port;
         let envoy_port = u32::from(opts.ingress_port) + i as u32;

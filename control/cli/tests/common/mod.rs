@@ -88,6 +88,7 @@ impl Control {
                 cloud_map_every: std::time::Duration::from_millis(300),
                 cert_lifetime,
                 ca_pem: None,
+                token_dir: None,
             }))
             .expect("control server starts");
         Control {
@@ -112,9 +113,15 @@ impl Control {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// The admin token the server wrote next to its state.
+    pub fn admin_token(&self) -> String {
+        token_beside(&self.state)
+    }
+
     pub fn get(&self, path: &str) -> Value {
         let mut r = agent()
             .get(&format!("{}{path}", self.url()))
+            .header("authorization", format!("Bearer {}", self.admin_token()))
             .call()
             .expect("admin API answers");
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
@@ -123,6 +130,7 @@ impl Control {
     pub fn get_text(&self, path: &str) -> String {
         agent()
             .get(&format!("{}{path}", self.url()))
+            .header("authorization", format!("Bearer {}", self.admin_token()))
             .call()
             .expect("admin API answers")
             .body_mut()
@@ -130,11 +138,13 @@ impl Control {
             .unwrap()
     }
 
-    /// `maillectl` against this server; (exit ok, stdout, stderr).
+    /// `maillectl` against this server, finding its token where the server wrote it;
+    /// (exit ok, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_maillectl"))
             .arg("--server")
             .arg(self.url())
+            .env("MAILLE_STATE", &self.state)
             .args(args)
             .output()
             .expect("run maillectl");
@@ -167,16 +177,45 @@ impl Control {
         envoy_via(|a| self.ctl(a), mesh, node, ingress, otlp)
     }
 
+    /// Starts the Envoy of virtual gateway `gateway` of `mesh` from `maillectl bootstrap`.
+    pub fn gateway_envoy(&self, mesh: &str, gateway: &str) -> Envoy {
+        let admin = free_port();
+        let (ok, yaml, err) = self.ctl(&[
+            "bootstrap",
+            "--node",
+            &format!("mesh/{mesh}/virtualGateway/{gateway}"),
+            "--admin-port",
+            &admin.to_string(),
+            "--egress-port",
+            &free_port().to_string(),
+            "--listen-address",
+            "127.0.0.1",
+        ]);
+        assert!(ok, "maillectl bootstrap for a gateway: {err}");
+        Envoy::start(&yaml, admin)
+            .unwrap_or_else(|e| panic!("Envoy exited ({}):\n{}", e.status, e.log))
+    }
+
     /// POST `body` (JSON) to the admin API; the answer as JSON (whatever its status).
     pub fn post(&self, path: &str, body: &Value) -> Value {
-        post(&self.url(), path, body)
+        post(&self.url(), &self.admin_token(), path, body)
     }
 }
 
-fn post(base: &str, path: &str, body: &Value) -> Value {
+/// The admin token a server with its state in `state` wrote beside it.
+pub fn token_beside(state: &Path) -> String {
+    let file = state.parent().unwrap().join("maille-admin.token");
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .to_owned()
+}
+
+fn post(base: &str, token: &str, path: &str, body: &Value) -> Value {
     let mut r = agent()
         .post(&format!("{base}{path}"))
         .header(maille_api::paths::CLIENT_HEADER, "test")
+        .header("authorization", format!("Bearer {token}"))
         .send_json(body)
         .expect("admin API answers");
     serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null)
@@ -293,6 +332,10 @@ impl Process {
     pub fn get(&self, path: &str) -> Value {
         let mut r = agent()
             .get(&format!("{}{path}", self.url()))
+            .header(
+                "authorization",
+                format!("Bearer {}", token_beside(&self.state)),
+            )
             .call()
             .expect("admin API answers");
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
@@ -302,6 +345,7 @@ impl Process {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_maillectl"))
             .arg("--server")
             .arg(self.url())
+            .env("MAILLE_STATE", &self.state)
             .args(args)
             .output()
             .expect("run maillectl");
@@ -435,6 +479,33 @@ pub fn colorteller(apps: &Apps, weights: &[(&str, u32)]) -> Value {
         json!({"meshName": "demo", "virtualRouterName": "colorteller", "routeName": "color",
         "spec": {"httpRoute": {"match": {"prefix": "/"}, "action": {"weightedTargets": targets}}}}),
     );
+    Value::Array(docs)
+}
+
+/// A mesh `sec` whose virtual gateway `ingress`, on `gw`, routes everything to `white.local`,
+/// served by white, whose own Envoy listens on `ingress` in front of the app on `app`; the
+/// mesh's Maille settings are `maille` (mTLS); `rogue`, when asked, is a node of the mesh
+/// that declares no backend.
+pub fn gateway_to_white(gw: u16, app: u16, ingress: u16, maille: Value, rogue: bool) -> Value {
+    let mut docs = vec![
+        json!({"mesh": {"meshName": "sec", "spec": {}, "maille": maille}}),
+        json!({"meshName": "sec", "virtualGatewayName": "ingress", "spec": {
+            "listeners": [{"portMapping": {"port": gw, "protocol": "http"}}]}}),
+        json!({"meshName": "sec", "virtualGatewayName": "ingress", "gatewayRouteName": "all", "spec": {
+            "httpRoute": {"match": {"prefix": "/"},
+                "action": {"target": {"virtualService": {"virtualServiceName": "white.local"}}}}}}),
+        json!({"meshName": "sec", "virtualNodeName": "white", "spec": {
+            "listeners": [{"portMapping": {"port": app, "protocol": "http"}}],
+            "serviceDiscovery": {"endpoints": [{"address": "127.0.0.1", "port": ingress}]}}}),
+        json!({"meshName": "sec", "virtualServiceName": "white.local", "spec": {
+            "provider": {"virtualNode": {"virtualNodeName": "white"}}}}),
+    ];
+    if rogue {
+        docs.push(
+            json!({"meshName": "sec", "virtualNodeName": "rogue", "spec": {
+            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}]}}),
+        );
+    }
     Value::Array(docs)
 }
 

@@ -55,6 +55,7 @@ pub fn ctl(control: &Control, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_maillectl"))
         .arg("--server")
         .arg(control.url())
+        .env("MAILLE_STATE", &control.state)
         .args(args)
         .output()
         .expect("run maillectl")

@@ -57,6 +57,11 @@ struct Args {
     /// The private key (PEM, PKCS#8) of `--ca-cert`.
     #[arg(long, env = "MAILLE_CA_KEY", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// Folder to write the admin API's tokens into: `maille-admin.token` (everything) and
+    /// `maille-read.token` (read only), readable by their owner only. `maillectl` on this
+    /// machine finds the admin one there. Default: the state file's folder.
+    #[arg(long, env = "MAILLE_TOKEN_DIR")]
+    token_dir: Option<PathBuf>,
 }
 
 #[cfg(feature = "cloudwatch")]
@@ -111,6 +116,10 @@ async fn main() -> anyhow::Result<()> {
             )),
             _ => None,
         },
+        // A state in memory has no folder: its tokens go into the current one.
+        token_dir: args
+            .token_dir
+            .or_else(|| args.ephemeral.then(|| PathBuf::from("."))),
     })
     .await?;
     println!(
