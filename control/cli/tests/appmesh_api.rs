@@ -143,6 +143,19 @@ fn the_aws_cli_and_boto3_manage_the_mesh_through_the_app_mesh_api() {
         },
     );
 
+    // update-mesh keeps the mesh's Maille settings (given as tags at create), so the
+    // traffic below still goes in plaintext to the bare apps.
+    aws_ok(
+        &control,
+        "update-mesh",
+        json!({"meshName": "demo", "spec": {"egressFilter": {"type": "DROP_ALL"}}}),
+    );
+    let meshes = control.get("/v1/resources?kind=mesh");
+    assert_eq!(
+        meshes["resources"][0]["mesh"]["maille"]["mtls"], "DISABLED",
+        "{meshes}"
+    );
+
     // update-route: the traffic moves.
     let updated = aws_ok(
         &control,

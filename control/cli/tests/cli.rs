@@ -191,6 +191,76 @@ fn maillectl_apply_diff_get_delete_and_refusals() {
 }
 
 #[test]
+fn the_admin_api_takes_only_the_token_each_call_needs() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    let token = |name: &str| {
+        std::fs::read_to_string(dir.path().join(format!("maille-{name}.token")))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("maille-admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the token file is its owner's only");
+    }
+    let a = maille_testkit::agent();
+    let call = |method: &str, path: &str, token: Option<&str>| -> u16 {
+        let url = format!("{}{path}", control.url());
+        let with = |r: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match token {
+            Some(t) => r.header("authorization", format!("Bearer {t}")),
+            None => r,
+        };
+        let body = r#"{"resources": [{"mesh": {"meshName": "x", "spec": {}}}]}"#;
+        let r = match method {
+            "GET" => with(a.get(&url)).call(),
+            _ => {
+                let mut r = a
+                    .post(&url)
+                    .header(maille_api::paths::CLIENT_HEADER, "test")
+                    .content_type("application/json");
+                if let Some(t) = token {
+                    r = r.header("authorization", format!("Bearer {t}"));
+                }
+                r.send(body)
+            }
+        };
+        match r {
+            Ok(r) => r.status().as_u16(),
+            Err(ureq::Error::StatusCode(c)) => c,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let (admin, read, boot) = (token("admin"), token("read"), token("bootstrap"));
+    let bootstrap = "/v1/bootstrap?node=mesh/x/virtualNode/a";
+    // Anonymous: only the open endpoints.
+    assert_eq!(call("GET", "/healthz", None), 200);
+    assert_eq!(call("GET", "/v1/status", None), 401);
+    assert_eq!(call("POST", "/v1/apply", None), 401);
+    assert_eq!(call("GET", bootstrap, None), 401);
+    assert_eq!(call("POST", "/v1/apply", Some("maille-admin.wrong")), 401);
+    // Read-only: reads, no change, no bootstrap (it carries a node token).
+    assert_eq!(call("GET", "/v1/status", Some(&read)), 200);
+    assert_eq!(call("POST", "/v1/apply", Some(&read)), 403);
+    assert_eq!(call("GET", bootstrap, Some(&read)), 403);
+    // Bootstrap: bootstraps only.
+    assert_eq!(call("GET", bootstrap, Some(&boot)), 200);
+    assert_eq!(call("GET", "/v1/status", Some(&boot)), 403);
+    assert_eq!(call("POST", "/v1/apply", Some(&boot)), 403);
+    // Admin: everything.
+    assert_eq!(call("POST", "/v1/apply", Some(&admin)), 200);
+    assert_eq!(call("GET", bootstrap, Some(&admin)), 200);
+    // Nothing refused changed anything: one apply, by the admin.
+    assert_eq!(control.get("/v1/status")["version"], 1);
+}
+
+#[test]
 fn a_change_without_the_client_header_is_refused_as_a_cross_site_request() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();

@@ -159,7 +159,7 @@ fn the_console_shows_the_mesh_and_its_rollouts_and_aborts_one() {
     let running = control.running.as_ref().unwrap();
     let gateway_token = running
         .node_tokens
-        .token("mesh/colorapp/virtualNode/colorgateway");
+        .signal_token("mesh/colorapp/virtualNode/colorgateway");
     let signal = |cluster: &str, from: &str, to: &str, gen: u64| {
         json!({"cluster": cluster, "from": from, "to": to, "generation": gen,
                "failureRatio": 0.6, "requests": 20, "failures": 12, "consecutiveFailures": 5,

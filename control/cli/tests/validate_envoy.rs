@@ -113,6 +113,16 @@ fn envoy_validates_http2_grpc_and_tcp_routes_and_tls() {
                          {"virtualService": {"virtualServiceName": "grpc.m.local"}},
                          {"virtualService": {"virtualServiceName": "db.m.local"}}],
             "backendDefaults": {"clientPolicy": {"tls": {"validation": {"trust": {"file": {"certificateChain": pem("cert.pem")}}}}}}}},
+        // App Mesh's SPIRE and ACM sources, served by Maille's CA over SDS.
+        {"meshName": "m", "virtualNodeName": "spire", "spec": {
+            "listeners": [{"portMapping": {"port": 7000, "protocol": "http"},
+                "tls": {"mode": "STRICT", "certificate": {"sds": {"secretName": "spiffe://example.org/spire"}},
+                        "validation": {"trust": {"sds": {"secretName": "spiffe://example.org"}},
+                            "subjectAlternativeNames": {"match": {"exact": ["spiffe://maille/mesh/m/virtualNode/client"]}}}}}],
+            "backends": [{"virtualService": {"virtualServiceName": "db.m.local", "clientPolicy": {"tls": {
+                "certificate": {"sds": {"secretName": "spiffe://example.org/spire"}},
+                "validation": {"trust": {"acm": {"certificateAuthorityArns": ["arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/x"]}}}}}}}],
+            "serviceDiscovery": {"dns": {"hostname": "spire.m.local"}}}},
         node("h2a", "http2", 8080), node("h2b", "http2", 8080), node("ga", "grpc", 9090), node("gb", "grpc", 9090), node("gc", "grpc", 9090), node("db", "tcp", 5432),
         {"meshName": "m", "virtualRouterName": "h2", "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http2"}}]}},
         {"meshName": "m", "virtualRouterName": "grpc", "spec": {"listeners": [{"portMapping": {"port": 9090, "protocol": "grpc"}}]}},

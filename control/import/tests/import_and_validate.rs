@@ -467,17 +467,21 @@ fn validation_errors_give_resource_and_field_path() {
 
     assert!(errors(json!({"meshName": "m", "virtualServiceName": "svc.local", "spec": {"provider": {"virtualNode": {"virtualNodeName": "a"}}}})).is_empty());
 
-    // TLS that only AWS's managed proxies could serve is refused with the field named.
+    // App Mesh's ACM and SDS sources are taken (Maille's CA serves them); a certificate
+    // with two sources, or none, is refused with the field named.
     let e = errors(
         json!({"meshName": "m", "virtualNodeName": "t", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"},
-        "tls": {"mode": "STRICT", "certificate": {"acm": {"certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"}}}}]}}),
+        "tls": {"mode": "STRICT", "certificate": {"acm": {"certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/x"}},
+                "validation": {"trust": {"sds": {"secretName": "spiffe://example.org"}}}}}]}}),
     );
-    assert_eq!(e.len(), 1, "{e:?}");
-    assert!(
-        e[0].starts_with(
-            "virtualNode/m/t: spec.listeners[0].tls.certificate.acm: ACM certificates cannot leave"
-        ),
-        "{e:?}"
+    assert!(e.is_empty(), "{e:?}");
+    let e = errors(
+        json!({"meshName": "m", "virtualNodeName": "t", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"},
+        "tls": {"mode": "STRICT", "certificate": {"acm": {"certificateArn": "arn:x"}, "sds": {"secretName": "s"}}}}]}}),
+    );
+    assert_eq!(
+        e,
+        vec!["virtualNode/m/t: spec.listeners[0].tls.certificate: exactly one of file, sds, acm is required"]
     );
     let e = errors(
         json!({"meshName": "m", "virtualNodeName": "t", "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"},

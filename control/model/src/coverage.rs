@@ -36,10 +36,11 @@ impl Coverage {
 pub type Rule = (Kind, &'static str, Coverage, &'static str);
 
 const ACM_CERT: &str =
-    "ACM certificates cannot leave AWS's managed proxies: export them to files (`file`)";
+    "Maille's CA serves the proxy's own certificate instead (over SDS; the ARN is not used), warned";
 const ACM_TRUST: &str =
-    "ACM Private CA trust is not available outside AWS: give the CA's certificate as `file`";
-const SDS: &str = "SDS is not supported yet: use `file`";
+    "Maille's CA serves the mesh's trust bundle instead of the ACM Private CAs, warned";
+const SDS: &str =
+    "Maille's CA serves the proxy's own certificate or the mesh's trust bundle over SDS instead (the secret name is not used), warned";
 
 /// Every field that is not simply translated.
 pub const RULES: &[Rule] = &[
@@ -49,21 +50,21 @@ pub const RULES: &[Rule] = &[
         Coverage::Partly,
         "DROP_ALL is what Maille does; ALLOW_ALL is warned (no transparent egress to pass other traffic)",
     ),
-    (Kind::VirtualNode, "spec.listeners[].tls.certificate.acm", Coverage::Refused, ACM_CERT),
-    (Kind::VirtualNode, "spec.listeners[].tls.certificate.sds", Coverage::Refused, SDS),
-    (Kind::VirtualNode, "spec.listeners[].tls.validation.trust.sds", Coverage::Refused, SDS),
-    (Kind::VirtualNode, "spec.backendDefaults.clientPolicy.tls.certificate.sds", Coverage::Refused, SDS),
-    (Kind::VirtualNode, "spec.backendDefaults.clientPolicy.tls.validation.trust.acm", Coverage::Refused, ACM_TRUST),
-    (Kind::VirtualNode, "spec.backendDefaults.clientPolicy.tls.validation.trust.sds", Coverage::Refused, SDS),
-    (Kind::VirtualNode, "spec.backends[].virtualService.clientPolicy.tls.certificate.sds", Coverage::Refused, SDS),
-    (Kind::VirtualNode, "spec.backends[].virtualService.clientPolicy.tls.validation.trust.acm", Coverage::Refused, ACM_TRUST),
-    (Kind::VirtualNode, "spec.backends[].virtualService.clientPolicy.tls.validation.trust.sds", Coverage::Refused, SDS),
-    (Kind::VirtualGateway, "spec.listeners[].tls.certificate.acm", Coverage::Refused, ACM_CERT),
-    (Kind::VirtualGateway, "spec.listeners[].tls.certificate.sds", Coverage::Refused, SDS),
-    (Kind::VirtualGateway, "spec.listeners[].tls.validation.trust.sds", Coverage::Refused, SDS),
-    (Kind::VirtualGateway, "spec.backendDefaults.clientPolicy.tls.certificate.sds", Coverage::Refused, SDS),
-    (Kind::VirtualGateway, "spec.backendDefaults.clientPolicy.tls.validation.trust.acm", Coverage::Refused, ACM_TRUST),
-    (Kind::VirtualGateway, "spec.backendDefaults.clientPolicy.tls.validation.trust.sds", Coverage::Refused, SDS),
+    (Kind::VirtualNode, "spec.listeners[].tls.certificate.acm", Coverage::Partly, ACM_CERT),
+    (Kind::VirtualNode, "spec.listeners[].tls.certificate.sds", Coverage::Partly, SDS),
+    (Kind::VirtualNode, "spec.listeners[].tls.validation.trust.sds", Coverage::Partly, SDS),
+    (Kind::VirtualNode, "spec.backendDefaults.clientPolicy.tls.certificate.sds", Coverage::Partly, SDS),
+    (Kind::VirtualNode, "spec.backendDefaults.clientPolicy.tls.validation.trust.acm", Coverage::Partly, ACM_TRUST),
+    (Kind::VirtualNode, "spec.backendDefaults.clientPolicy.tls.validation.trust.sds", Coverage::Partly, SDS),
+    (Kind::VirtualNode, "spec.backends[].virtualService.clientPolicy.tls.certificate.sds", Coverage::Partly, SDS),
+    (Kind::VirtualNode, "spec.backends[].virtualService.clientPolicy.tls.validation.trust.acm", Coverage::Partly, ACM_TRUST),
+    (Kind::VirtualNode, "spec.backends[].virtualService.clientPolicy.tls.validation.trust.sds", Coverage::Partly, SDS),
+    (Kind::VirtualGateway, "spec.listeners[].tls.certificate.acm", Coverage::Partly, ACM_CERT),
+    (Kind::VirtualGateway, "spec.listeners[].tls.certificate.sds", Coverage::Partly, SDS),
+    (Kind::VirtualGateway, "spec.listeners[].tls.validation.trust.sds", Coverage::Partly, SDS),
+    (Kind::VirtualGateway, "spec.backendDefaults.clientPolicy.tls.certificate.sds", Coverage::Partly, SDS),
+    (Kind::VirtualGateway, "spec.backendDefaults.clientPolicy.tls.validation.trust.acm", Coverage::Partly, ACM_TRUST),
+    (Kind::VirtualGateway, "spec.backendDefaults.clientPolicy.tls.validation.trust.sds", Coverage::Partly, SDS),
     (
         Kind::VirtualGateway,
         "spec.listeners[].healthCheck",
@@ -115,7 +116,7 @@ mod tests {
                 "spec.listeners[].tls.certificate.acm.certificateArn"
             )
             .0,
-            Coverage::Refused
+            Coverage::Partly
         );
         assert_eq!(
             coverage(

@@ -424,10 +424,12 @@ pub struct TlsCertificate {
     /// PEM files on the proxy's file system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<TlsFileCertificate>,
-    /// A secret from an SDS agent (not supported by Maille yet).
+    /// A secret from an SDS agent (SPIRE in App Mesh): Maille's CA serves the proxy's own
+    /// certificate instead (the secret name is not used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sds: Option<serde_json::Value>,
-    /// An AWS Certificate Manager certificate (not available outside App Mesh).
+    /// An AWS Certificate Manager certificate: Maille's CA serves the proxy's own
+    /// certificate instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acm: Option<serde_json::Value>,
 }
@@ -460,10 +462,10 @@ pub struct TlsTrust {
     /// A PEM bundle of CA certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<TlsTrustFile>,
-    /// An SDS secret (not supported by Maille yet).
+    /// An SDS secret: Maille's CA serves the mesh's trust bundle instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sds: Option<serde_json::Value>,
-    /// ACM Private CA (not available outside App Mesh).
+    /// ACM Private CA: Maille's CA serves the mesh's trust bundle instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acm: Option<serde_json::Value>,
 }

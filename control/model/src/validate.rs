@@ -850,14 +850,8 @@ fn certificate(c: &mut Check<'_>, p: &str, cert: &TlsCertificate) {
                 c.err(format!("{p}.file.privateKey"), "must not be empty");
             }
         }
-        (None, Some(_), None) => c.err(
-            format!("{p}.sds"),
-            "SDS certificates are not supported by Maille yet; use file",
-        ),
-        (None, None, Some(_)) => c.err(
-            format!("{p}.acm"),
-            "ACM certificates cannot leave AWS's managed proxies; export the certificate to files and use file",
-        ),
+        // Maille's CA serves both: the proxy's own certificate over SDS.
+        (None, Some(_), None) | (None, None, Some(_)) => {}
         _ => c.err(p, "exactly one of file, sds, acm is required"),
     }
 }
@@ -869,14 +863,8 @@ fn validation(c: &mut Check<'_>, p: &str, v: &TlsValidation) {
             "must not be empty",
         ),
         (Some(_), None, None) => {}
-        (None, Some(_), None) => c.err(
-            format!("{p}.trust.sds"),
-            "SDS trust is not supported by Maille yet; use file",
-        ),
-        (None, None, Some(_)) => c.err(
-            format!("{p}.trust.acm"),
-            "ACM Private CA trust is not available outside AWS; use file with the CA's certificate",
-        ),
+        // Maille's CA serves both: the mesh's trust bundle over SDS.
+        (None, Some(_), None) | (None, None, Some(_)) => {}
         _ => c.err(
             format!("{p}.trust"),
             "exactly one of file, sds, acm is required",

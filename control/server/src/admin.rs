@@ -361,6 +361,7 @@ async fn bootstrap(
             &s.endpoints,
             &bootstrap::Credentials {
                 node_token: s.tokens.token(&q.node),
+                signal_token: s.tokens.signal_token(&q.node),
                 trust_bundle: s.ca.trust_bundle().to_owned(),
             },
         ),
@@ -389,7 +390,7 @@ async fn module(State(s): State<AppState>, Path(file): Path<String>) -> Response
     }
 }
 
-/// A breaker's signal: taken only from a proxy with its node token (the bootstrap's control
+/// A breaker's signal: taken only from a proxy with its signal token (the bootstrap's control
 /// cluster adds it to every call), about a cluster that proxy has.
 async fn signal(
     State(s): State<AppState>,
@@ -400,12 +401,12 @@ async fn signal(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| s.tokens.node_of(t.trim()));
+        .and_then(|t| s.tokens.signal_node_of(t.trim()));
     let Some(node) = node else {
-        tracing::warn!("breaker signal refused: no node token");
+        tracing::warn!("breaker signal refused: no signal token");
         return error(
             StatusCode::UNAUTHORIZED,
-            "breaker signals are taken only from proxies, with their node token",
+            "breaker signals are taken only from proxies, with their signal token (their bootstrap's control cluster adds it)",
         );
     };
     let sig: BreakerSignal = match body(&bytes) {

@@ -373,7 +373,8 @@ async fn write(
     };
     let key = t.key(&name);
     // What App Mesh has no field for, kept from the resource an update replaces: a route's
-    // `maille:` settings (given as tags at create), a node's Kubernetes source.
+    // `maille:` settings (given as tags at create: a route's, a node's, the mesh's), a
+    // node's Kubernetes source.
     let kept = (!creating)
         .then(|| s.mesh.current().resources.get(&key).cloned())
         .flatten();
@@ -401,10 +402,16 @@ async fn write(
         (Resource::Route(new), Some(Resource::Route(old))) if new.maille.is_none() => {
             new.maille = old.maille.clone();
         }
-        (Resource::VirtualNode(new), Some(Resource::VirtualNode(old)))
-            if new.kubernetes.is_none() =>
-        {
-            new.kubernetes = old.kubernetes.clone();
+        (Resource::VirtualNode(new), Some(Resource::VirtualNode(old))) => {
+            if new.kubernetes.is_none() {
+                new.kubernetes = old.kubernetes.clone();
+            }
+            if new.maille.is_none() {
+                new.maille = old.maille.clone();
+            }
+        }
+        (Resource::Mesh(new), Some(Resource::Mesh(old))) if new.maille.is_none() => {
+            new.maille = old.maille.clone();
         }
         _ => {}
     }

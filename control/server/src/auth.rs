@@ -6,7 +6,9 @@
 //! its ADS stream and stats export. The token is bound to one node id: a stream is served
 //! only the resources of the node its token names, and only its ACKs and NACKs count for
 //! that node. ADS runs over TLS (the server's certificate from Maille's CA, checked by the
-//! trust bundle in the bootstrap), so the token does not cross the network in clear.
+//! trust bundle in the bootstrap), so the token does not cross the network in clear there.
+//! Breaker signals go to the HTTP port (plaintext for now) with a separate *signal* token,
+//! which cannot open a stream.
 //!
 //! Why a token and not a certificate in the bootstrap: the proxy's certificate comes over
 //! its ADS stream (SDS) and rotates every few hours; Envoy cannot present it on the stream
@@ -23,6 +25,11 @@ const STORED: &str = "node-token-key";
 /// What a node token starts with.
 pub const NODE_TOKEN_PREFIX: &str = "maille-node.v1.";
 
+/// What a signal token starts with: the token a proxy's breaker signals with, over the
+/// control server's HTTP port. Made with the same key for another purpose, it cannot open an
+/// ADS stream.
+pub const SIGNAL_TOKEN_PREFIX: &str = "maille-signal.v1.";
+
 /// Makes and checks node tokens.
 pub struct NodeTokens {
     key: hmac::Key,
@@ -31,6 +38,16 @@ pub struct NodeTokens {
 impl std::fmt::Debug for NodeTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NodeTokens")
+    }
+}
+
+/// What the HMAC covers: the node id as it is for a node token, `signal:` and the node id for
+/// a signal token.
+fn purpose(prefix: &str, id: &[u8]) -> Vec<u8> {
+    if prefix == SIGNAL_TOKEN_PREFIX {
+        [b"signal:".as_slice(), id].concat()
+    } else {
+        id.to_vec()
     }
 }
 
@@ -60,19 +77,39 @@ impl NodeTokens {
 
     /// The token of `node_id`: `maille-node.v1.<hex node id>.<hex HMAC>`.
     pub fn token(&self, node_id: &str) -> String {
+        self.make(NODE_TOKEN_PREFIX, node_id)
+    }
+
+    /// The signal token of `node_id`: `maille-signal.v1.<hex node id>.<hex HMAC>`, the HMAC
+    /// over `signal:` and the node id.
+    pub fn signal_token(&self, node_id: &str) -> String {
+        self.make(SIGNAL_TOKEN_PREFIX, node_id)
+    }
+
+    fn make(&self, prefix: &str, node_id: &str) -> String {
         format!(
-            "{NODE_TOKEN_PREFIX}{}.{}",
+            "{prefix}{}.{}",
             hex(node_id.as_bytes()),
-            hex(hmac::sign(&self.key, node_id.as_bytes()).as_ref())
+            hex(hmac::sign(&self.key, &purpose(prefix, node_id.as_bytes())).as_ref())
         )
     }
 
-    /// The node id `token` names, if it is genuine (its HMAC compared in constant time).
-    pub fn node_of(&self, token: &str) -> Option<String> {
-        let (id, mac) = token.strip_prefix(NODE_TOKEN_PREFIX)?.split_once('.')?;
+    fn check(&self, prefix: &str, token: &str) -> Option<String> {
+        let (id, mac) = token.strip_prefix(prefix)?.split_once('.')?;
         let (id, mac) = (unhex(id)?, unhex(mac)?);
-        hmac::verify(&self.key, &id, &mac).ok()?;
+        hmac::verify(&self.key, &purpose(prefix, &id), &mac).ok()?;
         String::from_utf8(id).ok()
+    }
+
+    /// The node id `token` names, if it is a genuine node token (its HMAC compared in
+    /// constant time).
+    pub fn node_of(&self, token: &str) -> Option<String> {
+        self.check(NODE_TOKEN_PREFIX, token)
+    }
+
+    /// The node id a genuine signal token names.
+    pub fn signal_node_of(&self, token: &str) -> Option<String> {
+        self.check(SIGNAL_TOKEN_PREFIX, token)
     }
 
     /// Whether `token` is `node_id`'s.
@@ -121,6 +158,15 @@ mod tests {
             tok.rsplit('.').next().unwrap()
         );
         assert_eq!(t.node_of(&forged), None);
+        // A signal token signals, and opens no stream; a node token does not signal.
+        let sig = t.signal_token(id);
+        assert_eq!(t.signal_node_of(&sig).as_deref(), Some(id));
+        assert_eq!(t.node_of(&sig), None);
+        assert_eq!(
+            t.node_of(&sig.replace(SIGNAL_TOKEN_PREFIX, NODE_TOKEN_PREFIX)),
+            None
+        );
+        assert_eq!(t.signal_node_of(&tok), None);
     }
 }
 
@@ -230,6 +276,11 @@ impl AdminTokens {
             }
             use std::io::Write;
             let mut f = o.open(&path)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
             f.write_all(token.as_bytes())?;
             f.write_all(b"\n")?;
         }

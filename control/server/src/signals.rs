@@ -10,6 +10,8 @@ pub const MAX_SIGNALS: usize = 1000;
 pub const MAX_SIGNAL_BYTES_KEPT: usize = 1024 * 1024;
 /// Most signals kept of one node: no node can push the others' out.
 pub const MAX_SIGNALS_PER_NODE: usize = 100;
+/// Most bytes of signals kept of one node.
+pub const MAX_SIGNAL_BYTES_PER_NODE: usize = 64 * 1024;
 
 /// A kept signal: its node, the signal, its size in bytes.
 type Kept = (String, BreakerSignal, usize);
@@ -28,11 +30,22 @@ impl Signals {
         let (q, bytes) = &mut *g;
         q.push_back((node.to_owned(), signal, size));
         *bytes += size;
-        if q.iter().filter(|(n, ..)| n == node).count() > MAX_SIGNALS_PER_NODE {
-            if let Some(i) = q.iter().position(|(n, ..)| n == node) {
-                if let Some((_, _, n)) = q.remove(i) {
-                    *bytes -= n;
-                }
+        // The node's own oldest go first, past its count or its bytes.
+        loop {
+            let (count, node_bytes) = q
+                .iter()
+                .filter(|(n, ..)| n == node)
+                .fold((0, 0), |(c, b), (_, _, size)| (c + 1, b + size));
+            if count <= MAX_SIGNALS_PER_NODE && node_bytes <= MAX_SIGNAL_BYTES_PER_NODE {
+                break;
+            }
+            match q
+                .iter()
+                .position(|(n, ..)| n == node)
+                .and_then(|i| q.remove(i))
+            {
+                Some((_, _, n)) => *bytes -= n,
+                None => break,
             }
         }
         while q.len() > MAX_SIGNALS || *bytes > MAX_SIGNAL_BYTES_KEPT {
@@ -91,6 +104,13 @@ mod tests {
         assert_eq!(list.len(), MAX_SIGNALS_PER_NODE + 1);
         assert_eq!(list[0].cluster, "real");
         assert_eq!(list.last().unwrap().cluster, "junk4999");
+        // Big ones: bounded by the node's bytes too.
+        for i in 0..100 {
+            s.record("noisy", signal(format!("big{i}")), 4096);
+        }
+        let list = s.list();
+        assert_eq!(list[0].cluster, "real");
+        assert_eq!(list.len(), 1 + MAX_SIGNAL_BYTES_PER_NODE / 4096);
     }
 
     #[test]

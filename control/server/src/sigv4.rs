@@ -73,7 +73,7 @@ fn decode(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() && b[i + 1..i + 3].iter().all(u8::is_ascii_hexdigit) {
             if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(v);
                 i += 3;
@@ -176,12 +176,15 @@ pub fn verify(
         }
         canonical_headers.push_str(&format!("{h}:{}\n", values.join(",")));
     }
-    let payload = hex(&Sha256::digest(body));
+    let mut payload = hex(&Sha256::digest(body));
     if let Some(claimed) = headers
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok())
     {
-        if claimed != payload && claimed != "UNSIGNED-PAYLOAD" {
+        if claimed == "UNSIGNED-PAYLOAD" {
+            // What the signer signed, as AWS takes it.
+            payload = claimed.to_owned();
+        } else if claimed != payload {
             return Err("x-amz-content-sha256 is not the body's".into());
         }
     }

@@ -519,10 +519,15 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let Some(token) = bearer(request.metadata()).map(str::to_owned) else {
-            tracing::warn!(peer = ?request.remote_addr(), "ADS stream refused: no token");
+        // A genuine node token before anything else; which node it names is checked against
+        // the first request's.
+        let Some(token) = bearer(request.metadata())
+            .filter(|t| self.tokens.node_of(t).is_some())
+            .map(str::to_owned)
+        else {
+            tracing::warn!(peer = ?request.remote_addr(), "ADS stream refused: no valid node token");
             return Err(Status::unauthenticated(
-                "no node token: Envoy's bootstrap (from `maillectl bootstrap`) sends it as authorization: Bearer <token>",
+                "no valid node token: Envoy's bootstrap (from `maillectl bootstrap`) sends it as authorization: Bearer <token>",
             ));
         };
         let peer = request

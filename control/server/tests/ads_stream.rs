@@ -253,7 +253,16 @@ async fn no_stream_is_served_without_its_own_nodes_token() {
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     // A genuine token of white's claiming to be the gateway, or a made-up one: refused at
     // the first request, with nothing sent.
-    for token in [f.tokens.token(WHITE), "maille-node.v1.00.00".to_owned()] {
+    let e = Stream::try_open(&f, Some("maille-node.v1.00.00"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.code(),
+        tonic::Code::Unauthenticated,
+        "a made-up token: {e}"
+    );
+    for token in [f.tokens.token(WHITE)] {
         let mut s = Stream::try_open(&f, Some(&token)).await.unwrap();
         s.ask(Some(GATEWAY), types::CLUSTER, &[]).await;
         let e = tokio::time::timeout(Duration::from_secs(5), s.rx.message())

@@ -167,6 +167,8 @@ fn static_cluster(name: &str, address: &str, port: u16, http2: bool) -> Value {
 pub struct Credentials {
     /// The node's token, sent on its ADS stream and stats export.
     pub node_token: String,
+    /// The node's signal token, sent with every call on the control cluster (breaker signals).
+    pub signal_token: String,
     /// The trust bundle (PEM) that the control server's certificate chains to.
     pub trust_bundle: String,
 }
@@ -180,8 +182,8 @@ fn grpc_service(cluster: &str, token: &str) -> Value {
 }
 
 /// The cluster of the control server's HTTP port (module downloads, breaker signals): every
-/// request on it carries the node's token, added by an upstream filter, so the server knows
-/// which node signals.
+/// request on it carries the node's signal token, added by an upstream filter, so the server
+/// knows which node signals.
 fn control_cluster(server: &ControlEndpoints, token: &str) -> Value {
     let mut c = static_cluster(
         names::CONTROL_CLUSTER,
@@ -255,7 +257,7 @@ pub fn render(p: &BootstrapParams, server: &ControlEndpoints, creds: &Credential
         true,
     );
     xds["transport_socket"] = control_tls(&creds.trust_bundle, "h2");
-    let mut clusters = vec![xds, control_cluster(server, &creds.node_token)];
+    let mut clusters = vec![xds, control_cluster(server, &creds.signal_token)];
     let mut doc = json!({
         "node": {
             "id": p.node_id,
@@ -529,12 +531,20 @@ mod tests {
         .unwrap();
         let creds = Credentials {
             node_token: "tok".into(),
+            signal_token: "sig".into(),
             trust_bundle: "PEM".into(),
         };
         let v: Value = serde_json::from_str(&render(&p, &server(), &creds)).unwrap();
         // ADS and the stats export send the token, over TLS to the control server's identity.
         let ads = &v["dynamic_resources"]["ads_config"]["grpc_services"][0];
         assert_eq!(ads["initial_metadata"][0]["value"], "Bearer tok");
+        // The control cluster (signals) sends the signal token, not the node token.
+        let control = &v["static_resources"]["clusters"][1];
+        assert_eq!(control["name"], names::CONTROL_CLUSTER);
+        let mutation = &control["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][0]
+            ["typed_config"]["mutations"]["request_mutations"][0]["append"]["header"];
+        assert_eq!(mutation["value"], "Bearer sig");
         let sink = &v["stats_sinks"][0]["typed_config"]["grpc_service"];
         assert_eq!(sink["initial_metadata"][0]["value"], "Bearer tok");
         assert_eq!(sink["timeout"], "2s");

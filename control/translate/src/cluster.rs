@@ -141,11 +141,16 @@ pub(crate) fn target_cluster(
     match policy.and_then(|p| p.tls.as_ref()) {
         // The client policy's own TLS, where it applies, takes precedence over the mesh's.
         Some(t) if t.enforce.unwrap_or(true) && (t.ports.is_empty() || t.ports.contains(&port)) => {
+            out.warnings.extend(ca_notes(
+                &format!("clientPolicy.tls towards {:?}", target.virtual_node_name),
+                t.certificate.as_ref(),
+                Some(&t.validation.trust),
+            ));
             c.transport_socket = Some(upstream_tls(t));
         }
         // The mesh's mTLS (as the target takes it), unless the target's listener has TLS of
         // its own.
-        _ if l.tls.is_none() && node_mtls(cx, target).0 != MtlsMode::Disabled => {
+        _ if own_tls(l).is_none() && node_mtls(cx, target).0 != MtlsMode::Disabled => {
             c.transport_socket = Some(mesh_upstream_tls(
                 &names::spiffe_id(&target.mesh_name, &target.virtual_node_name),
                 proto,

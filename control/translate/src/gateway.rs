@@ -143,7 +143,7 @@ pub(crate) fn translate_gateway(
             ));
         }
     }
-    for l in &gw.spec.listeners {
+    for (i, l) in gw.spec.listeners.iter().enumerate() {
         let port = l.port_mapping.port;
         let rds = names::gateway_listener(port);
         let mut vhost = route::VirtualHost {
@@ -194,6 +194,13 @@ pub(crate) fn translate_gateway(
             traffic_direction: core::TrafficDirection::Inbound as i32,
             ..Default::default()
         };
+        if let Some(t) = &l.tls {
+            out.warnings.extend(crate::tls::ca_notes(
+                &format!("spec.listeners[{i}].tls"),
+                Some(&t.certificate),
+                t.validation.as_ref().map(|v| &v.trust),
+            ));
+        }
         filter_chains(&mut l_out, &rds, vec![filter], listener_tls(l.tls.as_ref()));
         out.listeners.push(l_out);
     }

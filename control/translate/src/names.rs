@@ -60,7 +60,7 @@ pub fn spiffe_id(mesh: &str, proxy: &str) -> String {
     }
 }
 
-/// The SPIFFE ID in the control server's own certificate (ADS and admin API over TLS).
+/// The SPIFFE ID in the control server's own certificate (ADS over TLS).
 pub const CONTROL_SPIFFE_ID: &str = "spiffe://maille/control";
 
 /// The SDS secret holding a proxy's certificate and key, served on its ADS stream.

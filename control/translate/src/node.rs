@@ -97,7 +97,7 @@ fn ingress(
         None
     };
     if callers.as_ref().is_some_and(|c| c.is_empty())
-        && vn.spec.listeners.iter().any(|l| l.tls.is_none())
+        && vn.spec.listeners.iter().any(|l| own_tls(l).is_none())
     {
         out.warnings.push(format!(
             "no node or gateway of mesh {mesh:?} has {:?} as a backend: under STRICT mTLS its listeners take no calls (tag it maille:mtls PERMISSIVE if clients outside the mesh call it, or put a virtual gateway in front)",
@@ -161,7 +161,7 @@ fn ingress(
                 .map(|d| d.millis())
                 .unwrap_or(defaults::IDLE_TIMEOUT_MS);
             let mut fs = Vec::new();
-            if let (Some(c), None) = (&callers, &l.tls) {
+            if let (Some(c), None) = (&callers, own_tls(l)) {
                 fs.push(listener::Filter {
                     name: "envoy.filters.network.rbac".into(),
                     config_type: Some(listener::filter::ConfigType::TypedConfig(any(
@@ -215,7 +215,7 @@ fn ingress(
             };
             out.routes.push(rc);
             let mut http_filters = Vec::new();
-            if let (Some(c), None) = (&callers, &l.tls) {
+            if let (Some(c), None) = (&callers, own_tls(l)) {
                 http_filters.push(hcm::HttpFilter {
                     name: "envoy.filters.http.rbac".into(),
                     config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
@@ -243,7 +243,15 @@ fn ingress(
             traffic_direction: core::TrafficDirection::Inbound as i32,
             ..Default::default()
         };
-        let tls = match (&l.tls, mtls) {
+        if let Some(t) = &l.tls {
+            out.warnings.extend(ca_notes(
+                &format!("spec.listeners[{i}].tls"),
+                Some(&t.certificate),
+                t.validation.as_ref().map(|v| &v.trust),
+            ));
+        }
+        // The listener's own TLS, unless DISABLED (then the mesh's applies).
+        let tls = match (own_tls(l), mtls) {
             (Some(t), _) => listener_tls(Some(t)),
             (None, MtlsMode::Disabled) => None,
             (None, MtlsMode::Strict) => Some(("STRICT", mesh_downstream_tls(mesh, proto))),
@@ -317,6 +325,11 @@ pub(crate) fn filter_chains(
             }
         }
     }
+}
+
+/// A listener's own App Mesh `tls`, unless it is `DISABLED`: then the mesh's mTLS applies.
+pub(crate) fn own_tls(l: &Listener) -> Option<&ListenerTls> {
+    l.tls.as_ref().filter(|t| t.mode != "DISABLED")
 }
 
 /// A listener's App Mesh `tls` as [`filter_chains`] takes it (`None` when disabled).

@@ -17,39 +17,108 @@ pub(crate) fn tls_certificates(c: &TlsCertificate) -> Vec<tls::TlsCertificate> {
         .collect()
 }
 
+/// Whether `c` is App Mesh's `sds` or `acm` source, which Maille's CA serves: the proxy's
+/// own certificate over SDS.
+fn from_maille_ca(c: &TlsCertificate) -> bool {
+    c.file.is_none() && (c.sds.is_some() || c.acm.is_some())
+}
+
+/// Sets `ctx`'s certificate: the files, or the proxy's own from Maille's CA (App Mesh's
+/// `sds` and `acm` sources).
+fn certificates(c: &TlsCertificate, ctx: &mut tls::CommonTlsContext) {
+    if from_maille_ca(c) {
+        ctx.tls_certificate_sds_secret_configs = vec![sds(crate::names::IDENTITY_SECRET)];
+    } else {
+        ctx.tls_certificates = tls_certificates(c);
+    }
+}
+
+/// A SAN as App Mesh names it: a SPIFFE ID (`spiffe://...`) is a URI, anything else a DNS
+/// name.
+fn san(name: &str) -> tls::SubjectAltNameMatcher {
+    let pattern = matcher::string_matcher::MatchPattern::Exact(name.to_owned());
+    if name.starts_with("spiffe://") {
+        return uri_san(pattern);
+    }
+    tls::SubjectAltNameMatcher {
+        san_type: tls::subject_alt_name_matcher::SanType::Dns as i32,
+        matcher: Some(matcher::StringMatcher {
+            match_pattern: Some(pattern),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// App Mesh's validation: trust from files, or the mesh's trust bundle from Maille's CA
+/// (App Mesh's `sds` and `acm` trust); the SANs asked for.
 pub(crate) fn validation_context(
     v: &TlsValidation,
 ) -> tls::common_tls_context::ValidationContextType {
-    tls::common_tls_context::ValidationContextType::ValidationContext(
-        tls::CertificateValidationContext {
-            trusted_ca: v.trust.file.as_ref().map(|f| file(&f.certificate_chain)),
-            match_typed_subject_alt_names: v
-                .subject_alternative_names
-                .iter()
-                .flat_map(|s| s.matches.exact.iter())
-                .map(|name| tls::SubjectAltNameMatcher {
-                    san_type: tls::subject_alt_name_matcher::SanType::Dns as i32,
-                    matcher: Some(matcher::StringMatcher {
-                        match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(
-                            name.clone(),
-                        )),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        },
-    )
+    let mut ctx = tls::CertificateValidationContext {
+        trusted_ca: v.trust.file.as_ref().map(|f| file(&f.certificate_chain)),
+        match_typed_subject_alt_names: v
+            .subject_alternative_names
+            .iter()
+            .flat_map(|s| s.matches.exact.iter())
+            .map(|name| san(name))
+            .collect(),
+        ..Default::default()
+    };
+    if v.trust.file.is_none() && (v.trust.sds.is_some() || v.trust.acm.is_some()) {
+        ctx.trusted_ca = None;
+        return tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+            tls::common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context: Some(ctx),
+                validation_context_sds_secret_config: Some(sds(crate::names::TRUST_SECRET)),
+                ..Default::default()
+            },
+        );
+    }
+    tls::common_tls_context::ValidationContextType::ValidationContext(ctx)
+}
+
+/// What App Mesh's `sds` and `acm` sources of the TLS at `at` become (Maille's CA serves
+/// them), one note each, for the translation's warnings.
+pub(crate) fn ca_notes(
+    at: &str,
+    cert: Option<&TlsCertificate>,
+    trust: Option<&TlsTrust>,
+) -> Vec<String> {
+    let name = |v: &serde_json::Value, field: &str| {
+        v.get(field)
+            .and_then(|n| n.as_str())
+            .map(|n| format!(" {n:?}"))
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    if let Some(c) = cert.filter(|c| c.file.is_none()) {
+        if let Some(v) = &c.sds {
+            out.push(format!("{at}.certificate.sds: the proxy's own certificate from Maille's CA, over SDS, instead of secret{}", name(v, "secretName")));
+        }
+        if let Some(v) = &c.acm {
+            out.push(format!("{at}.certificate.acm: the proxy's own certificate from Maille's CA instead of ACM certificate{}", name(v, "certificateArn")));
+        }
+    }
+    if let Some(t) = trust.filter(|t| t.file.is_none()) {
+        if let Some(v) = &t.sds {
+            out.push(format!("{at}.validation.trust.sds: the mesh's trust bundle from Maille's CA instead of secret{}", name(v, "secretName")));
+        }
+        if t.acm.is_some() {
+            out.push(format!("{at}.validation.trust.acm: the mesh's trust bundle from Maille's CA instead of the ACM Private CAs"));
+        }
+    }
+    out
 }
 
 pub(crate) fn downstream_tls(t: &ListenerTls) -> core::TransportSocket {
+    let mut common = tls::CommonTlsContext {
+        validation_context_type: t.validation.as_ref().map(validation_context),
+        ..Default::default()
+    };
+    certificates(&t.certificate, &mut common);
     let ctx = tls::DownstreamTlsContext {
-        common_tls_context: Some(tls::CommonTlsContext {
-            tls_certificates: tls_certificates(&t.certificate),
-            validation_context_type: t.validation.as_ref().map(validation_context),
-            ..Default::default()
-        }),
+        common_tls_context: Some(common),
         require_client_certificate: t
             .validation
             .as_ref()
@@ -63,21 +132,27 @@ pub(crate) fn downstream_tls(t: &ListenerTls) -> core::TransportSocket {
 }
 
 pub(crate) fn upstream_tls(t: &ClientPolicyTls) -> core::TransportSocket {
+    let mut common = tls::CommonTlsContext {
+        validation_context_type: Some(validation_context(&t.validation)),
+        ..Default::default()
+    };
+    if let Some(c) = &t.certificate {
+        certificates(c, &mut common);
+    }
     let ctx = tls::UpstreamTlsContext {
-        common_tls_context: Some(tls::CommonTlsContext {
-            tls_certificates: t
-                .certificate
-                .as_ref()
-                .map(tls_certificates)
-                .unwrap_or_default(),
-            validation_context_type: Some(validation_context(&t.validation)),
-            ..Default::default()
-        }),
+        common_tls_context: Some(common),
         sni: t
             .validation
             .subject_alternative_names
             .as_ref()
-            .and_then(|s| s.matches.exact.first().cloned())
+            // A DNS name, not a SPIFFE ID.
+            .and_then(|s| {
+                s.matches
+                    .exact
+                    .iter()
+                    .find(|n| !n.starts_with("spiffe://"))
+                    .cloned()
+            })
             .unwrap_or_default(),
         ..Default::default()
     };
