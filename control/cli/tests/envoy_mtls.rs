@@ -236,6 +236,17 @@ fn strict_mtls_takes_only_declared_callers_of_the_mesh() {
             (got == "200 white", got)
         },
     );
+
+    // STRICT again, soon after: plaintext is refused again. (Open bug: switched back 15 s
+    // later, once the Envoys have let their secrets go, white's listener stays warming.)
+    apply(&control, dir.path(), &mesh(egress, app, ingress, None));
+    eventually("mTLS is back", Duration::from_secs(20), || {
+        let got = (
+            get(&a, egress, "white.local"),
+            curl(dir.path(), ingress, None),
+        );
+        (got.0 == "200 white" && got.1.starts_with("error"), got)
+    });
     drop((white, gateway));
 }
 

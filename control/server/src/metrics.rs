@@ -101,6 +101,17 @@ pub fn p99(bounds: &[f64], buckets: &[u64]) -> Option<f64> {
 impl MeshMetrics {
     /// Adds what one export request carries, at second `at`.
     pub fn record(&self, req: &ExportMetricsServiceRequest, at: u64) {
+        self.record_only(req, at, |_| true)
+    }
+
+    /// As [`MeshMetrics::record`], only the clusters `allowed` says (those of the node that
+    /// exports: no proxy reports another's).
+    pub fn record_only(
+        &self,
+        req: &ExportMetricsServiceRequest,
+        at: u64,
+        allowed: impl Fn(&str) -> bool,
+    ) {
         let mut adds: Vec<(String, Second)> = Vec::new();
         let suffix = |name: &str| -> Option<String> {
             name.strip_prefix(PREFIX)
@@ -162,6 +173,7 @@ impl MeshMetrics {
                 }
             }
         }
+        adds.retain(|(cluster, _)| allowed(cluster));
         if adds.is_empty() {
             return;
         }
@@ -235,19 +247,25 @@ impl MeshMetrics {
     }
 
     /// The OTLP service that feeds it.
-    /// Each export must carry a node token (`authorization: Bearer`) that `tokens` made.
+    /// Each export must carry a node token (`authorization: Bearer`) that `tokens` made, and
+    /// counts only for the clusters that node has in `mesh`.
     pub fn service(
         self: &Arc<Self>,
         tokens: Arc<crate::auth::NodeTokens>,
+        mesh: Arc<crate::mesh::Mesh>,
     ) -> MetricsServiceServer<Receiver> {
-        MetricsServiceServer::new(Receiver(self.clone(), tokens))
+        MetricsServiceServer::new(Receiver(self.clone(), tokens, mesh))
             .max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 }
 
 /// The OTLP metrics receiver of [`MeshMetrics`].
 #[derive(Debug, Clone)]
-pub struct Receiver(Arc<MeshMetrics>, Arc<crate::auth::NodeTokens>);
+pub struct Receiver(
+    Arc<MeshMetrics>,
+    Arc<crate::auth::NodeTokens>,
+    Arc<crate::mesh::Mesh>,
+);
 
 #[tonic::async_trait]
 impl MetricsService for Receiver {
@@ -255,13 +273,29 @@ impl MetricsService for Receiver {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let node = crate::auth::bearer(request.metadata()).and_then(|t| self.1.node_of(t));
-        if node.is_none() {
+        let Some(node) = crate::auth::bearer(request.metadata()).and_then(|t| self.1.node_of(t))
+        else {
             return Err(tonic::Status::unauthenticated(
                 "stats are taken only from proxies with a node token",
             ));
-        }
-        self.0.record(request.get_ref(), now_secs());
+        };
+        let clusters: std::collections::HashSet<String> =
+            maille_translate::names::parse_node_id(&node)
+                .and_then(|(mesh, proxy)| {
+                    let m = &self.2;
+                    m.node_resources(
+                        &m.current(),
+                        mesh,
+                        proxy,
+                        &maille_translate::NodeOptions::default(),
+                    )
+                    .by_type
+                    .get(crate::mesh::types::CLUSTER)
+                    .map(|c| c.items.iter().map(|(n, _)| n.clone()).collect())
+                })
+                .unwrap_or_default();
+        self.0
+            .record_only(request.get_ref(), now_secs(), |c| clusters.contains(c));
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))
@@ -378,6 +412,16 @@ mod tests {
         );
         assert_eq!(m.sample("local/80", 0, u64::MAX).requests, 0);
         assert_eq!(m.sample("node/none/1", 0, u64::MAX), Sample::default());
+    }
+
+    #[test]
+    fn an_export_counts_only_for_the_clusters_allowed() {
+        let m = MeshMetrics::default();
+        let req = request("node/canary/80", 50, 0, vec![0, 50, 0, 0, 0]);
+        m.record_only(&req, 100, |c| c == "node/stable/80");
+        assert_eq!(m.sample("node/canary/80", 0, u64::MAX), Sample::default());
+        m.record_only(&req, 100, |c| c == "node/canary/80");
+        assert_eq!(m.sample("node/canary/80", 0, u64::MAX).requests, 50);
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         tokens.clone(),
         stop_rx.clone(),
     );
-    let stats = metrics.service(tokens.clone());
+    let stats = metrics.service(tokens.clone(), mesh.clone());
     let tls = tonic::transport::ServerTlsConfig::new().identity(
         tonic::transport::Identity::from_pem(&own.certificate_chain, &own.private_key),
     );

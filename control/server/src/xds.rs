@@ -37,6 +37,9 @@ pub struct Ads {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
+/// How soon a stream's first request must name its node.
+const FIRST_REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Largest request an Envoy may send (a discovery request is small; a NACK carries a message).
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
@@ -556,10 +559,18 @@ impl AggregatedDiscoveryService for Ads {
             token,
         };
         let mut stop = self.stop.clone();
+        // A stream that names no node soon is dropped: it holds a task and a status entry.
+        let first_by = tokio::time::Instant::now() + FIRST_REQUEST_WITHIN;
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stopped(&mut stop) => break,
+                    () = tokio::time::sleep_until(first_by), if s.node.is_none() => {
+                        let _ = s.tx.send(Err(Status::deadline_exceeded(
+                            "no first request naming the node within 30 s",
+                        ))).await;
+                        break;
+                    }
                     msg = inbound.message() => match msg {
                         Ok(Some(req)) => {
                             if let Err(status) = s.on_request(req).await {
