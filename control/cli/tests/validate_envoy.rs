@@ -184,5 +184,10 @@ fn envoy_validates_http2_grpc_and_tcp_routes_and_tls() {
         stdout.contains("mesh/m/virtualGateway/edge: valid (3 listeners,"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches(": valid (").count(), 8, "{stdout}");
+    // The SPIRE/ACM node: its listener and its client policy, over SDS from Maille's CA.
+    assert!(
+        stdout.contains("mesh/m/virtualNode/spire: valid (3 listeners,"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches(": valid (").count(), 9, "{stdout}");
 }
