@@ -246,14 +246,26 @@ pub enum MtlsMode {
     Disabled,
 }
 
+impl MtlsMode {
+    /// The mode a `maille.mtls` value names (`STRICT`, `PERMISSIVE`, `DISABLED`).
+    pub fn parse(s: &str) -> Option<MtlsMode> {
+        match s {
+            "STRICT" => Some(MtlsMode::Strict),
+            "PERMISSIVE" => Some(MtlsMode::Permissive),
+            "DISABLED" => Some(MtlsMode::Disabled),
+            _ => None,
+        }
+    }
+}
+
 impl Mesh {
     /// The mesh's mutual TLS mode (`STRICT` unless set otherwise).
     pub fn mtls(&self) -> MtlsMode {
-        match self.maille.as_ref().and_then(|m| m.mtls.as_deref()) {
-            Some("PERMISSIVE") => MtlsMode::Permissive,
-            Some("DISABLED") => MtlsMode::Disabled,
-            _ => MtlsMode::Strict,
-        }
+        self.maille
+            .as_ref()
+            .and_then(|m| m.mtls.as_deref())
+            .and_then(MtlsMode::parse)
+            .unwrap_or(MtlsMode::Strict)
     }
 
     /// Whether a node takes calls only from the proxies that declare it as a backend
@@ -336,12 +348,11 @@ impl VirtualNode {
     /// The node's mutual TLS: its own setting, else its mesh's (`mesh`, when there is one),
     /// else `STRICT`.
     pub fn mtls(&self, mesh: Option<&Mesh>) -> MtlsMode {
-        match self.maille.as_ref().and_then(|m| m.mtls.as_deref()) {
-            Some("STRICT") => MtlsMode::Strict,
-            Some("PERMISSIVE") => MtlsMode::Permissive,
-            Some("DISABLED") => MtlsMode::Disabled,
-            _ => mesh.map_or(MtlsMode::Strict, Mesh::mtls),
-        }
+        self.maille
+            .as_ref()
+            .and_then(|m| m.mtls.as_deref())
+            .and_then(MtlsMode::parse)
+            .unwrap_or_else(|| mesh.map_or(MtlsMode::Strict, Mesh::mtls))
     }
 }
 

@@ -185,7 +185,7 @@ fn check_into(r: &Resource, errors: &mut Vec<SpecError>) {
             }
             if let Some(o) = &m.maille {
                 if let Some(v) = o.mtls.as_deref() {
-                    if !["STRICT", "PERMISSIVE", "DISABLED"].contains(&v) {
+                    if MtlsMode::parse(v).is_none() {
                         c.err(
                             "maille.mtls",
                             format!("must be STRICT, PERMISSIVE or DISABLED, got {v:?}"),
@@ -214,7 +214,7 @@ fn check_into(r: &Resource, errors: &mut Vec<SpecError>) {
             c.name("meshName", &n.mesh_name);
             c.name("virtualNodeName", &n.virtual_node_name);
             if let Some(v) = n.maille.as_ref().and_then(|o| o.mtls.as_deref()) {
-                if !["STRICT", "PERMISSIVE", "DISABLED"].contains(&v) {
+                if MtlsMode::parse(v).is_none() {
                     c.err(
                         "maille.mtls",
                         format!("must be STRICT, PERMISSIVE or DISABLED, got {v:?}"),

@@ -416,15 +416,7 @@ async fn signal(
     if let Err(e) = sig.check() {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let clusters: Vec<String> = names::parse_node_id(&node)
-        .and_then(|(mesh, proxy)| {
-            s.mesh
-                .node_resources(&s.mesh.current(), mesh, proxy, &NodeOptions::default())
-                .by_type
-                .get(types::CLUSTER)
-                .map(|c| c.items.iter().map(|(n, _)| n.clone()).collect())
-        })
-        .unwrap_or_default();
+    let clusters = s.mesh.clusters_of(&node);
     if !clusters.contains(&sig.cluster) {
         tracing::warn!(node = %node, cluster = %sig.cluster, "breaker signal refused: not a cluster of its node");
         return error(

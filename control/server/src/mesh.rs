@@ -679,6 +679,20 @@ impl Mesh {
         res
     }
 
+    /// The names of the clusters the proxy with node id `node_id` has now (default options);
+    /// none for an id that is not a node's or a gateway's. What a proxy may report about
+    /// (breaker signals, stats).
+    pub fn clusters_of(&self, node_id: &str) -> std::collections::HashSet<String> {
+        let Some((mesh, proxy)) = maille_translate::names::parse_node_id(node_id) else {
+            return Default::default();
+        };
+        self.node_resources(&self.current(), mesh, proxy, &NodeOptions::default())
+            .by_type
+            .get(types::CLUSTER)
+            .map(|c| c.items.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// The warnings of a node's last translation (default options), if it exists.
     pub fn warnings_of(&self, mesh: &str, node: &str) -> Option<Vec<String>> {
         self.translations

@@ -279,21 +279,7 @@ impl MetricsService for Receiver {
                 "stats are taken only from proxies with a node token",
             ));
         };
-        let clusters: std::collections::HashSet<String> =
-            maille_translate::names::parse_node_id(&node)
-                .and_then(|(mesh, proxy)| {
-                    let m = &self.2;
-                    m.node_resources(
-                        &m.current(),
-                        mesh,
-                        proxy,
-                        &maille_translate::NodeOptions::default(),
-                    )
-                    .by_type
-                    .get(crate::mesh::types::CLUSTER)
-                    .map(|c| c.items.iter().map(|(n, _)| n.clone()).collect())
-                })
-                .unwrap_or_default();
+        let clusters = self.2.clusters_of(&node);
         self.0
             .record_only(request.get_ref(), now_secs(), |c| clusters.contains(c));
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
