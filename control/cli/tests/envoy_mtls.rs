@@ -237,8 +237,9 @@ fn strict_mtls_takes_only_declared_callers_of_the_mesh() {
         },
     );
 
-    // STRICT again, soon after: plaintext is refused again. (Open bug: switched back 15 s
-    // later, once the Envoys have let their secrets go, white's listener stays warming.)
+    // STRICT again, once the Envoys have let their secrets go (they do ~15 s after), so
+    // that they subscribe to them anew: mTLS both ways again, plaintext refused.
+    std::thread::sleep(Duration::from_secs(16));
     apply(&control, dir.path(), &mesh(egress, app, ingress, None));
     eventually("mTLS is back", Duration::from_secs(20), || {
         let got = (

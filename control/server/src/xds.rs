@@ -306,14 +306,16 @@ impl Stream_ {
         self.target_version = self.target_version.max(snap.version);
         let node = self.node_id().to_owned();
         let st = self.types.entry(type_url).or_default();
+        if !req.response_nonce.is_empty() && req.response_nonce != st.nonce {
+            // A reply to an older response; the newer one is in flight, and Envoy's reply
+            // to it carries the names it wants now (taking them from this one would leave
+            // the response in flight short of them, with nothing sent after).
+            return Ok(());
+        }
         let names_changed = st.names != req.resource_names;
         st.names = req.resource_names.clone();
         let short = types::short(type_url).to_owned();
         if !req.response_nonce.is_empty() {
-            if req.response_nonce != st.nonce {
-                // A reply to an older response; the newer one is in flight.
-                return Ok(());
-            }
             if let Some(err) = &req.error_detail {
                 let tries = self.fetching.as_ref().map_or(0, |f| f.tries) + 1;
                 if type_url == types::EXTENSION

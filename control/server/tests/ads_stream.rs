@@ -199,6 +199,13 @@ fn names(r: &DiscoveryResponse) -> Vec<String> {
                 .unwrap()
                 .name
             }
+            types::SECRET => {
+                envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
+                    a.value.as_slice(),
+                )
+                .unwrap()
+                .name
+            }
             other => other.to_owned(),
         })
         .collect()
@@ -372,6 +379,32 @@ async fn acks_nacks_pushes_and_a_reconnect() {
     let gw = st.iter().find(|c| c.node == GATEWAY).unwrap();
     assert!(gw.types["RDS"].last_nack.is_none());
     assert_eq!(gw.synced_version, f.mesh.current().version);
+}
+
+/// Envoy asks for more names twice before it reads the answer to the first (its listener
+/// then its cluster subscribe to secrets): the second request carries a stale nonce and
+/// gets no answer, but the ACK that follows carries the same names and must get them.
+#[tokio::test]
+async fn names_asked_with_a_stale_nonce_are_served_after_the_ack() {
+    let f = fixture().await;
+    let mut s = Stream::open(&f, GATEWAY).await;
+    s.ask(Some(GATEWAY), types::SECRET, &["maille/identity"])
+        .await;
+    let first = s.next().await;
+    assert_eq!(names(&first), ["maille/identity"]);
+    s.ack(&first, &["maille/identity"]).await;
+    // The listener lets its secret go, then asks again; the cluster asks for the trust.
+    s.ack(&first, &["maille/trust"]).await;
+    s.ack(&first, &["maille/trust", "maille/identity"]).await;
+    let second = s.next().await;
+    assert_eq!(names(&second), ["maille/trust"]);
+    s.ack(&second, &["maille/trust", "maille/identity"]).await;
+    let third = s.next().await;
+    let mut got = names(&third);
+    got.sort();
+    assert_eq!(got, ["maille/identity", "maille/trust"]);
+    s.ack(&third, &["maille/trust", "maille/identity"]).await;
+    assert!(s.quiet(Duration::from_millis(200)).await.is_ok());
 }
 
 #[tokio::test]
