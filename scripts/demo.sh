@@ -68,8 +68,9 @@ fi
 
 export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT AWS_REGION=us-east-1 \
   AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
-export MAILLE_SERVER=http://127.0.0.1:$CONTROL_PORT
-# maillectl finds the admin token the server writes next to its state.
+export MAILLE_SERVER=https://127.0.0.1:$CONTROL_PORT
+# maillectl finds the admin token and the CA certificate (maille-ca.pem) the server writes
+# next to its state.
 export MAILLE_STATE=$RUN_DIR/maille-state.redb
 CTL=$BIN/maillectl
 
@@ -86,7 +87,7 @@ t=$(date +%s%N); step "control server :$XDS_PORT (ADS) :$CONTROL_PORT"
 start_bg control "$BIN/maille-control" --xds-addr "127.0.0.1:$XDS_PORT" \
   --http-addr "127.0.0.1:$CONTROL_PORT" --state "$MAILLE_STATE" \
   --modules "$ROOT/target/filters"
-wait_for "the control server" "$MAILLE_SERVER/healthz"; took "$t"
+wait_for "the control server" "$MAILLE_SERVER/healthz" --cacert "$RUN_DIR/maille-ca.pem"; took "$t"
 
 t=$(date +%s%N); step "mesh from ${SPEC#$ROOT/}"
 "$CTL" apply -f "$SPEC" >"$RUN_DIR/apply.log" 2>&1 \
@@ -192,6 +193,8 @@ In another shell, first:   source $RUN_DIR/env.sh
      maillectl rollout pause blue ; maillectl rollout resume blue ; maillectl rollout abort blue
    The web console (routes and weights, rollouts with their checks over time, breakers, and
    promote / pause / abort buttons):  $MAILLE_SERVER/#token=$(cat "$RUN_DIR/maille-admin.token")
+   (HTTPS with a certificate from the demo's own CA: your browser warns until you trust
+   $RUN_DIR/maille-ca.pem; curl --cacert it.)
 9. Every hop between Envoys is mutual TLS, with certificates from Maille's own CA naming each
    node's SPIFFE ID, rotated over SDS; white takes calls only from the gateway (which declares
    it as a backend). Plaintext to white's Envoy is refused; the gateway's Envoy takes it from

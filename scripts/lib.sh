@@ -36,11 +36,12 @@ start_bg() {
   track "$name" "$!"
 }
 
-# wait_for WHAT URL: waits until URL answers with a success (30 s at most).
+# wait_for WHAT URL [CURL ARGS...]: waits until URL answers with a success (30 s at most).
 wait_for() {
   local what=$1 url=$2 i
+  shift 2
   for i in $(seq 1 300); do
-    curl -sf -o /dev/null "$url" && return 0
+    curl -sf -o /dev/null "$@" "$url" && return 0
     sleep 0.1
   done
   echo "$what did not come up ($url); logs in $RUN_DIR" >&2

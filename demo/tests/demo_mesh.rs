@@ -6,7 +6,7 @@
 //! env.sh), CloudWatch holds request metrics per colour,
 //! and Ctrl-C (SIGINT) stops everything it started.
 
-use maille_testkit::{agent, eventually, repo_root};
+use maille_testkit::{agent, agent_trusting, eventually, repo_root};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -115,7 +115,7 @@ impl Demo {
     fn ctl(&self, args: &[&str]) -> String {
         let out = Command::new(bin_dir().join("maillectl"))
             .args(args)
-            .env("MAILLE_SERVER", "http://127.0.0.1:10061")
+            .env("MAILLE_SERVER", "https://127.0.0.1:10061")
             .env("MAILLE_STATE", self.run_dir.join("maille-state.redb"))
             .env("AWS_ENDPOINT_URL", MOTO)
             .env("AWS_REGION", "us-east-1")
@@ -486,10 +486,12 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
         })
     };
     let token = std::fs::read_to_string(demo.run_dir.join("maille-read.token")).unwrap();
+    // The control server's port speaks HTTPS, its certificate from the demo's CA.
+    let control = agent_trusting(&demo.run_dir.join("maille-ca.pem"));
     let status = |name: &str| -> serde_json::Value {
-        let mut r = agent()
+        let mut r = control
             .get(&format!(
-                "http://127.0.0.1:10061/v1/rollouts/colorapp/{name}"
+                "https://127.0.0.1:10061/v1/rollouts/colorapp/{name}"
             ))
             .header("authorization", format!("Bearer {}", token.trim()))
             .call()
@@ -564,7 +566,7 @@ fn the_demo_mesh_routes_trips_traces_and_stops() {
     let t = tally(50, None);
     assert_eq!(t.get("blue"), Some(&50), "blue serves: {t:?}");
     // The console is served by the control server.
-    let mut r = agent().get("http://127.0.0.1:10061/").call().unwrap();
+    let mut r = control.get("https://127.0.0.1:10061/").call().unwrap();
     assert!(r.body_mut().read_to_string().unwrap().contains("Maille"));
 
     // 6. Ctrl-C stops everything the demo started.

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// No connection, or it broke: the server may be down or restarting.
-    #[error("cannot reach the control server at {base}")]
+    #[error("cannot reach the control server at {base}{hint}")]
     Unreachable {
         /// The server.
         base: String,
+        /// What to try, when something suggests it.
+        hint: &'static str,
         /// What the connection said.
         #[source]
         source: ureq::Error,
@@ -104,11 +106,74 @@ pub fn find_token() -> Option<String> {
 /// The file the server writes its admin token into, next to its state.
 pub const TOKEN_FILE: &str = "maille-admin.token";
 
+/// The file the server writes its CA's certificate into, beside its tokens.
+pub const CA_FILE: &str = "maille-ca.pem";
+
+/// The CA given with `--ca-cert`, if any (set once by `main`).
+static GIVEN_CA: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Verifies the server with the CA certificate in `file` (from `--ca-cert`).
+pub fn set_ca(file: std::path::PathBuf) {
+    let _ = GIVEN_CA.set(file);
+}
+
+/// The certificates of a PEM text (none if it holds none).
+pub fn pem_certificates(pem: &str) -> Vec<ureq::tls::Certificate<'static>> {
+    ureq::tls::parse_pem(pem.as_bytes())
+        .filter_map(|p| match p {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The CA certificate the server's is verified with: `--ca-cert` (or `MAILLE_CA_CERT`),
+/// else `maille-ca.pem` where the server writes it: beside `MAILLE_TOKEN_FILE`, in the
+/// folder of `MAILLE_STATE`, the current folder or `/var/lib/maille`. None found: the
+/// public roots (a server behind a certificate of a public CA).
+pub fn find_ca() -> Option<Vec<ureq::tls::Certificate<'static>>> {
+    let mut files = Vec::new();
+    if let Some(f) = GIVEN_CA.get() {
+        files.push(f.clone());
+    }
+    if let Ok(f) = std::env::var("MAILLE_CA_CERT") {
+        files.push(std::path::PathBuf::from(f));
+    }
+    for var in ["MAILLE_TOKEN_FILE", "MAILLE_STATE"] {
+        if let Ok(f) = std::env::var(var) {
+            if let Some(dir) = std::path::Path::new(&f).parent() {
+                files.push(dir.join(CA_FILE));
+            }
+        }
+    }
+    files.push(std::path::PathBuf::from(CA_FILE));
+    files.push(std::path::Path::new("/var/lib/maille").join(CA_FILE));
+    files.into_iter().find_map(|f| {
+        let certs = pem_certificates(&std::fs::read_to_string(f).ok()?);
+        (!certs.is_empty()).then_some(certs)
+    })
+}
+
+/// An HTTP agent for the control server: its certificate verified with [`find_ca`].
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    use ureq::tls::{RootCerts, TlsConfig};
+    let roots = match find_ca() {
+        Some(certs) => RootCerts::Specific(std::sync::Arc::new(certs)),
+        None => RootCerts::WebPki,
+    };
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .tls_config(TlsConfig::builder().root_certs(roots).build())
+        .build()
+        .into()
+}
+
 /// Longest answer read from the server (a big mesh in one listing).
 const MAX_ANSWER: u64 = 64 * 1024 * 1024;
 
 impl Client {
-    /// The server at `base` (`http://127.0.0.1:18080`).
+    /// The server at `base` (`https://127.0.0.1:18080`).
     pub fn new(base: &str) -> Client {
         Client::with_timeout(base, Duration::from_secs(30))
     }
@@ -118,11 +183,7 @@ impl Client {
     pub fn with_timeout(base: &str, timeout: Duration) -> Client {
         Client {
             base: base.trim_end_matches('/').to_owned(),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(timeout))
-                .build()
-                .into(),
+            agent: agent(timeout),
             authorization: find_token().map(|t| format!("Bearer {t}")),
         }
     }
@@ -133,8 +194,20 @@ impl Client {
     }
 
     fn unreachable(&self, source: ureq::Error) -> ApiError {
+        let hint = if self.base.starts_with("http://") {
+            " (the control server speaks HTTPS: use https://)"
+        } else if matches!(source, ureq::Error::Tls(_) | ureq::Error::Rustls(_))
+            // rustls's refusal reaches here as an I/O error.
+            || source.to_string().contains("invalid peer certificate")
+        {
+            " (its certificate did not verify: give the CA with --ca-cert or MAILLE_CA_CERT, \
+             the server's maille-ca.pem)"
+        } else {
+            ""
+        };
         ApiError::Unreachable {
             base: self.base.clone(),
+            hint,
             source,
         }
     }

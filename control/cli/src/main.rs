@@ -25,9 +25,15 @@ struct Cli {
         long,
         global = true,
         env = "MAILLE_SERVER",
-        default_value = "http://127.0.0.1:18080"
+        default_value = "https://127.0.0.1:18080"
     )]
     server: String,
+    /// The CA certificate (PEM) the server's certificate is verified with. Without it,
+    /// maillectl reads `maille-ca.pem` where the server writes it (beside its tokens: next
+    /// to MAILLE_TOKEN_FILE or MAILLE_STATE, in the current folder, or in /var/lib/maille),
+    /// else trusts the public roots.
+    #[arg(long, global = true, env = "MAILLE_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     /// The admin API token. Without it, maillectl reads the file MAILLE_TOKEN_FILE names,
     /// else `maille-admin.token` where the server writes it: next to MAILLE_STATE, in the
     /// current folder, or in /var/lib/maille. The read-only token (`maille-read.token`)
@@ -251,6 +257,20 @@ fn main() {
     let cli = Cli::parse();
     if let Some(t) = &cli.token {
         client::set_token(t.trim().to_owned());
+    }
+    if let Some(f) = &cli.ca_cert {
+        let found = std::fs::read_to_string(f).map(|pem| client::pem_certificates(&pem));
+        match found {
+            Ok(certs) if !certs.is_empty() => client::set_ca(f.clone()),
+            Ok(_) => {
+                eprintln!("error: --ca-cert {}: no PEM certificate in it", f.display());
+                std::process::exit(2);
+            }
+            Err(e) => {
+                eprintln!("error: --ca-cert {}: {e}", f.display());
+                std::process::exit(2);
+            }
+        }
     }
     match run(cli) {
         Ok(code) => std::process::exit(code),

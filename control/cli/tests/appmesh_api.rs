@@ -24,10 +24,16 @@ fn aws_env<'a>(cmd: &'a mut Command, secret: &str) -> &'a mut Command {
         .env_remove("AWS_SESSION_TOKEN")
 }
 
+/// The CA certificate the AWS clients verify the control server with.
+fn ca_file(control: &Control) -> std::path::PathBuf {
+    control.state.with_file_name("maille-ca.pem")
+}
+
 /// `aws appmesh <args> --endpoint-url <control>`: success, stdout as JSON (or Null), stderr.
 fn aws(control: &Control, args: &[&str]) -> (bool, Value, String) {
     let mut cmd = Command::new(repo_root().join(".venv/bin/aws"));
     aws_env(&mut cmd, &control.admin_token())
+        .env("AWS_CA_BUNDLE", ca_file(control))
         .arg("appmesh")
         .args(args)
         .args(["--endpoint-url", &control.url(), "--output", "json"]);
@@ -233,7 +239,8 @@ fn the_aws_cli_and_boto3_manage_the_mesh_through_the_app_mesh_api() {
         ],
     );
     assert!(!ok && err.contains("NotFoundException"), "{err}");
-    let r = a
+    let r = control
+        .agent()
         .get(&format!("{}/v20190125/meshes", control.url()))
         .call()
         .unwrap();
@@ -249,6 +256,7 @@ fn the_aws_cli_and_boto3_manage_the_mesh_through_the_app_mesh_api() {
     let with_secret = |secret: &str, args: &[&str]| -> (bool, String) {
         let mut cmd = Command::new(repo_root().join(".venv/bin/aws"));
         aws_env(&mut cmd, secret)
+            .env("AWS_CA_BUNDLE", ca_file(&control))
             .arg("appmesh")
             .args(args)
             .args(["--endpoint-url", &control.url()]);
@@ -282,6 +290,7 @@ print(json.dumps({"names": names, "pages": pages, "egress": mesh["spec"]["egress
 "#;
     let mut py = Command::new(repo_root().join(".venv/bin/python"));
     let out = aws_env(&mut py, &control.admin_token())
+        .env("AWS_CA_BUNDLE", ca_file(&control))
         .args(["-c", script, &control.url()])
         .output()
         .unwrap();

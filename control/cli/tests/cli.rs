@@ -210,7 +210,7 @@ fn the_admin_api_takes_only_the_token_each_call_needs() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "the token file is its owner's only");
     }
-    let a = maille_testkit::agent();
+    let a = control.agent();
     let call = |method: &str, path: &str, token: Option<&str>| -> u16 {
         let url = format!("{}{path}", control.url());
         let with = |r: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match token {
@@ -267,7 +267,8 @@ fn a_change_without_the_client_header_is_refused_as_a_cross_site_request() {
     let control = Control::start(&rt, &dir.path().join("state.redb"), None);
     // What another web page could make a browser send: a simple POST, no custom header.
     for path in ["/v1/apply", "/v1/delete", "/v1/rollouts/m/r/abort"] {
-        let mut r = maille_testkit::agent()
+        let mut r = control
+            .agent()
             .post(&format!("{}{path}", control.url()))
             .header("authorization", format!("Bearer {}", control.admin_token()))
             .content_type("text/plain")
@@ -284,4 +285,144 @@ fn a_change_without_the_client_header_is_refused_as_a_cross_site_request() {
     // maillectl sends it.
     let (ok, _, err) = control.ctl(&["delete", "mesh", "nothing"]);
     assert!(!ok && err.contains("does not exist"), "{err}");
+}
+
+/// `maillectl` with nothing but `args` and `env`, run in `cwd` (no state beside it).
+fn bare_ctl(cwd: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_maillectl"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MAILLE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .current_dir(cwd)
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_admin_port_speaks_only_tls_that_maillectl_checks_with_the_servers_ca() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&rt, &dir.path().join("state.redb"), None);
+    let port = control.http_port;
+    let ca = dir.path().join("maille-ca.pem");
+    let pem = std::fs::read_to_string(&ca).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let token = control.admin_token();
+
+    // Plaintext gets no HTTP answer.
+    let plain = maille_testkit::agent()
+        .get(&format!("http://127.0.0.1:{port}/healthz"))
+        .call();
+    assert!(plain.is_err(), "plaintext answered: {plain:?}");
+    // The certificate chains to the CA and names the addresses a client uses.
+    for host in ["127.0.0.1", "localhost"] {
+        let r = control
+            .agent()
+            .get(&format!("https://{host}:{port}/healthz"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    // Another CA's client refuses the server.
+    let stranger = tempfile::tempdir().unwrap();
+    let other = maille_control::ca::Ca::load_or_create(
+        &maille_control::store::MemoryStore::default(),
+        maille_control::ca::DEFAULT_LIFETIME,
+    )
+    .unwrap();
+    let other_pem = stranger.path().join("other.pem");
+    std::fs::write(&other_pem, other.trust_bundle()).unwrap();
+    let r = maille_testkit::agent_trusting(&other_pem)
+        .get(&format!("https://127.0.0.1:{port}/healthz"))
+        .call();
+    assert!(r.is_err(), "a stranger's CA verified the server: {r:?}");
+
+    let url = control.url();
+    let cwd = tempfile::tempdir().unwrap();
+    let with_token = [("MAILLE_TOKEN", token.as_str())];
+    // Next to the state, as on the server's machine: no flag needed.
+    let state = control.state.display().to_string();
+    let (code, out) = bare_ctl(
+        cwd.path(),
+        &[("MAILLE_STATE", &state)],
+        &["--server", &url, "status"],
+    );
+    assert_eq!(code, 0, "{out}");
+    // Elsewhere: with --ca-cert (or MAILLE_CA_CERT).
+    let ca_arg = ca.display().to_string();
+    let (code, out) = bare_ctl(
+        cwd.path(),
+        &with_token,
+        &["--server", &url, "--ca-cert", &ca_arg, "status"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = bare_ctl(
+        cwd.path(),
+        &[("MAILLE_TOKEN", &token), ("MAILLE_CA_CERT", &ca_arg)],
+        &["--server", &url, "status"],
+    );
+    assert_eq!(code, 0, "{out}");
+    // Without the CA: the public roots do not know it, and the error says what to give.
+    let (code, out) = bare_ctl(cwd.path(), &with_token, &["--server", &url, "status"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--ca-cert"), "{out}");
+    // With another CA: refused alike.
+    let other_arg = other_pem.display().to_string();
+    let (code, out) = bare_ctl(
+        cwd.path(),
+        &with_token,
+        &["--server", &url, "--ca-cert", &other_arg, "status"],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("did not verify"), "{out}");
+    // A CA file that is not there, or holds no certificate: named, before any call.
+    let (code, out) = bare_ctl(
+        cwd.path(),
+        &with_token,
+        &[
+            "--server",
+            &url,
+            "--ca-cert",
+            "/nonexistent/ca.pem",
+            "status",
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("/nonexistent/ca.pem"), "{out}");
+    let empty = cwd.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let (code, out) = bare_ctl(
+        cwd.path(),
+        &with_token,
+        &[
+            "--server",
+            &url,
+            "--ca-cert",
+            &empty.display().to_string(),
+            "status",
+        ],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no PEM certificate"), "{out}");
+    // An http:// address: the error says to use https://.
+    let (code, out) = bare_ctl(
+        cwd.path(),
+        &[("MAILLE_STATE", &state)],
+        &["--server", &format!("http://127.0.0.1:{port}"), "status"],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("use https://"), "{out}");
 }

@@ -155,7 +155,7 @@ fn the_console_shows_the_mesh_and_its_rollouts_and_aborts_one() {
     // cluster is markup, which the page must show as text. Red and black are kept directly:
     // while the rollouts run, no route has them, so no node has their clusters and the API
     // refuses their signals (checked below); white's comes through the API.
-    let a = maille_testkit::agent();
+    let a = control.agent();
     let running = control.running.as_ref().unwrap();
     let gateway_token = running
         .node_tokens

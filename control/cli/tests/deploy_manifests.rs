@@ -7,7 +7,7 @@
 mod common;
 
 use maille_control::{start, ServerConfig};
-use maille_testkit::{agent, envoy_bin, repo_root};
+use maille_testkit::{envoy_bin, repo_root};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -131,9 +131,12 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
             cert_lifetime: maille_control::ca::DEFAULT_LIFETIME,
             ca_pem: None,
             token_dir: None,
+            tls_names: Vec::new(),
         }))
         .unwrap();
-    let url = format!("http://127.0.0.1:{}", server.http_port);
+    let url = format!("https://127.0.0.1:{}", server.http_port);
+    let ca = dir.path().join("maille-ca.pem");
+    let state = dir.path().join("state.redb");
     let bootstrap_token = std::fs::read_to_string(dir.path().join("maille-bootstrap.token"))
         .unwrap()
         .trim()
@@ -185,30 +188,49 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
         };
         assert_eq!(
             env(boot, "MAILLE_SERVER").unwrap(),
-            format!("http://{control_dns}:18080")
+            format!("https://{control_dns}:18080")
         );
         let node = env(boot, "MAILLE_NODE").unwrap();
         assert_eq!(node, format!("mesh/colorapp/virtualNode/{name}"));
-        // The pod's wget, pointed at the test's server: Envoy takes what it gets.
-        let script = boot["command"][2].as_str().unwrap();
-        let query = script
-            .split("/v1/bootstrap?")
-            .nth(1)
+        // The CA comes from the Secret that holds the token.
+        let volume = pod["volumes"]
+            .as_array()
             .unwrap()
-            .trim_end_matches('"');
-        let query = query.replace("$(MAILLE_NODE)", &node);
-        // With the bootstrap token, as the pod sends it (from its Secret).
+            .iter()
+            .find(|v| v["name"] == "maille-ca")
+            .unwrap_or_else(|| panic!("{name}: no maille-ca volume"));
+        assert_eq!(volume["secret"]["secretName"], "maille-bootstrap-token");
+        assert_eq!(volume["secret"]["items"][0]["key"], "ca.pem");
+        // The pod's own command, run here against the test's server under the name the pod
+        // uses (curl checks the certificate names it and chains to the CA): Envoy takes
+        // what it gets.
+        let script = boot["command"][2].as_str().unwrap();
+        assert!(script.starts_with("curl "), "{script}");
+        let out = dir.path().join(format!("{name}.yaml"));
+        let here = script
+            .replacen(
+                "curl ",
+                &format!(
+                    "curl --resolve {control_dns}:{}:127.0.0.1 ",
+                    server.http_port
+                ),
+                1,
+            )
+            .replace(
+                "$(MAILLE_SERVER)",
+                &format!("https://{control_dns}:{}", server.http_port),
+            )
+            .replace("$(MAILLE_NODE)", &node)
+            .replace("$(MAILLE_BOOTSTRAP_TOKEN)", &bootstrap_token)
+            .replace("/etc/envoy/envoy.yaml", &out.display().to_string())
+            .replace("/etc/maille/ca.pem", &ca.display().to_string());
+        let fetched = Command::new("sh").args(["-c", &here]).output().unwrap();
         assert!(
-            script.contains("--header \"Authorization: Bearer $(MAILLE_BOOTSTRAP_TOKEN)\""),
-            "{script}"
+            fetched.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&fetched.stderr)
         );
-        let mut r = agent()
-            .get(&format!("{url}/v1/bootstrap?{query}"))
-            .header("authorization", format!("Bearer {bootstrap_token}"))
-            .call()
-            .unwrap();
-        let body = r.body_mut().read_to_string().unwrap();
-        assert_eq!(r.status(), 200, "{name}: {body}");
+        let body = std::fs::read_to_string(&out).unwrap();
         assert!(
             body.contains(control_dns) && body.contains("maille_collector"),
             "{name}: {body}"
@@ -262,10 +284,19 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
         .next()
         .unwrap();
     assert!(
-        cmd.contains("Authorization: Bearer $MAILLE_BOOTSTRAP_TOKEN"),
+        cmd.contains("Authorization: Bearer $MAILLE_BOOTSTRAP_TOKEN")
+            && cmd.contains("--ca-certificate=/tmp/maille-ca.pem")
+            && cmd.contains("\"$MAILLE_CA_PEM\" > /tmp/maille-ca.pem"),
         "{cmd}"
     );
-    let mut r = agent()
+    let secrets: Vec<&str> = envoy["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(secrets, ["MAILLE_BOOTSTRAP_TOKEN", "MAILLE_CA_PEM"]);
+    let mut r = common::control_agent(&state)
         .get(&format!("{url}/v1/bootstrap?{query}"))
         .header("authorization", format!("Bearer {bootstrap_token}"))
         .call()

@@ -52,8 +52,13 @@ pub struct ServerConfig {
     /// the one kept in the store, made on first start.
     pub ca_pem: Option<(String, String)>,
     /// Folder the admin API's tokens are written into (`maille-admin.token`,
-    /// `maille-read.token`); `None`: the state file's folder (none for a state in memory).
+    /// `maille-read.token`, `maille-bootstrap.token`), with the CA's certificate
+    /// (`maille-ca.pem`) clients verify the server with; `None`: the state file's folder
+    /// (none for a state in memory).
     pub token_dir: Option<PathBuf>,
+    /// More names (DNS names or IP addresses) the server's certificate is valid for, beside
+    /// the advertise address, `localhost` and `127.0.0.1`.
+    pub tls_names: Vec<String>,
 }
 
 /// Why the server could not start.
@@ -115,6 +120,24 @@ impl Running {
     }
 }
 
+/// The CA's certificate, beside the tokens: what clients verify the server with.
+pub const CA_FILE: &str = "maille-ca.pem";
+
+/// The names the server's certificate is for.
+fn tls_names(cfg: &ServerConfig) -> Vec<String> {
+    let mut names = vec![
+        cfg.advertise_address.clone(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    for n in &cfg.tls_names {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
@@ -127,6 +150,11 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         return Err(ServerError::Config(format!(
             "advertise address {:?}: must be an IP address or a DNS name",
             cfg.advertise_address
+        )));
+    }
+    if let Some(bad) = cfg.tls_names.iter().find(|n| !valid_host(n)) {
+        return Err(ServerError::Config(format!(
+            "--tls-name {bad:?}: must be an IP address or a DNS name"
         )));
     }
     // Both of rustls's providers are in the build (the AWS SDK's is aws-lc): choose one for
@@ -142,7 +170,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     };
     let modules = Modules::new(
         cfg.modules_dir.clone(),
-        &format!("http://{}:{http_port}", cfg.advertise_address),
+        &format!("https://{}:{http_port}", cfg.advertise_address),
     );
     let ca = Arc::new(match &cfg.ca_pem {
         Some((cert, key)) => Ca::from_pem(cert, key, cfg.cert_lifetime),
@@ -163,15 +191,20 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
                 dir.display()
             ))
         })?;
-        tracing::info!(dir = %dir.display(), "admin API tokens written (maille-admin.token, maille-read.token)");
+        let ca_file = dir.join(CA_FILE);
+        std::fs::write(&ca_file, ca.trust_bundle())
+            .map_err(|e| ServerError::Config(format!("writing {}: {e}", ca_file.display())))?;
+        tracing::info!(dir = %dir.display(), "admin API tokens written (maille-admin.token, maille-read.token, maille-bootstrap.token), and the CA's certificate (maille-ca.pem)");
     }
-    // The server's own certificate (ADS over TLS), for the address Envoys reach it at.
-    // Made at each start; it lives a year.
+    // The server's own certificate (ADS and the admin port, over TLS), for the address
+    // Envoys reach it at and the names clients may use. Made at each start; it lives a year.
     let own = ca.issue_for(
         maille_translate::names::CONTROL_SPIFFE_ID,
-        std::slice::from_ref(&cfg.advertise_address),
+        &tls_names(&cfg),
         SERVER_CERT_LIFETIME,
     )?;
+    let https = crate::https::server_config(&own.certificate_chain, &own.private_key)
+        .map_err(ServerError::Config)?;
     let store_for_rollouts = store.clone();
     let mesh = Arc::new(Mesh::new(store, modules)?);
     let clients = Arc::new(Clients::default());
@@ -237,6 +270,13 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         admin_tokens: admin_tokens.clone(),
     });
     tasks.push(tokio::spawn(async move {
+        let http = match crate::https::TlsListener::new(http, https) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin server did not start");
+                return;
+            }
+        };
         let result = axum::serve(http, app)
             .with_graceful_shutdown(async move {
                 let _ = rx.wait_for(|s| *s).await;

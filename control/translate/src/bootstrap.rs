@@ -184,13 +184,14 @@ fn grpc_service(cluster: &str, token: &str) -> Value {
 /// The cluster of the control server's HTTP port (module downloads, breaker signals): every
 /// request on it carries the node's signal token, added by an upstream filter, so the server
 /// knows which node signals.
-fn control_cluster(server: &ControlEndpoints, token: &str) -> Value {
+fn control_cluster(server: &ControlEndpoints, token: &str, trust: &str) -> Value {
     let mut c = static_cluster(
         names::CONTROL_CLUSTER,
         &server.advertise_address,
         server.http_port,
         false,
     );
+    c["transport_socket"] = control_tls(trust, "http/1.1");
     c["typed_extension_protocol_options"] = json!({
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -257,7 +258,10 @@ pub fn render(p: &BootstrapParams, server: &ControlEndpoints, creds: &Credential
         true,
     );
     xds["transport_socket"] = control_tls(&creds.trust_bundle, "h2");
-    let mut clusters = vec![xds, control_cluster(server, &creds.signal_token)];
+    let mut clusters = vec![
+        xds,
+        control_cluster(server, &creds.signal_token, &creds.trust_bundle),
+    ];
     let mut doc = json!({
         "node": {
             "id": p.node_id,
@@ -548,13 +552,18 @@ mod tests {
         let sink = &v["stats_sinks"][0]["typed_config"]["grpc_service"];
         assert_eq!(sink["initial_metadata"][0]["value"], "Bearer tok");
         assert_eq!(sink["timeout"], "2s");
-        let tls = &v["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
-            ["common_tls_context"]["validation_context"];
-        assert_eq!(tls["trusted_ca"]["inline_string"], "PEM");
-        assert_eq!(
-            tls["match_typed_subject_alt_names"][0]["matcher"]["exact"],
-            names::CONTROL_SPIFFE_ID
-        );
+        // Both clusters to the control server (ADS; signals and modules) verify it.
+        for (i, alpn) in [(0, "h2"), (1, "http/1.1")] {
+            let ctx = &v["static_resources"]["clusters"][i]["transport_socket"]["typed_config"]
+                ["common_tls_context"];
+            assert_eq!(ctx["alpn_protocols"][0], alpn);
+            let tls = &ctx["validation_context"];
+            assert_eq!(tls["trusted_ca"]["inline_string"], "PEM");
+            assert_eq!(
+                tls["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+                names::CONTROL_SPIFFE_ID
+            );
+        }
         assert_eq!(v["node"]["id"], "mesh/colorapp/virtualNode/colorgateway");
         assert_eq!(v["node"]["cluster"], "colorgateway");
         assert_eq!(v["node"]["metadata"]["maille.app_address"], "app.local");

@@ -354,6 +354,30 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// As [`agent`], verifying HTTPS servers with the CA certificates (PEM) in `ca_file` only,
+/// such as the `maille-ca.pem` the control server writes beside its state.
+pub fn agent_trusting(ca_file: &Path) -> ureq::Agent {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig};
+    let pem = std::fs::read(ca_file).unwrap_or_else(|e| panic!("{}: {e}", ca_file.display()));
+    let roots: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|p| match p {
+            Ok(PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert!(!roots.is_empty(), "{}: no certificate", ca_file.display());
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::Specific(std::sync::Arc::new(roots)))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
 /// The two upstream services of `fixtures/upstreams.yaml`, `stable` and `canary`, which
 /// answer with their own name.
 #[derive(Debug)]

@@ -89,6 +89,7 @@ impl Control {
                 cert_lifetime,
                 ca_pem: None,
                 token_dir: None,
+                tls_names: Vec::new(),
             }))
             .expect("control server starts");
         Control {
@@ -110,7 +111,12 @@ impl Control {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("https://127.0.0.1:{}", self.http_port)
+    }
+
+    /// An HTTP agent that verifies this server with the CA it wrote beside its state.
+    pub fn agent(&self) -> ureq::Agent {
+        control_agent(&self.state)
     }
 
     /// The admin token the server wrote next to its state.
@@ -119,7 +125,8 @@ impl Control {
     }
 
     pub fn get(&self, path: &str) -> Value {
-        let mut r = agent()
+        let mut r = self
+            .agent()
             .get(&format!("{}{path}", self.url()))
             .header("authorization", format!("Bearer {}", self.admin_token()))
             .call()
@@ -128,7 +135,7 @@ impl Control {
     }
 
     pub fn get_text(&self, path: &str) -> String {
-        agent()
+        self.agent()
             .get(&format!("{}{path}", self.url()))
             .header("authorization", format!("Bearer {}", self.admin_token()))
             .call()
@@ -198,8 +205,14 @@ impl Control {
 
     /// POST `body` (JSON) to the admin API; the answer as JSON (whatever its status).
     pub fn post(&self, path: &str, body: &Value) -> Value {
-        post(&self.url(), &self.admin_token(), path, body)
+        post(&self.agent(), &self.url(), &self.admin_token(), path, body)
     }
+}
+
+/// An HTTP agent that verifies the control server whose state is `state` with the CA
+/// certificate it wrote beside it (`maille-ca.pem`), statuses not taken as errors.
+pub fn control_agent(state: &Path) -> ureq::Agent {
+    maille_testkit::agent_trusting(&state.with_file_name("maille-ca.pem"))
 }
 
 /// The admin token a server with its state in `state` wrote beside it.
@@ -211,8 +224,8 @@ pub fn token_beside(state: &Path) -> String {
         .to_owned()
 }
 
-fn post(base: &str, token: &str, path: &str, body: &Value) -> Value {
-    let mut r = agent()
+fn post(agent: &ureq::Agent, base: &str, token: &str, path: &str, body: &Value) -> Value {
+    let mut r = agent
         .post(&format!("{base}{path}"))
         .header(maille_api::paths::CLIENT_HEADER, "test")
         .header("authorization", format!("Bearer {token}"))
@@ -303,10 +316,12 @@ impl Process {
             "the control server answers",
             Duration::from_secs(20),
             || {
-                let ok = agent()
-                    .get(&format!("{}/healthz", p.url()))
-                    .call()
-                    .is_ok_and(|r| r.status() == 200);
+                // The CA file is written before the port answers.
+                let ok = std::fs::exists(p.state.with_file_name("maille-ca.pem")).unwrap_or(false)
+                    && control_agent(&p.state)
+                        .get(&format!("{}/healthz", p.url()))
+                        .call()
+                        .is_ok_and(|r| r.status() == 200);
                 (
                     ok,
                     std::fs::read_to_string(p.state.with_extension("log")).unwrap_or_default(),
@@ -326,11 +341,11 @@ impl Process {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http)
+        format!("https://127.0.0.1:{}", self.http)
     }
 
     pub fn get(&self, path: &str) -> Value {
-        let mut r = agent()
+        let mut r = control_agent(&self.state)
             .get(&format!("{}{path}", self.url()))
             .header(
                 "authorization",

@@ -13,7 +13,9 @@ struct Args {
     /// ADS (gRPC, xDS v3) listen address.
     #[arg(long, env = "MAILLE_XDS_ADDR", default_value = "127.0.0.1:18000")]
     xds_addr: SocketAddr,
-    /// Admin API, module downloads and breaker signals (HTTP) listen address.
+    /// Admin API, App Mesh API, console, bootstraps, module downloads and breaker signals
+    /// (HTTPS, with a certificate from Maille's CA: clients trust `maille-ca.pem`, written
+    /// beside the tokens) listen address.
     #[arg(long, env = "MAILLE_HTTP_ADDR", default_value = "127.0.0.1:18080")]
     http_addr: SocketAddr,
     /// Address Envoys use to reach this server (written into bootstraps and module URLs).
@@ -57,11 +59,18 @@ struct Args {
     /// The private key (PEM, PKCS#8) of `--ca-cert`.
     #[arg(long, env = "MAILLE_CA_KEY", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
-    /// Folder to write the admin API's tokens into: `maille-admin.token` (everything) and
-    /// `maille-read.token` (read only), readable by their owner only. `maillectl` on this
-    /// machine finds the admin one there. Default: the state file's folder.
+    /// Folder to write the admin API's tokens into: `maille-admin.token` (everything),
+    /// `maille-read.token` (read only) and `maille-bootstrap.token` (bootstraps only),
+    /// readable by their owner only, and `maille-ca.pem`, the CA certificate clients verify
+    /// this server with. `maillectl` on this machine finds the admin token and the CA there.
+    /// Default: the state file's folder.
     #[arg(long, env = "MAILLE_TOKEN_DIR")]
     token_dir: Option<PathBuf>,
+    /// Another DNS name or IP address clients reach the admin port at (repeatable; comma
+    /// separated in the variable): the server's certificate names it, beside the advertise
+    /// address, `localhost` and `127.0.0.1`.
+    #[arg(long = "tls-name", env = "MAILLE_TLS_NAMES", value_delimiter = ',')]
+    tls_names: Vec<String>,
 }
 
 #[cfg(feature = "cloudwatch")]
@@ -120,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         token_dir: args
             .token_dir
             .or_else(|| args.ephemeral.then(|| PathBuf::from("."))),
+        tls_names: args.tls_names,
     })
     .await?;
     println!(
