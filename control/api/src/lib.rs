@@ -10,6 +10,7 @@
 //! | GET | [`paths::STATUS`] | [`StatusAnswer`] |
 //! | GET | [`paths::NODES`]`/{node id}` | [`NodeAnswer`] |
 //! | GET | [`paths::BOOTSTRAP`] `?node=...` ([`BootstrapQuery`]) | an Envoy bootstrap |
+//! | GET | [`paths::NODE_TOKEN`] `?node=...` | [`NodeTokenAnswer`] (admin only) |
 //! | GET | `/v1/modules/{name}.wasm` | a filter module |
 //! | POST | [`paths::SIGNAL`] | [`BreakerSignal`] (from the breaker filter) |
 //! | GET | [`paths::SIGNALS`] | [`SignalsAnswer`] |
@@ -41,6 +42,8 @@ pub mod paths {
     pub const NODES: &str = "/v1/nodes";
     /// An Envoy bootstrap.
     pub const BOOTSTRAP: &str = "/v1/bootstrap";
+    /// A node's token, which fetches that node's bootstrap and nothing else (admin only).
+    pub const NODE_TOKEN: &str = "/v1/node-token";
     /// Filter module downloads (followed by `/<name>.wasm`).
     pub const MODULES: &str = "/v1/modules";
     /// Where breaker filters post their state changes.
@@ -229,6 +232,17 @@ pub struct NodeAnswer {
     pub resources: BTreeMap<String, Vec<String>>,
     /// What was not translated.
     pub warnings: Vec<String>,
+}
+
+/// `GET /v1/node-token?node=...`: the node's token, for a deployment that holds one node's
+/// credential only (it fetches that node's bootstrap, and opens that node's ADS stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeTokenAnswer {
+    /// The node id.
+    pub node: String,
+    /// The token.
+    pub token: String,
 }
 
 /// `GET /v1/bootstrap` query. Every value is checked before it reaches the bootstrap.

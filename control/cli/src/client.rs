@@ -365,6 +365,15 @@ impl Client {
             .collect())
     }
 
+    /// A node's token (admin only).
+    pub fn node_token(&self, node: &str) -> Result<maille_api::NodeTokenAnswer> {
+        Ok(self.get(&format!(
+            "{}?{}",
+            paths::NODE_TOKEN,
+            query(&[("node", node.to_owned())])
+        ))?)
+    }
+
     /// An Envoy bootstrap.
     pub fn bootstrap(&self, q: &BootstrapQuery) -> Result<String> {
         let v = serde_json::to_value(q)?;

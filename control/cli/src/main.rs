@@ -154,6 +154,15 @@ enum Command {
         #[arg(long)]
         otlp_port: Option<u16>,
     },
+    /// Print a node's token (needs the admin token): it fetches that node's bootstrap and
+    /// nothing else, for a deployment that should hold one node's credential only, e.g.
+    /// `kubectl create secret generic maille-node-white --from-literal=token="$(maillectl
+    /// token --node colorapp/colorteller-white)"`.
+    Token {
+        /// The node, as for `bootstrap`.
+        #[arg(long)]
+        node: String,
+    },
     /// Breaker state changes received from the breaker filters.
     Signals,
     /// Offline: check definitions, translate every virtual node, and have Envoy validate each
@@ -281,6 +290,19 @@ fn main() {
     }
 }
 
+/// `--node` as a full node id (`<mesh>/<name>` is a virtual node's).
+fn full_node_id(node: String) -> Result<String> {
+    if node.starts_with("mesh/") {
+        Ok(node)
+    } else if let Some((m, n)) = node.split_once('/') {
+        Ok(maille_translate::names::node_id(m, n))
+    } else {
+        bail!(
+            "--node must be mesh/<mesh>/virtualNode/<name>, mesh/<mesh>/virtualGateway/<name> or <mesh>/<name>, got {node:?}"
+        )
+    }
+}
+
 /// Runs the command; the exit code (`rollout --wait` says how the rollout ended with it).
 fn run(cli: Cli) -> Result<i32> {
     let api = Client::new(&cli.server);
@@ -385,15 +407,7 @@ fn run(cli: Cli) -> Result<i32> {
             app_address,
             otlp_port,
         } => {
-            let node = if node.starts_with("mesh/") {
-                node
-            } else if let Some((m, n)) = node.split_once('/') {
-                maille_translate::names::node_id(m, n)
-            } else {
-                bail!(
-                    "--node must be mesh/<mesh>/virtualNode/<name>, mesh/<mesh>/virtualGateway/<name> or <mesh>/<name>, got {node:?}"
-                );
-            };
+            let node = full_node_id(node)?;
             print!(
                 "{}",
                 api.bootstrap(&BootstrapQuery {
@@ -406,6 +420,9 @@ fn run(cli: Cli) -> Result<i32> {
                     otlp_port,
                 })?
             );
+        }
+        Command::Token { node } => {
+            println!("{}", api.node_token(&full_node_id(node)?)?.token);
         }
         Command::Validate {
             mut files,

@@ -256,6 +256,58 @@ fn the_admin_api_takes_only_the_token_each_call_needs() {
     // Admin: everything.
     assert_eq!(call("POST", "/v1/apply", Some(&admin)), 200);
     assert_eq!(call("GET", bootstrap, Some(&admin)), 200);
+    // A node's own token: that node's bootstrap only. `maillectl token` gives it (admin).
+    assert_eq!(
+        call(
+            "GET",
+            "/v1/node-token?node=mesh/x/virtualNode/a",
+            Some(&read)
+        ),
+        403
+    );
+    assert_eq!(
+        call(
+            "GET",
+            "/v1/node-token?node=mesh/x/virtualNode/a",
+            Some(&boot)
+        ),
+        403
+    );
+    assert_eq!(call("GET", "/v1/node-token?node=a", Some(&admin)), 400);
+    let (ok, out, err) = control.ctl(&["token", "--node", "x/a"]);
+    assert!(ok, "{err}");
+    let node = out.trim().to_owned();
+    assert!(node.starts_with("maille-node.v1."), "{out}");
+    assert_eq!(call("GET", bootstrap, Some(&node)), 200);
+    assert_eq!(
+        call(
+            "GET",
+            "/v1/bootstrap?node=mesh/x/virtualNode/b",
+            Some(&node)
+        ),
+        403
+    );
+    assert_eq!(
+        call(
+            "GET",
+            "/v1/bootstrap?node=mesh/x/virtualNode/a&x=1",
+            Some(&node)
+        ),
+        403
+    );
+    assert_eq!(call("GET", "/v1/status", Some(&node)), 401);
+    assert_eq!(call("POST", "/v1/apply", Some(&node)), 401);
+    let (ok, _, err) = control.ctl(&["--token", &read, "token", "--node", "x/a"]);
+    assert!(!ok && err.contains("admin token"), "{err}");
+    // The bootstrap it fetched carries that same token, for ADS.
+    let mut r = control
+        .agent()
+        .get(&format!("{}{bootstrap}", control.url()))
+        .header("authorization", format!("Bearer {node}"))
+        .call()
+        .unwrap();
+    let text = r.body_mut().read_to_string().unwrap();
+    assert!(text.contains(&format!("Bearer {node}")), "{text}");
     // Nothing refused changed anything: one apply, by the admin.
     assert_eq!(control.get("/v1/status")["version"], 1);
 }

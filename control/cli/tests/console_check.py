@@ -203,7 +203,7 @@ def main():
         wait(driver, "the rolled-back route on the page",
              lambda d: any(t[0] == "colorteller-white" and t[1] == "100%"
                            for t in routes(d).get(f"{abort_mesh}/colorteller-vr/colorteller-route", [])))
-        report["routes"] = routes(driver)
+        report["routes"] = fresh(lambda: routes(driver))
         # The refused action's 409 is logged by the browser itself.
         report["consoleErrorsAfter"] = severe(driver)
         driver.save_screenshot(os.path.join(args.shots, "console-aborted.png"))

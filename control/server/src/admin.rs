@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::STATUS, get(status))
         .route(&format!("{}/{{*node}}", paths::NODES), get(node))
         .route(paths::BOOTSTRAP, get(bootstrap))
+        .route(paths::NODE_TOKEN, get(node_token))
         .route(&format!("{}/{{file}}", paths::MODULES), get(module))
         .route(
             paths::SIGNAL,
@@ -92,6 +93,9 @@ fn needs(method: &axum::http::Method, path: &str) -> Option<Scope> {
         || path.starts_with("/v20190125/");
     if open {
         None
+    } else if path == paths::NODE_TOKEN {
+        // A credential: not for the read-only token.
+        Some(Scope::Admin)
     } else if path == paths::BOOTSTRAP {
         // A bootstrap carries a node token.
         Some(Scope::Bootstrap)
@@ -117,6 +121,25 @@ async fn guard(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    if need == Scope::Bootstrap {
+        // A node's own token fetches that node's bootstrap (a deployment holding one node's
+        // credential only).
+        if let Some(node) = token.and_then(|t| s.tokens.node_of(t)) {
+            let asked = axum::extract::Query::<BootstrapQuery>::try_from_uri(req.uri())
+                .map(|q| q.0.node)
+                .unwrap_or_default();
+            if asked == node {
+                return next.run(req).await;
+            }
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this token is node {:?}'s: it fetches that node's bootstrap only",
+                    node.chars().take(300).collect::<String>()
+                ),
+            );
+        }
+    }
     match token.and_then(|t| s.admin_tokens.scope_of(t)) {
         Some(have) if have.allows(need) => next.run(req).await,
         Some(have) => error(
@@ -367,6 +390,36 @@ async fn bootstrap(
         ),
     )
         .into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeTokenQuery {
+    node: String,
+}
+
+async fn node_token(
+    State(s): State<AppState>,
+    q: Result<Query<NodeTokenQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if maille_translate::names::parse_node_id(&q.node).is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "node: must be mesh/<mesh>/virtualNode/<name> or mesh/<mesh>/virtualGateway/<name>, got {:?}",
+                q.node.chars().take(300).collect::<String>()
+            ),
+        );
+    }
+    Json(maille_api::NodeTokenAnswer {
+        token: s.tokens.token(&q.node),
+        node: q.node,
+    })
+    .into_response()
 }
 
 async fn module(State(s): State<AppState>, Path(file): Path<String>) -> Response {

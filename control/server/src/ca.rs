@@ -31,6 +31,9 @@ const BACKDATE: Duration = Duration::from_secs(60);
 /// The store's name of the CA.
 const STORED: &str = "ca";
 
+/// The store's name of the control server's key (ADS and the admin port).
+const SERVER_KEY: &str = "control-key";
+
 /// Why the CA cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -179,6 +182,34 @@ impl Ca {
     ) -> Result<Issued, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(cert_err("making a key"))?;
+        self.issue_with(key, spiffe_id, hosts, lifetime)
+    }
+
+    /// The control server's certificate, for `hosts`, with a key kept in `store` (made on
+    /// first start): a new certificate at each start, the same key, so that a client that
+    /// pinned it (a browser told to take it) still takes it after a restart.
+    pub fn issue_server(
+        &self,
+        store: &dyn Store,
+        hosts: &[String],
+        lifetime: Duration,
+    ) -> Result<Issued, CaError> {
+        let fresh = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(cert_err("making a key"))?;
+        let kept = store.create_secret(SERVER_KEY, fresh.serialize_pem().as_bytes())?;
+        let pem = String::from_utf8(kept)
+            .map_err(|_| CaError::Cert("the stored server key is not PEM".into()))?;
+        let key = KeyPair::from_pem(&pem).map_err(cert_err("the stored server key"))?;
+        self.issue_with(key, names::CONTROL_SPIFFE_ID, hosts, lifetime)
+    }
+
+    fn issue_with(
+        &self,
+        key: KeyPair,
+        spiffe_id: &str,
+        hosts: &[String],
+        lifetime: Duration,
+    ) -> Result<Issued, CaError> {
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Maille");
@@ -291,6 +322,52 @@ mod tests {
             san.value.general_names[0].to_string(),
             "URI(spiffe://maille/mesh/colorapp/virtualGateway/ingress)"
         );
+    }
+
+    #[test]
+    fn the_servers_certificate_keeps_its_key_across_starts() {
+        let store = MemoryStore::default();
+        let ca = Ca::load_or_create(&store, Duration::from_secs(3600)).unwrap();
+        let hosts = ["127.0.0.1".to_owned(), "maille.internal".to_owned()];
+        let key_of = |issued: &Issued| -> (Vec<u8>, Vec<String>) {
+            let der = parse(&issued.certificate_chain).remove(0);
+            let (_, c) = X509Certificate::from_der(&der).unwrap();
+            let sans = c
+                .subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            (c.public_key().raw.to_vec(), sans)
+        };
+        let one = ca
+            .issue_server(&store, &hosts, Duration::from_secs(60))
+            .unwrap();
+        let two = ca
+            .issue_server(&store, &hosts, Duration::from_secs(60))
+            .unwrap();
+        assert_ne!(
+            one.certificate_chain, two.certificate_chain,
+            "a new certificate"
+        );
+        let (k1, sans) = key_of(&one);
+        assert_eq!(k1, key_of(&two).0, "the same key");
+        assert_eq!(
+            sans,
+            [
+                "URI(spiffe://maille/control)",
+                "IPAddress(7f:00:00:01)",
+                "DNSName(maille.internal)"
+            ]
+        );
+        // Another store: another key.
+        let other = ca
+            .issue_server(&MemoryStore::default(), &hosts, Duration::from_secs(60))
+            .unwrap();
+        assert_ne!(k1, key_of(&other).0);
     }
 
     #[test]

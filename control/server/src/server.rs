@@ -198,11 +198,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     }
     // The server's own certificate (ADS and the admin port, over TLS), for the address
     // Envoys reach it at and the names clients may use. Made at each start; it lives a year.
-    let own = ca.issue_for(
-        maille_translate::names::CONTROL_SPIFFE_ID,
-        &tls_names(&cfg),
-        SERVER_CERT_LIFETIME,
-    )?;
+    let own = ca.issue_server(store.as_ref(), &tls_names(&cfg), SERVER_CERT_LIFETIME)?;
     let https = crate::https::server_config(&own.certificate_chain, &own.private_key)
         .map_err(ServerError::Config)?;
     let store_for_rollouts = store.clone();
