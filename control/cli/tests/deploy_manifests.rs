@@ -125,6 +125,7 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             advertise_address: control_dns.into(),
             state_path: Some(dir.path().join("state.redb")),
+            etcd: None,
             modules_dir: Some(root.join("target/filters")),
             cloudwatch: None,
             cloud_map_every: std::time::Duration::from_millis(300),

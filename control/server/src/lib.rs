@@ -19,6 +19,7 @@ mod cloud_map;
 #[cfg(feature = "cloudwatch")]
 pub mod cloudwatch;
 pub mod console;
+pub mod etcd_store;
 pub mod https;
 pub mod mesh;
 pub mod metrics;

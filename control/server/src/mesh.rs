@@ -278,6 +278,22 @@ fn virtual_nodes(resources: &Resources) -> impl Iterator<Item = NodeRef> + '_ {
         .map(|(k, _)| (k.mesh.clone(), k.name.clone()))
 }
 
+/// What a change does with the store.
+enum Write<F> {
+    /// Nothing: it is only reported.
+    DryRun,
+    /// Commits it (with the version it gets), then serves it.
+    Commit(F),
+    /// Serves it as version `.0`, which another server sharing the store committed.
+    Taken(u64),
+}
+
+/// The commit of a change that commits nothing.
+type NoCommit = fn(&dyn Store, u64) -> Result<(), StoreError>;
+
+/// How many times a change is tried again on top of another server's (a shared store).
+const MAX_CONFLICTS: u32 = 16;
+
 /// The served mesh and its write path.
 #[derive(Debug)]
 pub struct Mesh {
@@ -396,6 +412,32 @@ impl Mesh {
             return Err(SpecErrors(errors).into());
         }
         let _guard = self.write.lock().await;
+        let mut tries = 0;
+        loop {
+            match self.apply_locked(resources.clone(), keys.clone(), dry_run, exists) {
+                Err(ApplyError::Store(e)) if e.is_conflict() && tries < MAX_CONFLICTS => {
+                    // Another replica wrote first: take its state, then check and write
+                    // this change again on top of it.
+                    tries += 1;
+                    tracing::info!(
+                        tries,
+                        "another server wrote first; applying on top of its change"
+                    );
+                    self.catch_up_locked()?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Mesh::apply_expecting`] under the write lock.
+    fn apply_locked(
+        &self,
+        resources: Vec<Resource>,
+        keys: Vec<Key>,
+        dry_run: bool,
+        exists: Option<bool>,
+    ) -> Result<ApplyReport, ApplyError> {
         let cur = self.current();
         let mut next = cur.resources.clone();
         let mut report = ApplyReport {
@@ -436,14 +478,77 @@ impl Mesh {
         let stored: Vec<Resource> = upserts.iter().map(|(_, r)| (**r).clone()).collect();
         let deleted = keys.clone();
         let changed: Vec<Key> = upserted.into_iter().chain(keys).collect();
-        self.change(
-            cur,
-            next,
-            changed,
-            dry_run,
-            report,
-            move |store, version| store.commit(version, &stored, &deleted),
-        )
+        let write = if dry_run {
+            Write::DryRun
+        } else {
+            Write::Commit(move |store: &dyn Store, version| {
+                store.commit(version, &stored, &deleted)
+            })
+        };
+        self.change(cur, next, changed, report, write)
+    }
+
+    /// Takes what another server sharing the store wrote (see [`Store::changes`]): a new
+    /// snapshot of the stored state, re-translating the nodes it affects. `Ok(false)`: the
+    /// store holds nothing newer.
+    pub async fn sync_from_store(&self) -> Result<bool, StoreError> {
+        let _guard = self.write.lock().await;
+        self.catch_up_locked()
+    }
+
+    fn catch_up_locked(&self) -> Result<bool, StoreError> {
+        let (version, stored) = self.store.load()?;
+        let cur = self.current();
+        if version <= cur.version {
+            return Ok(false);
+        }
+        let mut keys = Vec::new();
+        let mut next = Resources::new();
+        for (k, r) in stored {
+            match cur.resources.get(&k) {
+                Some(old) if **old == r => {
+                    next.insert(k, old.clone());
+                }
+                _ => {
+                    keys.push(k.clone());
+                    next.insert(k, Arc::new(r));
+                }
+            }
+        }
+        keys.extend(
+            cur.resources
+                .keys()
+                .filter(|k| !next.contains_key(*k))
+                .cloned(),
+        );
+        let report = ApplyReport {
+            version: cur.version,
+            ..Default::default()
+        };
+        match self.change(cur, next, keys, report, Write::<NoCommit>::Taken(version)) {
+            Ok(_) => Ok(true),
+            Err(ApplyError::Store(e)) => Err(e),
+            Err(e) => Err(StoreError(e.to_string())),
+        }
+    }
+
+    /// Commits a new version with no resource changed (modules, Cloud Map answers), on top
+    /// of what another server sharing the store wrote if it wrote first. The snapshot it
+    /// follows, and the version.
+    fn commit_bump(&self) -> Result<(Arc<Snapshot>, u64), StoreError> {
+        let mut tries = 0;
+        loop {
+            let cur = self.current();
+            let version = cur.version + 1;
+            match self.store.commit(version, &[], &[]) {
+                Ok(()) => return Ok((cur, version)),
+                Err(e) if e.is_conflict() && tries < MAX_CONFLICTS => {
+                    tries += 1;
+                    self.catch_up_locked()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Re-reads the modules folder; when a module changed, serves a new snapshot so that
@@ -454,9 +559,7 @@ impl Mesh {
         if changed.is_empty() {
             return Ok(false);
         }
-        let cur = self.current();
-        let version = cur.version + 1;
-        self.store.commit(version, &[], &[])?;
+        let (cur, version) = self.commit_bump()?;
         let snap = Snapshot {
             version,
             resources: cur.resources.clone(),
@@ -499,8 +602,7 @@ impl Mesh {
             // Answers no node asks for any more go with the next apply (see `change`).
             return Ok(false);
         }
-        let version = cur.version + 1;
-        self.store.commit(version, &[], &[])?;
+        let (cur, version) = self.commit_bump()?;
         let snap = Snapshot {
             version,
             resources: cur.resources.clone(),
@@ -514,17 +616,22 @@ impl Mesh {
         Ok(true)
     }
 
-    /// Commits (unless `dry_run`) and publishes the change from `cur` to `next` of `keys`,
+    /// Writes as `write` says and publishes the change from `cur` to `next` of `keys`,
     /// re-translating the nodes it affects; fills in the report's warnings from them.
-    fn change(
+    fn change<F: FnOnce(&dyn Store, u64) -> Result<(), StoreError>>(
         &self,
         cur: Arc<Snapshot>,
         next: Resources,
         keys: Vec<Key>,
-        dry_run: bool,
         mut report: ApplyReport,
-        commit: impl FnOnce(&dyn Store, u64) -> Result<(), StoreError>,
+        write: Write<F>,
     ) -> Result<ApplyReport, ApplyError> {
+        let (version, commit) = match write {
+            Write::DryRun => (None, None),
+            Write::Commit(f) => (None, Some(f)),
+            Write::Taken(v) => (Some(v), None),
+        };
+        let dry_run = version.is_none() && commit.is_none();
         let mut deps: Vec<Dep> = keys
             .iter()
             .flat_map(|k| {
@@ -556,7 +663,7 @@ impl Mesh {
         } else {
             cur.callers.clone()
         };
-        let version = cur.version + 1;
+        let version = version.unwrap_or(cur.version + 1);
         // Only a virtual node can change what Cloud Map is asked.
         let cloud_map_queries = if keys.iter().any(|k| k.kind == Kind::VirtualNode) {
             Arc::new(maille_translate::cloud_map_queries(&next))
@@ -595,7 +702,9 @@ impl Mesh {
             finish(&mut report);
             return Ok(report);
         }
-        commit(self.store.as_ref(), version)?;
+        if let Some(commit) = commit {
+            commit(self.store.as_ref(), version)?;
+        }
         report.version = version;
         let (n, warnings) = self.publish(snap, &deps, &keys);
         report.affected_nodes = n;

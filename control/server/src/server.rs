@@ -36,8 +36,10 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     /// Address Envoys reach this server at (in bootstraps and module URLs).
     pub advertise_address: String,
-    /// The state file; `None` keeps state in memory only.
+    /// The state file; `None` keeps state in memory only (unless `etcd` is given).
     pub state_path: Option<PathBuf>,
+    /// The state in etcd, shared with other servers (then `state_path` is not used).
+    pub etcd: Option<(crate::etcd_store::EtcdAddress, crate::etcd_store::EtcdTls)>,
     /// Folder of `<name>.wasm` modules.
     pub modules_dir: Option<PathBuf>,
     /// Where rollouts with a CloudWatch analysis source read their numbers (none: such
@@ -120,6 +122,35 @@ impl Running {
     }
 }
 
+/// Takes the changes other servers sharing the store write, as the store tells of them; a
+/// failed read is tried again every second while the store is ahead.
+async fn follow_store(
+    mesh: Arc<Mesh>,
+    mut changes: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        loop {
+            let ahead = *changes.borrow_and_update();
+            if ahead <= mesh.current().version || *stop.borrow() {
+                break;
+            }
+            match mesh.sync_from_store().await {
+                Ok(_) if mesh.current().version >= ahead => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading another server's change; trying again in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tokio::select! {
+            c = changes.changed() => if c.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// The CA's certificate, beside the tokens: what clients verify the server with.
 pub const CA_FILE: &str = "maille-ca.pem";
 
@@ -164,9 +195,10 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     let http = bind(cfg.http_addr).await?;
     let xds_port = xds.local_addr().map(|a| a.port()).unwrap_or(0);
     let http_port = http.local_addr().map(|a| a.port()).unwrap_or(0);
-    let store: Arc<dyn Store> = match &cfg.state_path {
-        Some(p) => Arc::new(RedbStore::open(p)?),
-        None => Arc::new(MemoryStore::default()),
+    let store: Arc<dyn Store> = match (&cfg.etcd, &cfg.state_path) {
+        (Some((address, tls)), _) => Arc::new(crate::etcd_store::EtcdStore::connect(address, tls)?),
+        (None, Some(p)) => Arc::new(RedbStore::open(p)?),
+        (None, None) => Arc::new(MemoryStore::default()),
     };
     let modules = Modules::new(
         cfg.modules_dir.clone(),
@@ -202,6 +234,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     let https = crate::https::server_config(&own.certificate_chain, &own.private_key)
         .map_err(ServerError::Config)?;
     let store_for_rollouts = store.clone();
+    let store_changes = store.changes();
     let mesh = Arc::new(Mesh::new(store, modules)?);
     let clients = Arc::new(Clients::default());
     let signals = Arc::new(Signals::default());
@@ -283,7 +316,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         }
     }));
 
-    let mut rx = stop_rx;
+    let mut rx = stop_rx.clone();
     let m = mesh.clone();
     tasks.push(tokio::spawn(async move {
         loop {
@@ -299,6 +332,14 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
             }
         }
     }));
+
+    if let Some(changes) = store_changes {
+        tasks.push(tokio::spawn(follow_store(
+            mesh.clone(),
+            changes,
+            stop_rx.clone(),
+        )));
+    }
 
     tasks.push(tokio::spawn(crate::cloud_map::run(
         mesh.clone(),

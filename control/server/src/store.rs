@@ -16,6 +16,14 @@ fn err(what: &str) -> impl Fn(redb::Error) -> StoreError + '_ {
     move |e| StoreError(format!("{what}: {e}"))
 }
 
+impl StoreError {
+    /// Whether another server sharing the store wrote the version first (the change may be
+    /// tried again on top of its).
+    pub fn is_conflict(&self) -> bool {
+        self.0.starts_with(crate::etcd_store::CONFLICT)
+    }
+}
+
 /// Durable resources plus the version counter of the applied state.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Everything stored, and the last version.
@@ -31,6 +39,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// unless one is kept already, and returns the one kept: whoever created it first wins,
     /// so every reader gets the same.
     fn create_secret(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError>;
+    /// For a store other servers write too: the newest version written, as it changes
+    /// (each server then takes the others' changes). `None`: this server is the only writer.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 const RESOURCES: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("resources");

@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 mod envoy;
+mod etcd;
 mod moto;
 
 pub use envoy::*;
+pub use etcd::{etcd_bin, Etcd, Member};
 pub use moto::Moto;

@@ -83,6 +83,7 @@ impl Control {
                 http_addr: format!("127.0.0.1:{http}").parse().unwrap(),
                 advertise_address: "127.0.0.1".into(),
                 state_path: Some(state.to_path_buf()),
+                etcd: None,
                 modules_dir: Some(modules.to_path_buf()),
                 cloudwatch: None,
                 cloud_map_every: std::time::Duration::from_millis(300),
@@ -97,6 +98,37 @@ impl Control {
             http_port: running.http_port,
             running: Some(running),
             state: state.to_path_buf(),
+        }
+    }
+
+    /// A replica sharing its state in etcd at `store` (`etcd://...`); its tokens and CA
+    /// certificate are written into `dir` (the same for every replica: they come from etcd).
+    pub fn start_on_etcd(rt: &tokio::runtime::Runtime, dir: &Path, store: &str) -> Control {
+        let running = rt
+            .block_on(start(ServerConfig {
+                xds_addr: "127.0.0.1:0".parse().unwrap(),
+                http_addr: "127.0.0.1:0".parse().unwrap(),
+                advertise_address: "127.0.0.1".into(),
+                state_path: None,
+                etcd: Some((
+                    maille_control::etcd_store::EtcdAddress::parse(store).unwrap(),
+                    Default::default(),
+                )),
+                modules_dir: Some(repo_root().join("target/filters")),
+                cloudwatch: None,
+                cloud_map_every: std::time::Duration::from_millis(300),
+                cert_lifetime: maille_control::ca::DEFAULT_LIFETIME,
+                ca_pem: None,
+                token_dir: Some(dir.to_path_buf()),
+                tls_names: Vec::new(),
+            }))
+            .expect("control server starts on etcd");
+        Control {
+            xds_port: running.xds_port,
+            http_port: running.http_port,
+            running: Some(running),
+            // Not a file: where the tokens and the CA are found (beside it).
+            state: dir.join("state.redb"),
         }
     }
 

@@ -32,6 +32,21 @@ struct Args {
     /// Keep state in memory only (lost on exit).
     #[arg(long)]
     ephemeral: bool,
+    /// Keep the state in etcd instead, shared with the other control servers given the same
+    /// store: `etcd://HOST:PORT[,HOST:PORT...]` (`etcds://` for TLS). Every server serves
+    /// ADS and the admin API; a change through any reaches every server's Envoys.
+    #[arg(long, env = "MAILLE_STORE", conflicts_with_all = ["ephemeral", "state"],
+          value_parser = maille_control::etcd_store::EtcdAddress::parse)]
+    store: Option<maille_control::etcd_store::EtcdAddress>,
+    /// The CA certificate (PEM) etcd's certificates chain to (`etcds://`).
+    #[arg(long, env = "MAILLE_ETCD_CA", requires = "store")]
+    etcd_ca: Option<PathBuf>,
+    /// This server's client certificate (PEM) for etcd, when etcd asks for one.
+    #[arg(long, env = "MAILLE_ETCD_CERT", requires_all = ["store", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// The key (PEM) of `--etcd-cert`.
+    #[arg(long, env = "MAILLE_ETCD_KEY", requires_all = ["store", "etcd_cert"])]
+    etcd_key: Option<PathBuf>,
     /// Folder of `<name>.wasm` filter modules to serve (`make filters` writes target/filters).
     #[arg(long, env = "MAILLE_MODULES", default_value = "target/filters")]
     modules: PathBuf,
@@ -107,11 +122,35 @@ async fn main() -> anyhow::Result<()> {
     if !args.modules.is_dir() {
         tracing::warn!(dir = %args.modules.display(), "modules folder missing: routes that split traffic and filters are skipped until it exists (run `make filters`)");
     }
+    let store_given = args.store.is_some();
     let running = start(ServerConfig {
         xds_addr: args.xds_addr,
         http_addr: args.http_addr,
         advertise_address: args.advertise_address,
-        state_path: (!args.ephemeral).then_some(args.state),
+        state_path: (!args.ephemeral && args.store.is_none()).then_some(args.state),
+        etcd: match args.store {
+            Some(address) => {
+                let read = |f: &PathBuf, flag: &str| {
+                    std::fs::read_to_string(f)
+                        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", f.display()))
+                };
+                let tls = maille_control::etcd_store::EtcdTls {
+                    ca_pem: args
+                        .etcd_ca
+                        .as_ref()
+                        .map(|f| read(f, "--etcd-ca"))
+                        .transpose()?,
+                    identity_pem: match (&args.etcd_cert, &args.etcd_key) {
+                        (Some(c), Some(k)) => {
+                            Some((read(c, "--etcd-cert")?, read(k, "--etcd-key")?))
+                        }
+                        _ => None,
+                    },
+                };
+                Some((address, tls))
+            }
+            None => None,
+        },
         modules_dir: Some(args.modules),
         cloudwatch: cloudwatch(args.cloudwatch_namespace.as_deref()).await?,
         cloud_map_every: std::time::Duration::from_millis(args.cloud_map_interval_ms),
@@ -128,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         // A state in memory has no folder: its tokens go into the current one.
         token_dir: args
             .token_dir
-            .or_else(|| args.ephemeral.then(|| PathBuf::from("."))),
+            .or_else(|| (args.ephemeral || store_given).then(|| PathBuf::from("."))),
         tls_names: args.tls_names,
     })
     .await?;

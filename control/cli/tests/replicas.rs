@@ -1,0 +1,215 @@
+//! Several control servers sharing their state in a real etcd (Debian's etcd-server on
+//! loopback ports): a change through one reaches the Envoys of another, concurrent changes
+//! through all of them end in one state and one version sequence, and an etcd that is gone
+//! refuses writes with a clear error while Envoys keep what they have.
+
+mod common;
+
+use common::*;
+use maille_testkit::Etcd;
+use serde_json::Value;
+use std::time::Duration;
+
+fn write_spec(dir: &std::path::Path, name: &str, spec: &Value) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_string_pretty(spec).unwrap()).unwrap();
+    p.display().to_string()
+}
+
+/// The weights of `demo`'s route as `replica` serves it.
+fn weights(replica: &Control) -> Vec<u64> {
+    let snap = replica.running.as_ref().unwrap().mesh.current();
+    let route = snap
+        .resources
+        .values()
+        .find_map(|r| match r.as_ref() {
+            maille_model::Resource::Route(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("a route");
+    let v = serde_json::to_value(&route).unwrap();
+    v["spec"]["httpRoute"]["action"]["weightedTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["weight"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_change_through_one_replica_reaches_the_envoys_of_another() {
+    let rt = runtime();
+    let etcd = Etcd::start(1);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Control::start_on_etcd(&rt, da.path(), &etcd.store_url());
+    let b = Control::start_on_etcd(&rt, db.path(), &etcd.store_url());
+    // One CA and one set of tokens for both (kept in etcd, first writer wins).
+    assert_eq!(a.admin_token(), b.admin_token());
+    let ca = |d: &std::path::Path| std::fs::read_to_string(d.join("maille-ca.pem")).unwrap();
+    assert_eq!(ca(da.path()), ca(db.path()));
+
+    let apps = Apps::start(&rt, &["white", "black"]);
+    let f = write_spec(
+        da.path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 100), ("black", 0)]),
+    );
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+    // B's Envoy, B having heard of the mesh only through etcd.
+    eventually("B has the mesh", Duration::from_secs(10), || {
+        let v = b.running.as_ref().unwrap().mesh.current().version;
+        (v == a.running.as_ref().unwrap().mesh.current().version, v)
+    });
+    let (envoy, egress) = b.envoy("demo", "gateway");
+    eventually("B's Envoy routes to white", Duration::from_secs(30), || {
+        let t = tally(egress, 20);
+        (t.get("white") == Some(&20), t)
+    });
+    // Another change through A: B's Envoy follows.
+    let f = write_spec(
+        da.path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 0), ("black", 100)]),
+    );
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+    eventually(
+        "B's Envoy follows A's change",
+        Duration::from_secs(20),
+        || {
+            let t = tally(egress, 20);
+            (t.get("black") == Some(&20), t)
+        },
+    );
+    // And `maillectl status` through B shows its Envoy synced to the same version as A.
+    let version = a.running.as_ref().unwrap().mesh.current().version;
+    eventually("B's Envoy synced", Duration::from_secs(20), || {
+        let s = b.get("/v1/status");
+        let v = s["clients"][0]["syncedVersion"].as_u64().unwrap_or(0);
+        (v == version, s)
+    });
+    drop(envoy);
+}
+
+#[test]
+fn concurrent_changes_through_every_replica_end_in_one_state() {
+    let rt = runtime();
+    let etcd = Etcd::start(1);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicas: Vec<Control> = dirs
+        .iter()
+        .map(|d| Control::start_on_etcd(&rt, d.path(), &etcd.store_url()))
+        .collect();
+    let apps = Apps::start(&rt, &["white", "black"]);
+    let f = write_spec(
+        dirs[0].path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 50), ("black", 50)]),
+    );
+    let (ok, out, err) = replicas[0].ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+    let start = replicas[0].running.as_ref().unwrap().mesh.current().version;
+    // 60 applies, each a different weight, 20 through each replica, all at once.
+    let route = |w: u64| -> Value {
+        colorteller(&apps, &[("white", w as u32), ("black", 100 - w as u32)])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d.get("routeName").is_some())
+            .unwrap()
+            .clone()
+    };
+    let n = 60u64;
+    let results: Vec<(u64, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let r = &replicas[(i % 3) as usize];
+                let body = serde_json::json!({"resources": [{"route": route(i + 1)}]});
+                s.spawn(move || (i + 1, r.post("/v1/apply", &body)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut versions: Vec<u64> = results
+        .iter()
+        .map(|(w, r)| {
+            r["version"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("apply of weight {w} failed: {r}"))
+        })
+        .collect();
+    versions.sort();
+    // One sequence: every apply got its own version, none skipped.
+    assert_eq!(versions, ((start + 1)..=(start + n)).collect::<Vec<_>>());
+    let last = results
+        .iter()
+        .find(|(_, r)| r["version"].as_u64() == Some(start + n))
+        .unwrap()
+        .0;
+    // Every replica ends with the state of the last version, as etcd holds it.
+    for r in &replicas {
+        eventually(
+            "every replica at the last version",
+            Duration::from_secs(10),
+            || {
+                let v = r.running.as_ref().unwrap().mesh.current().version;
+                (v == start + n, v)
+            },
+        );
+        assert_eq!(weights(r), [last, 100 - last]);
+    }
+}
+
+#[test]
+fn without_etcd_writes_are_refused_and_envoys_keep_what_they_have() {
+    let rt = runtime();
+    let mut etcd = Etcd::start(1);
+    let d = tempfile::tempdir().unwrap();
+    let a = Control::start_on_etcd(&rt, d.path(), &etcd.store_url());
+    let apps = Apps::start(&rt, &["white", "black"]);
+    let f = write_spec(
+        d.path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 100), ("black", 0)]),
+    );
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+    let (envoy, egress) = a.envoy("demo", "gateway");
+    eventually("Envoy routes to white", Duration::from_secs(30), || {
+        let t = tally(egress, 20);
+        (t.get("white") == Some(&20), t)
+    });
+    let version = a.running.as_ref().unwrap().mesh.current().version;
+
+    etcd.kill(0);
+    let f2 = write_spec(
+        d.path(),
+        "mesh2.json",
+        &colorteller(&apps, &[("white", 0), ("black", 100)]),
+    );
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f2]);
+    assert!(!ok, "an apply without etcd succeeded: {out}");
+    assert!(err.contains("etcd"), "the error names the store: {err}");
+    // Nothing changed: the same version served, Envoy still routes as before.
+    assert_eq!(a.running.as_ref().unwrap().mesh.current().version, version);
+    assert_eq!(tally(egress, 20).get("white"), Some(&20));
+    let (ok, _, err) = a.ctl(&["get", "route"]);
+    assert!(ok, "reads are served from memory: {err}");
+
+    // etcd back: the same apply goes through.
+    etcd.restart(0);
+    eventually(
+        "the apply goes through again",
+        Duration::from_secs(30),
+        || {
+            let (ok, out, err) = a.ctl(&["apply", "-f", &f2]);
+            (ok, format!("{out}{err}"))
+        },
+    );
+    eventually("Envoy follows", Duration::from_secs(20), || {
+        let t = tally(egress, 20);
+        (t.get("black") == Some(&20), t)
+    });
+    drop(envoy);
+}

@@ -1,0 +1,415 @@
+//! The state in etcd, shared by several control servers (`--store etcd://HOST:PORT,...`).
+//!
+//! Keys, under `maille/`: `version` (the mesh's version, decimal), `resources/<key>` (a
+//! resource as JSON), `rollouts/<key>` (a rollout's status), `secrets/<name>`. A commit is one
+//! etcd transaction that succeeds only if `version` is still the one it follows, so every
+//! replica's writes form one version sequence; a replica that lost the race reads the
+//! newer state and tries again. Replicas follow each other through a watch on `version`.
+//!
+//! The [`Store`] trait is synchronous (the embedded store writes a file); etcd's client is
+//! async. The client runs on a thread of its own with its own runtime; each call is handed
+//! to it and waited for, bounded by [`OP_TIMEOUT`], so a server whose etcd is gone gets an
+//! error, not a hang.
+
+use crate::store::{Store, StoreError};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use maille_model::{Key, Resource};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Longest wait for one etcd call.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// etcd's own limit of operations in one transaction (`--max-txn-ops`, default 128).
+const MAX_TXN_OPS: usize = 128;
+
+const VERSION: &str = "maille/version";
+const RESOURCES: &str = "maille/resources/";
+const ROLLOUTS: &str = "maille/rollouts/";
+const SECRETS: &str = "maille/secrets/";
+
+type Job = Box<dyn FnOnce(Client) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Where etcd is: `etcd://HOST:PORT[,HOST:PORT...]` (`etcds://` for TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdAddress {
+    /// The members' URLs, as the client takes them (`http://h:p` or `https://h:p`).
+    pub endpoints: Vec<String>,
+    /// Whether they are reached over TLS.
+    pub tls: bool,
+}
+
+impl EtcdAddress {
+    /// Parses `--store`'s value; the error names what is wrong.
+    pub fn parse(s: &str) -> Result<EtcdAddress, String> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("etcd://") {
+            (false, r)
+        } else if let Some(r) = s.strip_prefix("etcds://") {
+            (true, r)
+        } else {
+            return Err(format!(
+                "{s:?}: a store is etcd://HOST:PORT[,HOST:PORT...] (etcds:// for TLS)"
+            ));
+        };
+        let mut endpoints = Vec::new();
+        for m in rest.trim_end_matches('/').split(',') {
+            let ok = m.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.is_empty()
+                    && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    && maille_translate::bootstrap::valid_host(h.trim_matches(['[', ']']))
+            });
+            if !ok {
+                return Err(format!(
+                    "{s:?}: member {m:?} is not HOST:PORT (an IP address or DNS name, a port 1..=65535)"
+                ));
+            }
+            endpoints.push(format!("{}://{m}", if tls { "https" } else { "http" }));
+        }
+        Ok(EtcdAddress { endpoints, tls })
+    }
+}
+
+/// How to reach etcd over TLS (`etcds://`).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    /// The CA certificate (PEM) etcd's certificates chain to.
+    pub ca_pem: Option<String>,
+    /// This client's certificate and key (PEM), when etcd asks for one.
+    pub identity_pem: Option<(String, String)>,
+}
+
+/// The state in etcd.
+#[derive(Debug)]
+pub struct EtcdStore {
+    jobs: mpsc::UnboundedSender<Job>,
+    version: watch::Receiver<u64>,
+    address: String,
+}
+
+fn etcd_err(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("etcd: {what}: {e}"))
+}
+
+/// The prefix conflicts are told by (see [`StoreError::is_conflict`]).
+pub const CONFLICT: &str = "conflict: ";
+
+impl EtcdStore {
+    /// Connects to etcd at `address` (checked with one read) and starts following its
+    /// version.
+    pub fn connect(address: &EtcdAddress, tls: &EtcdTls) -> Result<EtcdStore, StoreError> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(OP_TIMEOUT)
+            .with_timeout(OP_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        if address.tls {
+            let mut t = etcd_client::TlsOptions::new();
+            if let Some(ca) = &tls.ca_pem {
+                t = t.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &tls.identity_pem {
+                t = t.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            opts = opts.with_tls(t);
+        }
+        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let (version_tx, version) = watch::channel(0u64);
+        let endpoints = address.endpoints.clone();
+        let shown = address.endpoints.join(",");
+        std::thread::Builder::new()
+            .name("maille-etcd".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(etcd_err("a runtime", e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let client = match Client::connect(&endpoints, Some(opts)).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(etcd_err("connecting", e)));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    tokio::spawn(follow(client.clone(), version_tx));
+                    while let Some(job) = rx.recv().await {
+                        tokio::spawn(job(client.clone()));
+                    }
+                });
+            })
+            .map_err(|e| etcd_err("a thread", e))?;
+        match ready_rx.recv_timeout(OP_TIMEOUT * 2) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StoreError(format!("{} (at {shown})", e.0))),
+            Err(_) => return Err(etcd_err("connecting", format!("no answer from {shown}"))),
+        }
+        let s = EtcdStore {
+            jobs,
+            version,
+            address: shown,
+        };
+        // Reachable and answering, or an error now rather than at the first apply.
+        s.call("reading the version", |mut c| async move {
+            c.get(VERSION, None).await.map(|_| ())
+        })?;
+        Ok(s)
+    }
+
+    /// Runs `f` on the client's thread and waits for it (at most [`OP_TIMEOUT`]).
+    fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |c| {
+            Box::pin(async move {
+                let _ = tx.send(tokio::time::timeout(OP_TIMEOUT, f(c)).await);
+            })
+        });
+        let gone = || {
+            etcd_err(
+                what,
+                format!(
+                    "no answer within {}s from {} (writes are refused until it answers; Envoys keep what they have)",
+                    OP_TIMEOUT.as_secs(),
+                    self.address
+                ),
+            )
+        };
+        self.jobs.send(job).map_err(|_| gone())?;
+        match rx.recv_timeout(OP_TIMEOUT + Duration::from_secs(1)) {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(etcd_err(what, format!("{e} (at {})", self.address))),
+            Ok(Err(_)) | Err(_) => Err(gone()),
+        }
+    }
+}
+
+/// Follows `version` in etcd, from now on, into `tx`; reconnects the watch when it breaks.
+async fn follow(mut client: Client, tx: watch::Sender<u64>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut from = 0;
+        if let Ok(r) = client.get(VERSION, None).await {
+            if let Some(kv) = r.kvs().first() {
+                tx.send_if_modified(|v| {
+                    let n = parse_version(kv.value()).unwrap_or(*v);
+                    let changed = n > *v;
+                    *v = (*v).max(n);
+                    changed
+                });
+            }
+            from = r.header().map_or(0, |h| h.revision()) + 1;
+        }
+        let opts = WatchOptions::new().with_start_revision(from);
+        match client.watch(VERSION, Some(opts)).await {
+            Ok(mut stream) => {
+                backoff = Duration::from_millis(100);
+                while let Ok(Some(resp)) = stream.message().await {
+                    for e in resp.events() {
+                        if let Some(n) = e.kv().and_then(|kv| parse_version(kv.value())) {
+                            tx.send_if_modified(|v| {
+                                let changed = n > *v;
+                                *v = (*v).max(n);
+                                changed
+                            });
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "etcd: watching the version; trying again"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn parse_version(b: &[u8]) -> Option<u64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+fn key_string(k: &Key) -> String {
+    serde_json::to_string(k).unwrap_or_default()
+}
+
+impl Store for EtcdStore {
+    fn load(&self) -> Result<(u64, BTreeMap<Key, Resource>), StoreError> {
+        // One transaction: the version and the resources of the same revision.
+        let resp = self.call("loading the state", |mut c| async move {
+            c.txn(Txn::new().and_then([
+                TxnOp::get(VERSION, None),
+                TxnOp::get(RESOURCES, Some(GetOptions::new().with_prefix())),
+            ]))
+            .await
+        })?;
+        let mut version = 0;
+        let mut out = BTreeMap::new();
+        for (i, op) in resp.op_responses().into_iter().enumerate() {
+            let TxnOpResponse::Get(g) = op else { continue };
+            for kv in g.kvs() {
+                if i == 0 {
+                    version = parse_version(kv.value())
+                        .ok_or_else(|| StoreError(format!("etcd: {VERSION} is not a number")))?;
+                    continue;
+                }
+                let name = String::from_utf8_lossy(kv.key()).into_owned();
+                let key: Key = serde_json::from_str(&name[RESOURCES.len()..])
+                    .map_err(|e| StoreError(format!("etcd: key {name:?} unreadable: {e}")))?;
+                let r: Resource = serde_json::from_slice(kv.value())
+                    .map_err(|e| StoreError(format!("etcd: {name:?} unreadable: {e}")))?;
+                out.insert(key, r);
+            }
+        }
+        Ok((version, out))
+    }
+
+    fn commit(
+        &self,
+        version: u64,
+        upserts: &[Resource],
+        deletes: &[Key],
+    ) -> Result<(), StoreError> {
+        if upserts.len() + deletes.len() + 1 > MAX_TXN_OPS {
+            return Err(StoreError(format!(
+                "etcd: one change may touch at most {} resources (etcd's --max-txn-ops is {MAX_TXN_OPS} by default); this one touches {}: apply it in parts",
+                MAX_TXN_OPS - 1,
+                upserts.len() + deletes.len()
+            )));
+        }
+        let mut ops = Vec::with_capacity(upserts.len() + deletes.len() + 1);
+        for r in upserts {
+            let v = serde_json::to_vec(r).map_err(|e| StoreError(e.to_string()))?;
+            ops.push(TxnOp::put(
+                format!("{RESOURCES}{}", key_string(&r.key())),
+                v,
+                None,
+            ));
+        }
+        for k in deletes {
+            ops.push(TxnOp::delete(format!("{RESOURCES}{}", key_string(k)), None));
+        }
+        ops.push(TxnOp::put(VERSION, version.to_string(), None));
+        // Only on top of the version this one follows: one sequence across replicas.
+        let follows = if version <= 1 {
+            Compare::version(VERSION, CompareOp::Equal, 0)
+        } else {
+            Compare::value(VERSION, CompareOp::Equal, (version - 1).to_string())
+        };
+        let resp = self.call("committing", move |mut c| async move {
+            c.txn(Txn::new().when([follows]).and_then(ops)).await
+        })?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError(format!(
+                "{CONFLICT}version {} was written by another server first",
+                version
+            )))
+        }
+    }
+
+    fn rollout_statuses(&self) -> Result<Vec<(Key, Vec<u8>)>, StoreError> {
+        let resp = self.call("reading rollout statuses", |mut c| async move {
+            c.get(ROLLOUTS, Some(GetOptions::new().with_prefix())).await
+        })?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let name = String::from_utf8_lossy(kv.key()).into_owned();
+                let key: Key = serde_json::from_str(&name[ROLLOUTS.len()..])
+                    .map_err(|e| StoreError(format!("etcd: key {name:?} unreadable: {e}")))?;
+                Ok((key, kv.value().to_vec()))
+            })
+            .collect()
+    }
+
+    fn save_rollout_status(&self, key: &Key, status: Option<&[u8]>) -> Result<(), StoreError> {
+        let k = format!("{ROLLOUTS}{}", key_string(key));
+        match status {
+            Some(b) => {
+                let b = b.to_vec();
+                self.call("keeping a rollout status", move |mut c| async move {
+                    c.put(k, b, None).await.map(|_| ())
+                })
+            }
+            None => self.call("forgetting a rollout status", move |mut c| async move {
+                c.delete(k, None).await.map(|_| ())
+            }),
+        }
+    }
+
+    fn create_secret(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let k = format!("{SECRETS}{name}");
+        let fresh = bytes.to_vec();
+        let (k2, b) = (k.clone(), fresh.clone());
+        let resp = self.call("keeping a secret", move |mut c| async move {
+            c.txn(
+                Txn::new()
+                    .when([Compare::create_revision(k2.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(k2.clone(), b, None)])
+                    .or_else([TxnOp::get(k2, None)]),
+            )
+            .await
+        })?;
+        if resp.succeeded() {
+            return Ok(fresh);
+        }
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = op {
+                if let Some(kv) = g.kvs().first() {
+                    return Ok(kv.value().to_vec());
+                }
+            }
+        }
+        Err(StoreError(format!("etcd: secret {k:?} vanished")))
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.version.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_checked_and_named() {
+        let a = EtcdAddress::parse("etcd://127.0.0.1:2379,etcd-1.internal:2379").unwrap();
+        assert_eq!(
+            a.endpoints,
+            ["http://127.0.0.1:2379", "http://etcd-1.internal:2379"]
+        );
+        assert!(!a.tls);
+        let t = EtcdAddress::parse("etcds://etcd:2379/").unwrap();
+        assert_eq!(t.endpoints, ["https://etcd:2379"]);
+        for (bad, says) in [
+            ("redb://x", "etcd://HOST:PORT"),
+            ("etcd://", "is not HOST:PORT"),
+            ("etcd://h:0", "\"h:0\""),
+            ("etcd://h:99999", "\"h:99999\""),
+            ("etcd://h", "\"h\""),
+            ("etcd://a:1,,b:2", "\"\""),
+            ("etcd://bad host:1", "bad host"),
+        ] {
+            let e = EtcdAddress::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}
