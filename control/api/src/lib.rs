@@ -219,6 +219,20 @@ pub struct StatusAnswer {
     pub modules: BTreeMap<String, ServedModule>,
     /// The connected Envoys.
     pub clients: Vec<ClientStatus>,
+    /// Among servers sharing a store: whether this one leads (runs the rollouts), and which
+    /// does. Absent for a server alone on its store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderStatus>,
+}
+
+/// Who leads among servers sharing a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderStatus {
+    /// Whether the server answering leads.
+    pub me: bool,
+    /// The leading server's admin address, when one leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// `GET /v1/nodes/{node id}`.

@@ -133,6 +133,7 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
             ca_pem: None,
             token_dir: None,
             tls_names: Vec::new(),
+            leader_ttl: std::time::Duration::from_secs(2),
         }))
         .unwrap();
     let url = format!("https://127.0.0.1:{}", server.http_port);

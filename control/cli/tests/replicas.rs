@@ -213,3 +213,116 @@ fn without_etcd_writes_are_refused_and_envoys_keep_what_they_have() {
     });
     drop(envoy);
 }
+
+/// The demo mesh's file as `dir/colorapp.json`.
+fn demo_mesh(dir: &std::path::Path) -> String {
+    let src = maille_testkit::repo_root().join("deploy/examples/colorteller/local/colorapp.json");
+    let p = dir.join("colorapp.json");
+    std::fs::copy(src, &p).unwrap();
+    p.display().to_string()
+}
+
+/// Which of `procs` (those alive) says it leads.
+fn leading(procs: &[Option<Process>]) -> Vec<usize> {
+    procs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            p.as_ref()
+                .is_some_and(|p| p.get("/v1/status")["leader"]["me"] == true)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn the_leader_killed_mid_rollout_another_resumes_the_same_step() {
+    let etcd = Etcd::start(1);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ttl = 2;
+    let mut procs: Vec<Option<Process>> = dirs
+        .iter()
+        .map(|d| Some(Process::start_on_etcd(d.path(), &etcd.store_url(), ttl)))
+        .collect();
+    let a = procs[0].as_ref().unwrap();
+    let (ok, out, err) = a.ctl(&["apply", "-f", &demo_mesh(dirs[0].path())]);
+    assert!(ok, "{out}{err}");
+    let leader = eventually("one leader", Duration::from_secs(10), || {
+        let l = leading(&procs);
+        (l.len() == 1, l)
+    })[0];
+    // Who leads is the same answer from each server.
+    let holder = procs[leader].as_ref().unwrap().get("/v1/status")["leader"]["holder"].clone();
+    for p in procs.iter().flatten() {
+        assert_eq!(p.get("/v1/status")["leader"]["holder"], holder);
+    }
+    // A rollout of nine steps of 1.5 s, applied through a server that may not lead.
+    let steps: Vec<Value> = (1..=9)
+        .map(|i| serde_json::json!({"weight": i * 10, "duration": {"unit": "ms", "value": 1500}}))
+        .collect();
+    let doc = serde_json::json!([{"rollout": {"meshName": "colorapp", "rolloutName": "blue", "spec": {
+        "virtualRouterName": "colorteller-vr", "routeName": "colorteller-route",
+        "stable": "colorteller-white", "canary": "colorteller-blue", "steps": steps}}}]);
+    let f = write_spec(dirs[0].path(), "rollout.json", &doc);
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+    // An action through a server that does not lead says which does.
+    let follower = (leader + 1) % 3;
+    let (ok, _, err) =
+        procs[follower]
+            .as_ref()
+            .unwrap()
+            .ctl(&["rollout", "pause", "colorapp/blue"]);
+    assert!(!ok && err.contains("leading control server"), "{err}");
+
+    let status = |p: &Process| p.get("/v1/rollouts/colorapp/blue");
+    let before = eventually("the rollout at step 3", Duration::from_secs(20), || {
+        let s = status(procs[leader].as_ref().unwrap());
+        (s["step"].as_u64().unwrap_or(0) >= 3, s)
+    });
+    let (step, weight) = (
+        before["step"].as_u64().unwrap(),
+        before["canaryWeight"].as_u64().unwrap(),
+    );
+    let killed_at = std::time::Instant::now();
+    procs[leader].take().unwrap().kill();
+    let next = eventually("another leader", Duration::from_secs(10), || {
+        let l = leading(&procs);
+        (l.len() == 1, l)
+    })[0];
+    let took = killed_at.elapsed();
+    assert!(next != leader);
+    eprintln!("takeover after the leader's SIGKILL: {took:?} (lease {ttl} s)");
+    assert!(
+        took < Duration::from_secs(ttl * 2 + 1),
+        "takeover took {took:?}, lease {ttl} s"
+    );
+    // It resumes where the store says: the same step or the one after, never back, never
+    // skipping; then it goes on to the end.
+    let p = procs[next].as_ref().unwrap();
+    let resumed = status(p);
+    let s = resumed["step"].as_u64().unwrap();
+    assert!(
+        s == step || s == step + 1,
+        "resumed at {resumed}, killed at step {step}"
+    );
+    assert!(
+        resumed["canaryWeight"].as_u64().unwrap() >= weight,
+        "{resumed}"
+    );
+    let mut last = (s, resumed["canaryWeight"].as_u64().unwrap());
+    let end = eventually("the rollout ends", Duration::from_secs(30), || {
+        let st = status(p);
+        let now = (
+            st["step"].as_u64().unwrap_or(0),
+            st["canaryWeight"].as_u64().unwrap_or(0),
+        );
+        assert!(
+            now.0 >= last.0 && now.0 <= last.0 + 1 && now.1 >= last.1,
+            "from {last:?} to {now:?}: {st}"
+        );
+        last = now;
+        (st["phase"] == "Succeeded", st)
+    });
+    assert_eq!(end["canaryWeight"], 100, "{end}");
+}

@@ -137,7 +137,7 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(secs)).await;
         let baseline = cpu() - c0;
         let (_stop, rx) = tokio::sync::watch::channel(false);
-        let (ro, _sup) = Rollouts::start(mesh.clone(), store, metrics, None, rx);
+        let (ro, _sup) = Rollouts::start(mesh.clone(), store, metrics, None, None, rx);
         mesh.apply(import(rollouts(n)), false).await.unwrap();
         // Let every rollout reach its first step, then measure.
         let t = Instant::now();

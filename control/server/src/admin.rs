@@ -318,6 +318,10 @@ async fn status(State(s): State<AppState>) -> Response {
             })
             .collect(),
         clients: s.clients.list(),
+        leader: s.rollouts.leader().map(|l| maille_api::LeaderStatus {
+            me: l.me,
+            holder: l.holder,
+        }),
     })
     .into_response()
 }

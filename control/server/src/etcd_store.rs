@@ -11,9 +11,10 @@
 //! to it and waited for, bounded by [`OP_TIMEOUT`], so a server whose etcd is gone gets an
 //! error, not a hang.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Leader, Store, StoreError};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use maille_model::{Key, Resource};
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ const VERSION: &str = "maille/version";
 const RESOURCES: &str = "maille/resources/";
 const ROLLOUTS: &str = "maille/rollouts/";
 const SECRETS: &str = "maille/secrets/";
+const LEADER: &str = "maille/leader";
 
 type Job = Box<dyn FnOnce(Client) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -240,6 +242,96 @@ async fn follow(mut client: Client, tx: watch::Sender<u64>) {
     }
 }
 
+/// Holds (or waits for) the leader key, bound to a lease of `ttl` kept alive: whoever holds
+/// it leads; when its holder stops keeping its lease, etcd deletes the key within `ttl` and
+/// another takes it. A leader that cannot reach etcd for two thirds of `ttl` steps down
+/// before its lease can end, so two never lead at once.
+async fn campaign(mut c: Client, me: String, ttl: Duration, tx: watch::Sender<Leader>) {
+    let secs = ttl.as_secs().max(1) as i64;
+    let tick = ttl / 3;
+    let set = |tx: &watch::Sender<Leader>, l: Leader| {
+        tx.send_if_modified(|cur| {
+            let changed = *cur != l;
+            *cur = l;
+            changed
+        });
+    };
+    let mut held_lease = None;
+    while !tx.is_closed() {
+        let lease = match c.lease_grant(secs, None).await {
+            Ok(l) => l.id(),
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd: a lease for the leader election");
+                set(&tx, Leader::default());
+                tokio::time::sleep(tick).await;
+                continue;
+            }
+        };
+        let Ok((mut keeper, mut alive)) = c.lease_keep_alive(lease).await else {
+            tokio::time::sleep(tick).await;
+            continue;
+        };
+        let mut last_ok = tokio::time::Instant::now();
+        while !tx.is_closed() {
+            let take = Txn::new()
+                .when([Compare::create_revision(LEADER, CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    LEADER,
+                    me.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(LEADER, None)]);
+            if let Ok(Ok(r)) = tokio::time::timeout(tick, c.txn(take)).await {
+                let held = if r.succeeded() {
+                    Some((me.clone(), lease))
+                } else {
+                    r.op_responses().into_iter().find_map(|op| match op {
+                        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
+                            (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())
+                        }),
+                        _ => None,
+                    })
+                };
+                let leading = held.as_ref().is_some_and(|(_, l)| *l == lease);
+                if leading && !tx.borrow().me {
+                    tracing::info!(%me, "leading: rollouts run here");
+                }
+                held_lease = leading.then_some(lease);
+                set(
+                    &tx,
+                    Leader {
+                        me: leading,
+                        holder: held.map(|(h, _)| h),
+                    },
+                );
+            }
+            let renewed = tokio::time::timeout(tick, async {
+                keeper.keep_alive().await?;
+                alive.message().await
+            })
+            .await;
+            if let Ok(Ok(Some(r))) = renewed {
+                if r.ttl() > 0 {
+                    last_ok = tokio::time::Instant::now();
+                }
+            }
+            if last_ok.elapsed() > ttl * 2 / 3 {
+                if tx.borrow().me {
+                    tracing::warn!(%me, "etcd unreachable: no longer leading");
+                }
+                set(&tx, Leader::default());
+                held_lease = None;
+                break;
+            }
+            tokio::time::sleep(tick).await;
+        }
+    }
+    // Stopped: let another take over now rather than at the lease's end.
+    if let Some(lease) = held_lease {
+        let _ = c.lease_revoke(lease).await;
+    }
+}
+
 fn parse_version(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
@@ -382,6 +474,14 @@ impl Store for EtcdStore {
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.version.clone())
+    }
+
+    fn campaign(&self, me: &str, ttl: Duration) -> Option<watch::Receiver<Leader>> {
+        let (tx, rx) = watch::channel(Leader::default());
+        let me = me.to_owned();
+        let job: Job = Box::new(move |c| Box::pin(campaign(c, me, ttl, tx)));
+        self.jobs.send(job).ok()?;
+        Some(rx)
     }
 }
 

@@ -10,7 +10,7 @@
 use crate::analysis::evaluate;
 use crate::mesh::Mesh;
 use crate::metrics::MeshMetrics;
-use crate::store::Store;
+use crate::store::{Leader, Store};
 use maille_api::{
     BreakerSignal, Check, CircuitState, Event, Phase, RolloutAction, RolloutStatus, Sample, Verdict,
 };
@@ -73,6 +73,8 @@ struct Inner {
     cloudwatch: Option<Arc<dyn MetricSource>>,
     statuses: Mutex<BTreeMap<Key, RolloutStatus>>,
     tasks: Mutex<BTreeMap<Key, Running>>,
+    /// Who leads, among servers sharing the store (`None`: this one, alone).
+    leader: Option<watch::Receiver<Leader>>,
 }
 
 /// Every rollout of the mesh.
@@ -97,9 +99,114 @@ impl Rollouts {
         store: Arc<dyn Store>,
         mesh_metrics: Arc<MeshMetrics>,
         cloudwatch: Option<Arc<dyn MetricSource>>,
+        leader: Option<watch::Receiver<Leader>>,
         mut stop: watch::Receiver<bool>,
     ) -> (Rollouts, tokio::task::JoinHandle<()>) {
-        let mut statuses = BTreeMap::new();
+        let statuses = load_statuses(store.as_ref());
+        let r = Rollouts {
+            inner: Arc::new(Inner {
+                mesh,
+                store,
+                mesh_metrics,
+                cloudwatch,
+                statuses: Mutex::new(statuses),
+                tasks: Mutex::new(BTreeMap::new()),
+                leader: leader.clone(),
+            }),
+        };
+        let sup = r.clone();
+        let handle = tokio::spawn(async move {
+            let mut snaps = sup.inner.mesh.subscribe();
+            // Alone on its store, a server leads.
+            let (_always, mut leader) = match leader {
+                Some(l) => (None, l),
+                None => {
+                    let (tx, rx) = watch::channel(Leader {
+                        me: true,
+                        holder: None,
+                    });
+                    (Some(tx), rx)
+                }
+            };
+            let mut leading = false;
+            loop {
+                let now = leader.borrow_and_update().me;
+                if now && !leading {
+                    // Where the last leader left each rollout.
+                    let kept = load_statuses(sup.inner.store.as_ref());
+                    *sup.inner.statuses.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+                } else if !now && leading {
+                    sup.stop_tasks().await;
+                }
+                leading = now;
+                if leading {
+                    sup.reconcile();
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    c = snaps.changed() => if c.is_err() { break },
+                    c = leader.changed() => if c.is_err() { break },
+                }
+            }
+            sup.stop_tasks().await;
+        });
+        (r, handle)
+    }
+
+    async fn stop_tasks(&self) {
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for (_, t) in tasks {
+            t.handle.abort();
+            let _ = t.handle.await;
+        }
+    }
+
+    /// Who leads among servers sharing the store (`None`: this server is alone on it).
+    pub fn leader(&self) -> Option<Leader> {
+        self.inner.leader.as_ref().map(|l| l.borrow().clone())
+    }
+
+    /// Whether rollouts run here; else which server runs them.
+    fn leading(&self) -> Result<(), String> {
+        match &self.inner.leader {
+            None => Ok(()),
+            Some(l) => {
+                let l = l.borrow();
+                if l.me {
+                    Ok(())
+                } else {
+                    Err(match &l.holder {
+                        Some(h) => {
+                            format!("rollouts run on the leading control server, {h}: ask it")
+                        }
+                        None => {
+                            "no control server leads at the moment (etcd unreachable?); try again"
+                                .to_owned()
+                        }
+                    })
+                }
+            }
+        }
+    }
+
+    /// On a server that does not lead, the statuses as the leader keeps them.
+    fn refresh(&self) {
+        if self.leading().is_err() {
+            let kept = load_statuses(self.inner.store.as_ref());
+            *self
+                .inner
+                .statuses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = kept;
+        }
+    }
+}
+
+/// The statuses kept in `store` (one unreadable is logged and starts again).
+fn load_statuses(store: &dyn Store) -> BTreeMap<Key, RolloutStatus> {
+    let mut statuses = BTreeMap::new();
+    {
         match store.rollout_statuses() {
             Ok(all) => {
                 for (k, bytes) in all {
@@ -117,36 +224,11 @@ impl Rollouts {
                 tracing::error!(error = %e, "rollout statuses unreadable; rollouts start again")
             }
         }
-        let r = Rollouts {
-            inner: Arc::new(Inner {
-                mesh,
-                store,
-                mesh_metrics,
-                cloudwatch,
-                statuses: Mutex::new(statuses),
-                tasks: Mutex::new(BTreeMap::new()),
-            }),
-        };
-        let sup = r.clone();
-        let handle = tokio::spawn(async move {
-            let mut snaps = sup.inner.mesh.subscribe();
-            loop {
-                sup.reconcile();
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    c = snaps.changed() => if c.is_err() { break },
-                }
-            }
-            let tasks =
-                std::mem::take(&mut *sup.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-            for (_, t) in tasks {
-                t.handle.abort();
-                let _ = t.handle.await;
-            }
-        });
-        (r, handle)
     }
+    statuses
+}
 
+impl Rollouts {
     /// Starts, restarts or stops tasks so that each rollout resource has one for its spec.
     fn reconcile(&self) {
         let snap = self.inner.mesh.current();
@@ -240,6 +322,7 @@ impl Rollouts {
 
     /// Every rollout's status.
     pub fn list(&self) -> Vec<RolloutStatus> {
+        self.refresh();
         self.inner
             .statuses
             .lock()
@@ -251,6 +334,7 @@ impl Rollouts {
 
     /// One rollout's status.
     pub fn get(&self, mesh: &str, name: &str) -> Option<RolloutStatus> {
+        self.refresh();
         self.inner
             .statuses
             .lock()
@@ -267,6 +351,7 @@ impl Rollouts {
         action: RolloutAction,
     ) -> Result<RolloutStatus, ActError> {
         let k = key(mesh, name);
+        self.leading().map_err(ActError::Refused)?;
         let tx = {
             let tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());
             tasks.get(&k).map(|t| t.tx.clone())

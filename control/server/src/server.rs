@@ -58,6 +58,9 @@ pub struct ServerConfig {
     /// (`maille-ca.pem`) clients verify the server with; `None`: the state file's folder
     /// (none for a state in memory).
     pub token_dir: Option<PathBuf>,
+    /// Among servers sharing a store: how long the leader's lease lives; another server
+    /// takes over within it when the leader is gone.
+    pub leader_ttl: Duration,
     /// More names (DNS names or IP addresses) the server's certificate is valid for, beside
     /// the advertise address, `localhost` and `127.0.0.1`.
     pub tls_names: Vec<String>,
@@ -235,6 +238,12 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         .map_err(ServerError::Config)?;
     let store_for_rollouts = store.clone();
     let store_changes = store.changes();
+    // Among servers sharing the store, one leads (runs the rollouts); named by its admin
+    // address, which the others give to a client that asks them for a rollout's action.
+    let leader = store.campaign(
+        &format!("https://{}:{http_port}", cfg.advertise_address),
+        cfg.leader_ttl,
+    );
     let mesh = Arc::new(Mesh::new(store, modules)?);
     let clients = Arc::new(Clients::default());
     let signals = Arc::new(Signals::default());
@@ -253,6 +262,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         store_for_rollouts,
         metrics.clone(),
         cfg.cloudwatch.clone(),
+        leader.clone(),
         stop_rx.clone(),
     );
     tasks.push(supervisor);

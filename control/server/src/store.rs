@@ -44,6 +44,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// For a store other servers write too: runs for leader as `me` (work done once:
+    /// rollouts) and tells who leads, as it changes. `None`: this server is the only one,
+    /// so it leads.
+    fn campaign(
+        &self,
+        me: &str,
+        ttl: std::time::Duration,
+    ) -> Option<tokio::sync::watch::Receiver<Leader>> {
+        let _ = (me, ttl);
+        None
+    }
+}
+
+/// Who does the work done once among servers sharing a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leader {
+    /// Whether this server does.
+    pub me: bool,
+    /// The server that does (its address), when known.
+    pub holder: Option<String>,
 }
 
 const RESOURCES: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("resources");

@@ -122,6 +122,7 @@ async fn a_rollout_reads_cloudwatch_and_rolls_back_on_what_it_says() {
         store,
         Arc::new(MeshMetrics::default()),
         Some(source),
+        None,
         rx,
     );
     let feeder = {

@@ -50,7 +50,8 @@ async fn fixture(store: Arc<dyn Store>) -> Fixture {
     let mesh = Arc::new(Mesh::new(store.clone(), Modules::new(None, "http://x")).unwrap());
     let metrics = Arc::new(MeshMetrics::default());
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let (rollouts, supervisor) = Rollouts::start(mesh.clone(), store, metrics.clone(), None, rx);
+    let (rollouts, supervisor) =
+        Rollouts::start(mesh.clone(), store, metrics.clone(), None, None, rx);
     Fixture {
         mesh,
         rollouts,

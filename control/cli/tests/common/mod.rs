@@ -91,6 +91,7 @@ impl Control {
                 ca_pem: None,
                 token_dir: None,
                 tls_names: Vec::new(),
+                leader_ttl: Duration::from_secs(2),
             }))
             .expect("control server starts");
         Control {
@@ -121,6 +122,7 @@ impl Control {
                 ca_pem: None,
                 token_dir: Some(dir.to_path_buf()),
                 tls_names: Vec::new(),
+                leader_ttl: Duration::from_secs(2),
             }))
             .expect("control server starts on etcd");
         Control {
@@ -306,17 +308,34 @@ pub fn envoy_via(
 /// on fixed ports so that it can be killed and started again on the same state.
 pub struct Process {
     child: std::process::Child,
-    state: PathBuf,
-    xds: u16,
-    http: u16,
+    pub state: PathBuf,
+    pub xds: u16,
+    pub http: u16,
+    /// How it keeps its state: `--state <file>`, or `--store etcd://...` and the rest.
+    store_args: Vec<String>,
 }
 
 impl Process {
     pub fn start(state: &Path) -> Process {
-        Process::start_on(state, free_port(), free_port())
+        let args = vec!["--state".to_owned(), state.display().to_string()];
+        Process::start_on(state, free_port(), free_port(), args)
     }
 
-    fn start_on(state: &Path, xds: u16, http: u16) -> Process {
+    /// A server sharing its state in etcd at `store`, its tokens and CA certificate written
+    /// into `dir`, leading (when it does) with a lease of `ttl_secs`.
+    pub fn start_on_etcd(dir: &Path, store: &str, ttl_secs: u64) -> Process {
+        let args = vec![
+            "--store".to_owned(),
+            store.to_owned(),
+            "--token-dir".to_owned(),
+            dir.display().to_string(),
+            "--leader-ttl-secs".to_owned(),
+            ttl_secs.to_string(),
+        ];
+        Process::start_on(&dir.join("state.redb"), free_port(), free_port(), args)
+    }
+
+    fn start_on(state: &Path, xds: u16, http: u16, store_args: Vec<String>) -> Process {
         let bin = Path::new(env!("CARGO_BIN_EXE_maillectl"))
             .parent()
             .unwrap()
@@ -330,8 +349,7 @@ impl Process {
         let child = std::process::Command::new(bin)
             .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
             .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .arg("--state")
-            .arg(state)
+            .args(&store_args)
             .arg("--modules")
             .arg(repo_root().join("target/filters"))
             .stdout(log.try_clone().unwrap())
@@ -343,6 +361,7 @@ impl Process {
             state: state.to_path_buf(),
             xds,
             http,
+            store_args,
         };
         eventually(
             "the control server answers",
@@ -368,8 +387,15 @@ impl Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let (state, xds, http) = (self.state.clone(), self.xds, self.http);
+        let args = std::mem::take(&mut self.store_args);
         std::mem::forget(self);
-        Process::start_on(&state, xds, http)
+        Process::start_on(&state, xds, http, args)
+    }
+
+    /// SIGKILL, and no restart.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self) -> String {

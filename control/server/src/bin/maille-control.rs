@@ -44,6 +44,12 @@ struct Args {
     /// This server's client certificate (PEM) for etcd, when etcd asks for one.
     #[arg(long, env = "MAILLE_ETCD_CERT", requires_all = ["store", "etcd_key"])]
     etcd_cert: Option<PathBuf>,
+    /// Among servers sharing `--store`: the lifetime (s) of the leader's lease. One server
+    /// leads and runs the rollouts; when it is gone another takes over within this time and
+    /// resumes each rollout where the store says it was.
+    #[arg(long, env = "MAILLE_LEADER_TTL_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(2..=300))]
+    leader_ttl_secs: u64,
     /// The key (PEM) of `--etcd-cert`.
     #[arg(long, env = "MAILLE_ETCD_KEY", requires_all = ["store", "etcd_cert"])]
     etcd_key: Option<PathBuf>,
@@ -169,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
             .token_dir
             .or_else(|| (args.ephemeral || store_given).then(|| PathBuf::from("."))),
         tls_names: args.tls_names,
+        leader_ttl: std::time::Duration::from_secs(args.leader_ttl_secs),
     })
     .await?;
     println!(
