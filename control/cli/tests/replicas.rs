@@ -1,7 +1,9 @@
 //! Several control servers sharing their state in a real etcd (Debian's etcd-server on
 //! loopback ports): a change through one reaches the Envoys of another, concurrent changes
-//! through all of them end in one state and one version sequence, and an etcd that is gone
-//! refuses writes with a clear error while Envoys keep what they have.
+//! through all of them end in one state and one version sequence, one server leads the
+//! rollouts and another resumes them when it dies, an Envoy whose server dies goes to
+//! another, and an etcd without a quorum refuses writes with a clear error while Envoys keep
+//! what they have.
 
 mod common;
 
@@ -56,7 +58,7 @@ fn a_change_through_one_replica_reaches_the_envoys_of_another() {
     );
     let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
     assert!(ok, "{out}{err}");
-    // B's Envoy, B having heard of the mesh only through etcd.
+    // B has heard of the mesh only through etcd.
     eventually("B has the mesh", Duration::from_secs(10), || {
         let v = b.running.as_ref().unwrap().mesh.current().version;
         (v == a.running.as_ref().unwrap().mesh.current().version, v)
@@ -66,26 +68,43 @@ fn a_change_through_one_replica_reaches_the_envoys_of_another() {
         let t = tally(egress, 20);
         (t.get("white") == Some(&20), t)
     });
-    // Another change through A: B's Envoy follows.
+    // The Envoy is on one of them (its bootstrap lists both): a change through the other
+    // reaches it.
+    let replicas = [&a, &b];
+    let serving = eventually("the Envoy on a server", Duration::from_secs(10), || {
+        let on: Vec<usize> = (0..2)
+            .filter(|i| {
+                !replicas[*i]
+                    .running
+                    .as_ref()
+                    .unwrap()
+                    .clients
+                    .list()
+                    .is_empty()
+            })
+            .collect();
+        (on.len() == 1, on)
+    })[0];
+    let (on, writer) = (replicas[serving], replicas[1 - serving]);
     let f = write_spec(
         da.path(),
         "mesh.json",
         &colorteller(&apps, &[("white", 0), ("black", 100)]),
     );
-    let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
+    let (ok, out, err) = writer.ctl(&["apply", "-f", &f]);
     assert!(ok, "{out}{err}");
     eventually(
-        "B's Envoy follows A's change",
+        "the Envoy follows the other server's change",
         Duration::from_secs(20),
         || {
             let t = tally(egress, 20);
             (t.get("black") == Some(&20), t)
         },
     );
-    // And `maillectl status` through B shows its Envoy synced to the same version as A.
-    let version = a.running.as_ref().unwrap().mesh.current().version;
-    eventually("B's Envoy synced", Duration::from_secs(20), || {
-        let s = b.get("/v1/status");
+    // And its server's status shows it synced to the version the writer made.
+    let version = writer.running.as_ref().unwrap().mesh.current().version;
+    eventually("the Envoy synced", Duration::from_secs(20), || {
+        let s = on.get("/v1/status");
         let v = s["clients"][0]["syncedVersion"].as_u64().unwrap_or(0);
         (v == version, s)
     });
@@ -162,9 +181,9 @@ fn concurrent_changes_through_every_replica_end_in_one_state() {
 }
 
 #[test]
-fn without_etcd_writes_are_refused_and_envoys_keep_what_they_have() {
+fn without_an_etcd_quorum_writes_are_refused_and_envoys_keep_what_they_have() {
     let rt = runtime();
-    let mut etcd = Etcd::start(1);
+    let mut etcd = Etcd::start(3);
     let d = tempfile::tempdir().unwrap();
     let a = Control::start_on_etcd(&rt, d.path(), &etcd.store_url());
     let apps = Apps::start(&rt, &["white", "black"]);
@@ -180,9 +199,28 @@ fn without_etcd_writes_are_refused_and_envoys_keep_what_they_have() {
         let t = tally(egress, 20);
         (t.get("white") == Some(&20), t)
     });
+    // One member of three gone: nothing changes, writes go through.
+    etcd.kill(0);
+    let f1 = write_spec(
+        d.path(),
+        "mesh1.json",
+        &colorteller(&apps, &[("white", 100), ("black", 0)]),
+    );
+    let mut f1_doc: Value = serde_json::from_str(&std::fs::read_to_string(&f1).unwrap()).unwrap();
+    // A change Envoy does not see (a second listener-less node), so traffic stays on white.
+    f1_doc
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"virtualNode": {
+        "meshName": "demo", "virtualNodeName": "spare", "spec": {}}}));
+    let f1 = write_spec(d.path(), "mesh1.json", &f1_doc);
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f1]);
+    assert!(ok, "one member of three down: {out}{err}");
+    assert_eq!(tally(egress, 20).get("white"), Some(&20));
     let version = a.running.as_ref().unwrap().mesh.current().version;
 
-    etcd.kill(0);
+    // Two gone: no quorum.
+    etcd.kill(1);
     let f2 = write_spec(
         d.path(),
         "mesh2.json",
@@ -197,8 +235,9 @@ fn without_etcd_writes_are_refused_and_envoys_keep_what_they_have() {
     let (ok, _, err) = a.ctl(&["get", "route"]);
     assert!(ok, "reads are served from memory: {err}");
 
-    // etcd back: the same apply goes through.
+    // The members back: the same apply goes through.
     etcd.restart(0);
+    etcd.restart(1);
     eventually(
         "the apply goes through again",
         Duration::from_secs(30),
@@ -325,4 +364,123 @@ fn the_leader_killed_mid_rollout_another_resumes_the_same_step() {
         (st["phase"] == "Succeeded", st)
     });
     assert_eq!(end["canaryWeight"], 100, "{end}");
+}
+
+/// The node ids of the Envoys connected to `p`.
+fn clients_of(p: &Process) -> Vec<String> {
+    p.get("/v1/status")["clients"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c["node"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn an_envoy_whose_server_dies_goes_to_another_and_no_request_fails() {
+    let rt = runtime();
+    let etcd = Etcd::start(1);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut procs: Vec<Option<Process>> = dirs
+        .iter()
+        .map(|d| Some(Process::start_on_etcd(d.path(), &etcd.store_url(), 2)))
+        .collect();
+    let apps = Apps::start(&rt, &["white", "black"]);
+    let f = write_spec(
+        dirs[0].path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 100), ("black", 0)]),
+    );
+    let a = procs[0].as_ref().unwrap();
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+    // Bootstraps list every live server.
+    let xds_ports: Vec<u16> = procs.iter().flatten().map(|p| p.xds).collect();
+    eventually(
+        "a bootstrap lists both servers",
+        Duration::from_secs(10),
+        || {
+            let (_, boot, _) = a.ctl(&["bootstrap", "--node", "demo/gateway"]);
+            let both = xds_ports
+                .iter()
+                .all(|p| boot.contains(&format!("\"port_value\": {p}")));
+            (both, boot)
+        },
+    );
+    let (envoy, egress) = a.envoy("demo", "gateway");
+    eventually("Envoy routes to white", Duration::from_secs(30), || {
+        let t = tally(egress, 10);
+        (t.get("white") == Some(&10), t)
+    });
+    let on = eventually("Envoy on one server", Duration::from_secs(10), || {
+        let on: Vec<usize> = (0..2)
+            .filter(|i| !clients_of(procs[*i].as_ref().unwrap()).is_empty())
+            .collect();
+        (on.len() == 1, on)
+    })[0];
+    let other = 1 - on;
+
+    // Requests all along, every 10 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let a = maille_testkit::agent();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = ask_host(&a, egress, "colorteller.local");
+                if got.starts_with("200") || got == "white" || got == "black" {
+                    ok += 1;
+                } else {
+                    failed.push(got);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let killed_at = std::time::Instant::now();
+    procs[on].take().unwrap().kill();
+    let survivor = procs[other].as_ref().unwrap();
+    eventually(
+        "Envoy reconnects to the other server",
+        Duration::from_secs(20),
+        || {
+            let c = clients_of(survivor);
+            (!c.is_empty(), c)
+        },
+    );
+    let failover = killed_at.elapsed();
+    eprintln!("failover (server SIGKILLed → its Envoy on another): {failover:?}");
+    // Synced there, and following a change made through it.
+    let f2 = write_spec(
+        dirs[other].path(),
+        "mesh2.json",
+        &colorteller(&apps, &[("white", 0), ("black", 100)]),
+    );
+    let (ok, out, err) = survivor.ctl(&["apply", "-f", &f2, "--wait"]);
+    assert!(ok, "{out}{err}");
+    eventually(
+        "Envoy follows the survivor",
+        Duration::from_secs(20),
+        || {
+            let t = tally(egress, 10);
+            (t.get("black") == Some(&10), t)
+        },
+    );
+    // Requests go on a while after, on the survivor's configuration.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(ok > 150, "{ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok,
+        &failed[..failed.len().min(5)]
+    );
+    drop(envoy);
 }

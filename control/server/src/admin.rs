@@ -385,7 +385,11 @@ async fn bootstrap(
         [(header::CONTENT_TYPE, "application/json")],
         bootstrap::render(
             &params,
-            &s.endpoints,
+            &ControlEndpoints {
+                // Every live server sharing the store: Envoy goes to another when one dies.
+                peers: s.mesh.store().servers(),
+                ..s.endpoints.clone()
+            },
             &bootstrap::Credentials {
                 node_token: s.tokens.token(&q.node),
                 signal_token: s.tokens.signal_token(&q.node),

@@ -23,8 +23,11 @@ use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Longest wait for one etcd call.
+/// Longest wait for one etcd call, its retries included.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for one try: a member that is gone (or in an election) gets a try or two,
+/// then another member is asked.
+const ATTEMPT: Duration = Duration::from_millis(1500);
 /// etcd's own limit of operations in one transaction (`--max-txn-ops`, default 128).
 const MAX_TXN_OPS: usize = 128;
 
@@ -33,6 +36,7 @@ const RESOURCES: &str = "maille/resources/";
 const ROLLOUTS: &str = "maille/rollouts/";
 const SECRETS: &str = "maille/secrets/";
 const LEADER: &str = "maille/leader";
+const SERVERS: &str = "maille/servers/";
 
 type Job = Box<dyn FnOnce(Client) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -105,7 +109,7 @@ impl EtcdStore {
     pub fn connect(address: &EtcdAddress, tls: &EtcdTls) -> Result<EtcdStore, StoreError> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(OP_TIMEOUT)
-            .with_timeout(OP_TIMEOUT)
+            .with_timeout(ATTEMPT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
         if address.tls {
             let mut t = etcd_client::TlsOptions::new();
@@ -168,17 +172,31 @@ impl EtcdStore {
         Ok(s)
     }
 
-    /// Runs `f` on the client's thread and waits for it (at most [`OP_TIMEOUT`]).
+    /// Runs `f` on the client's thread and waits for it (at most [`OP_TIMEOUT`]), trying
+    /// again while etcd is unreachable (every call is one that may be repeated: a commit
+    /// repeated after it went through fails its compare, as a conflict).
     fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(Client) -> Fut + Send + 'static,
+        F: Fn(Client) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let job: Job = Box::new(move |c| {
             Box::pin(async move {
-                let _ = tx.send(tokio::time::timeout(OP_TIMEOUT, f(c)).await);
+                let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+                let got = loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match tokio::time::timeout(ATTEMPT.min(left), f(c.clone())).await {
+                        Ok(Ok(v)) => break Ok(Ok(v)),
+                        Ok(Err(e)) if !unreachable(&e) => break Ok(Err(e)),
+                        Ok(Err(e)) if left <= ATTEMPT => break Ok(Err(e)),
+                        Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(t) if left <= ATTEMPT => break Err(t),
+                        Err(_) => {}
+                    }
+                };
+                let _ = tx.send(got);
             })
         });
         let gone = || {
@@ -197,6 +215,19 @@ impl EtcdStore {
             Ok(Ok(Err(e))) => Err(etcd_err(what, format!("{e} (at {})", self.address))),
             Ok(Err(_)) | Err(_) => Err(gone()),
         }
+    }
+}
+
+/// Whether `e` says etcd (or the member asked) could not be reached, rather than refusing.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        ),
+        _ => false,
     }
 }
 
@@ -246,7 +277,13 @@ async fn follow(mut client: Client, tx: watch::Sender<u64>) {
 /// it leads; when its holder stops keeping its lease, etcd deletes the key within `ttl` and
 /// another takes it. A leader that cannot reach etcd for two thirds of `ttl` steps down
 /// before its lease can end, so two never lead at once.
-async fn campaign(mut c: Client, me: String, ttl: Duration, tx: watch::Sender<Leader>) {
+async fn campaign(
+    mut c: Client,
+    me: String,
+    server: String,
+    ttl: Duration,
+    tx: watch::Sender<Leader>,
+) {
     let secs = ttl.as_secs().max(1) as i64;
     let tick = ttl / 3;
     let set = |tx: &watch::Sender<Leader>, l: Leader| {
@@ -272,6 +309,17 @@ async fn campaign(mut c: Client, me: String, ttl: Duration, tx: watch::Sender<Le
             continue;
         };
         let mut last_ok = tokio::time::Instant::now();
+        // Among the live servers while this lease lives (bootstraps list them).
+        let listed = c
+            .put(
+                format!("{SERVERS}{me}"),
+                server.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await;
+        if let Err(e) = listed {
+            tracing::warn!(error = %e, "etcd: listing this server");
+        }
         while !tx.is_closed() {
             let take = Txn::new()
                 .when([Compare::create_revision(LEADER, CompareOp::Equal, 0)])
@@ -343,12 +391,13 @@ fn key_string(k: &Key) -> String {
 impl Store for EtcdStore {
     fn load(&self) -> Result<(u64, BTreeMap<Key, Resource>), StoreError> {
         // One transaction: the version and the resources of the same revision.
-        let resp = self.call("loading the state", |mut c| async move {
-            c.txn(Txn::new().and_then([
-                TxnOp::get(VERSION, None),
-                TxnOp::get(RESOURCES, Some(GetOptions::new().with_prefix())),
-            ]))
-            .await
+        let txn = Txn::new().and_then([
+            TxnOp::get(VERSION, None),
+            TxnOp::get(RESOURCES, Some(GetOptions::new().with_prefix())),
+        ]);
+        let resp = self.call("loading the state", move |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
         })?;
         let mut version = 0;
         let mut out = BTreeMap::new();
@@ -403,8 +452,10 @@ impl Store for EtcdStore {
         } else {
             Compare::value(VERSION, CompareOp::Equal, (version - 1).to_string())
         };
-        let resp = self.call("committing", move |mut c| async move {
-            c.txn(Txn::new().when([follows]).and_then(ops)).await
+        let txn = Txn::new().when([follows]).and_then(ops);
+        let resp = self.call("committing", move |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
         })?;
         if resp.succeeded() {
             Ok(())
@@ -436,12 +487,14 @@ impl Store for EtcdStore {
         match status {
             Some(b) => {
                 let b = b.to_vec();
-                self.call("keeping a rollout status", move |mut c| async move {
-                    c.put(k, b, None).await.map(|_| ())
+                self.call("keeping a rollout status", move |mut c| {
+                    let (k, b) = (k.clone(), b.clone());
+                    async move { c.put(k, b, None).await.map(|_| ()) }
                 })
             }
-            None => self.call("forgetting a rollout status", move |mut c| async move {
-                c.delete(k, None).await.map(|_| ())
+            None => self.call("forgetting a rollout status", move |mut c| {
+                let k = k.clone();
+                async move { c.delete(k, None).await.map(|_| ()) }
             }),
         }
     }
@@ -449,15 +502,13 @@ impl Store for EtcdStore {
     fn create_secret(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
         let k = format!("{SECRETS}{name}");
         let fresh = bytes.to_vec();
-        let (k2, b) = (k.clone(), fresh.clone());
-        let resp = self.call("keeping a secret", move |mut c| async move {
-            c.txn(
-                Txn::new()
-                    .when([Compare::create_revision(k2.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(k2.clone(), b, None)])
-                    .or_else([TxnOp::get(k2, None)]),
-            )
-            .await
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(k.clone(), fresh.clone(), None)])
+            .or_else([TxnOp::get(k.clone(), None)]);
+        let resp = self.call("keeping a secret", move |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
         })?;
         if resp.succeeded() {
             return Ok(fresh);
@@ -472,14 +523,37 @@ impl Store for EtcdStore {
         Err(StoreError(format!("etcd: secret {k:?} vanished")))
     }
 
+    fn servers(&self) -> Vec<(String, u16, u16)> {
+        let got = self.call("listing the servers", |mut c| async move {
+            c.get(SERVERS, Some(GetOptions::new().with_prefix())).await
+        });
+        match got {
+            Ok(r) => r
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "bootstraps list this server only");
+                Vec::new()
+            }
+        }
+    }
+
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.version.clone())
     }
 
-    fn campaign(&self, me: &str, ttl: Duration) -> Option<watch::Receiver<Leader>> {
+    fn campaign(
+        &self,
+        me: &str,
+        server: (String, u16, u16),
+        ttl: Duration,
+    ) -> Option<watch::Receiver<Leader>> {
         let (tx, rx) = watch::channel(Leader::default());
         let me = me.to_owned();
-        let job: Job = Box::new(move |c| Box::pin(campaign(c, me, ttl, tx)));
+        let server = serde_json::to_string(&server).ok()?;
+        let job: Job = Box::new(move |c| Box::pin(campaign(c, me, server, ttl, tx)));
         self.jobs.send(job).ok()?;
         Some(rx)
     }

@@ -340,6 +340,11 @@ impl Mesh {
         })
     }
 
+    /// Where the state is kept.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// The current snapshot.
     pub fn current(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()

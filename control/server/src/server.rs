@@ -242,12 +242,14 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     // address, which the others give to a client that asks them for a rollout's action.
     let leader = store.campaign(
         &format!("https://{}:{http_port}", cfg.advertise_address),
+        (cfg.advertise_address.clone(), xds_port, http_port),
         cfg.leader_ttl,
     );
     let mesh = Arc::new(Mesh::new(store, modules)?);
     let clients = Arc::new(Clients::default());
     let signals = Arc::new(Signals::default());
     let endpoints = ControlEndpoints {
+        peers: Vec::new(),
         advertise_address: cfg.advertise_address.clone(),
         xds_port,
         http_port,

@@ -45,15 +45,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         None
     }
     /// For a store other servers write too: runs for leader as `me` (work done once:
-    /// rollouts) and tells who leads, as it changes. `None`: this server is the only one,
-    /// so it leads.
+    /// rollouts), registers `server` (its address, ADS and HTTP ports) among the live
+    /// servers, and tells who leads, as it changes. `None`: this server is the only one, so
+    /// it leads.
     fn campaign(
         &self,
         me: &str,
+        server: (String, u16, u16),
         ttl: std::time::Duration,
     ) -> Option<tokio::sync::watch::Receiver<Leader>> {
-        let _ = (me, ttl);
+        let _ = (me, server, ttl);
         None
+    }
+    /// The live servers sharing the store, `(address, ADS port, HTTP port)` (none for a
+    /// store of one server).
+    fn servers(&self) -> Vec<(String, u16, u16)> {
+        Vec::new()
     }
 }
 

@@ -20,6 +20,26 @@ pub struct ControlEndpoints {
     pub xds_port: u16,
     /// HTTP port (admin API, modules, signals).
     pub http_port: u16,
+    /// The other servers sharing its store, each `(address, ADS port, HTTP port)`: Envoy
+    /// reaches any of them, and another when one is gone.
+    pub peers: Vec<(String, u16, u16)>,
+}
+
+impl ControlEndpoints {
+    /// Every server, this one first: `(address, ADS port, HTTP port)`.
+    fn all(&self) -> Vec<(&str, u16, u16)> {
+        let mut v = vec![(
+            self.advertise_address.as_str(),
+            self.xds_port,
+            self.http_port,
+        )];
+        for (a, x, h) in &self.peers {
+            if !v.contains(&(a.as_str(), *x, *h)) {
+                v.push((a.as_str(), *x, *h));
+            }
+        }
+        v
+    }
 }
 
 /// How often Envoy sends its stats to its sinks.
@@ -135,20 +155,29 @@ impl BootstrapParams {
 }
 
 fn static_cluster(name: &str, address: &str, port: u16, http2: bool) -> Value {
-    let kind = if address.parse::<IpAddr>().is_ok() {
+    cluster_of(name, &[(address, port)], http2)
+}
+
+/// A cluster of `hosts` (IP addresses or DNS names, each with its port).
+fn cluster_of(name: &str, hosts: &[(&str, u16)], http2: bool) -> Value {
+    let kind = if hosts.iter().all(|(a, _)| a.parse::<IpAddr>().is_ok()) {
         "STATIC"
     } else {
         "STRICT_DNS"
     };
+    let endpoints: Vec<Value> = hosts
+        .iter()
+        .map(|(a, p)| {
+            json!({"endpoint": {"address": {"socket_address": {"address": a, "port_value": p}}}})
+        })
+        .collect();
     let mut c = json!({
         "name": name,
         "type": kind,
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": address, "port_value": port}
-            }}}]}]
+            "endpoints": [{"lb_endpoints": endpoints}]
         }
     });
     if http2 {
@@ -185,12 +214,8 @@ fn grpc_service(cluster: &str, token: &str) -> Value {
 /// request on it carries the node's signal token, added by an upstream filter, so the server
 /// knows which node signals.
 fn control_cluster(server: &ControlEndpoints, token: &str, trust: &str) -> Value {
-    let mut c = static_cluster(
-        names::CONTROL_CLUSTER,
-        &server.advertise_address,
-        server.http_port,
-        false,
-    );
+    let hosts: Vec<(&str, u16)> = server.all().into_iter().map(|(a, _, h)| (a, h)).collect();
+    let mut c = cluster_of(names::CONTROL_CLUSTER, &hosts, false);
     c["transport_socket"] = control_tls(trust, "http/1.1");
     c["typed_extension_protocol_options"] = json!({
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -251,12 +276,8 @@ pub fn render(p: &BootstrapParams, server: &ControlEndpoints, creds: &Credential
         "maille.listen_address": o.listen_address,
         "maille.app_address": o.app_address,
     });
-    let mut xds = static_cluster(
-        names::XDS_CLUSTER,
-        &server.advertise_address,
-        server.xds_port,
-        true,
-    );
+    let hosts: Vec<(&str, u16)> = server.all().into_iter().map(|(a, x, _)| (a, x)).collect();
+    let mut xds = cluster_of(names::XDS_CLUSTER, &hosts, true);
     xds["transport_socket"] = control_tls(&creds.trust_bundle, "h2");
     let mut clusters = vec![
         xds,
@@ -472,6 +493,7 @@ mod tests {
 
     fn server() -> ControlEndpoints {
         ControlEndpoints {
+            peers: Vec::new(),
             advertise_address: "maille-control.maille-system.svc.cluster.local".into(),
             xds_port: 18000,
             http_port: 18080,
