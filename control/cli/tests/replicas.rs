@@ -484,3 +484,83 @@ fn an_envoy_whose_server_dies_goes_to_another_and_no_request_fails() {
     );
     drop(envoy);
 }
+
+#[test]
+fn an_envoy_that_refused_a_version_is_not_sent_it_again_by_another_server() {
+    let rt = runtime();
+    let etcd = Etcd::start(1);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Control::start_on_etcd(&rt, da.path(), &etcd.store_url());
+    let mut b = Control::start_on_etcd(&rt, db.path(), &etcd.store_url());
+    let apps = Apps::start(&rt, &["white", "black"]);
+    let f = write_spec(
+        da.path(),
+        "mesh.json",
+        &colorteller(&apps, &[("white", 100), ("black", 0)]),
+    );
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+    let xds = [a.xds_port, b.xds_port];
+    eventually(
+        "a bootstrap lists both servers",
+        Duration::from_secs(10),
+        || {
+            let (_, boot, _) = a.ctl(&["bootstrap", "--node", "demo/gateway"]);
+            let both = xds
+                .iter()
+                .all(|p| boot.contains(&format!("\"port_value\": {p}")));
+            (both, boot)
+        },
+    );
+    let (envoy, egress) = a.envoy("demo", "gateway");
+    eventually("Envoy routes to white", Duration::from_secs(30), || {
+        let t = tally(egress, 10);
+        (t.get("white") == Some(&10), t)
+    });
+    let on_a = eventually("Envoy on one server", Duration::from_secs(10), || {
+        let (na, nb) = (
+            a.running.as_ref().unwrap().clients.list().len(),
+            b.running.as_ref().unwrap().clients.list().len(),
+        );
+        (na + nb == 1, na == 1)
+    });
+    let (serving, other) = if on_a {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    // A route Envoy refuses (RE2 program too big).
+    let mut bad = colorteller(&apps, &[("white", 50), ("black", 50)]);
+    for d in bad.as_array_mut().unwrap() {
+        if d.get("routeName").is_some() {
+            d["spec"]["httpRoute"]["match"] =
+                serde_json::json!({"path": {"regex": "/(a+b+c+d+e+f+g+h+i+j+){12}"}});
+        }
+    }
+    let f = write_spec(da.path(), "bad.json", &bad);
+    let (ok, out, _) = serving.ctl(&["apply", "-f", &f, "--wait", "--timeout", "5"]);
+    assert!(!ok, "Envoy was to refuse it: {out}");
+    // Its server goes; Envoy reconnects to the other, which sends what it last accepted.
+    serving.stop(&rt);
+    let status = eventually(
+        "Envoy synced on the other server",
+        Duration::from_secs(20),
+        || {
+            let s = other.get("/v1/status");
+            let c = &s["clients"][0];
+            let rds = &c["types"]["RDS"];
+            (
+                rds["acked"].is_string() && c["node"] == "mesh/demo/virtualNode/gateway",
+                s,
+            )
+        },
+    );
+    let rds = &status["clients"][0]["types"]["RDS"];
+    assert!(
+        rds["lastNack"].is_null(),
+        "the other server sent the refused routes again: {status}"
+    );
+    // And the refused weights are not what Envoy routes by.
+    assert_eq!(tally(egress, 20).get("white"), Some(&20));
+    drop(envoy);
+}

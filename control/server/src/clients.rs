@@ -2,9 +2,10 @@
 //! refused, so a refused version is never sent again in place of the last good one.
 
 use crate::mesh::Content;
+use crate::store::Store;
 use maille_api::ClientStatus;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// Nodes whose NACK memory is kept; past it the oldest entries go (a reconnecting Envoy of a
@@ -21,6 +22,49 @@ struct Memory {
     refused: PerNodeType<u64>,
     /// The last content it accepted.
     last_good: PerNodeType<Content>,
+    /// The refusals kept in a shared store too.
+    shared: HashSet<(String, &'static str)>,
+}
+
+/// A refusal as kept in a shared store: the refused hash and the last good content.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    refused: u64,
+    /// `(name, type URL, bytes in base64)` of each resource.
+    good: Option<Vec<(String, String, String)>>,
+}
+
+impl Record {
+    fn of(refused: u64, good: Option<&Content>) -> Record {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Record {
+            refused,
+            good: good.map(|c| {
+                c.items
+                    .iter()
+                    .map(|(n, a)| (n.clone(), a.type_url.clone(), b64.encode(&a.value)))
+                    .collect()
+            }),
+        }
+    }
+
+    fn good(&self) -> Option<Content> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let items = self.good.as_ref()?;
+        let mut out = Vec::with_capacity(items.len());
+        for (n, t, v) in items {
+            out.push((
+                n.clone(),
+                envoy_types::pb::google::protobuf::Any {
+                    type_url: t.clone(),
+                    value: b64.decode(v).ok()?,
+                },
+            ));
+        }
+        Some(Content::new(out))
+    }
 }
 
 /// The registry of connected Envoys.
@@ -28,6 +72,8 @@ struct Memory {
 pub struct Clients {
     clients: Mutex<(u64, BTreeMap<u64, ClientStatus>)>,
     memory: Mutex<Memory>,
+    /// A store shared with other servers, where refusals are kept for them too.
+    store: Option<Arc<dyn Store>>,
 }
 
 /// Seconds since the epoch.
@@ -39,6 +85,22 @@ pub fn now_secs() -> f64 {
 }
 
 impl Clients {
+    /// A registry whose refusals `store` keeps too (servers sharing it).
+    pub fn shared(store: Arc<dyn Store>) -> Clients {
+        Clients {
+            store: Some(store),
+            ..Default::default()
+        }
+    }
+
+    fn keep(&self, node: &str, type_url: &'static str, record: Option<Record>) {
+        let Some(store) = &self.store else { return };
+        let bytes = record.map(|r| serde_json::to_vec(&r).unwrap_or_default());
+        if let Err(e) = store.save_refusal(node, type_url, bytes.as_deref()) {
+            tracing::warn!(node, error = %e, "keeping a refusal for the other servers");
+        }
+    }
+
     /// Registers a new ADS stream; returns its id.
     pub fn connected(&self, peer: String) -> u64 {
         let mut g = self.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,21 +159,44 @@ impl Clients {
             }
         }
         m.refused.insert((node.to_owned(), type_url), hash);
+        if self.store.is_some() {
+            let key = (node.to_owned(), type_url);
+            let record = Record::of(hash, m.last_good.get(&key));
+            m.shared.insert(key);
+            drop(m);
+            self.keep(node, type_url, Some(record));
+        }
     }
 
     /// Envoy `node` accepted `content` of `type_url`.
     pub fn accepted(&self, node: &str, type_url: &'static str, content: Content) {
         let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         let key = (node.to_owned(), type_url);
+        let mut cleared = false;
         if m.refused.get(&key) == Some(&content.hash) {
             m.refused.remove(&key);
+            cleared = true;
         }
         if m.last_good.len() >= MAX_REMEMBERED && !m.last_good.contains_key(&key) {
             if let Some(k) = m.last_good.keys().next().cloned() {
                 m.last_good.remove(&k);
             }
         }
+        // A refusal the other servers know of follows: gone, or with this as the last good.
+        let shared = m.shared.contains(&key);
+        let record = match (shared, cleared, m.refused.get(&key)) {
+            (false, _, _) => None,
+            (true, true, _) | (true, _, None) => {
+                m.shared.remove(&key);
+                Some(None)
+            }
+            (true, false, Some(h)) => Some(Some(Record::of(*h, Some(&content)))),
+        };
         m.last_good.insert(key, content);
+        drop(m);
+        if let Some(r) = record {
+            self.keep(node, type_url, r);
+        }
     }
 
     /// If `hash` is what `node` refused before, the last content it accepted instead.
@@ -121,12 +206,33 @@ impl Clients {
         type_url: &'static str,
         hash: u64,
     ) -> Option<Content> {
-        let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         let key = (node.to_owned(), type_url);
-        if m.refused.get(&key) != Some(&hash) {
-            return None;
+        {
+            let m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            if m.refused.contains_key(&key) || self.store.is_none() {
+                if m.refused.get(&key) != Some(&hash) {
+                    return None;
+                }
+                return m.last_good.get(&key).cloned();
+            }
         }
-        m.last_good.get(&key).cloned()
+        // Unknown here: the node may have refused it on another server.
+        let kept = match self.store.as_ref()?.refusal(node, type_url) {
+            Ok(k) => k?,
+            Err(e) => {
+                tracing::warn!(node, error = %e, "reading a refusal another server kept");
+                return None;
+            }
+        };
+        let record: Record = serde_json::from_slice(&kept).ok()?;
+        let good = record.good();
+        let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        m.refused.insert(key.clone(), record.refused);
+        m.shared.insert(key.clone());
+        if let Some(g) = &good {
+            m.last_good.insert(key, g.clone());
+        }
+        (record.refused == hash).then_some(good).flatten()
     }
 
     /// Whether `node` refused `hash` of `type_url`.

@@ -37,6 +37,7 @@ const ROLLOUTS: &str = "maille/rollouts/";
 const SECRETS: &str = "maille/secrets/";
 const LEADER: &str = "maille/leader";
 const SERVERS: &str = "maille/servers/";
+const REFUSALS: &str = "maille/refusals/";
 
 type Job = Box<dyn FnOnce(Client) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -521,6 +522,37 @@ impl Store for EtcdStore {
             }
         }
         Err(StoreError(format!("etcd: secret {k:?} vanished")))
+    }
+
+    fn save_refusal(
+        &self,
+        node: &str,
+        type_url: &str,
+        record: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let k = format!("{REFUSALS}{type_url}/{node}");
+        match record {
+            Some(b) => {
+                let b = b.to_vec();
+                self.call("keeping a refusal", move |mut c| {
+                    let (k, b) = (k.clone(), b.clone());
+                    async move { c.put(k, b, None).await.map(|_| ()) }
+                })
+            }
+            None => self.call("forgetting a refusal", move |mut c| {
+                let k = k.clone();
+                async move { c.delete(k, None).await.map(|_| ()) }
+            }),
+        }
+    }
+
+    fn refusal(&self, node: &str, type_url: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = format!("{REFUSALS}{type_url}/{node}");
+        let r = self.call("reading a refusal", move |mut c| {
+            let k = k.clone();
+            async move { c.get(k, None).await }
+        })?;
+        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     fn servers(&self) -> Vec<(String, u16, u16)> {

@@ -246,7 +246,11 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         cfg.leader_ttl,
     );
     let mesh = Arc::new(Mesh::new(store, modules)?);
-    let clients = Arc::new(Clients::default());
+    // Servers sharing a store share what each node refused too.
+    let clients = Arc::new(match store_changes {
+        Some(_) => Clients::shared(store_for_rollouts.clone()),
+        None => Clients::default(),
+    });
     let signals = Arc::new(Signals::default());
     let endpoints = ControlEndpoints {
         peers: Vec::new(),

@@ -57,6 +57,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let _ = (me, server, ttl);
         None
     }
+    /// Keeps (or, with `None`, forgets) what Envoy `node` refused of `type_url` and what it
+    /// accepted before, for the other servers: an Envoy that reconnects to another is
+    /// served what it last accepted. A store of one server keeps this in memory only.
+    fn save_refusal(
+        &self,
+        node: &str,
+        type_url: &str,
+        record: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let _ = (node, type_url, record);
+        Ok(())
+    }
+    /// What [`Store::save_refusal`] kept for `node` and `type_url`.
+    fn refusal(&self, node: &str, type_url: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = (node, type_url);
+        Ok(None)
+    }
     /// The live servers sharing the store, `(address, ADS port, HTTP port)` (none for a
     /// store of one server).
     fn servers(&self) -> Vec<(String, u16, u16)> {
