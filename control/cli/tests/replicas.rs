@@ -564,3 +564,66 @@ fn an_envoy_that_refused_a_version_is_not_sent_it_again_by_another_server() {
     assert_eq!(tally(egress, 20).get("white"), Some(&20));
     drop(envoy);
 }
+
+#[test]
+fn a_breaker_opening_on_the_canary_reaches_the_leader_from_any_server() {
+    let rt = runtime();
+    let etcd = Etcd::start(1);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Control::start_on_etcd(&rt, da.path(), &etcd.store_url());
+    let b = Control::start_on_etcd(&rt, db.path(), &etcd.store_url());
+    let (ok, out, err) = a.ctl(&["apply", "-f", &demo_mesh(da.path())]);
+    assert!(ok, "{out}{err}");
+    let steps: Vec<Value> = (1..=4)
+        .map(|i| serde_json::json!({"weight": i * 20, "duration": {"unit": "s", "value": 30}}))
+        .collect();
+    let doc = serde_json::json!([{"rollout": {"meshName": "colorapp", "rolloutName": "blue", "spec": {
+        "virtualRouterName": "colorteller-vr", "routeName": "colorteller-route",
+        "stable": "colorteller-white", "canary": "colorteller-blue", "steps": steps}}}]);
+    let (ok, out, err) = a.ctl(&["apply", "-f", &write_spec(da.path(), "r.json", &doc)]);
+    assert!(ok, "{out}{err}");
+    let replicas = [&a, &b];
+    let leader = eventually("one leads", Duration::from_secs(10), || {
+        let l: Vec<usize> = (0..2)
+            .filter(|i| replicas[*i].get("/v1/status")["leader"]["me"] == true)
+            .collect();
+        (l.len() == 1, l)
+    })[0];
+    let (lead, follower) = (replicas[leader], replicas[1 - leader]);
+    eventually(
+        "the rollout at its first step",
+        Duration::from_secs(10),
+        || {
+            let s = lead.get("/v1/rollouts/colorapp/blue");
+            (s["canaryWeight"] == 20, s)
+        },
+    );
+    // The gateway's breaker on the canary opens; its signal reaches the follower.
+    let token = follower
+        .running
+        .as_ref()
+        .unwrap()
+        .node_tokens
+        .signal_token("mesh/colorapp/virtualNode/colorgateway");
+    let signal = serde_json::json!({"cluster": "node/colorteller-blue/10013", "from": "closed",
+        "to": "open", "generation": 1, "failureRatio": 0.9, "requests": 20, "failures": 18,
+        "consecutiveFailures": 9, "atMillis": 1_795_753_011_355u64});
+    let r = follower
+        .agent()
+        .post(&format!("{}/v1/signals/breaker", follower.url()))
+        .header("authorization", format!("Bearer {token}"))
+        .send_json(&signal)
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // The leader rolls back at once, long before the step's 30 s.
+    let back = eventually("rolled back by the leader", Duration::from_secs(10), || {
+        let s = lead.get("/v1/rollouts/colorapp/blue");
+        (s["phase"] == "RolledBack", s)
+    });
+    assert_eq!(back["canaryWeight"], 0, "{back}");
+    // The follower serves the same status, from etcd.
+    assert_eq!(
+        follower.get("/v1/rollouts/colorapp/blue")["phase"],
+        "RolledBack"
+    );
+}

@@ -1,19 +1,29 @@
-//! ADS fan-out: N simulated Envoys (one tonic ADS stream each, ACKing every response as
-//! Envoy does) on the control server, started as its own process; then one route weight
-//! change, and the time from the apply until each client has ACKed it.
+//! ADS fan-out: N simulated Envoys (one TLS connection and ADS stream each, with the node's
+//! token, ACKing every response as Envoy does) on control servers started as their own
+//! processes; then one route weight change, and the time from the apply until each client
+//! has ACKed it.
 //!
-//! `cargo bench -p maille-control --bench ads_fanout` (or `make bench-control`);
-//! `ADS_CLIENTS=1000,5000,10000` (the default) sets the client counts. Prints a table: connect time, apply to
-//! ACK (p50, p99, max), the server's resident memory per client.
+//! Two tables: one server alone (`ADS_CLIENTS`, default 1000,5000,10000), and three servers
+//! sharing a real etcd (`ADS_REPLICA_CLIENTS`, default 10000,30000), the clients spread over
+//! them, the change applied through one; then failover: a server SIGKILLed, and the time
+//! until every Envoy it served is synced on another (median of 5).
+//!
+//! The clients run in worker processes of at most 9,000 each (this bench's own binary,
+//! `ADS_WORKER=1`): a process here may hold 20,000 descriptors. Each reconnects as Envoy
+//! does, to the next server of its bootstrap's list, after a random wait of up to 500 ms.
+//!
+//! `cargo bench -p maille-control --bench ads_fanout` (or `make bench-control`).
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use std::io::{BufRead, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -28,6 +38,8 @@ const TYPES: [&str; 5] = [
 /// config a weight change of `colorteller-route` touches (App Mesh gave all replicas of a
 /// virtual node one node id too).
 const NODE: &str = "mesh/colorapp/virtualNode/colorgateway";
+/// Clients per worker process.
+const PER_WORKER: usize = 9_000;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -36,38 +48,58 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-struct Server {
-    child: Child,
-    xds: u16,
-    http: u16,
-    /// Where it writes its tokens.
-    tokens: tempfile::TempDir,
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
-/// What a simulated Envoy needs from its bootstrap: the node token and the trust bundle.
-#[derive(Clone)]
-struct Creds {
-    token: String,
-    trust: String,
+struct Server {
+    child: Option<Child>,
+    xds: u16,
+    http: u16,
+    /// Where it writes its tokens and CA certificate.
+    dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
 impl Server {
-    fn start() -> Server {
-        let (xds, http) = (free_port(), free_port());
+    /// A server alone (`store` none: in memory) or sharing `store` (`etcd://...`).
+    fn start(dir: &Path, store: Option<&str>) -> Server {
+        let mut args: Vec<String> = match store {
+            None => vec!["--ephemeral".into()],
+            Some(s) => vec![
+                "--store".into(),
+                s.into(),
+                "--leader-ttl-secs".into(),
+                "5".into(),
+            ],
+        };
+        args.extend(["--token-dir".into(), dir.display().to_string()]);
+        let mut s = Server {
+            child: None,
+            xds: free_port(),
+            http: free_port(),
+            dir: dir.to_path_buf(),
+            args,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-        let tokens = tempfile::tempdir().expect("token folder");
         let child = Command::new(env!("CARGO_BIN_EXE_maille-control"))
-            .args(["--ephemeral", "--xds-addr", &format!("127.0.0.1:{xds}")])
-            .arg("--token-dir")
-            .arg(tokens.path())
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--xds-addr", &format!("127.0.0.1:{}", self.xds)])
+            .args(["--http-addr", &format!("127.0.0.1:{}", self.http)])
+            .args(&self.args)
             .arg("--modules")
             .arg(format!("{root}/target/filters"))
             .env("RUST_LOG", "warn")
@@ -75,41 +107,54 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("start maille-control");
-        let s = Server {
-            child,
-            xds,
-            http,
-            tokens,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while ureq::get(&format!("http://127.0.0.1:{http}/healthz"))
-            .call()
-            .is_err()
-        {
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = self.dir.join("maille-ca.pem").exists()
+                && self
+                    .agent()
+                    .get(&format!("https://127.0.0.1:{}/healthz", self.http))
+                    .call()
+                    .is_ok_and(|r| r.status() == 200);
+            if up {
+                return;
+            }
             assert!(Instant::now() < deadline, "server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        s
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn agent(&self) -> ureq::Agent {
+        maille_testkit::agent_trusting(&self.dir.join("maille-ca.pem"))
     }
 
     fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.tokens.path().join("maille-admin.token"))
+        std::fs::read_to_string(self.dir.join("maille-admin.token"))
             .expect("admin token")
             .trim()
             .to_owned()
     }
 
+    fn get(&self, path: &str) -> serde_json::Value {
+        let mut r = self
+            .agent()
+            .get(&format!("https://127.0.0.1:{}{path}", self.http))
+            .header("authorization", format!("Bearer {}", self.admin_token()))
+            .call()
+            .expect("admin API");
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
     /// The node's token and the trust bundle, from its bootstrap, as an Envoy gets them.
-    fn creds(&self) -> Creds {
-        let mut r = ureq::get(&format!(
-            "http://127.0.0.1:{}/v1/bootstrap?node={NODE}",
-            self.http
-        ))
-        .header("authorization", format!("Bearer {}", self.admin_token()))
-        .call()
-        .expect("bootstrap");
-        let b: serde_json::Value =
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    fn creds(&self) -> (String, String) {
+        let b = self.get(&format!("/v1/bootstrap?node={NODE}"));
         let auth = b["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"][0]
             ["value"]
             .as_str()
@@ -118,14 +163,15 @@ impl Server {
             ["common_tls_context"]["validation_context"]["trusted_ca"]["inline_string"]
             .as_str()
             .expect("trust bundle");
-        Creds {
-            token: auth.trim_start_matches("Bearer ").to_owned(),
-            trust: trust.to_owned(),
-        }
+        (
+            auth.trim_start_matches("Bearer ").to_owned(),
+            trust.to_owned(),
+        )
     }
 
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let Some(c) = &self.child else { return 0 };
+        std::fs::read_to_string(format!("/proc/{}/status", c.id()))
             .ok()
             .and_then(|s| {
                 s.lines()
@@ -134,6 +180,12 @@ impl Server {
                     .and_then(|v| v.parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    fn clients(&self) -> usize {
+        self.get("/v1/status")["clients"]
+            .as_array()
+            .map_or(0, |c| c.len())
     }
 
     fn apply(&self, weights: (u32, u32, u32)) -> u64 {
@@ -169,113 +221,270 @@ impl Server {
         )
         .expect("import");
         let body = serde_json::json!({ "resources": i.resources });
-        let mut r = ureq::post(&format!("http://127.0.0.1:{}/v1/apply", self.http))
+        let mut r = self
+            .agent()
+            .post(&format!("https://127.0.0.1:{}/v1/apply", self.http))
             .header(maille_api::paths::CLIENT_HEADER, "bench")
             .header("authorization", format!("Bearer {}", self.admin_token()))
             .send_json(&body)
             .expect("apply");
-        let v: serde_json::Value =
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        v["version"].as_u64().expect("version")
+        let text = r.body_mut().read_to_string().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("apply: {text}"))
     }
 }
+
+// ---- the worker processes: simulated Envoys ----
 
 #[derive(Default)]
 struct Shared {
-    synced: AtomicUsize,
     target: AtomicU64,
-    t0: Mutex<Option<Instant>>,
-    ack_ms: Mutex<Vec<f64>>,
 }
 
+/// One simulated Envoy, the `i`-th: connects to `ports[i]` (modulo their number), then to the next one whenever its stream
+/// ends; prints `synced` after its first full sync, `resync <ns>` after each later one, and
+/// `ack <ns>` when it has the target version.
 async fn client(
-    port: u16,
-    creds: Creds,
+    ports: Arc<Vec<u16>>,
+    token: Arc<String>,
+    trust: Arc<String>,
     i: usize,
     initial: u64,
     shared: Arc<Shared>,
-) -> Result<(), String> {
+    out: mpsc::UnboundedSender<String>,
+) {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-    // As Envoy does: TLS to the server's certificate from the mesh's CA, the node's token.
-    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-        .map_err(|e| e.to_string())?
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&creds.trust))
-                .domain_name("127.0.0.1"),
-        )
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {}", creds.token)
-        .parse()
-        .map_err(|_| "token".to_owned())?;
-    let mut c = AggregatedDiscoveryServiceClient::with_interceptor(
-        channel,
-        move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", token.clone());
-            Ok(r)
-        },
-    );
-    let (tx, rx) = mpsc::channel(16);
-    let node = Node {
-        id: NODE.into(),
-        cluster: format!("sim-{i}"),
-        ..Default::default()
-    };
-    for (k, t) in TYPES.iter().enumerate() {
-        let _ = tx
-            .send(DiscoveryRequest {
-                node: (k == 0).then(|| node.clone()),
-                type_url: t.to_string(),
+    let mut at = i;
+    let mut syncs = 0u32;
+    let mut acked = false;
+    loop {
+        let port = ports[at % ports.len()];
+        at += 1;
+        let stream = async {
+            // As Envoy does: TLS to the server's certificate from the mesh's CA, the token.
+            let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(2))
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(trust.as_str()))
+                        .domain_name("127.0.0.1"),
+                )
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let t: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "token".to_owned())?;
+            let mut c = AggregatedDiscoveryServiceClient::with_interceptor(
+                channel,
+                move |mut r: tonic::Request<()>| {
+                    r.metadata_mut().insert("authorization", t.clone());
+                    Ok(r)
+                },
+            );
+            let (tx, rx) = mpsc::channel(16);
+            let node = Node {
+                id: NODE.into(),
+                cluster: format!("sim-{i}"),
                 ..Default::default()
-            })
-            .await;
-    }
-    let mut inbound = c
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    let mut seen = [false; TYPES.len()];
-    let mut counted = false;
-    let mut recorded = false;
-    while let Some(resp) = inbound.message().await.map_err(|e| e.to_string())? {
-        let _ = tx
-            .send(DiscoveryRequest {
-                version_info: resp.version_info.clone(),
-                type_url: resp.type_url.clone(),
-                response_nonce: resp.nonce.clone(),
-                ..Default::default()
-            })
-            .await;
-        let v: u64 = resp
-            .version_info
-            .split('-')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if let Some(k) = TYPES.iter().position(|t| *t == resp.type_url) {
-            seen[k] = true;
-        }
-        if !counted && v >= initial && seen.iter().all(|s| *s) {
-            counted = true;
-            shared.synced.fetch_add(1, Ordering::Relaxed);
-        }
-        let target = shared.target.load(Ordering::Acquire);
-        if !recorded && target != 0 && v >= target {
-            recorded = true;
-            if let Some(t0) = *shared.t0.lock().unwrap() {
-                shared
-                    .ack_ms
-                    .lock()
-                    .unwrap()
-                    .push(t0.elapsed().as_secs_f64() * 1000.0);
+            };
+            for (k, t) in TYPES.iter().enumerate() {
+                let _ = tx
+                    .send(DiscoveryRequest {
+                        node: (k == 0).then(|| node.clone()),
+                        type_url: t.to_string(),
+                        ..Default::default()
+                    })
+                    .await;
             }
+            let mut inbound = c
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            let mut seen = [false; TYPES.len()];
+            let mut counted = false;
+            while let Some(resp) = inbound.message().await.map_err(|e| e.to_string())? {
+                let _ = tx
+                    .send(DiscoveryRequest {
+                        version_info: resp.version_info.clone(),
+                        type_url: resp.type_url.clone(),
+                        response_nonce: resp.nonce.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+                let v: u64 = resp
+                    .version_info
+                    .split('-')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if let Some(k) = TYPES.iter().position(|t| *t == resp.type_url) {
+                    seen[k] = true;
+                }
+                if !counted && v >= initial && seen.iter().all(|s| *s) {
+                    counted = true;
+                    syncs += 1;
+                    let _ = out.send(if syncs == 1 {
+                        "synced".to_owned()
+                    } else {
+                        format!("resync {}", now_ns())
+                    });
+                }
+                let target = shared.target.load(Ordering::Acquire);
+                if !acked && target != 0 && v >= target {
+                    acked = true;
+                    let _ = out.send(format!("ack {}", now_ns()));
+                }
+            }
+            Ok::<(), String>(())
+        };
+        let _ = stream.await;
+        // Envoy's ADS retry: a random wait, then the next server of its list.
+        let wait: u64 = rand::random::<u64>() % 500;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+fn worker_main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k}"));
+    let ports: Arc<Vec<u16>> = Arc::new(
+        env("ADS_PORTS")
+            .split(',')
+            .map(|p| p.parse().unwrap())
+            .collect(),
+    );
+    let (first, count): (usize, usize) = (
+        env("ADS_FIRST").parse().unwrap(),
+        env("ADS_COUNT").parse().unwrap(),
+    );
+    let initial: u64 = env("ADS_INITIAL").parse().unwrap();
+    let token = Arc::new(env("ADS_TOKEN"));
+    let trust = Arc::new(std::fs::read_to_string(env("ADS_TRUST_FILE")).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shared = Arc::new(Shared::default());
+    let (out, mut lines) = mpsc::unbounded_channel::<String>();
+    // A thread of its own writes the lines (stdout's lock is not for async tasks).
+    std::thread::spawn(move || {
+        let mut stdout = std::io::stdout().lock();
+        while let Some(l) = lines.blocking_recv() {
+            let _ = writeln!(stdout, "{l}");
+            let _ = stdout.flush();
+        }
+    });
+    for k in 0..count {
+        let i = first + k;
+        // Envoys of a fleet do not all connect in the same millisecond: 500 per 50 ms.
+        if k > 0 && k % 500 == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        rt.spawn(client(
+            ports.clone(),
+            token.clone(),
+            trust.clone(),
+            i,
+            initial,
+            shared.clone(),
+            out.clone(),
+        ));
+    }
+    // Commands from the bench: `target <version>`.
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if let Some(v) = line.strip_prefix("target ") {
+            shared
+                .target
+                .store(v.parse().unwrap_or(0), Ordering::Release);
         }
     }
-    Ok(())
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+// ---- the bench ----
+
+/// What the workers said.
+#[derive(Default)]
+struct Tally {
+    synced: AtomicUsize,
+    acks: Mutex<Vec<u128>>,
+    resyncs: Mutex<Vec<u128>>,
+}
+
+struct Workers {
+    children: Vec<(Child, ChildStdin)>,
+    tally: Arc<Tally>,
+}
+
+impl Workers {
+    fn start(n: usize, ports: &[u16], initial: u64, token: &str, trust: &Path) -> Workers {
+        let tally = Arc::new(Tally::default());
+        let mut children = Vec::new();
+        let ports = ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut first = 0;
+        while first < n {
+            let count = PER_WORKER.min(n - first);
+            let mut c = Command::new(std::env::current_exe().unwrap())
+                .env("ADS_WORKER", "1")
+                .env("ADS_PORTS", &ports)
+                .env("ADS_FIRST", first.to_string())
+                .env("ADS_COUNT", count.to_string())
+                .env("ADS_INITIAL", initial.to_string())
+                .env("ADS_TOKEN", token)
+                .env("ADS_TRUST_FILE", trust)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start a worker");
+            let stdout = c.stdout.take().unwrap();
+            let stdin = c.stdin.take().unwrap();
+            let t = tally.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if line == "synced" {
+                        t.synced.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some(ns) = line.strip_prefix("ack ") {
+                        t.acks.lock().unwrap().push(ns.parse().unwrap_or(0));
+                    } else if let Some(ns) = line.strip_prefix("resync ") {
+                        t.resyncs.lock().unwrap().push(ns.parse().unwrap_or(0));
+                    }
+                }
+            });
+            children.push((c, stdin));
+            first += count;
+        }
+        Workers { children, tally }
+    }
+
+    fn target(&mut self, v: u64) {
+        for (_, stdin) in &mut self.children {
+            let _ = writeln!(stdin, "target {v}");
+            let _ = stdin.flush();
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for (c, _) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -286,94 +495,185 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-fn run(n: usize) -> (f64, f64, f64, f64, f64, usize, usize) {
-    let server = Server::start();
-    let initial = server.apply((8, 1, 1));
-    let creds = server.creds();
-    let rss0 = server.rss_kib();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let shared = Arc::new(Shared::default());
+struct Row {
+    connect_s: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    kib_per_client: Vec<f64>,
+    rss_mib: Vec<f64>,
+    synced: usize,
+    acked: usize,
+    failover_ms: Vec<f64>,
+}
+
+fn run(n: usize, replicas: usize, failovers: usize) -> Row {
+    let etcd = (replicas > 1).then(|| maille_testkit::Etcd::start(1));
+    let dirs: Vec<tempfile::TempDir> = (0..replicas)
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let store = etcd.as_ref().map(|e| e.store_url());
+    let mut servers: Vec<Server> = dirs
+        .iter()
+        .map(|d| Server::start(d.path(), store.as_deref()))
+        .collect();
+    let initial = servers[0].apply((8, 1, 1));
+    let (token, trust) = servers[0].creds();
+    let trust_file = dirs[0].path().join("trust.pem");
+    std::fs::write(&trust_file, trust).unwrap();
+    let rss0: Vec<u64> = servers.iter().map(Server::rss_kib).collect();
+    let ports: Vec<u16> = servers.iter().map(|s| s.xds).collect();
     let start = Instant::now();
-    let errors = Arc::new(AtomicUsize::new(0));
-    for i in 0..n {
-        // Envoys of a fleet do not all connect in the same millisecond: 500 per 50 ms.
-        if i > 0 && i % 500 == 0 {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let (s, e, c) = (shared.clone(), errors.clone(), creds.clone());
-        let port = server.xds;
-        rt.spawn(async move {
-            if client(port, c, i, initial, s).await.is_err() {
-                e.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while shared.synced.load(Ordering::Relaxed) < n {
-        if Instant::now() > deadline {
-            break;
-        }
+    let mut workers = Workers::start(n, &ports, initial, &token, &trust_file);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while workers.tally.synced.load(Ordering::Relaxed) < n && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let connect_s = start.elapsed().as_secs_f64();
-    let synced = shared.synced.load(Ordering::Relaxed);
+    let synced = workers.tally.synced.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(500));
-    let rss1 = server.rss_kib();
+    let rss1: Vec<u64> = servers.iter().map(Server::rss_kib).collect();
+    let on: Vec<usize> = servers.iter().map(Server::clients).collect();
 
-    // The weight change.
-    *shared.t0.lock().unwrap() = Some(Instant::now());
-    shared.target.store(initial + 1, Ordering::Release);
-    let v = server.apply((5, 5, 0));
+    // The weight change, through the first server.
+    workers.target(initial + 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = now_ns();
+    let v = servers[0].apply((5, 5, 0));
     assert_eq!(v, initial + 1);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while shared.ack_ms.lock().unwrap().len() < synced && Instant::now() < deadline {
+    while workers.tally.acks.lock().unwrap().len() < synced && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut acks = shared.ack_ms.lock().unwrap().clone();
+    let mut acks: Vec<f64> = workers
+        .tally
+        .acks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|ns| ns.saturating_sub(t0) as f64 / 1e6)
+        .collect();
     acks.sort_by(f64::total_cmp);
-    let per_client_kib = (rss1.saturating_sub(rss0)) as f64 / synced.max(1) as f64;
-    rt.shutdown_timeout(Duration::from_secs(1));
-    (
+
+    // Failover: a server SIGKILLed; the time until every Envoy it had is synced elsewhere.
+    let mut failover_ms = Vec::new();
+    for round in 0..failovers {
+        let k = round % replicas;
+        let had = servers[k].clients();
+        let before = workers.tally.resyncs.lock().unwrap().len();
+        let t_kill = now_ns();
+        servers[k].kill();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while workers.tally.resyncs.lock().unwrap().len() < before + had
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let r = workers.tally.resyncs.lock().unwrap();
+        let last = r[before..].iter().max().copied().unwrap_or(t_kill);
+        let done = r.len() - before;
+        drop(r);
+        assert_eq!(
+            done, had,
+            "round {round}: {done} of {had} Envoys synced elsewhere"
+        );
+        failover_ms.push(last.saturating_sub(t_kill) as f64 / 1e6);
+        servers[k].spawn();
+    }
+    let kib_per_client = rss0
+        .iter()
+        .zip(&rss1)
+        .zip(&on)
+        .map(|((a, b), c)| b.saturating_sub(*a) as f64 / (*c).max(1) as f64)
+        .collect();
+    let rss_mib = rss1.iter().map(|k| *k as f64 / 1024.0).collect();
+    drop(workers);
+    Row {
         connect_s,
-        pct(&acks, 0.5),
-        pct(&acks, 0.99),
-        acks.last().copied().unwrap_or(f64::NAN),
-        per_client_kib,
+        p50: pct(&acks, 0.5),
+        p99: pct(&acks, 0.99),
+        max: acks.last().copied().unwrap_or(f64::NAN),
+        kib_per_client,
+        rss_mib,
         synced,
-        acks.len(),
-    )
+        acked: acks.len(),
+        failover_ms,
+    }
+}
+
+fn counts(var: &str, default: &str) -> Vec<usize> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+fn list(v: &[f64], digits: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 fn main() {
+    if std::env::var_os("ADS_WORKER").is_some() {
+        return worker_main();
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     // `cargo bench` passes `--bench`; nothing else is taken.
-    let counts: Vec<usize> = std::env::var("ADS_CLIENTS")
-        .unwrap_or_else(|_| "1000,5000,10000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let header = || {
+        println!(
+            "{:>8} {:>10} {:>14} {:>8} {:>8} {:>22} {:>22} {:>7} {:>7}",
+            "clients",
+            "connect s",
+            "apply→ACK p50",
+            "p99 ms",
+            "max ms",
+            "KiB/client per server",
+            "RSS MiB per server",
+            "synced",
+            "acked"
+        );
+    };
+    let line = |n: usize, r: &Row| {
+        println!(
+            "{n:>8} {:>10.2} {:>14.1} {:>8.1} {:>8.1} {:>22} {:>22} {:>7} {:>7}",
+            r.connect_s,
+            r.p50,
+            r.p99,
+            r.max,
+            list(&r.kib_per_client, 1),
+            list(&r.rss_mib, 0),
+            r.synced,
+            r.acked
+        );
+    };
     println!(
         "ADS fan-out: simulated Envoys on one maille-control (release), 2 cores, same machine"
     );
+    header();
+    for n in counts("ADS_CLIENTS", "1000,5000,10000") {
+        line(n, &run(n, 1, 0));
+    }
+    println!();
     println!(
-        "{:>8} {:>12} {:>14} {:>14} {:>14} {:>16} {:>8} {:>8}",
-        "clients",
-        "connect s",
-        "apply→ACK p50",
-        "p99 ms",
-        "max ms",
-        "server KiB/client",
-        "synced",
-        "acked"
+        "Three maille-control sharing a one-member etcd; clients spread over them, the change applied through the first; failover: a server SIGKILLed until all its Envoys are synced on another"
     );
-    for n in counts {
-        let (c, p50, p99, max, kib, synced, acked) = run(n);
+    header();
+    let mut failovers = Vec::new();
+    for n in counts("ADS_REPLICA_CLIENTS", "10000,30000") {
+        let r = run(n, 3, 5);
+        line(n, &r);
+        failovers.push((n, r.failover_ms));
+    }
+    for (n, mut f) in failovers {
+        f.sort_by(f64::total_cmp);
         println!(
-            "{n:>8} {c:>12.2} {p50:>14.1} {p99:>14.1} {max:>14.1} {kib:>16.1} {synced:>8} {acked:>8}"
+            "failover with {n} clients: median {:.0} ms over {} kills ({} ms)",
+            pct(&f, 0.5),
+            f.len(),
+            list(&f, 0)
         );
     }
 }

@@ -496,8 +496,61 @@ async fn signal(
     }
     tracing::info!(node = %node, cluster = %sig.cluster, from = ?sig.from, to = ?sig.to, generation = sig.generation, "breaker signal");
     s.rollouts.on_signal(&sig);
+    // Rollouts run on the leading server: a circuit opening reaches it from whichever
+    // server the proxy's control cluster chose (once: a forwarded signal goes no further).
+    if sig.to == maille_api::CircuitState::Open && !headers.contains_key(FORWARDED) {
+        if let Some(leader) = s.rollouts.leader().filter(|l| !l.me) {
+            if let (Some(to), Some(auth)) =
+                (leader.holder, headers.get(header::AUTHORIZATION).cloned())
+            {
+                forward_signal(to, auth, bytes.clone(), s.ca.trust_bundle().to_owned());
+            }
+        }
+    }
     s.signals.record(&node, sig, bytes.len());
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// Marks a signal one server forwarded to the leading one.
+const FORWARDED: &str = "x-maille-forwarded";
+
+/// Posts a breaker signal to the leading server `to` (in the background, bounded to 5 s).
+fn forward_signal(
+    to: String,
+    auth: axum::http::HeaderValue,
+    body: axum::body::Bytes,
+    trust: String,
+) {
+    tokio::task::spawn_blocking(move || {
+        use ureq::tls::{PemItem, RootCerts, TlsConfig};
+        let roots: Vec<_> = ureq::tls::parse_pem(trust.as_bytes())
+            .filter_map(|p| match p {
+                Ok(PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(5)))
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::Specific(Arc::new(roots)))
+                    .build(),
+            )
+            .build()
+            .into();
+        let sent = agent
+            .post(&format!("{to}{}", paths::SIGNAL))
+            .header(
+                header::AUTHORIZATION.as_str(),
+                auth.to_str().unwrap_or_default(),
+            )
+            .header(FORWARDED, "1")
+            .content_type("application/json")
+            .send(&body[..]);
+        if let Err(e) = sent {
+            tracing::warn!(leader = %to, error = %e, "forwarding a breaker signal to the leader");
+        }
+    });
 }
 
 async fn signals(State(s): State<AppState>) -> Response {

@@ -74,7 +74,16 @@ pub struct Clients {
     memory: Mutex<Memory>,
     /// A store shared with other servers, where refusals are kept for them too.
     store: Option<Arc<dyn Store>>,
+    /// The refusals the store held when last read, and when: read again at most once a
+    /// second, so that a thousand Envoys reconnecting at once cost one read.
+    kept: Mutex<Option<(std::time::Instant, Arc<Kept>)>>,
 }
+
+/// Refusals read from a shared store: their records by (node id, type URL).
+type Kept = HashMap<(String, String), Vec<u8>>;
+
+/// How long the refusals read from a shared store are taken as current.
+const KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Seconds since the epoch.
 pub fn now_secs() -> f64 {
@@ -217,14 +226,9 @@ impl Clients {
             }
         }
         // Unknown here: the node may have refused it on another server.
-        let kept = match self.store.as_ref()?.refusal(node, type_url) {
-            Ok(k) => k?,
-            Err(e) => {
-                tracing::warn!(node, error = %e, "reading a refusal another server kept");
-                return None;
-            }
-        };
-        let record: Record = serde_json::from_slice(&kept).ok()?;
+        let all = self.kept_refusals()?;
+        let kept = all.get(&(node.to_owned(), type_url.to_owned()))?;
+        let record: Record = serde_json::from_slice(kept).ok()?;
         let good = record.good();
         let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         m.refused.insert(key.clone(), record.refused);
@@ -233,6 +237,30 @@ impl Clients {
             m.last_good.insert(key, g.clone());
         }
         (record.refused == hash).then_some(good).flatten()
+    }
+
+    /// The refusals a shared store keeps, read at most once per [`KEPT_FOR`].
+    fn kept_refusals(&self) -> Option<Arc<Kept>> {
+        let store = self.store.as_ref()?;
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, all)) = kept.as_ref() {
+            if at.elapsed() < KEPT_FOR {
+                return Some(all.clone());
+            }
+        }
+        let all = match store.refusals() {
+            Ok(v) => Arc::new(
+                v.into_iter()
+                    .map(|(n, t, b)| ((n, t), b))
+                    .collect::<HashMap<_, _>>(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the refusals other servers kept");
+                Arc::new(HashMap::new())
+            }
+        };
+        *kept = Some((std::time::Instant::now(), all.clone()));
+        Some(all)
     }
 
     /// Whether `node` refused `hash` of `type_url`.

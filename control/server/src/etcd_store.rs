@@ -546,13 +546,25 @@ impl Store for EtcdStore {
         }
     }
 
-    fn refusal(&self, node: &str, type_url: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let k = format!("{REFUSALS}{type_url}/{node}");
-        let r = self.call("reading a refusal", move |mut c| {
-            let k = k.clone();
-            async move { c.get(k, None).await }
+    fn refusals(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let r = self.call("reading the refusals", |mut c| async move {
+            c.get(REFUSALS, Some(GetOptions::new().with_prefix())).await
         })?;
-        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        Ok(r.kvs()
+            .iter()
+            .filter_map(|kv| {
+                let k = String::from_utf8_lossy(kv.key());
+                // `<type URL>/<node id>`: a type URL has one `/`, a node id several.
+                let rest = k.strip_prefix(REFUSALS)?;
+                let (domain, after) = rest.split_once('/')?;
+                let (name, node) = after.split_once('/')?;
+                Some((
+                    node.to_owned(),
+                    format!("{domain}/{name}"),
+                    kv.value().to_vec(),
+                ))
+            })
+            .collect())
     }
 
     fn servers(&self) -> Vec<(String, u16, u16)> {

@@ -69,10 +69,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let _ = (node, type_url, record);
         Ok(())
     }
-    /// What [`Store::save_refusal`] kept for `node` and `type_url`.
-    fn refusal(&self, node: &str, type_url: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let _ = (node, type_url);
-        Ok(None)
+    /// Everything [`Store::save_refusal`] kept: `(node, type URL, record)`.
+    fn refusals(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        Ok(Vec::new())
     }
     /// The live servers sharing the store, `(address, ADS port, HTTP port)` (none for a
     /// store of one server).
