@@ -43,7 +43,8 @@ bench-collector: setup
 
 ## The control server: what a one-route apply costs in 1,000- and 10,000-node meshes; CPU of
 ## 100 rollouts; time from a failing canary to traffic back on stable (analysis, breaker); ADS
-## fan-out to 1,000 / 5,000 / 10,000 simulated Envoys, apply-to-ACK p50/p99, memory per client;
+## fan-out to 1,000 / 5,000 / 10,000 simulated Envoys on one server and 10,000 / 30,000 over
+## three sharing etcd, apply-to-ACK p50/p99, memory per client, failover after a SIGKILL;
 ## requests/s and p99 with the mesh's mTLS STRICT vs DISABLED, CPU per 1,000 certificate rotations.
 bench-control: filters
 	$(CARGO) bench -p maille-control --bench apply

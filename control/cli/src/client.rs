@@ -149,6 +149,17 @@ pub fn find_ca() -> Option<Vec<ureq::tls::Certificate<'static>>> {
     files.push(std::path::PathBuf::from(CA_FILE));
     files.push(std::path::Path::new("/var/lib/maille").join(CA_FILE));
     files.into_iter().find_map(|f| {
+        // One that others may write is not trusted: whoever wrote it could stand in for the
+        // server and collect the token.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&f).ok()?.permissions().mode();
+        if mode & 0o022 != 0 {
+            eprintln!(
+                "warning: {} is writable by others: not trusted as the server's CA",
+                f.display()
+            );
+            return None;
+        }
         let certs = pem_certificates(&std::fs::read_to_string(f).ok()?);
         (!certs.is_empty()).then_some(certs)
     })

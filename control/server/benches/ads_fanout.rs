@@ -554,6 +554,10 @@ fn run(n: usize, replicas: usize, failovers: usize) -> Row {
         .map(|ns| ns.saturating_sub(t0) as f64 / 1e6)
         .collect();
     acks.sort_by(f64::total_cmp);
+    eprintln!(
+        "DEBUG on at sync {on:?}, after the change {:?}",
+        servers.iter().map(Server::clients).collect::<Vec<_>>()
+    );
 
     // Failover: a server SIGKILLed; the time until every Envoy it had is synced elsewhere.
     let mut failover_ms = Vec::new();

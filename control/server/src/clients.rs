@@ -231,6 +231,9 @@ impl Clients {
         let record: Record = serde_json::from_slice(kept).ok()?;
         let good = record.good();
         let mut m = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        if m.refused.len() >= MAX_REMEMBERED || m.shared.len() >= MAX_REMEMBERED {
+            return (record.refused == hash).then_some(good).flatten();
+        }
         m.refused.insert(key.clone(), record.refused);
         m.shared.insert(key.clone());
         if let Some(g) = &good {
@@ -242,10 +245,13 @@ impl Clients {
     /// The refusals a shared store keeps, read at most once per [`KEPT_FOR`].
     fn kept_refusals(&self) -> Option<Arc<Kept>> {
         let store = self.store.as_ref()?;
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, all)) = kept.as_ref() {
-            if at.elapsed() < KEPT_FOR {
-                return Some(all.clone());
+        {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            match kept.as_mut() {
+                Some((at, all)) if at.elapsed() < KEPT_FOR => return Some(all.clone()),
+                // Stale: this caller reads; the others meanwhile take the stale copy.
+                Some((at, _)) => *at = std::time::Instant::now(),
+                None => {}
             }
         }
         let all = match store.refusals() {
@@ -259,7 +265,8 @@ impl Clients {
                 Arc::new(HashMap::new())
             }
         };
-        *kept = Some((std::time::Instant::now(), all.clone()));
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), all.clone()));
         Some(all)
     }
 

@@ -38,6 +38,9 @@ const SECRETS: &str = "maille/secrets/";
 const LEADER: &str = "maille/leader";
 const SERVERS: &str = "maille/servers/";
 const REFUSALS: &str = "maille/refusals/";
+/// The id of the last commit, written with it: a commit tried again after its answer was
+/// lost finds its own id there.
+const LAST_COMMIT: &str = "maille/last-commit";
 
 type Job = Box<dyn FnOnce(Client) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -111,7 +114,9 @@ impl EtcdStore {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(OP_TIMEOUT)
             .with_timeout(ATTEMPT)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            // A member cut off from the others answers nothing rather than old state.
+            .with_require_leader(true);
         if address.tls {
             let mut t = etcd_client::TlsOptions::new();
             if let Some(ca) = &tls.ca_pem {
@@ -211,7 +216,16 @@ impl EtcdStore {
             )
         };
         self.jobs.send(job).map_err(|_| gone())?;
-        match rx.recv_timeout(OP_TIMEOUT + Duration::from_secs(1)) {
+        let wait = || rx.recv_timeout(OP_TIMEOUT + Duration::from_secs(1));
+        // Called from async code (the write path, ADS): let the runtime move its other tasks
+        // to another worker while this one waits.
+        let got = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        match got {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(e))) => Err(etcd_err(what, format!("{e} (at {})", self.address))),
             Ok(Err(_)) | Err(_) => Err(gone()),
@@ -276,7 +290,7 @@ async fn follow(mut client: Client, tx: watch::Sender<u64>) {
 
 /// Holds (or waits for) the leader key, bound to a lease of `ttl` kept alive: whoever holds
 /// it leads; when its holder stops keeping its lease, etcd deletes the key within `ttl` and
-/// another takes it. A leader that cannot reach etcd for two thirds of `ttl` steps down
+/// another takes it. A leader that cannot reach etcd for half of `ttl` steps down
 /// before its lease can end, so two never lead at once.
 async fn campaign(
     mut c: Client,
@@ -286,7 +300,9 @@ async fn campaign(
     tx: watch::Sender<Leader>,
 ) {
     let secs = ttl.as_secs().max(1) as i64;
-    let tick = ttl / 3;
+    // Each wait is at most an eighth of the lease, so a leader that cannot renew it notices
+    // within half the lease plus three waits: before the lease can end.
+    let tick = ttl / 8;
     let set = |tx: &watch::Sender<Leader>, l: Leader| {
         tx.send_if_modified(|cur| {
             let changed = *cur != l;
@@ -295,6 +311,7 @@ async fn campaign(
         });
     };
     let mut held_lease = None;
+    let id = format!("{:032x}", rand::random::<u128>());
     while !tx.is_closed() {
         let lease = match c.lease_grant(secs, None).await {
             Ok(l) => l.id(),
@@ -310,18 +327,21 @@ async fn campaign(
             continue;
         };
         let mut last_ok = tokio::time::Instant::now();
-        // Among the live servers while this lease lives (bootstraps list them).
-        let listed = c
-            .put(
-                format!("{SERVERS}{me}"),
-                server.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await;
-        if let Err(e) = listed {
-            tracing::warn!(error = %e, "etcd: listing this server");
-        }
+        let mut listed = false;
         while !tx.is_closed() {
+            // Among the live servers while this lease lives (bootstraps list them), under an
+            // id of this process's own.
+            if !listed {
+                let put = c.put(
+                    format!("{SERVERS}{id}"),
+                    server.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                );
+                match tokio::time::timeout(tick, put).await {
+                    Ok(Ok(_)) => listed = true,
+                    _ => tracing::warn!("etcd: listing this server; trying again"),
+                }
+            }
             let take = Txn::new()
                 .when([Compare::create_revision(LEADER, CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
@@ -364,7 +384,7 @@ async fn campaign(
                     last_ok = tokio::time::Instant::now();
                 }
             }
-            if last_ok.elapsed() > ttl * 2 / 3 {
+            if last_ok.elapsed() > ttl / 2 {
                 if tx.borrow().me {
                     tracing::warn!(%me, "etcd unreachable: no longer leading");
                 }
@@ -447,18 +467,30 @@ impl Store for EtcdStore {
             ops.push(TxnOp::delete(format!("{RESOURCES}{}", key_string(k)), None));
         }
         ops.push(TxnOp::put(VERSION, version.to_string(), None));
+        let id = format!("{version}-{:032x}", rand::random::<u128>());
+        ops.push(TxnOp::put(LAST_COMMIT, id.clone(), None));
         // Only on top of the version this one follows: one sequence across replicas.
         let follows = if version <= 1 {
             Compare::version(VERSION, CompareOp::Equal, 0)
         } else {
             Compare::value(VERSION, CompareOp::Equal, (version - 1).to_string())
         };
-        let txn = Txn::new().when([follows]).and_then(ops);
+        let txn = Txn::new()
+            .when([follows])
+            .and_then(ops)
+            .or_else([TxnOp::get(LAST_COMMIT, None)]);
         let resp = self.call("committing", move |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })?;
-        if resp.succeeded() {
+        let ours = resp.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.value() == id.as_bytes()),
+            _ => false,
+        });
+        if resp.succeeded() || ours {
             Ok(())
         } else {
             Err(StoreError(format!(

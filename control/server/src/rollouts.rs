@@ -10,7 +10,7 @@
 use crate::analysis::evaluate;
 use crate::mesh::Mesh;
 use crate::metrics::MeshMetrics;
-use crate::store::{Leader, Store};
+use crate::store::{Leader, Store, StoreError};
 use maille_api::{
     BreakerSignal, Check, CircuitState, Event, Phase, RolloutAction, RolloutStatus, Sample, Verdict,
 };
@@ -102,7 +102,7 @@ impl Rollouts {
         leader: Option<watch::Receiver<Leader>>,
         mut stop: watch::Receiver<bool>,
     ) -> (Rollouts, tokio::task::JoinHandle<()>) {
-        let statuses = load_statuses(store.as_ref());
+        let statuses = load_statuses(store.as_ref()).unwrap_or_default();
         let r = Rollouts {
             inner: Arc::new(Inner {
                 mesh,
@@ -133,8 +133,20 @@ impl Rollouts {
                 let now = leader.borrow_and_update().me;
                 if now && !leading {
                     // Where the last leader left each rollout.
-                    let kept = load_statuses(sup.inner.store.as_ref());
-                    *sup.inner.statuses.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+                    // Where the last leader left each rollout; not read: no rollout starts
+                    // (it would start again from its first step), tried again in a second.
+                    match load_statuses(sup.inner.store.as_ref()) {
+                        Ok(kept) => {
+                            *sup.inner.statuses.lock().unwrap_or_else(|e| e.into_inner()) = kept
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "leading, but the rollouts' statuses are unreadable; trying again in 1 s");
+                            tokio::select! {
+                                _ = stop.wait_for(|s| *s) => break,
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            }
+                        }
+                    }
                 } else if !now && leading {
                     sup.stop_tasks().await;
                 }
@@ -193,39 +205,34 @@ impl Rollouts {
     /// On a server that does not lead, the statuses as the leader keeps them.
     fn refresh(&self) {
         if self.leading().is_err() {
-            let kept = load_statuses(self.inner.store.as_ref());
-            *self
-                .inner
-                .statuses
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = kept;
+            if let Ok(kept) = load_statuses(self.inner.store.as_ref()) {
+                *self
+                    .inner
+                    .statuses
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = kept;
+            }
         }
     }
 }
 
 /// The statuses kept in `store` (one unreadable is logged and starts again).
-fn load_statuses(store: &dyn Store) -> BTreeMap<Key, RolloutStatus> {
+fn load_statuses(store: &dyn Store) -> Result<BTreeMap<Key, RolloutStatus>, StoreError> {
     let mut statuses = BTreeMap::new();
-    {
-        match store.rollout_statuses() {
-            Ok(all) => {
-                for (k, bytes) in all {
-                    match serde_json::from_slice::<RolloutStatus>(&bytes) {
-                        Ok(s) => {
-                            statuses.insert(k, s);
-                        }
-                        Err(e) => {
-                            tracing::error!(rollout = %k, error = %e, "kept rollout status unreadable; it starts again")
-                        }
-                    }
-                }
+    let all = store.rollout_statuses().inspect_err(|e| {
+        tracing::error!(error = %e, "rollout statuses unreadable");
+    })?;
+    for (k, bytes) in all {
+        match serde_json::from_slice::<RolloutStatus>(&bytes) {
+            Ok(s) => {
+                statuses.insert(k, s);
             }
             Err(e) => {
-                tracing::error!(error = %e, "rollout statuses unreadable; rollouts start again")
+                tracing::error!(rollout = %k, error = %e, "kept rollout status unreadable; it starts again")
             }
         }
     }
-    statuses
+    Ok(statuses)
 }
 
 impl Rollouts {
