@@ -114,7 +114,7 @@ fn a_change_through_one_replica_reaches_the_envoys_of_another() {
 #[test]
 fn concurrent_changes_through_every_replica_end_in_one_state() {
     let rt = runtime();
-    let etcd = Etcd::start(1);
+    let etcd = Etcd::start(3);
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let replicas: Vec<Control> = dirs
         .iter()
@@ -129,9 +129,9 @@ fn concurrent_changes_through_every_replica_end_in_one_state() {
     let (ok, out, err) = replicas[0].ctl(&["apply", "-f", &f]);
     assert!(ok, "{out}{err}");
     let start = replicas[0].running.as_ref().unwrap().mesh.current().version;
-    // 60 applies, each a different weight, 20 through each replica, all at once.
-    let route = |w: u64| -> Value {
-        colorteller(&apps, &[("white", w as u32), ("black", 100 - w as u32)])
+    // 198 applies, each its own pair of weights, 66 through each replica, all at once.
+    let route = |w: (u64, u64)| -> Value {
+        colorteller(&apps, &[("white", w.0 as u32), ("black", w.1 as u32)])
             .as_array()
             .unwrap()
             .iter()
@@ -139,13 +139,14 @@ fn concurrent_changes_through_every_replica_end_in_one_state() {
             .unwrap()
             .clone()
     };
-    let n = 60u64;
-    let results: Vec<(u64, Value)> = std::thread::scope(|s| {
+    let n = 198u64;
+    let results: Vec<((u64, u64), Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|i| {
                 let r = &replicas[(i % 3) as usize];
-                let body = serde_json::json!({"resources": [{"route": route(i + 1)}]});
-                s.spawn(move || (i + 1, r.post("/v1/apply", &body)))
+                let w = (i % 99 + 1, 100 - (i % 99 + 1) + i / 99);
+                let body = serde_json::json!({"resources": [{"route": route(w)}]});
+                s.spawn(move || (w, r.post("/v1/apply", &body)))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -155,7 +156,7 @@ fn concurrent_changes_through_every_replica_end_in_one_state() {
         .map(|(w, r)| {
             r["version"]
                 .as_u64()
-                .unwrap_or_else(|| panic!("apply of weight {w} failed: {r}"))
+                .unwrap_or_else(|| panic!("apply of weights {w:?} failed: {r}"))
         })
         .collect();
     versions.sort();
@@ -176,7 +177,7 @@ fn concurrent_changes_through_every_replica_end_in_one_state() {
                 (v == start + n, v)
             },
         );
-        assert_eq!(weights(r), [last, 100 - last]);
+        assert_eq!(weights(r), [last.0, last.1]);
     }
 }
 
