@@ -291,8 +291,10 @@ enum Write<F> {
 /// The commit of a change that commits nothing.
 type NoCommit = fn(&dyn Store, u64) -> Result<(), StoreError>;
 
-/// How many times a change is tried again on top of another server's (a shared store).
+/// How many times a version bump is tried again on top of another server's (a shared store).
 const MAX_CONFLICTS: u32 = 16;
+/// How long a change is tried again on top of other servers' before it is refused.
+const CONFLICTS_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The served mesh and its write path.
 #[derive(Debug)]
@@ -417,18 +419,22 @@ impl Mesh {
             return Err(SpecErrors(errors).into());
         }
         let _guard = self.write.lock().await;
-        let mut tries = 0;
+        let mut tries = 0u32;
+        let give_up = Instant::now() + CONFLICTS_FOR;
         loop {
             match self.apply_locked(resources.clone(), keys.clone(), dry_run, exists) {
-                Err(ApplyError::Store(e)) if e.is_conflict() && tries < MAX_CONFLICTS => {
+                Err(ApplyError::Store(e)) if e.is_conflict() && Instant::now() < give_up => {
                     // Another replica wrote first: take its state, then check and write
-                    // this change again on top of it.
+                    // this change again on top of it, after a random wait that grows with
+                    // the tries, so that servers racing each other do not race again.
                     tries += 1;
                     tracing::info!(
                         tries,
                         "another server wrote first; applying on top of its change"
                     );
                     self.catch_up_locked()?;
+                    let ms = rand::random::<u64>() % (5 * u64::from(tries.min(20)) + 1);
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 }
                 other => return other,
             }
