@@ -522,22 +522,7 @@ fn forward_signal(
     trust: String,
 ) {
     tokio::task::spawn_blocking(move || {
-        use ureq::tls::{PemItem, RootCerts, TlsConfig};
-        let roots: Vec<_> = ureq::tls::parse_pem(trust.as_bytes())
-            .filter_map(|p| match p {
-                Ok(PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(5)))
-            .tls_config(
-                TlsConfig::builder()
-                    .root_certs(RootCerts::Specific(Arc::new(roots)))
-                    .build(),
-            )
-            .build()
-            .into();
+        let agent = crate::https::agent_trusting(&trust, std::time::Duration::from_secs(5));
         let sent = agent
             .post(&format!("{to}{}", paths::SIGNAL))
             .header(
@@ -547,8 +532,14 @@ fn forward_signal(
             .header(FORWARDED, "1")
             .content_type("application/json")
             .send(&body[..]);
-        if let Err(e) = sent {
-            tracing::warn!(leader = %to, error = %e, "forwarding a breaker signal to the leader");
+        match sent {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                tracing::warn!(leader = %to, status = %r.status(), "forwarding a breaker signal to the leader")
+            }
+            Err(e) => {
+                tracing::warn!(leader = %to, error = %e, "forwarding a breaker signal to the leader")
+            }
         }
     });
 }

@@ -36,6 +36,28 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// An HTTPS client that trusts the CA certificates of `trust` (PEM) only, each call
+/// bounded by `timeout`, statuses as values: how one server calls another.
+pub fn agent_trusting(trust: &str, timeout: Duration) -> ureq::Agent {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig};
+    let roots: Vec<_> = ureq::tls::parse_pem(trust.as_bytes())
+        .filter_map(|p| match p {
+            Ok(PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::Specific(Arc::new(roots)))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
 /// Connections of one port, after their handshake.
 #[derive(Debug)]
 pub struct TlsListener {
@@ -154,7 +176,7 @@ mod tests {
         }
         // One that speaks TLS is served at once.
         let client = tokio::task::spawn_blocking(move || {
-            let agent = crate::https::tests::agent(&trust);
+            let agent = agent_trusting(&trust, Duration::from_secs(5));
             agent
                 .get(&format!("https://127.0.0.1:{}/", addr.port()))
                 .call()
@@ -196,24 +218,5 @@ mod tests {
             TcpListener::bind(addr).await.is_ok(),
             "the port is still held"
         );
-    }
-
-    pub(crate) fn agent(trust: &str) -> ureq::Agent {
-        use ureq::tls::{Certificate, RootCerts, TlsConfig};
-        let roots = ureq::tls::parse_pem(trust.as_bytes())
-            .filter_map(|p| match p {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect::<Vec<Certificate<'static>>>();
-        ureq::Agent::config_builder()
-            .tls_config(
-                TlsConfig::builder()
-                    .root_certs(RootCerts::Specific(Arc::new(roots)))
-                    .build(),
-            )
-            .http_status_as_error(false)
-            .build()
-            .into()
     }
 }
