@@ -291,9 +291,8 @@ enum Write<F> {
 /// The commit of a change that commits nothing.
 type NoCommit = fn(&dyn Store, u64) -> Result<(), StoreError>;
 
-/// How many times a version bump is tried again on top of another server's (a shared store).
-const MAX_CONFLICTS: u32 = 16;
-/// How long a change is tried again on top of other servers' before it is refused.
+/// How long a change (or a version bump) is tried again on top of other servers' before it
+/// is refused.
 const CONFLICTS_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The served mesh and its write path.
@@ -547,14 +546,13 @@ impl Mesh {
     /// of what another server sharing the store wrote if it wrote first. The snapshot it
     /// follows, and the version.
     fn commit_bump(&self) -> Result<(Arc<Snapshot>, u64), StoreError> {
-        let mut tries = 0;
+        let give_up = Instant::now() + CONFLICTS_FOR;
         loop {
             let cur = self.current();
             let version = cur.version + 1;
             match self.store.commit(version, &[], &[]) {
                 Ok(()) => return Ok((cur, version)),
-                Err(e) if e.is_conflict() && tries < MAX_CONFLICTS => {
-                    tries += 1;
+                Err(e) if e.is_conflict() && Instant::now() < give_up => {
                     self.catch_up_locked()?;
                 }
                 Err(e) => return Err(e),
