@@ -223,6 +223,26 @@ pub struct StatusAnswer {
     /// does. Absent for a server alone on its store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<LeaderStatus>,
+    /// What this server asks AWS Cloud Map for the mesh's `awsCloudMap` nodes. Absent while
+    /// no node uses Cloud Map.
+    #[serde(default, rename = "cloudMap", skip_serializing_if = "Option::is_none")]
+    pub cloud_map: Option<CloudMapStatus>,
+}
+
+/// Cloud Map discovery as one server does it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudMapStatus {
+    /// Whether this server asks Cloud Map. Among servers sharing a store only the leader
+    /// does; the others serve the answers it keeps in the store.
+    pub asking: bool,
+    /// `DiscoverInstances` calls this server has made since it started.
+    pub calls: u64,
+    /// The questions the nodes ask (`namespace/service attr=value…`).
+    pub queries: usize,
+    /// The questions whose last call failed, with the error; they keep their last answer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failing: BTreeMap<String, String>,
 }
 
 /// Who leads among servers sharing a store.

@@ -6,46 +6,10 @@
 
 mod common;
 
-use aws_sdk_servicediscovery::Client;
 use common::*;
 use maille_testkit::{free_port, Moto};
-use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-fn client(endpoint: &str) -> Client {
-    use aws_sdk_servicediscovery::config::{
-        BehaviorVersion, Credentials, Region, SharedCredentialsProvider,
-    };
-    let cfg = aws_config::SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            "test", "test", None, None, "static",
-        )))
-        .build();
-    Client::new(&cfg)
-}
-
-/// The mesh: a gateway calling `colorteller.local`, provided by one node found in Cloud Map
-/// (namespace `demo.local`, service `colorteller`, instances with `stage=prod` only).
-fn mesh() -> Value {
-    json!([
-        // The colours are bare apps with no Envoy of their own: no mesh mTLS.
-        {"meshName": "demo", "spec": {}, "maille": {"mtls": "DISABLED"}},
-        {"meshName": "demo", "virtualNodeName": "gateway", "spec": {
-            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
-            "backends": [{"virtualService": {"virtualServiceName": "colorteller.local"}}]}},
-        {"meshName": "demo", "virtualNodeName": "colors", "spec": {
-            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
-            "serviceDiscovery": {"awsCloudMap": {
-                "namespaceName": "demo.local", "serviceName": "colorteller",
-                "attributes": [{"key": "stage", "value": "prod"}]}}}},
-        {"meshName": "demo", "virtualServiceName": "colorteller.local", "spec": {
-            "provider": {"virtualNode": {"virtualNodeName": "colors"}}}}
-    ])
-}
 
 #[test]
 fn envoy_follows_cloud_map_instances_as_they_register_and_deregister() {
@@ -58,54 +22,16 @@ fn envoy_follows_cloud_map_instances_as_they_register_and_deregister() {
     std::env::set_var("AWS_REGION", "us-east-1");
 
     let apps = Apps::start(&rt, &["white", "black", "blue"]);
-    let sd = client(&moto.url());
-    let service_id = rt.block_on(async {
-        sd.create_http_namespace()
-            .name("demo.local")
-            .send()
-            .await
-            .expect("namespace");
-        let ns = sd.list_namespaces().send().await.expect("namespaces");
-        let ns_id = ns.namespaces()[0].id().unwrap().to_owned();
-        sd.create_service()
-            .name("colorteller")
-            .namespace_id(ns_id)
-            .send()
-            .await
-            .expect("service")
-            .service()
-            .and_then(|s| s.id())
-            .unwrap()
-            .to_owned()
-    });
-    let register = |name: &str, stage: &str| {
-        rt.block_on(
-            sd.register_instance()
-                .service_id(&service_id)
-                .instance_id(name)
-                .attributes("AWS_INSTANCE_IPV4", "127.0.0.1")
-                .attributes("AWS_INSTANCE_PORT", apps.ports[name].to_string())
-                .attributes("stage", stage)
-                .send(),
-        )
-        .unwrap_or_else(|e| panic!("register {name}: {e:?}"));
-    };
-    let deregister = |name: &str| {
-        rt.block_on(
-            sd.deregister_instance()
-                .service_id(&service_id)
-                .instance_id(name)
-                .send(),
-        )
-        .unwrap_or_else(|e| panic!("deregister {name}: {e:?}"));
-    };
+    let sd = CloudMapService::create(&rt, &moto.url());
+    let register = |name: &str, stage: &str| sd.register(&rt, &apps, name, stage);
+    let deregister = |name: &str| sd.deregister(&rt, name);
     register("white", "prod");
     register("black", "canary"); // not prod: never a target
 
     let dir = tempfile::tempdir().unwrap();
     let control = Control::start(&rt, &dir.path().join("state.redb"), None);
     let spec = dir.path().join("mesh.json");
-    std::fs::write(&spec, mesh().to_string()).unwrap();
+    std::fs::write(&spec, cloud_map_mesh().to_string()).unwrap();
     let (ok, out, err) = control.ctl(&["apply", "-f", spec.to_str().unwrap(), "--wait"]);
     assert!(ok, "{out}{err}");
     let (envoy, egress) = control.envoy("demo", "gateway");

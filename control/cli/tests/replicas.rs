@@ -628,3 +628,117 @@ fn a_breaker_opening_on_the_canary_reaches_the_leader_from_any_server() {
         "RolledBack"
     );
 }
+
+/// Which apps (by name) `replica` serves as the Cloud Map instances of the mesh.
+fn cloud_map_apps(replica: &Control, apps: &Apps) -> Vec<String> {
+    let snap = replica.running.as_ref().unwrap().mesh.current();
+    let mut out: Vec<String> = snap
+        .cloud_map
+        .values()
+        .flatten()
+        .map(|i| {
+            let port = i.port.unwrap_or(0) as u16;
+            apps.ports
+                .iter()
+                .find(|(_, p)| **p == port)
+                .map(|(n, _)| n.clone())
+                .unwrap_or_else(|| format!("port {port}"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn cloud_map_is_asked_by_the_leader_alone_and_every_server_serves_its_answers() {
+    let rt = runtime();
+    let etcd = Etcd::start(1);
+    let moto = maille_testkit::Moto::start_on(maille_testkit::free_port());
+    let apps = Apps::start(&rt, &["white", "black"]);
+    let sd = CloudMapService::create(&rt, &moto.url());
+    sd.register(&rt, &apps, "white", "prod");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A reaches Cloud Map (moto) and starts first, so it leads.
+    let url = moto.url();
+    let a = Process::start_on_etcd_with_env(
+        dirs[0].path(),
+        &etcd.store_url(),
+        2,
+        &[
+            ("AWS_ENDPOINT_URL", &url),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("MAILLE_CLOUD_MAP_INTERVAL_MS", "300"),
+        ],
+    );
+    eventually("A leads", Duration::from_secs(10), || {
+        let s = a.get("/v1/status");
+        (s["leader"]["me"] == true, s)
+    });
+    // B and C run in this process, whose environment reaches no Cloud Map: what they serve
+    // comes from the leader through etcd.
+    let b = Control::start_on_etcd(&rt, dirs[1].path(), &etcd.store_url());
+    let c = Control::start_on_etcd(&rt, dirs[2].path(), &etcd.store_url());
+    let f = write_spec(dirs[1].path(), "mesh.json", &cloud_map_mesh());
+    let (ok, out, err) = b.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+    let followers = [&b, &c];
+    let served_everywhere = |what: &str, want: &[&str]| {
+        for r in followers {
+            eventually(what, Duration::from_secs(20), || {
+                let got = cloud_map_apps(r, &apps);
+                (got == want, got)
+            });
+        }
+    };
+    served_everywhere("B and C serve the prod instance", &["white"]);
+    let (envoy, egress) = c.envoy("demo", "gateway");
+    eventually("the Envoy routes to white", Duration::from_secs(30), || {
+        let t = tally(egress, 20);
+        (t.get("white") == Some(&20), t)
+    });
+    sd.register(&rt, &apps, "black", "prod");
+    sd.deregister(&rt, "white");
+    served_everywhere("B and C follow the instances", &["black"]);
+    eventually("the Envoy follows them", Duration::from_secs(30), || {
+        let t = tally(egress, 20);
+        (t.get("black") == Some(&20), t)
+    });
+    // Only the leader asked.
+    let s = a.get("/v1/status");
+    assert_eq!(s["cloudMap"]["asking"], true, "{s}");
+    assert!(s["cloudMap"]["calls"].as_u64().unwrap() >= 2, "{s}");
+    for r in followers {
+        let s = r.get("/v1/status");
+        assert_eq!(s["cloudMap"]["asking"], false, "{s}");
+        assert_eq!(s["cloudMap"]["calls"], 0, "{s}");
+    }
+
+    // The leader dies: another takes over the asking. It cannot reach Cloud Map, so every
+    // server keeps the last answers, and so does the traffic.
+    a.kill();
+    let leader = eventually("B or C leads and asks", Duration::from_secs(10), || {
+        let on: Vec<usize> = (0..2)
+            .filter(|i| {
+                let s = followers[*i].get("/v1/status");
+                s["cloudMap"]["asking"] == true && s["cloudMap"]["calls"].as_u64().unwrap_or(0) > 0
+            })
+            .collect();
+        (on.len() == 1, on)
+    })[0];
+    eventually(
+        "its calls fail, named by query",
+        Duration::from_secs(20),
+        || {
+            let s = followers[leader].get("/v1/status");
+            let failing = s["cloudMap"]["failing"].to_string();
+            (failing.contains("demo.local/colorteller stage=prod"), s)
+        },
+    );
+    for r in followers {
+        assert_eq!(cloud_map_apps(r, &apps), ["black"]);
+    }
+    let t = tally(egress, 20);
+    assert_eq!(t.get("black"), Some(&20), "{t:?}\n{}", envoy.log());
+}

@@ -44,6 +44,8 @@ pub struct AppState {
     pub tokens: Arc<crate::auth::NodeTokens>,
     /// The admin API's tokens.
     pub admin_tokens: Arc<crate::auth::AdminTokens>,
+    /// Cloud Map polling (its status).
+    pub cloud_map: Arc<crate::cloud_map::Polling>,
 }
 
 /// The router of the admin API.
@@ -322,6 +324,7 @@ async fn status(State(s): State<AppState>) -> Response {
             me: l.me,
             holder: l.holder,
         }),
+        cloud_map: s.cloud_map.status(snap.cloud_map_queries.len()),
     })
     .into_response()
 }

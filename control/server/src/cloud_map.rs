@@ -6,19 +6,25 @@
 //! instances re-translates only the nodes that call that service, and reaches their Envoys
 //! without touching their clusters.
 //!
+//! Among servers sharing a store, only the leader asks: it keeps the answers in the store
+//! with a new version, and the others serve them from there. A new leader starts from the
+//! answers kept and asks at once.
+//!
 //! A query that fails keeps its last answer (traffic keeps flowing to the instances it had)
 //! and is logged once per new error; it is asked again the next period. A query never
 //! answered yet sends Envoy no endpoints at all, so an Envoy keeps the ones it had (across a
 //! restart of this server) and a new one waits for the first answer.
 
 use crate::mesh::Mesh;
+use crate::store::Leader;
 use aws_sdk_servicediscovery::error::ProvideErrorMetadata;
 use aws_sdk_servicediscovery::types::HealthStatusFilter;
 use aws_sdk_servicediscovery::Client;
 use maille_translate::{CloudMapInstance, CloudMapQuery};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -32,15 +38,74 @@ const IN_FLIGHT: usize = 16;
 /// What one answer was: its instances, and how many Cloud Map gave that could not be used.
 type Answer = Result<(Vec<CloudMapInstance>, usize), String>;
 
-/// Polls Cloud Map every `every` until `stop`; does nothing (and builds no AWS client) while
-/// no node uses Cloud Map.
-pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Receiver<bool>) {
+/// What this server's polling does, for `/v1/status`.
+#[derive(Debug, Default)]
+pub struct Polling {
+    asking: AtomicBool,
+    calls: AtomicU64,
+    failing: Mutex<BTreeMap<String, String>>,
+}
+
+impl Polling {
+    /// Its status, given how many queries the nodes make (`None` while they make none and
+    /// no call was made).
+    pub fn status(&self, queries: usize) -> Option<maille_api::CloudMapStatus> {
+        let calls = self.calls.load(Ordering::Relaxed);
+        (queries > 0 || calls > 0).then(|| maille_api::CloudMapStatus {
+            asking: self.asking.load(Ordering::Relaxed),
+            calls,
+            queries,
+            failing: self
+                .failing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        })
+    }
+
+    fn set_failing(&self, failing: &BTreeMap<CloudMapQuery, String>) {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = failing
+            .iter()
+            .map(|(q, e)| (q.to_string(), e.clone()))
+            .collect();
+    }
+}
+
+/// Whether this server is the one to ask (`leader` is `None` for a server alone on its
+/// store).
+fn leads(leader: &Option<watch::Receiver<Leader>>) -> bool {
+    leader.as_ref().is_none_or(|l| l.borrow().me)
+}
+
+/// Polls Cloud Map every `every` until `stop`, while this server leads; does nothing (and
+/// builds no AWS client) while no node uses Cloud Map.
+pub(crate) async fn run(
+    mesh: Arc<Mesh>,
+    every: Duration,
+    mut leader: Option<watch::Receiver<Leader>>,
+    polling: Arc<Polling>,
+    mut stop: watch::Receiver<bool>,
+) {
     let every = every.max(Duration::from_millis(100));
     let mut client: Option<Client> = None;
     let mut failing: BTreeMap<CloudMapQuery, String> = BTreeMap::new();
     let mut skipped: BTreeMap<CloudMapQuery, usize> = BTreeMap::new();
     let mut snapshots = mesh.subscribe();
     loop {
+        if let Some(l) = &mut leader {
+            if !l.borrow_and_update().me {
+                // The leader asks; this server serves what it keeps in the store.
+                polling.asking.store(false, Ordering::Relaxed);
+                failing.clear();
+                polling.set_failing(&failing);
+                tokio::select! {
+                    changed = l.changed() => if changed.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
+        }
+        polling.asking.store(true, Ordering::Relaxed);
         let queries = mesh.current().cloud_map_queries.clone();
         failing.retain(|q, _| queries.contains(q));
         skipped.retain(|q, _| queries.contains(q));
@@ -57,6 +122,13 @@ pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Recei
                 a = ask_all(&c, &queries) => a,
                 _ = stop.changed() => break,
             };
+            polling
+                .calls
+                .fetch_add(answers.len() as u64, Ordering::Relaxed);
+            if !leads(&leader) {
+                // Led elsewhere since: the new leader's answers count.
+                continue;
+            }
             let mut served = BTreeMap::new();
             for (q, a) in answers {
                 match a {
@@ -78,6 +150,7 @@ pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Recei
                     }
                 }
             }
+            polling.set_failing(&failing);
             match mesh.update_cloud_map(served).await {
                 Ok(true) => tracing::info!("Cloud Map instances changed: new snapshot served"),
                 Ok(false) => {}
@@ -85,12 +158,26 @@ pub(crate) async fn run(mesh: Arc<Mesh>, every: Duration, mut stop: watch::Recei
             }
         }
         let asked = queries;
-        // The next period, or sooner when an apply asks a question not asked yet.
+        // The next period, or sooner when an apply asks a question not asked yet, or when
+        // this server stops leading.
         let sleep = tokio::time::sleep(every);
         tokio::pin!(sleep);
+        let stepped_down = async {
+            match &mut leader {
+                Some(l) => {
+                    if l.wait_for(|l| !l.me).await.is_err() {
+                        // The campaign is over (the server stops): as it was.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stepped_down);
         loop {
             tokio::select! {
                 _ = &mut sleep => break,
+                _ = &mut stepped_down => break,
                 _ = stop.changed() => return,
                 changed = snapshots.changed() => {
                     if changed.is_err() {

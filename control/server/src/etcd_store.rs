@@ -38,6 +38,11 @@ const SECRETS: &str = "maille/secrets/";
 const LEADER: &str = "maille/leader";
 const SERVERS: &str = "maille/servers/";
 const REFUSALS: &str = "maille/refusals/";
+/// What Cloud Map last answered, as the leader asked it.
+const CLOUD_MAP: &str = "maille/cloud-map";
+/// etcd's own limit of one request (`--max-request-bytes`, 1.5 MiB by default), less room
+/// for the rest of the transaction.
+const MAX_VALUE_BYTES: usize = 1_400_000;
 /// The id of the last commit, written with it: a commit tried again after its answer was
 /// lost finds its own id there.
 const LAST_COMMIT: &str = "maille/last-commit";
@@ -181,6 +186,42 @@ impl EtcdStore {
     /// Runs `f` on the client's thread and waits for it (at most [`OP_TIMEOUT`]), trying
     /// again while etcd is unreachable (every call is one that may be repeated: a commit
     /// repeated after it went through fails its compare, as a conflict).
+    /// Commits `ops` and version `version`, only on top of the version before it.
+    fn commit_ops(&self, version: u64, mut ops: Vec<TxnOp>) -> Result<(), StoreError> {
+        ops.push(TxnOp::put(VERSION, version.to_string(), None));
+        let id = format!("{version}-{:032x}", rand::random::<u128>());
+        ops.push(TxnOp::put(LAST_COMMIT, id.clone(), None));
+        // Only on top of the version this one follows: one sequence across replicas.
+        let follows = if version <= 1 {
+            Compare::version(VERSION, CompareOp::Equal, 0)
+        } else {
+            Compare::value(VERSION, CompareOp::Equal, (version - 1).to_string())
+        };
+        let txn = Txn::new()
+            .when([follows])
+            .and_then(ops)
+            .or_else([TxnOp::get(LAST_COMMIT, None)]);
+        let resp = self.call("committing", move |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })?;
+        let ours = resp.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.value() == id.as_bytes()),
+            _ => false,
+        });
+        if resp.succeeded() || ours {
+            Ok(())
+        } else {
+            Err(StoreError(format!(
+                "{CONFLICT}version {} was written by another server first",
+                version
+            )))
+        }
+    }
+
     fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -454,7 +495,7 @@ impl Store for EtcdStore {
                 upserts.len() + deletes.len()
             )));
         }
-        let mut ops = Vec::with_capacity(upserts.len() + deletes.len() + 1);
+        let mut ops = Vec::with_capacity(upserts.len() + deletes.len() + 2);
         for r in upserts {
             let v = serde_json::to_vec(r).map_err(|e| StoreError(e.to_string()))?;
             ops.push(TxnOp::put(
@@ -466,38 +507,24 @@ impl Store for EtcdStore {
         for k in deletes {
             ops.push(TxnOp::delete(format!("{RESOURCES}{}", key_string(k)), None));
         }
-        ops.push(TxnOp::put(VERSION, version.to_string(), None));
-        let id = format!("{version}-{:032x}", rand::random::<u128>());
-        ops.push(TxnOp::put(LAST_COMMIT, id.clone(), None));
-        // Only on top of the version this one follows: one sequence across replicas.
-        let follows = if version <= 1 {
-            Compare::version(VERSION, CompareOp::Equal, 0)
-        } else {
-            Compare::value(VERSION, CompareOp::Equal, (version - 1).to_string())
-        };
-        let txn = Txn::new()
-            .when([follows])
-            .and_then(ops)
-            .or_else([TxnOp::get(LAST_COMMIT, None)]);
-        let resp = self.call("committing", move |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })?;
-        let ours = resp.op_responses().into_iter().any(|op| match op {
-            TxnOpResponse::Get(g) => g
-                .kvs()
-                .first()
-                .is_some_and(|kv| kv.value() == id.as_bytes()),
-            _ => false,
-        });
-        if resp.succeeded() || ours {
-            Ok(())
-        } else {
-            Err(StoreError(format!(
-                "{CONFLICT}version {} was written by another server first",
-                version
-            )))
+        self.commit_ops(version, ops)
+    }
+
+    fn commit_cloud_map(&self, version: u64, answers: &[u8]) -> Result<(), StoreError> {
+        if answers.len() > MAX_VALUE_BYTES {
+            return Err(StoreError(format!(
+                "etcd: Cloud Map's answers take {} bytes, more than the {MAX_VALUE_BYTES} one etcd request holds: fewer instances or queries",
+                answers.len()
+            )));
         }
+        self.commit_ops(version, vec![TxnOp::put(CLOUD_MAP, answers.to_vec(), None)])
+    }
+
+    fn cloud_map(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let resp = self.call("reading Cloud Map's answers", |mut c| async move {
+            c.get(CLOUD_MAP, None).await
+        })?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     fn rollout_statuses(&self) -> Result<Vec<(Key, Vec<u8>)>, StoreError> {

@@ -95,6 +95,17 @@ impl Snapshot {
     }
 }
 
+/// Cloud Map's answers as the store keeps them: a JSON list of `[query, instances]`.
+fn encode_cloud_map(cm: &CloudMap) -> Vec<u8> {
+    let list: Vec<(&CloudMapQuery, &Vec<CloudMapInstance>)> = cm.iter().collect();
+    serde_json::to_vec(&list).unwrap_or_default()
+}
+
+fn decode_cloud_map(bytes: &[u8]) -> Result<CloudMap, serde_json::Error> {
+    let list: Vec<(CloudMapQuery, Vec<CloudMapInstance>)> = serde_json::from_slice(bytes)?;
+    Ok(list.into_iter().collect())
+}
+
 /// The answers of `cm` to the queries in `wanted`.
 fn asked(cm: &CloudMap, wanted: &BTreeSet<CloudMapQuery>) -> CloudMap {
     cm.iter()
@@ -284,8 +295,9 @@ enum Write<F> {
     DryRun,
     /// Commits it (with the version it gets), then serves it.
     Commit(F),
-    /// Serves it as version `.0`, which another server sharing the store committed.
-    Taken(u64),
+    /// Serves it as version `.0`, which another server sharing the store committed, with
+    /// the Cloud Map answers `.1` the leader keeps there (`None`: as they were).
+    Taken(u64, Option<CloudMap>),
 }
 
 /// The commit of a change that commits nothing.
@@ -535,7 +547,15 @@ impl Mesh {
             version: cur.version,
             ..Default::default()
         };
-        match self.change(cur, next, keys, report, Write::<NoCommit>::Taken(version)) {
+        let answers = self.store.cloud_map()?.and_then(|b| match decode_cloud_map(&b) {
+            Ok(cm) => Some(cm),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cloud Map's answers in the store are unreadable; keeping the last ones");
+                None
+            }
+        });
+        let write = Write::<NoCommit>::Taken(version, answers);
+        match self.change(cur, next, keys, report, write) {
             Ok(_) => Ok(true),
             Err(ApplyError::Store(e)) => Err(e),
             Err(e) => Err(StoreError(e.to_string())),
@@ -592,37 +612,53 @@ impl Mesh {
         answers: BTreeMap<CloudMapQuery, Vec<CloudMapInstance>>,
     ) -> Result<bool, StoreError> {
         let _guard = self.write.lock().await;
-        let cur = self.current();
-        let wanted = &cur.cloud_map_queries;
-        let mut next = asked(&cur.cloud_map, wanted);
-        for (q, mut instances) in answers {
-            if wanted.contains(&q) {
-                instances.sort();
-                instances.dedup();
-                next.insert(q, instances);
+        let give_up = Instant::now() + CONFLICTS_FOR;
+        loop {
+            let cur = self.current();
+            let wanted = &cur.cloud_map_queries;
+            let mut next = asked(&cur.cloud_map, wanted);
+            for (q, instances) in &answers {
+                if wanted.contains(q) {
+                    let mut instances = instances.clone();
+                    instances.sort();
+                    instances.dedup();
+                    next.insert(q.clone(), instances);
+                }
             }
+            let changed: Vec<Dep> = wanted
+                .iter()
+                .filter(|q| cur.cloud_map.get(*q) != next.get(*q))
+                .map(|q| Dep::CloudMap(q.clone()))
+                .collect();
+            if changed.is_empty() {
+                // Answers no node asks for any more go with the next apply (see `change`).
+                return Ok(false);
+            }
+            // Kept with the version, for the servers that do not ask Cloud Map themselves.
+            let version = cur.version + 1;
+            match self
+                .store
+                .commit_cloud_map(version, &encode_cloud_map(&next))
+            {
+                Ok(()) => {}
+                Err(e) if e.is_conflict() && Instant::now() < give_up => {
+                    self.catch_up_locked()?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let snap = Snapshot {
+                version,
+                resources: cur.resources.clone(),
+                modules: cur.modules.clone(),
+                cloud_map: Arc::new(next),
+                cloud_map_queries: cur.cloud_map_queries.clone(),
+                callers: cur.callers.clone(),
+                made_at: Instant::now(),
+            };
+            self.publish(snap, &changed, &[]);
+            return Ok(true);
         }
-        let changed: Vec<Dep> = wanted
-            .iter()
-            .filter(|q| cur.cloud_map.get(*q) != next.get(*q))
-            .map(|q| Dep::CloudMap(q.clone()))
-            .collect();
-        if changed.is_empty() {
-            // Answers no node asks for any more go with the next apply (see `change`).
-            return Ok(false);
-        }
-        let (cur, version) = self.commit_bump()?;
-        let snap = Snapshot {
-            version,
-            resources: cur.resources.clone(),
-            modules: cur.modules.clone(),
-            cloud_map: Arc::new(next),
-            cloud_map_queries: cur.cloud_map_queries.clone(),
-            callers: cur.callers.clone(),
-            made_at: Instant::now(),
-        };
-        self.publish(snap, &changed, &[]);
-        Ok(true)
     }
 
     /// Writes as `write` says and publishes the change from `cur` to `next` of `keys`,
@@ -635,10 +671,10 @@ impl Mesh {
         mut report: ApplyReport,
         write: Write<F>,
     ) -> Result<ApplyReport, ApplyError> {
-        let (version, commit) = match write {
-            Write::DryRun => (None, None),
-            Write::Commit(f) => (None, Some(f)),
-            Write::Taken(v) => (Some(v), None),
+        let (version, commit, answers) = match write {
+            Write::DryRun => (None, None, None),
+            Write::Commit(f) => (None, Some(f), None),
+            Write::Taken(v, answers) => (Some(v), None, answers),
         };
         let dry_run = version.is_none() && commit.is_none();
         let mut deps: Vec<Dep> = keys
@@ -679,15 +715,28 @@ impl Mesh {
         } else {
             cur.cloud_map_queries.clone()
         };
+        // Only what the nodes still ask: a node removed and added back later must not be
+        // served the instances of then.
+        let cloud_map = match answers {
+            // The leader's answers, from the store.
+            Some(answers) => {
+                let next = asked(&answers, &cloud_map_queries);
+                deps.extend(
+                    cloud_map_queries
+                        .iter()
+                        .filter(|q| cur.cloud_map.get(*q) != next.get(*q))
+                        .map(|q| Dep::CloudMap(q.clone())),
+                );
+                Arc::new(next)
+            }
+            None if Arc::ptr_eq(&cloud_map_queries, &cur.cloud_map_queries) => {
+                cur.cloud_map.clone()
+            }
+            None => Arc::new(asked(&cur.cloud_map, &cloud_map_queries)),
+        };
         let snap = Snapshot {
             version,
-            // Only what the nodes still ask: a node removed and added back later must not be
-            // served the instances of then.
-            cloud_map: if Arc::ptr_eq(&cloud_map_queries, &cur.cloud_map_queries) {
-                cur.cloud_map.clone()
-            } else {
-                Arc::new(asked(&cur.cloud_map, &cloud_map_queries))
-            },
+            cloud_map,
             cloud_map_queries,
             callers,
             resources: next,

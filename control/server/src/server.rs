@@ -252,6 +252,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         None => Clients::default(),
     });
     let signals = Arc::new(Signals::default());
+    let cloud_map = Arc::new(crate::cloud_map::Polling::default());
     let endpoints = ControlEndpoints {
         peers: Vec::new(),
         advertise_address: cfg.advertise_address.clone(),
@@ -313,6 +314,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         ca: ca.clone(),
         tokens: tokens.clone(),
         admin_tokens: admin_tokens.clone(),
+        cloud_map: cloud_map.clone(),
     });
     tasks.push(tokio::spawn(async move {
         let http = match crate::https::TlsListener::new(http, https) {
@@ -360,6 +362,8 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     tasks.push(tokio::spawn(crate::cloud_map::run(
         mesh.clone(),
         cfg.cloud_map_every,
+        leader,
+        cloud_map,
         stop_cloud_map,
     )));
 

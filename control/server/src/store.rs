@@ -31,6 +31,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Writes `upserts`, removes `deletes` and sets the version, all or nothing.
     fn commit(&self, version: u64, upserts: &[Resource], deletes: &[Key])
         -> Result<(), StoreError>;
+    /// Sets the version with no resource changed, keeping `answers` (what Cloud Map answered,
+    /// a JSON document of the mesh's) for the other servers sharing the store, all or
+    /// nothing. A store of one server keeps only the version: its server asks again when it
+    /// starts.
+    fn commit_cloud_map(&self, version: u64, answers: &[u8]) -> Result<(), StoreError> {
+        let _ = answers;
+        self.commit(version, &[], &[])
+    }
+    /// What [`Store::commit_cloud_map`] kept last (`None`: nothing, or a store of one server).
+    fn cloud_map(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
     /// Every rollout status kept, by rollout key (JSON documents of `maille-api`).
     fn rollout_statuses(&self) -> Result<Vec<(Key, Vec<u8>)>, StoreError>;
     /// Keeps (or, with `None`, forgets) a rollout's status.

@@ -125,7 +125,9 @@ pub fn callers(resources: &Resources) -> Callers {
 
 /// One `DiscoverInstances` question: a Cloud Map service and the attributes its instances
 /// must have.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct CloudMapQuery {
     /// `NamespaceName`.
     pub namespace: String,
@@ -164,7 +166,9 @@ impl std::fmt::Display for CloudMapQuery {
 
 /// A healthy instance as Cloud Map gives it (`AWS_INSTANCE_IPV4`, `AWS_INSTANCE_IPV6`,
 /// `AWS_INSTANCE_PORT`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct CloudMapInstance {
     /// Its IPv4 address.
     pub ipv4: Option<String>,

@@ -313,17 +313,33 @@ pub struct Process {
     pub http: u16,
     /// How it keeps its state: `--state <file>`, or `--store etcd://...` and the rest.
     store_args: Vec<String>,
+    /// Its environment beyond the test's (the AWS chain).
+    env: Vec<(String, String)>,
 }
 
 impl Process {
     pub fn start(state: &Path) -> Process {
         let args = vec!["--state".to_owned(), state.display().to_string()];
-        Process::start_on(state, free_port(), free_port(), args)
+        Process::start_on(state, free_port(), free_port(), args, Vec::new())
     }
 
     /// A server sharing its state in etcd at `store`, its tokens and CA certificate written
     /// into `dir`, leading (when it does) with a lease of `ttl_secs`.
     pub fn start_on_etcd(dir: &Path, store: &str, ttl_secs: u64) -> Process {
+        Process::start_on_etcd_with_env(dir, store, ttl_secs, &[])
+    }
+
+    /// [`Process::start_on_etcd`], with `env` set in its environment.
+    pub fn start_on_etcd_with_env(
+        dir: &Path,
+        store: &str,
+        ttl_secs: u64,
+        env: &[(&str, &str)],
+    ) -> Process {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let args = vec![
             "--store".to_owned(),
             store.to_owned(),
@@ -332,10 +348,16 @@ impl Process {
             "--leader-ttl-secs".to_owned(),
             ttl_secs.to_string(),
         ];
-        Process::start_on(&dir.join("state.redb"), free_port(), free_port(), args)
+        Process::start_on(&dir.join("state.redb"), free_port(), free_port(), args, env)
     }
 
-    fn start_on(state: &Path, xds: u16, http: u16, store_args: Vec<String>) -> Process {
+    fn start_on(
+        state: &Path,
+        xds: u16,
+        http: u16,
+        store_args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Process {
         let bin = Path::new(env!("CARGO_BIN_EXE_maillectl"))
             .parent()
             .unwrap()
@@ -352,6 +374,7 @@ impl Process {
             .args(&store_args)
             .arg("--modules")
             .arg(repo_root().join("target/filters"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -362,6 +385,7 @@ impl Process {
             xds,
             http,
             store_args,
+            env,
         };
         eventually(
             "the control server answers",
@@ -388,8 +412,9 @@ impl Process {
         let _ = self.child.wait();
         let (state, xds, http) = (self.state.clone(), self.xds, self.http);
         let args = std::mem::take(&mut self.store_args);
+        let env = std::mem::take(&mut self.env);
         std::mem::forget(self);
-        Process::start_on(&state, xds, http, args)
+        Process::start_on(&state, xds, http, args, env)
     }
 
     /// SIGKILL, and no restart.
@@ -636,4 +661,95 @@ pub fn tally(egress: u16, n: usize) -> BTreeMap<String, usize> {
             .or_default() += 1;
     }
     out
+}
+
+/// A Cloud Map service `demo.local/colorteller` in the Cloud Map at `endpoint` (moto), made
+/// through the AWS SDK, to register the apps of `Apps` in.
+pub struct CloudMapService {
+    pub client: aws_sdk_servicediscovery::Client,
+    pub service_id: String,
+}
+
+impl CloudMapService {
+    pub fn create(rt: &tokio::runtime::Runtime, endpoint: &str) -> CloudMapService {
+        use aws_sdk_servicediscovery::config::{
+            BehaviorVersion, Credentials, Region, SharedCredentialsProvider,
+        };
+        let cfg = aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "test", "test", None, None, "static",
+            )))
+            .build();
+        let client = aws_sdk_servicediscovery::Client::new(&cfg);
+        let service_id = rt.block_on(async {
+            client
+                .create_http_namespace()
+                .name("demo.local")
+                .send()
+                .await
+                .expect("namespace");
+            let ns = client.list_namespaces().send().await.expect("namespaces");
+            let ns_id = ns.namespaces()[0].id().unwrap().to_owned();
+            client
+                .create_service()
+                .name("colorteller")
+                .namespace_id(ns_id)
+                .send()
+                .await
+                .expect("service")
+                .service()
+                .and_then(|s| s.id())
+                .unwrap()
+                .to_owned()
+        });
+        CloudMapService { client, service_id }
+    }
+
+    /// Registers app `name` of `apps` (127.0.0.1, its port) with attribute `stage`.
+    pub fn register(&self, rt: &tokio::runtime::Runtime, apps: &Apps, name: &str, stage: &str) {
+        rt.block_on(
+            self.client
+                .register_instance()
+                .service_id(&self.service_id)
+                .instance_id(name)
+                .attributes("AWS_INSTANCE_IPV4", "127.0.0.1")
+                .attributes("AWS_INSTANCE_PORT", apps.ports[name].to_string())
+                .attributes("stage", stage)
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("register {name}: {e:?}"));
+    }
+
+    pub fn deregister(&self, rt: &tokio::runtime::Runtime, name: &str) {
+        rt.block_on(
+            self.client
+                .deregister_instance()
+                .service_id(&self.service_id)
+                .instance_id(name)
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("deregister {name}: {e:?}"));
+    }
+}
+
+/// A mesh of a gateway calling `colorteller.local`, provided by one node found in Cloud Map
+/// (namespace `demo.local`, service `colorteller`, instances with `stage=prod` only).
+pub fn cloud_map_mesh() -> Value {
+    json!([
+        // The colours are bare apps with no Envoy of their own: no mesh mTLS.
+        {"meshName": "demo", "spec": {}, "maille": {"mtls": "DISABLED"}},
+        {"meshName": "demo", "virtualNodeName": "gateway", "spec": {
+            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
+            "backends": [{"virtualService": {"virtualServiceName": "colorteller.local"}}]}},
+        {"meshName": "demo", "virtualNodeName": "colors", "spec": {
+            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
+            "serviceDiscovery": {"awsCloudMap": {
+                "namespaceName": "demo.local", "serviceName": "colorteller",
+                "attributes": [{"key": "stage", "value": "prod"}]}}}},
+        {"meshName": "demo", "virtualServiceName": "colorteller.local", "spec": {
+            "provider": {"virtualNode": {"virtualNodeName": "colors"}}}}
+    ])
 }
