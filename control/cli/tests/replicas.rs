@@ -38,77 +38,113 @@ fn weights(replica: &Control) -> Vec<u64> {
         .collect()
 }
 
+/// How many Envoys `replica` serves.
+fn envoys_on(replica: &Control) -> usize {
+    replica.running.as_ref().unwrap().clients.list().len()
+}
+
 #[test]
-fn a_change_through_one_replica_reaches_the_envoys_of_another() {
+fn a_change_through_one_replica_reaches_the_envoys_of_the_others() {
     let rt = runtime();
-    let etcd = Etcd::start(1);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Control::start_on_etcd(&rt, da.path(), &etcd.store_url());
-    let b = Control::start_on_etcd(&rt, db.path(), &etcd.store_url());
-    // One CA and one set of tokens for both (kept in etcd, first writer wins).
-    assert_eq!(a.admin_token(), b.admin_token());
-    let ca = |d: &std::path::Path| std::fs::read_to_string(d.join("maille-ca.pem")).unwrap();
-    assert_eq!(ca(da.path()), ca(db.path()));
+    let etcd = Etcd::start(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicas: Vec<Control> = dirs
+        .iter()
+        .map(|d| Control::start_on_etcd(&rt, d.path(), &etcd.store_url()))
+        .collect();
+    let (a, b, c) = (&replicas[0], &replicas[1], &replicas[2]);
+    // One CA and one set of tokens for all (kept in etcd, first writer wins).
+    let ca =
+        |d: &tempfile::TempDir| std::fs::read_to_string(d.path().join("maille-ca.pem")).unwrap();
+    for (r, d) in replicas.iter().zip(&dirs).skip(1) {
+        assert_eq!(r.admin_token(), a.admin_token());
+        assert_eq!(ca(d), ca(&dirs[0]));
+    }
 
     let apps = Apps::start(&rt, &["white", "black"]);
     let f = write_spec(
-        da.path(),
+        dirs[0].path(),
         "mesh.json",
         &colorteller(&apps, &[("white", 100), ("black", 0)]),
     );
     let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
     assert!(ok, "{out}{err}");
-    // B has heard of the mesh only through etcd.
-    eventually("B has the mesh", Duration::from_secs(10), || {
-        let v = b.running.as_ref().unwrap().mesh.current().version;
-        (v == a.running.as_ref().unwrap().mesh.current().version, v)
-    });
-    let (envoy, egress) = b.envoy("demo", "gateway");
-    eventually("B's Envoy routes to white", Duration::from_secs(30), || {
-        let t = tally(egress, 20);
-        (t.get("white") == Some(&20), t)
-    });
-    // The Envoy is on one of them (its bootstrap lists both): a change through the other
-    // reaches it.
-    let replicas = [&a, &b];
-    let serving = eventually("the Envoy on a server", Duration::from_secs(10), || {
-        let on: Vec<usize> = (0..2)
-            .filter(|i| {
-                !replicas[*i]
-                    .running
-                    .as_ref()
-                    .unwrap()
-                    .clients
-                    .list()
-                    .is_empty()
-            })
-            .collect();
-        (on.len() == 1, on)
-    })[0];
-    let (on, writer) = (replicas[serving], replicas[1 - serving]);
+    // B and C hear of the mesh only through etcd.
+    let version = a.running.as_ref().unwrap().mesh.current().version;
+    for r in [b, c] {
+        eventually("B and C have the mesh", Duration::from_secs(10), || {
+            let v = r.running.as_ref().unwrap().mesh.current().version;
+            (v == version, v)
+        });
+    }
+    // Envoys for the gateway, bootstrapped from B and C in turn (each bootstrap lists every
+    // server; the Envoy picks one), until B and C each serve at least one.
+    let mut envoys = Vec::new();
+    while envoys_on(b) == 0 || envoys_on(c) == 0 {
+        assert!(
+            envoys.len() < 20,
+            "20 Envoys and still none on B or C: on A {}, B {}, C {}",
+            envoys_on(a),
+            envoys_on(b),
+            envoys_on(c)
+        );
+        let from = if envoys.len() % 2 == 0 { b } else { c };
+        envoys.push(from.envoy("demo", "gateway"));
+        let n = envoys.len();
+        eventually("the new Envoy connects", Duration::from_secs(20), || {
+            let on = [envoys_on(a), envoys_on(b), envoys_on(c)];
+            (on.iter().sum::<usize>() == n, on)
+        });
+    }
+    eprintln!(
+        "{} Envoys: on A {}, B {}, C {}",
+        envoys.len(),
+        envoys_on(a),
+        envoys_on(b),
+        envoys_on(c)
+    );
+    for (_, egress) in &envoys {
+        eventually(
+            "every Envoy routes to white",
+            Duration::from_secs(30),
+            || {
+                let t = tally(*egress, 20);
+                (t.get("white") == Some(&20), t)
+            },
+        );
+    }
+    // A change through A reaches the Envoys of B and C.
     let f = write_spec(
-        da.path(),
+        dirs[0].path(),
         "mesh.json",
         &colorteller(&apps, &[("white", 0), ("black", 100)]),
     );
-    let (ok, out, err) = writer.ctl(&["apply", "-f", &f]);
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
     assert!(ok, "{out}{err}");
-    eventually(
-        "the Envoy follows the other server's change",
-        Duration::from_secs(20),
-        || {
-            let t = tally(egress, 20);
-            (t.get("black") == Some(&20), t)
-        },
-    );
-    // And its server's status shows it synced to the version the writer made.
-    let version = writer.running.as_ref().unwrap().mesh.current().version;
-    eventually("the Envoy synced", Duration::from_secs(20), || {
-        let s = on.get("/v1/status");
-        let v = s["clients"][0]["syncedVersion"].as_u64().unwrap_or(0);
-        (v == version, s)
-    });
-    drop(envoy);
+    for (_, egress) in &envoys {
+        eventually(
+            "every Envoy follows the change made through A",
+            Duration::from_secs(20),
+            || {
+                let t = tally(*egress, 20);
+                (t.get("black") == Some(&20), t)
+            },
+        );
+    }
+    // And B's and C's status show their Envoys synced to the version A made.
+    let version = a.running.as_ref().unwrap().mesh.current().version;
+    for r in [b, c] {
+        eventually("their Envoys synced", Duration::from_secs(20), || {
+            let s = r.get("/v1/status");
+            let synced = s["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["syncedVersion"].as_u64() == Some(version));
+            (synced && !s["clients"].as_array().unwrap().is_empty(), s)
+        });
+    }
+    drop(envoys);
 }
 
 #[test]
