@@ -223,8 +223,8 @@ pub struct StatusAnswer {
     /// does. Absent for a server alone on its store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<LeaderStatus>,
-    /// What this server asks AWS Cloud Map for the mesh's `awsCloudMap` nodes. Absent while
-    /// no node uses Cloud Map.
+    /// What this server asks AWS Cloud Map for the mesh's `awsCloudMap` nodes. Absent until
+    /// a node uses Cloud Map (and present from then on: its calls are counted).
     #[serde(default, rename = "cloudMap", skip_serializing_if = "Option::is_none")]
     pub cloud_map: Option<CloudMapStatus>,
 }
@@ -240,7 +240,8 @@ pub struct CloudMapStatus {
     pub calls: u64,
     /// The questions the nodes ask (`namespace/service attr=value…`).
     pub queries: usize,
-    /// The questions whose last call failed, with the error; they keep their last answer.
+    /// The questions whose last call from this server failed, with the error; they keep
+    /// their last answer. Empty on a server that does not ask (see the leader's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failing: BTreeMap<String, String>,
 }

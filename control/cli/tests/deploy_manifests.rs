@@ -318,6 +318,190 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
     assert!(!ok && text.contains("serviceAcountName"), "{text}");
 }
 
+// The replicated layout: three control servers on a three-member etcd. The manifests are
+// validated, the control servers' store names the etcd members the StatefulSet makes, and
+// the control container's own arguments start real servers here (on a local etcd in the
+// members' place) that share their tokens and CA, elect one leader, and hand out bootstraps
+// naming the one Service.
+#[test]
+fn the_replicated_kubernetes_manifests_validate_and_their_servers_share_one_state() {
+    let root = repo_root();
+    let (yaml, objects) = kustomize(&root.join("deploy/k8s-replicated"));
+    let (ok, text) = kube_validate(&write_temp(&yaml));
+    assert!(ok, "kubernetes-validate: {text}");
+    let find = |kind: &str, name: &str| -> &Value {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    assert!(
+        !objects.iter().any(|o| o["kind"] == "PersistentVolumeClaim"),
+        "no volume of one writer"
+    );
+    let control = find("Deployment", "maille-control");
+    assert_eq!(control["spec"]["replicas"], 3);
+    assert_eq!(control["spec"]["strategy"]["type"], "RollingUpdate");
+    let pod = &control["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["emptyDir"], serde_json::json!({}));
+    let args: Vec<String> = pod["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("no --{name} in {args:?}"))
+            .to_owned()
+    };
+    assert!(!args.iter().any(|a| a.starts_with("--state")), "{args:?}");
+
+    // The store lists every member the StatefulSet makes, on the client port.
+    let etcd = find("StatefulSet", "maille-etcd");
+    let members = etcd["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(members, 3);
+    let service = etcd["spec"]["serviceName"].as_str().unwrap();
+    assert_eq!(find("Service", service)["spec"]["clusterIP"], "None");
+    let hosts: Vec<String> = (0..members)
+        .map(|i| format!("maille-etcd-{i}.{service}.maille-system.svc.cluster.local"))
+        .collect();
+    let store = flag("store");
+    assert_eq!(
+        store,
+        format!(
+            "etcd://{}",
+            hosts
+                .iter()
+                .map(|h| format!("{h}:2379"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    );
+    let command: Vec<&str> = etcd["spec"]["template"]["spec"]["containers"][0]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let cluster: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("{}=http://{h}:2380", h.split('.').next().unwrap()))
+        .collect();
+    assert!(
+        command.contains(&format!("--initial-cluster={}", cluster.join(",")).as_str()),
+        "{command:?}"
+    );
+    assert!(
+        command
+            .iter()
+            .any(|c| c.starts_with("--auto-compaction-retention=")),
+        "etcd's history is compacted: {command:?}"
+    );
+    // Only the control servers (and the members) reach etcd.
+    let policy = find("NetworkPolicy", "maille-etcd");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "maille-etcd"
+    );
+    let from: Vec<&Value> = policy["spec"]["ingress"][0]["from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| &f["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
+        .collect();
+    assert_eq!(from, ["maille-control", "maille-etcd"]);
+
+    // The container's arguments, here: the test's listen ports and modules, a local etcd for
+    // the members, a folder of its own for each server's files.
+    let local = maille_testkit::Etcd::start(1);
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let servers: Vec<common::Process> = dirs
+        .iter()
+        .map(|d| {
+            let here: Vec<String> = args
+                .iter()
+                .filter(|a| {
+                    !["--xds-addr=", "--http-addr=", "--modules="]
+                        .iter()
+                        .any(|f| a.starts_with(f))
+                })
+                .map(|a| {
+                    if a.starts_with("--store=") {
+                        format!("--store={}", local.store_url())
+                    } else if a.starts_with("--token-dir=") {
+                        format!("--token-dir={}", d.path().display())
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect();
+            common::Process::start_with_args(d.path(), here)
+        })
+        .collect();
+    let file = |i: usize, f: &str| std::fs::read_to_string(dirs[i].path().join(f)).unwrap();
+    for f in [
+        "maille-admin.token",
+        "maille-bootstrap.token",
+        "maille-ca.pem",
+    ] {
+        assert_eq!(file(0, f), file(1, f), "{f} is the same on every replica");
+    }
+    maille_testkit::eventually(
+        "one server leads",
+        std::time::Duration::from_secs(20),
+        || {
+            let leading: Vec<bool> = servers
+                .iter()
+                .map(|s| s.get("/v1/status")["leader"]["me"] == true)
+                .collect();
+            (
+                leading.iter().filter(|l| **l).count() == 1,
+                format!("{leading:?}"),
+            )
+        },
+    );
+    // A bootstrap from either names the Service alone: Envoy reconnects through it.
+    let control_dns = flag("advertise-address");
+    assert_eq!(
+        control_dns,
+        "maille-control.maille-system.svc.cluster.local"
+    );
+    let token = file(0, "maille-bootstrap.token");
+    for s in &servers {
+        let mut r = common::control_agent(&s.state)
+            .get(&format!(
+                "{}/v1/bootstrap?node=mesh/colorapp/virtualNode/colorteller-white",
+                s.url()
+            ))
+            .header("authorization", format!("Bearer {}", token.trim()))
+            .call()
+            .unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        let boot = &maille_import::yaml_documents(&body).unwrap()[0];
+        let xds = boot["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == maille_translate::names::XDS_CLUSTER)
+            .unwrap_or_else(|| panic!("no ADS cluster: {body}"));
+        let hosts: Vec<&Value> = xds["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["endpoint"]["address"]["socket_address"]["address"])
+            .collect();
+        // (One entry per server here, as the test's listen on ports of their own; in the
+        // cluster all listen on one port, and the bootstrap names the Service once.)
+        assert!(
+            !hosts.is_empty() && hosts.iter().all(|h| **h == control_dns),
+            "the Service alone: {xds}"
+        );
+        envoy_validate(&body).unwrap_or_else(|e| panic!("bootstrap: {e}\n{body}"));
+    }
+}
+
 #[test]
 fn the_ecs_task_definition_matches_the_ecs_api_model() {
     let root = repo_root();

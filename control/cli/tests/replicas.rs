@@ -693,13 +693,14 @@ fn cloud_map_is_asked_by_the_leader_alone_and_every_server_serves_its_answers() 
     let apps = Apps::start(&rt, &["white", "black"]);
     let sd = CloudMapService::create(&rt, &moto.url());
     sd.register(&rt, &apps, "white", "prod");
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    // A reaches Cloud Map (moto) and starts first, so it leads.
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A reaches Cloud Map (moto) and starts first, so it leads (on a lease long enough that
+    // a busy machine does not lose it).
     let url = moto.url();
     let a = Process::start_on_etcd_with_env(
         dirs[0].path(),
         &etcd.store_url(),
-        2,
+        5,
         &[
             ("AWS_ENDPOINT_URL", &url),
             ("AWS_ACCESS_KEY_ID", "test"),
@@ -741,20 +742,26 @@ fn cloud_map_is_asked_by_the_leader_alone_and_every_server_serves_its_answers() 
         let t = tally(egress, 20);
         (t.get("black") == Some(&20), t)
     });
+    // A server started now serves the kept answers from its start, asking nothing.
+    let mut d = Control::start_on_etcd(&rt, dirs[3].path(), &etcd.store_url());
+    assert_eq!(cloud_map_apps(&d, &apps), ["black"]);
+    assert_eq!(d.get("/v1/status")["leader"]["me"], false);
     // Only the leader asked.
     let s = a.get("/v1/status");
     assert_eq!(s["cloudMap"]["asking"], true, "{s}");
     assert!(s["cloudMap"]["calls"].as_u64().unwrap() >= 2, "{s}");
-    for r in followers {
+    for r in [&b, &c, &d] {
         let s = r.get("/v1/status");
         assert_eq!(s["cloudMap"]["asking"], false, "{s}");
         assert_eq!(s["cloudMap"]["calls"], 0, "{s}");
     }
+    assert_eq!(a.get("/v1/status")["leader"]["me"], true, "A still leads");
+    d.stop(&rt);
 
     // The leader dies: another takes over the asking. It cannot reach Cloud Map, so every
     // server keeps the last answers, and so does the traffic.
     a.kill();
-    let leader = eventually("B or C leads and asks", Duration::from_secs(10), || {
+    let leader = eventually("B or C leads and asks", Duration::from_secs(20), || {
         let on: Vec<usize> = (0..2)
             .filter(|i| {
                 let s = followers[*i].get("/v1/status");
@@ -777,4 +784,232 @@ fn cloud_map_is_asked_by_the_leader_alone_and_every_server_serves_its_answers() 
     }
     let t = tally(egress, 20);
     assert_eq!(t.get("black"), Some(&20), "{t:?}\n{}", envoy.log());
+    // An Envoy started now, from the server that does not lead, is served them too.
+    let (_fresh, fresh_egress) = followers[1 - leader].envoy("demo", "gateway");
+    eventually(
+        "a new Envoy routes to black",
+        Duration::from_secs(30),
+        || {
+            let t = tally(fresh_egress, 20);
+            (t.get("black") == Some(&20), t)
+        },
+    );
+}
+
+/// A TCP forwarder to `to` that can be cut: every connection through it is closed and new
+/// ones are refused, as when a network partition separates a server from etcd.
+struct Link {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Link {
+    fn start(rt: &tokio::runtime::Runtime, to: u16) -> Link {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, k) = (cut.clone(), conns.clone());
+        rt.spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                k.lock().unwrap().push(h);
+            }
+        });
+        Link { port, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+// A partition: the leader loses etcd while it stays up (its Envoys and admin API still
+// reachable). It stops leading before its lease can end, so two servers never lead at once;
+// the other takes over within the lease's lifetime and takes writes; the cut-off server
+// refuses writes, naming etcd, and once the partition heals it follows the new leader's
+// state without leading again.
+#[test]
+fn a_leader_cut_off_from_etcd_steps_down_before_another_leads() {
+    let rt = runtime();
+    let etcd = Etcd::start(1);
+    let port: u16 = etcd
+        .store_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let link = Link::start(&rt, port);
+    let ttl = 8;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Process::start_on_etcd(
+        dirs[0].path(),
+        &format!("etcd://127.0.0.1:{}", link.port),
+        ttl,
+    );
+    eventually("A leads", Duration::from_secs(10), || {
+        let s = a.get("/v1/status");
+        (s["leader"]["me"] == true, s)
+    });
+    let b = Process::start_on_etcd(dirs[1].path(), &etcd.store_url(), ttl);
+    let f = demo_mesh(dirs[0].path());
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+    eventually("B follows", Duration::from_secs(10), || {
+        let (va, vb) = (
+            a.get("/v1/status")["version"].clone(),
+            b.get("/v1/status")["version"].clone(),
+        );
+        (va == vb, (va, vb))
+    });
+    assert_eq!(b.get("/v1/status")["leader"]["me"], false);
+
+    link.cut();
+    let cut_at = std::time::Instant::now();
+    let (mut a_down, mut b_up) = (None, None);
+    while b_up.is_none() && cut_at.elapsed() < Duration::from_secs(ttl * 3) {
+        if a_down.is_none() && a.get("/v1/status")["leader"]["me"] != true {
+            a_down = Some(cut_at.elapsed());
+        }
+        if b.get("/v1/status")["leader"]["me"] == true {
+            b_up = Some(cut_at.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (a_down, b_up) = (a_down.expect("A stopped leading"), b_up.expect("B leads"));
+    assert!(
+        a_down < b_up,
+        "A stopped leading at {a_down:?}, after B led at {b_up:?}"
+    );
+    assert!(
+        b_up < Duration::from_secs(ttl + 3),
+        "B leads {b_up:?} after the cut, within the lease ({ttl} s) and a few waits"
+    );
+    eprintln!("cut: A stopped leading after {a_down:?}, B led after {b_up:?} (lease {ttl} s)");
+
+    // Writes: refused by A, naming etcd; taken by B.
+    let mut spec: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+    spec.as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"virtualNode": {
+            "meshName": "colorapp", "virtualNodeName": "spare", "spec": {}}}));
+    let f2 = write_spec(dirs[1].path(), "spare.json", &spec);
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f2]);
+    assert!(!ok, "A wrote without etcd: {out}");
+    assert!(err.contains("etcd"), "the error names the store: {err}");
+    let (ok, out, err) = b.ctl(&["apply", "-f", &f2]);
+    assert!(ok, "B takes writes: {out}{err}");
+    let version = b.get("/v1/status")["version"].as_u64().unwrap();
+
+    // Healed: A follows B's state, and B keeps leading.
+    link.heal();
+    eventually("A catches up", Duration::from_secs(20), || {
+        let s = a.get("/v1/status");
+        (s["version"].as_u64() == Some(version), s["version"].clone())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(b.get("/v1/status")["leader"]["me"], true);
+    let s = a.get("/v1/status");
+    assert_eq!(s["leader"]["me"], false, "{s}");
+    let (ok, out, err) = a.ctl(&["get", "virtual-node", "--mesh", "colorapp"]);
+    assert!(
+        ok && out.contains("spare"),
+        "A serves what B wrote: {out}{err}"
+    );
+}
+
+// The leader's work is fenced by its lease: a server whose lease ended without it noticing
+// (paused, say) cannot write a rollout status, a rollout step or Cloud Map's answers over
+// the new leader's; it is told who leads.
+#[test]
+fn a_deposed_leader_cannot_write_the_leaders_work() {
+    use maille_control::etcd_store::{EtcdAddress, EtcdStore, EtcdTls};
+    use maille_control::store::Store;
+    let rt = runtime();
+    let etcd = Etcd::start(1);
+    let address = EtcdAddress::parse(&etcd.store_url()).unwrap();
+    let a = EtcdStore::connect(&address, &EtcdTls::default()).unwrap();
+    let b = EtcdStore::connect(&address, &EtcdTls::default()).unwrap();
+    let key = maille_model::Key {
+        kind: maille_model::Kind::Rollout,
+        mesh: "demo".into(),
+        name: "canary".into(),
+    };
+    // Not leading yet: refused.
+    let e = a.save_rollout_status(&key, Some(b"{}")).unwrap_err();
+    assert!(e.0.contains("does not lead"), "{e}");
+    // A leads on a long lease, so that it does not notice what follows for a while.
+    let _guard = rt.enter();
+    let mut la = a
+        .campaign("a", ("a.example".into(), 1, 2), Duration::from_secs(60))
+        .unwrap();
+    rt.block_on(la.wait_for(|l| l.me)).unwrap();
+    a.save_rollout_status(&key, Some(b"step 1")).unwrap();
+    // Its lease ends behind its back (as when it was paused for longer than the lease):
+    // B takes over.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", address.endpoints[0]))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let got = ctl(&["get", "maille/leader", "-w", "json"]);
+    let lease = serde_json::from_str::<Value>(&got).unwrap()["kvs"][0]["lease"]
+        .as_i64()
+        .unwrap();
+    ctl(&["lease", "revoke", &format!("{lease:x}")]);
+    let mut lb = b
+        .campaign("b", ("b.example".into(), 1, 2), Duration::from_secs(60))
+        .unwrap();
+    rt.block_on(lb.wait_for(|l| l.me)).unwrap();
+    b.save_rollout_status(&key, Some(b"step 2")).unwrap();
+    assert!(la.borrow().me, "A has not noticed yet");
+
+    // A's writes of the leader's work are refused, naming the leader; B's stand.
+    let e = a
+        .save_rollout_status(&key, Some(b"step 1 again"))
+        .unwrap_err();
+    assert!(e.0.contains("does not lead any more: b does"), "{e}");
+    let version = b.load().unwrap().0;
+    let e = a.commit_as_leader(version + 1, &[], &[]).unwrap_err();
+    assert!(
+        e.0.contains("does not lead any more: b does") && !e.is_conflict(),
+        "{e}"
+    );
+    let e = a.commit_cloud_map(version + 1, &[]).unwrap_err();
+    assert!(e.0.contains("does not lead any more"), "{e}");
+    assert_eq!(
+        b.rollout_statuses().unwrap(),
+        [(key.clone(), b"step 2".to_vec())]
+    );
+    assert_eq!(b.load().unwrap().0, version);
+    // Other writes are anyone's.
+    a.commit(version + 1, &[], &[]).unwrap();
+    assert_eq!(b.load().unwrap().0, version + 1);
 }

@@ -156,6 +156,9 @@ pub(crate) async fn run(
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "serving Cloud Map instances"),
             }
+        } else if let Err(e) = mesh.update_cloud_map(BTreeMap::new()).await {
+            // Only drops the answers the store keeps for nodes gone since.
+            tracing::error!(error = %e, "dropping Cloud Map answers no node asks for");
         }
         let asked = queries;
         // The next period, or sooner when an apply asks a question not asked yet, or when

@@ -1,25 +1,39 @@
 //! The state in etcd, shared by several control servers (`--store etcd://HOST:PORT,...`).
 //!
-//! Keys, under `maille/`: `version` (the mesh's version, decimal), `resources/<key>` (a
-//! resource as JSON), `rollouts/<key>` (a rollout's status), `secrets/<name>`. A commit is one
-//! etcd transaction that succeeds only if `version` is still the one it follows, so every
+//! Keys, under `maille/`: `version` (the mesh's version, decimal), `last-commit` (the id of
+//! the commit that wrote it), `resources/<key>` (a resource as JSON), `cloud-map/<query>`
+//! (the instances Cloud Map last gave the leader for a query, as JSON), `rollouts/<key>` (a
+//! rollout's status), `secrets/<name>`, `refusals/<type URL>/<node>` (what an Envoy refused),
+//! `leader` and `servers/<id>` (bound to the servers' leases). A commit is one etcd
+//! transaction that succeeds only if `version` is still the one it follows, so every
 //! replica's writes form one version sequence; a replica that lost the race reads the
 //! newer state and tries again. Replicas follow each other through a watch on `version`.
+//!
+//! What only the leader writes (Cloud Map's answers, rollout steps and statuses) is written
+//! only while `leader` is still bound to this server's lease: a server that lost its lease
+//! without noticing (paused, cut off) cannot overwrite what the next leader wrote.
+//!
+//! Every change adds a revision to etcd's history; run etcd with
+//! `--auto-compaction-retention` (as the tests and the Kubernetes manifests do)
+//! so that it does not grow without end.
 //!
 //! The [`Store`] trait is synchronous (the embedded store writes a file); etcd's client is
 //! async. The client runs on a thread of its own with its own runtime; each call is handed
 //! to it and waited for, bounded by [`OP_TIMEOUT`], so a server whose etcd is gone gets an
 //! error, not a hang.
 
-use crate::store::{Leader, Store, StoreError};
+use crate::store::{Leader, Loaded, Store, StoreError};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
     WatchOptions,
 };
 use maille_model::{Key, Resource};
+use maille_translate::{CloudMap, CloudMapInstance, CloudMapQuery};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -30,6 +44,8 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPT: Duration = Duration::from_millis(1500);
 /// etcd's own limit of operations in one transaction (`--max-txn-ops`, default 128).
 const MAX_TXN_OPS: usize = 128;
+/// Of which a commit's own take two (`version`, `last-commit`).
+const MAX_CHANGES: usize = MAX_TXN_OPS - 2;
 
 const VERSION: &str = "maille/version";
 const RESOURCES: &str = "maille/resources/";
@@ -38,11 +54,11 @@ const SECRETS: &str = "maille/secrets/";
 const LEADER: &str = "maille/leader";
 const SERVERS: &str = "maille/servers/";
 const REFUSALS: &str = "maille/refusals/";
-/// What Cloud Map last answered, as the leader asked it.
-const CLOUD_MAP: &str = "maille/cloud-map";
+/// What Cloud Map last answered, as the leader asked it, by query.
+const CLOUD_MAP: &str = "maille/cloud-map/";
 /// etcd's own limit of one request (`--max-request-bytes`, 1.5 MiB by default), less room
 /// for the rest of the transaction.
-const MAX_VALUE_BYTES: usize = 1_400_000;
+const MAX_REQUEST_BYTES: usize = 1_400_000;
 /// The id of the last commit, written with it: a commit tried again after its answer was
 /// lost finds its own id there.
 const LAST_COMMIT: &str = "maille/last-commit";
@@ -103,6 +119,8 @@ pub struct EtcdStore {
     jobs: mpsc::UnboundedSender<Job>,
     version: watch::Receiver<u64>,
     address: String,
+    /// The lease `leader` is bound to while this server leads (0: it does not).
+    leading: Arc<AtomicI64>,
 }
 
 fn etcd_err(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -175,6 +193,7 @@ impl EtcdStore {
             jobs,
             version,
             address: shown,
+            leading: Arc::new(AtomicI64::new(0)),
         };
         // Reachable and answering, or an error now rather than at the first apply.
         s.call("reading the version", |mut c| async move {
@@ -183,11 +202,25 @@ impl EtcdStore {
         Ok(s)
     }
 
-    /// Runs `f` on the client's thread and waits for it (at most [`OP_TIMEOUT`]), trying
-    /// again while etcd is unreachable (every call is one that may be repeated: a commit
-    /// repeated after it went through fails its compare, as a conflict).
-    /// Commits `ops` and version `version`, only on top of the version before it.
-    fn commit_ops(&self, version: u64, mut ops: Vec<TxnOp>) -> Result<(), StoreError> {
+    /// The compare that holds while this server leads, or why it does not.
+    fn fence(&self) -> Result<Compare, StoreError> {
+        match self.leading.load(Ordering::SeqCst) {
+            0 => Err(StoreError(format!(
+                "etcd: {NOT_LEADING}(the leader's work is refused here)"
+            ))),
+            lease => Ok(Compare::lease(LEADER, CompareOp::Equal, lease)),
+        }
+    }
+
+    /// Commits `ops` and version `version`, only on top of the version before it (and, when
+    /// `as_leader`, only while this server leads).
+    fn commit_ops(
+        &self,
+        version: u64,
+        mut ops: Vec<TxnOp>,
+        as_leader: bool,
+    ) -> Result<(), StoreError> {
+        let fence = if as_leader { Some(self.fence()?) } else { None };
         ops.push(TxnOp::put(VERSION, version.to_string(), None));
         let id = format!("{version}-{:032x}", rand::random::<u128>());
         ops.push(TxnOp::put(LAST_COMMIT, id.clone(), None));
@@ -197,31 +230,45 @@ impl EtcdStore {
         } else {
             Compare::value(VERSION, CompareOp::Equal, (version - 1).to_string())
         };
+        let lease = fence.is_some().then(|| self.leading.load(Ordering::SeqCst));
         let txn = Txn::new()
-            .when([follows])
+            .when(std::iter::once(follows).chain(fence).collect::<Vec<_>>())
             .and_then(ops)
-            .or_else([TxnOp::get(LAST_COMMIT, None)]);
+            .or_else([TxnOp::get(LAST_COMMIT, None), TxnOp::get(LEADER, None)]);
         let resp = self.call("committing", move |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })?;
-        let ours = resp.op_responses().into_iter().any(|op| match op {
-            TxnOpResponse::Get(g) => g
-                .kvs()
-                .first()
-                .is_some_and(|kv| kv.value() == id.as_bytes()),
-            _ => false,
-        });
-        if resp.succeeded() || ours {
-            Ok(())
-        } else {
-            Err(StoreError(format!(
-                "{CONFLICT}version {} was written by another server first",
-                version
-            )))
+        if resp.succeeded() {
+            return Ok(());
         }
+        let mut ours = false;
+        let mut holder = None;
+        for (i, op) in resp.op_responses().into_iter().enumerate() {
+            let TxnOpResponse::Get(g) = op else { continue };
+            let Some(kv) = g.kvs().first() else { continue };
+            if i == 0 {
+                ours = kv.value() == id.as_bytes();
+            } else {
+                holder = Some((String::from_utf8_lossy(kv.value()).into_owned(), kv.lease()));
+            }
+        }
+        if ours {
+            return Ok(());
+        }
+        if let Some(lease) = lease {
+            if holder.as_ref().map(|(_, l)| *l) != Some(lease) {
+                return Err(not_leading(holder.map(|(h, _)| h)));
+            }
+        }
+        Err(StoreError(format!(
+            "{CONFLICT}version {version} was written by another server first"
+        )))
     }
 
+    /// Runs `f` on the client's thread and waits for it (at most [`OP_TIMEOUT`]), trying
+    /// again while etcd is unreachable (every call is one that may be repeated: a commit
+    /// repeated after it went through fails its compare, as a conflict).
     fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -272,6 +319,16 @@ impl EtcdStore {
             Ok(Err(_)) | Err(_) => Err(gone()),
         }
     }
+}
+
+/// What a refusal of the leader's work on a server that no longer leads says.
+pub const NOT_LEADING: &str = "this server does not lead ";
+
+fn not_leading(holder: Option<String>) -> StoreError {
+    StoreError(match holder {
+        Some(h) => format!("etcd: {NOT_LEADING}any more: {h} does; not written"),
+        None => format!("etcd: {NOT_LEADING}any more (no server does); not written"),
+    })
 }
 
 /// Whether `e` says etcd (or the member asked) could not be reached, rather than refusing.
@@ -339,6 +396,7 @@ async fn campaign(
     server: String,
     ttl: Duration,
     tx: watch::Sender<Leader>,
+    leading_lease: Arc<AtomicI64>,
 ) {
     let secs = ttl.as_secs().max(1) as i64;
     // Each wait is at most an eighth of the lease, so a leader that cannot renew it notices
@@ -407,6 +465,7 @@ async fn campaign(
                     tracing::info!(%me, "leading: rollouts run here");
                 }
                 held_lease = leading.then_some(lease);
+                leading_lease.store(if leading { lease } else { 0 }, Ordering::SeqCst);
                 set(
                     &tx,
                     Leader {
@@ -429,6 +488,7 @@ async fn campaign(
                 if tx.borrow().me {
                     tracing::warn!(%me, "etcd unreachable: no longer leading");
                 }
+                leading_lease.store(0, Ordering::SeqCst);
                 set(&tx, Leader::default());
                 held_lease = None;
                 break;
@@ -437,6 +497,7 @@ async fn campaign(
         }
     }
     // Stopped: let another take over now rather than at the lease's end.
+    leading_lease.store(0, Ordering::SeqCst);
     if let Some(lease) = held_lease {
         let _ = c.lease_revoke(lease).await;
     }
@@ -450,48 +511,15 @@ fn key_string(k: &Key) -> String {
     serde_json::to_string(k).unwrap_or_default()
 }
 
-impl Store for EtcdStore {
-    fn load(&self) -> Result<(u64, BTreeMap<Key, Resource>), StoreError> {
-        // One transaction: the version and the resources of the same revision.
-        let txn = Txn::new().and_then([
-            TxnOp::get(VERSION, None),
-            TxnOp::get(RESOURCES, Some(GetOptions::new().with_prefix())),
-        ]);
-        let resp = self.call("loading the state", move |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })?;
-        let mut version = 0;
-        let mut out = BTreeMap::new();
-        for (i, op) in resp.op_responses().into_iter().enumerate() {
-            let TxnOpResponse::Get(g) = op else { continue };
-            for kv in g.kvs() {
-                if i == 0 {
-                    version = parse_version(kv.value())
-                        .ok_or_else(|| StoreError(format!("etcd: {VERSION} is not a number")))?;
-                    continue;
-                }
-                let name = String::from_utf8_lossy(kv.key()).into_owned();
-                let key: Key = serde_json::from_str(&name[RESOURCES.len()..])
-                    .map_err(|e| StoreError(format!("etcd: key {name:?} unreadable: {e}")))?;
-                let r: Resource = serde_json::from_slice(kv.value())
-                    .map_err(|e| StoreError(format!("etcd: {name:?} unreadable: {e}")))?;
-                out.insert(key, r);
-            }
-        }
-        Ok((version, out))
-    }
-
-    fn commit(
+impl EtcdStore {
+    fn resource_ops(
         &self,
-        version: u64,
         upserts: &[Resource],
         deletes: &[Key],
-    ) -> Result<(), StoreError> {
-        if upserts.len() + deletes.len() + 1 > MAX_TXN_OPS {
+    ) -> Result<Vec<TxnOp>, StoreError> {
+        if upserts.len() + deletes.len() > MAX_CHANGES {
             return Err(StoreError(format!(
-                "etcd: one change may touch at most {} resources (etcd's --max-txn-ops is {MAX_TXN_OPS} by default); this one touches {}: apply it in parts",
-                MAX_TXN_OPS - 1,
+                "etcd: one change may touch at most {MAX_CHANGES} resources (etcd's --max-txn-ops is {MAX_TXN_OPS} by default, two of them the version's); this one touches {}: apply it in parts",
                 upserts.len() + deletes.len()
             )));
         }
@@ -507,24 +535,134 @@ impl Store for EtcdStore {
         for k in deletes {
             ops.push(TxnOp::delete(format!("{RESOURCES}{}", key_string(k)), None));
         }
-        self.commit_ops(version, ops)
+        Ok(ops)
+    }
+}
+
+impl Store for EtcdStore {
+    fn load(&self) -> Result<(u64, BTreeMap<Key, Resource>), StoreError> {
+        let l = self.load_all()?;
+        Ok((l.version, l.resources))
     }
 
-    fn commit_cloud_map(&self, version: u64, answers: &[u8]) -> Result<(), StoreError> {
-        if answers.len() > MAX_VALUE_BYTES {
-            return Err(StoreError(format!(
-                "etcd: Cloud Map's answers take {} bytes, more than the {MAX_VALUE_BYTES} one etcd request holds: fewer instances or queries",
-                answers.len()
-            )));
-        }
-        self.commit_ops(version, vec![TxnOp::put(CLOUD_MAP, answers.to_vec(), None)])
-    }
-
-    fn cloud_map(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let resp = self.call("reading Cloud Map's answers", |mut c| async move {
-            c.get(CLOUD_MAP, None).await
+    fn load_all(&self) -> Result<Loaded, StoreError> {
+        // One transaction: the version, the resources and Cloud Map's answers of the same
+        // revision.
+        let txn = Txn::new().and_then([
+            TxnOp::get(VERSION, None),
+            TxnOp::get(RESOURCES, Some(GetOptions::new().with_prefix())),
+            TxnOp::get(CLOUD_MAP, Some(GetOptions::new().with_prefix())),
+        ]);
+        let resp = self.call("loading the state", move |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
         })?;
-        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+        let mut out = Loaded {
+            cloud_map: Some(CloudMap::new()),
+            ..Default::default()
+        };
+        for (i, op) in resp.op_responses().into_iter().enumerate() {
+            let TxnOpResponse::Get(g) = op else { continue };
+            for kv in g.kvs() {
+                let name = String::from_utf8_lossy(kv.key()).into_owned();
+                let unreadable =
+                    |e: serde_json::Error| StoreError(format!("etcd: {name:?} unreadable: {e}"));
+                match i {
+                    0 => {
+                        out.version = parse_version(kv.value())
+                            .ok_or_else(|| StoreError(format!("etcd: {VERSION} is not a number")))?
+                    }
+                    1 => {
+                        let key: Key =
+                            serde_json::from_str(&name[RESOURCES.len()..]).map_err(&unreadable)?;
+                        let r: Resource =
+                            serde_json::from_slice(kv.value()).map_err(&unreadable)?;
+                        out.resources.insert(key, r);
+                    }
+                    _ => {
+                        // One unreadable answer (written by another release?) is asked again
+                        // by the leader; the others stand.
+                        let got = serde_json::from_str::<CloudMapQuery>(&name[CLOUD_MAP.len()..])
+                            .and_then(|q| {
+                                Ok((
+                                    q,
+                                    serde_json::from_slice::<Vec<CloudMapInstance>>(kv.value())?,
+                                ))
+                            });
+                        match got {
+                            Ok((q, instances)) => {
+                                if let Some(cm) = out.cloud_map.as_mut() {
+                                    cm.insert(q, instances);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(key = %name, error = %e, "Cloud Map answer in etcd unreadable; left out")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit(
+        &self,
+        version: u64,
+        upserts: &[Resource],
+        deletes: &[Key],
+    ) -> Result<(), StoreError> {
+        let ops = self.resource_ops(upserts, deletes)?;
+        self.commit_ops(version, ops, false)
+    }
+
+    fn commit_as_leader(
+        &self,
+        version: u64,
+        upserts: &[Resource],
+        deletes: &[Key],
+    ) -> Result<(), StoreError> {
+        let ops = self.resource_ops(upserts, deletes)?;
+        self.commit_ops(version, ops, true)
+    }
+
+    fn commit_cloud_map(
+        &self,
+        version: u64,
+        changes: &[(CloudMapQuery, Option<Vec<CloudMapInstance>>)],
+    ) -> Result<usize, StoreError> {
+        // As many as one transaction holds, in order.
+        let mut ops = Vec::new();
+        let mut bytes = 0;
+        for (q, instances) in changes.iter().take(MAX_CHANGES) {
+            let key = format!(
+                "{CLOUD_MAP}{}",
+                serde_json::to_string(q).map_err(|e| StoreError(e.to_string()))?
+            );
+            let op = match instances {
+                Some(i) => {
+                    let v = serde_json::to_vec(i).map_err(|e| StoreError(e.to_string()))?;
+                    bytes += key.len() + v.len();
+                    TxnOp::put(key, v, None)
+                }
+                None => {
+                    bytes += key.len();
+                    TxnOp::delete(key, None)
+                }
+            };
+            if bytes > MAX_REQUEST_BYTES {
+                if ops.is_empty() {
+                    return Err(StoreError(format!(
+                        "etcd: Cloud Map's instances of {q} take {bytes} bytes, more than the {MAX_REQUEST_BYTES} one etcd request holds"
+                    )));
+                }
+                break;
+            }
+            ops.push(op);
+        }
+        let n = ops.len();
+        self.commit_ops(version, ops, true)?;
+        Ok(n)
     }
 
     fn rollout_statuses(&self) -> Result<Vec<(Key, Vec<u8>)>, StoreError> {
@@ -542,21 +680,32 @@ impl Store for EtcdStore {
             .collect()
     }
 
+    // Only the leader runs rollouts: only while it leads.
     fn save_rollout_status(&self, key: &Key, status: Option<&[u8]>) -> Result<(), StoreError> {
         let k = format!("{ROLLOUTS}{}", key_string(key));
-        match status {
-            Some(b) => {
-                let b = b.to_vec();
-                self.call("keeping a rollout status", move |mut c| {
-                    let (k, b) = (k.clone(), b.clone());
-                    async move { c.put(k, b, None).await.map(|_| ()) }
-                })
-            }
-            None => self.call("forgetting a rollout status", move |mut c| {
-                let k = k.clone();
-                async move { c.delete(k, None).await.map(|_| ()) }
-            }),
+        let (what, op) = match status {
+            Some(b) => ("keeping a rollout status", TxnOp::put(k, b.to_vec(), None)),
+            None => ("forgetting a rollout status", TxnOp::delete(k, None)),
+        };
+        let txn = Txn::new()
+            .when([self.fence()?])
+            .and_then([op])
+            .or_else([TxnOp::get(LEADER, None)]);
+        let resp = self.call(what, move |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })?;
+        if resp.succeeded() {
+            return Ok(());
         }
+        let holder = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            _ => None,
+        });
+        Err(not_leading(holder))
     }
 
     fn create_secret(&self, name: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
@@ -656,7 +805,8 @@ impl Store for EtcdStore {
         let (tx, rx) = watch::channel(Leader::default());
         let me = me.to_owned();
         let server = serde_json::to_string(&server).ok()?;
-        let job: Job = Box::new(move |c| Box::pin(campaign(c, me, server, ttl, tx)));
+        let leading = self.leading.clone();
+        let job: Job = Box::new(move |c| Box::pin(campaign(c, me, server, ttl, tx, leading)));
         self.jobs.send(job).ok()?;
         Some(rx)
     }

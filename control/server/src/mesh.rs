@@ -95,17 +95,6 @@ impl Snapshot {
     }
 }
 
-/// Cloud Map's answers as the store keeps them: a JSON list of `[query, instances]`.
-fn encode_cloud_map(cm: &CloudMap) -> Vec<u8> {
-    let list: Vec<(&CloudMapQuery, &Vec<CloudMapInstance>)> = cm.iter().collect();
-    serde_json::to_vec(&list).unwrap_or_default()
-}
-
-fn decode_cloud_map(bytes: &[u8]) -> Result<CloudMap, serde_json::Error> {
-    let list: Vec<(CloudMapQuery, Vec<CloudMapInstance>)> = serde_json::from_slice(bytes)?;
-    Ok(list.into_iter().collect())
-}
-
 /// The answers of `cm` to the queries in `wanted`.
 fn asked(cm: &CloudMap, wanted: &BTreeSet<CloudMapQuery>) -> CloudMap {
     cm.iter()
@@ -296,7 +285,7 @@ enum Write<F> {
     /// Commits it (with the version it gets), then serves it.
     Commit(F),
     /// Serves it as version `.0`, which another server sharing the store committed, with
-    /// the Cloud Map answers `.1` the leader keeps there (`None`: as they were).
+    /// the Cloud Map answers `.1` the leader keeps there (`None`: a store that keeps none).
     Taken(u64, Option<CloudMap>),
 }
 
@@ -316,21 +305,32 @@ pub struct Mesh {
     write: tokio::sync::Mutex<()>,
     translations: Mutex<Translations>,
     made: Mutex<VecDeque<(u64, Instant)>>,
+    /// The queries whose answers the store keeps (as last read or written here): the
+    /// leader drops those no node asks any more.
+    kept_queries: Mutex<BTreeSet<CloudMapQuery>>,
 }
 
 impl Mesh {
     /// Loads the resources from `store`, the modules from `modules`, and translates every
     /// virtual node once (to know what each depends on).
     pub fn new(store: Arc<dyn Store>, modules: Modules) -> Result<Mesh, StoreError> {
-        let (version, stored) = store.load()?;
-        let resources: Resources = stored.into_iter().map(|(k, r)| (k, Arc::new(r))).collect();
+        let loaded = store.load_all()?;
+        let version = loaded.version;
+        let resources: Resources = loaded
+            .resources
+            .into_iter()
+            .map(|(k, r)| (k, Arc::new(r)))
+            .collect();
+        let queries = maille_translate::cloud_map_queries(&resources);
+        // What the leader last heard from Cloud Map, for a server that does not ask it.
+        let kept = loaded.cloud_map.unwrap_or_default();
         let snap = Snapshot {
             version,
-            cloud_map_queries: Arc::new(maille_translate::cloud_map_queries(&resources)),
+            cloud_map: Arc::new(asked(&kept, &queries)),
+            cloud_map_queries: Arc::new(queries),
             callers: Arc::new(maille_translate::callers(&resources)),
             resources,
             modules: modules.current(),
-            cloud_map: Arc::new(CloudMap::new()),
             made_at: Instant::now(),
         };
         let mut t = Translations {
@@ -350,6 +350,7 @@ impl Mesh {
             write: tokio::sync::Mutex::new(()),
             translations: Mutex::new(t),
             made: Mutex::new(VecDeque::new()),
+            kept_queries: Mutex::new(kept.into_keys().collect()),
         })
     }
 
@@ -420,6 +421,28 @@ impl Mesh {
         dry_run: bool,
         exists: Option<bool>,
     ) -> Result<ApplyReport, ApplyError> {
+        self.apply_with(resources, keys, dry_run, exists, false)
+            .await
+    }
+
+    /// [`Mesh::apply_and_delete`] of a change the leader makes (a rollout's step): refused
+    /// by a shared store once this server no longer leads (see [`Store::commit_as_leader`]).
+    pub async fn apply_as_leader(
+        &self,
+        resources: Vec<Resource>,
+        keys: Vec<Key>,
+    ) -> Result<ApplyReport, ApplyError> {
+        self.apply_with(resources, keys, false, None, true).await
+    }
+
+    async fn apply_with(
+        &self,
+        resources: Vec<Resource>,
+        keys: Vec<Key>,
+        dry_run: bool,
+        exists: Option<bool>,
+        as_leader: bool,
+    ) -> Result<ApplyReport, ApplyError> {
         let mut errors = Vec::new();
         for r in &resources {
             if let Err(e) = check_resource(r) {
@@ -433,7 +456,7 @@ impl Mesh {
         let mut tries = 0u32;
         let give_up = Instant::now() + CONFLICTS_FOR;
         loop {
-            match self.apply_locked(resources.clone(), keys.clone(), dry_run, exists) {
+            match self.apply_locked(resources.clone(), keys.clone(), dry_run, exists, as_leader) {
                 Err(ApplyError::Store(e)) if e.is_conflict() && Instant::now() < give_up => {
                     // Another replica wrote first: take its state, then check and write
                     // this change again on top of it, after a random wait that grows with
@@ -459,6 +482,7 @@ impl Mesh {
         keys: Vec<Key>,
         dry_run: bool,
         exists: Option<bool>,
+        as_leader: bool,
     ) -> Result<ApplyReport, ApplyError> {
         let cur = self.current();
         let mut next = cur.resources.clone();
@@ -504,7 +528,11 @@ impl Mesh {
             Write::DryRun
         } else {
             Write::Commit(move |store: &dyn Store, version| {
-                store.commit(version, &stored, &deleted)
+                if as_leader {
+                    store.commit_as_leader(version, &stored, &deleted)
+                } else {
+                    store.commit(version, &stored, &deleted)
+                }
             })
         };
         self.change(cur, next, changed, report, write)
@@ -519,7 +547,8 @@ impl Mesh {
     }
 
     fn catch_up_locked(&self) -> Result<bool, StoreError> {
-        let (version, stored) = self.store.load()?;
+        let loaded = self.store.load_all()?;
+        let (version, stored) = (loaded.version, loaded.resources);
         let cur = self.current();
         if version <= cur.version {
             return Ok(false);
@@ -547,14 +576,11 @@ impl Mesh {
             version: cur.version,
             ..Default::default()
         };
-        let answers = self.store.cloud_map()?.and_then(|b| match decode_cloud_map(&b) {
-            Ok(cm) => Some(cm),
-            Err(e) => {
-                tracing::warn!(error = %e, "Cloud Map's answers in the store are unreadable; keeping the last ones");
-                None
-            }
-        });
-        let write = Write::<NoCommit>::Taken(version, answers);
+        if let Some(cm) = &loaded.cloud_map {
+            *self.kept_queries.lock().unwrap_or_else(|e| e.into_inner()) =
+                cm.keys().cloned().collect();
+        }
+        let write = Write::<NoCommit>::Taken(version, loaded.cloud_map);
         match self.change(cur, next, keys, report, write) {
             Ok(_) => Ok(true),
             Err(ApplyError::Store(e)) => Err(e),
@@ -562,8 +588,8 @@ impl Mesh {
         }
     }
 
-    /// Commits a new version with no resource changed (modules, Cloud Map answers), on top
-    /// of what another server sharing the store wrote if it wrote first. The snapshot it
+    /// Commits a new version with no resource changed (modules), on top of what another
+    /// server sharing the store wrote if it wrote first. The snapshot it
     /// follows, and the version.
     fn commit_bump(&self) -> Result<(Arc<Snapshot>, u64), StoreError> {
         let give_up = Instant::now() + CONFLICTS_FOR;
@@ -605,47 +631,68 @@ impl Mesh {
 
     /// Serves what Cloud Map answered for `answers` (each query's healthy instances), keeping
     /// the other queries' last answers; when that changes any query's instances, a new
-    /// snapshot re-translates the nodes that read them. (Answers no node asks for any more
-    /// are dropped by the next apply.)
+    /// snapshot re-translates the nodes that read them. The leader's answers are kept in the
+    /// store for the servers that do not ask Cloud Map, and answers to queries no node asks
+    /// any more are dropped there. A store that holds only so much per commit takes the
+    /// changes over several versions. `Ok(false)`: nothing changed.
     pub async fn update_cloud_map(
         &self,
         answers: BTreeMap<CloudMapQuery, Vec<CloudMapInstance>>,
     ) -> Result<bool, StoreError> {
         let _guard = self.write.lock().await;
         let give_up = Instant::now() + CONFLICTS_FOR;
+        let mut any = false;
         loop {
             let cur = self.current();
             let wanted = &cur.cloud_map_queries;
-            let mut next = asked(&cur.cloud_map, wanted);
+            let mut changes: Vec<(CloudMapQuery, Option<Vec<CloudMapInstance>>)> = self
+                .kept_queries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|q| !wanted.contains(*q))
+                .map(|q| (q.clone(), None))
+                .collect();
             for (q, instances) in &answers {
-                if wanted.contains(q) {
-                    let mut instances = instances.clone();
-                    instances.sort();
-                    instances.dedup();
-                    next.insert(q.clone(), instances);
+                if !wanted.contains(q) {
+                    continue;
+                }
+                let mut instances = instances.clone();
+                instances.sort();
+                instances.dedup();
+                if cur.cloud_map.get(q) != Some(&instances) {
+                    changes.push((q.clone(), Some(instances)));
                 }
             }
-            let changed: Vec<Dep> = wanted
-                .iter()
-                .filter(|q| cur.cloud_map.get(*q) != next.get(*q))
-                .map(|q| Dep::CloudMap(q.clone()))
-                .collect();
-            if changed.is_empty() {
-                // Answers no node asks for any more go with the next apply (see `change`).
-                return Ok(false);
+            if changes.is_empty() {
+                return Ok(any);
             }
-            // Kept with the version, for the servers that do not ask Cloud Map themselves.
             let version = cur.version + 1;
-            match self
-                .store
-                .commit_cloud_map(version, &encode_cloud_map(&next))
-            {
-                Ok(()) => {}
+            let kept = match self.store.commit_cloud_map(version, &changes) {
+                Ok(n) => n.clamp(1, changes.len()),
                 Err(e) if e.is_conflict() && Instant::now() < give_up => {
                     self.catch_up_locked()?;
                     continue;
                 }
                 Err(e) => return Err(e),
+            };
+            changes.truncate(kept);
+            let mut next = (*cur.cloud_map).clone();
+            let mut deps = Vec::new();
+            {
+                let mut k = self.kept_queries.lock().unwrap_or_else(|e| e.into_inner());
+                for (q, instances) in changes {
+                    match instances {
+                        Some(i) => {
+                            deps.push(Dep::CloudMap(q.clone()));
+                            k.insert(q.clone());
+                            next.insert(q, i);
+                        }
+                        None => {
+                            k.remove(&q);
+                        }
+                    }
+                }
             }
             let snap = Snapshot {
                 version,
@@ -656,8 +703,8 @@ impl Mesh {
                 callers: cur.callers.clone(),
                 made_at: Instant::now(),
             };
-            self.publish(snap, &changed, &[]);
-            return Ok(true);
+            self.publish(snap, &deps, &[]);
+            any = true;
         }
     }
 

@@ -1201,7 +1201,7 @@ impl Run {
         // One change: the route's weights and the A/B routes move together.
         self.inner
             .mesh
-            .apply_and_delete(upserts, deletes, false)
+            .apply_as_leader(upserts, deletes)
             .await
             .map_err(|e| format!("setting {rkey}: {e}"))?;
         Ok(())

@@ -3,6 +3,7 @@
 //! take its place behind the same trait.
 
 use maille_model::{Key, Resource};
+use maille_translate::{CloudMap, CloudMapInstance, CloudMapQuery};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -31,17 +32,40 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Writes `upserts`, removes `deletes` and sets the version, all or nothing.
     fn commit(&self, version: u64, upserts: &[Resource], deletes: &[Key])
         -> Result<(), StoreError>;
-    /// Sets the version with no resource changed, keeping `answers` (what Cloud Map answered,
-    /// a JSON document of the mesh's) for the other servers sharing the store, all or
-    /// nothing. A store of one server keeps only the version: its server asks again when it
-    /// starts.
-    fn commit_cloud_map(&self, version: u64, answers: &[u8]) -> Result<(), StoreError> {
-        let _ = answers;
-        self.commit(version, &[], &[])
+    /// [`Store::load`], and what [`Store::commit_cloud_map`] kept, read together (`None`: a
+    /// store of one server, which keeps no answers).
+    fn load_all(&self) -> Result<Loaded, StoreError> {
+        let (version, resources) = self.load()?;
+        Ok(Loaded {
+            version,
+            resources,
+            cloud_map: None,
+        })
     }
-    /// What [`Store::commit_cloud_map`] kept last (`None`: nothing, or a store of one server).
-    fn cloud_map(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
+    /// [`Store::commit`] of a change the leader makes (a rollout's step): refused once this
+    /// server no longer leads, so a server that lost the lease without noticing cannot
+    /// undo what the new leader did.
+    fn commit_as_leader(
+        &self,
+        version: u64,
+        upserts: &[Resource],
+        deletes: &[Key],
+    ) -> Result<(), StoreError> {
+        self.commit(version, upserts, deletes)
+    }
+    /// Sets the version with no resource changed, keeping `changes` to what Cloud Map answered
+    /// (a query's instances; `None`: the query is asked no more) for the other servers
+    /// sharing the store, all or nothing; only while this server leads. A store bounds one
+    /// commit: it may keep only the first of `changes`, and returns how many it kept (at
+    /// least one). A store of one server keeps only the version: its server asks again when
+    /// it starts.
+    fn commit_cloud_map(
+        &self,
+        version: u64,
+        changes: &[(CloudMapQuery, Option<Vec<CloudMapInstance>>)],
+    ) -> Result<usize, StoreError> {
+        self.commit(version, &[], &[])?;
+        Ok(changes.len())
     }
     /// Every rollout status kept, by rollout key (JSON documents of `maille-api`).
     fn rollout_statuses(&self) -> Result<Vec<(Key, Vec<u8>)>, StoreError>;
@@ -90,6 +114,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn servers(&self) -> Vec<(String, u16, u16)> {
         Vec::new()
     }
+}
+
+/// What a store holds, read at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The last version.
+    pub version: u64,
+    /// Every resource.
+    pub resources: BTreeMap<Key, Resource>,
+    /// What Cloud Map last answered the leader, by query (`None`: a store of one server).
+    pub cloud_map: Option<CloudMap>,
 }
 
 /// Who does the work done once among servers sharing a store.
@@ -274,6 +309,7 @@ impl Store for RedbStore {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<(u64, BTreeMap<Key, Resource>)>,
+    cloud_map: Mutex<CloudMap>,
     rollouts: Mutex<BTreeMap<Key, Vec<u8>>>,
     secrets: Mutex<BTreeMap<String, Vec<u8>>>,
 }
@@ -285,6 +321,46 @@ impl Store for MemoryStore {
             .lock()
             .map_err(|_| StoreError("poisoned".into()))?
             .clone())
+    }
+
+    // Kept like a shared store's, so that tests can share one between two meshes.
+    fn load_all(&self) -> Result<Loaded, StoreError> {
+        let g = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        let cm = self
+            .cloud_map
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        Ok(Loaded {
+            version: g.0,
+            resources: g.1.clone(),
+            cloud_map: Some(cm.clone()),
+        })
+    }
+
+    fn commit_cloud_map(
+        &self,
+        version: u64,
+        changes: &[(CloudMapQuery, Option<Vec<CloudMapInstance>>)],
+    ) -> Result<usize, StoreError> {
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        let mut cm = self
+            .cloud_map
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        g.0 = version;
+        for (q, i) in changes {
+            match i {
+                Some(i) => cm.insert(q.clone(), i.clone()),
+                None => cm.remove(q),
+            };
+        }
+        Ok(changes.len())
     }
 
     fn commit(

@@ -6,7 +6,7 @@ mod common;
 
 use maille_control::mesh::{types, NodeResources};
 use maille_control::modules::Modules;
-use maille_control::store::{MemoryStore, RedbStore};
+use maille_control::store::{MemoryStore, RedbStore, Store};
 use maille_control::{ApplyError, Mesh};
 use maille_model::{Key, Kind, Resource};
 use maille_translate::{node_config, NodeOptions, World};
@@ -347,4 +347,133 @@ async fn a_restart_serves_what_was_applied() {
         rt.spec.http_route.as_mut().unwrap().action.weighted_targets[0].weight = 3;
     }
     assert_eq!(mesh.apply(vec![r], false).await.unwrap().affected_nodes, 1);
+}
+
+/// A mesh whose `colors` node finds its instances in Cloud Map.
+fn cloud_map_mesh() -> Vec<Resource> {
+    let text = r#"[
+        {"meshName": "demo", "spec": {}, "maille": {"mtls": "DISABLED"}},
+        {"meshName": "demo", "virtualNodeName": "gateway", "spec": {
+            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
+            "backends": [{"virtualService": {"virtualServiceName": "colorteller.local"}}]}},
+        {"meshName": "demo", "virtualNodeName": "colors", "spec": {
+            "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
+            "serviceDiscovery": {"awsCloudMap": {
+                "namespaceName": "demo.local", "serviceName": "colorteller"}}}},
+        {"meshName": "demo", "virtualServiceName": "colorteller.local", "spec": {
+            "provider": {"virtualNode": {"virtualNodeName": "colors"}}}}
+    ]"#;
+    maille_import::import_str(
+        "cloud-map.json",
+        text,
+        maille_import::Format::ApiJson,
+        &Default::default(),
+    )
+    .unwrap()
+    .resources
+}
+
+fn instance(ip: &str) -> maille_translate::CloudMapInstance {
+    maille_translate::CloudMapInstance {
+        ipv4: Some(ip.into()),
+        ipv6: None,
+        port: Some(8080),
+    }
+}
+
+/// The addresses `mesh` serves the gateway for the `colors` node's cluster.
+fn served_ips(mesh: &Mesh) -> Vec<String> {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message;
+    let snap = mesh.current();
+    let res = mesh.node_resources(&snap, "demo", "gateway", &NodeOptions::default());
+    let mut ips = Vec::new();
+    for (_, any) in res.by_type[types::ENDPOINT].items.iter() {
+        let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+        for e in cla.endpoints.iter().flat_map(|l| l.lb_endpoints.iter()) {
+            use envoy_types::pb::envoy::config::core::v3::address::Address;
+            use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+            if let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier {
+                if let Some(Address::SocketAddress(sa)) =
+                    ep.address.as_ref().and_then(|a| a.address.as_ref())
+                {
+                    ips.push(sa.address.clone());
+                }
+            }
+        }
+    }
+    ips.sort();
+    ips
+}
+
+// Two servers on one store: the leader's Cloud Map answers reach the other through the
+// store (kept with the version), a server started later reads them at once, and the
+// answers of a node deleted are dropped from the store, so that the node added back is not
+// served the instances of then.
+#[tokio::test]
+async fn cloud_map_answers_reach_the_servers_that_do_not_ask_through_the_store() {
+    let dir = modules_dir();
+    let modules = || Modules::new(Some(dir.path().to_path_buf()), "http://127.0.0.1:1");
+    let store = Arc::new(MemoryStore::default());
+    let leader = Mesh::new(store.clone(), modules()).unwrap();
+    let follower = Mesh::new(store.clone(), modules()).unwrap();
+    leader.apply(cloud_map_mesh(), false).await.unwrap();
+    assert!(follower.sync_from_store().await.unwrap());
+    assert_eq!(served_ips(&follower), Vec::<String>::new());
+
+    let q = leader
+        .current()
+        .cloud_map_queries
+        .iter()
+        .next()
+        .unwrap()
+        .clone();
+    let answers = |ips: &[&str]| {
+        [(q.clone(), ips.iter().map(|ip| instance(ip)).collect())]
+            .into_iter()
+            .collect()
+    };
+    assert!(leader
+        .update_cloud_map(answers(&["10.0.0.2", "10.0.0.1"]))
+        .await
+        .unwrap());
+    assert_eq!(served_ips(&leader), ["10.0.0.1", "10.0.0.2"]);
+    // The same answer again: no new version.
+    let v = leader.current().version;
+    assert!(!leader
+        .update_cloud_map(answers(&["10.0.0.1", "10.0.0.2"]))
+        .await
+        .unwrap());
+    assert_eq!(leader.current().version, v);
+
+    // The follower takes the answers with the version; only the gateway's endpoints change.
+    assert!(follower.sync_from_store().await.unwrap());
+    assert_eq!(follower.current().version, v);
+    assert_eq!(served_ips(&follower), ["10.0.0.1", "10.0.0.2"]);
+
+    // A server started now serves them before any change.
+    let late = Mesh::new(store.clone(), modules()).unwrap();
+    assert_eq!(served_ips(&late), ["10.0.0.1", "10.0.0.2"]);
+
+    // The Cloud Map node goes: its answers leave the store at the leader's next poll.
+    let colors = find(&cloud_map_mesh(), Kind::VirtualNode, "colors");
+    let vs = find(&cloud_map_mesh(), Kind::VirtualService, "colorteller.local");
+    let gw = find(&cloud_map_mesh(), Kind::VirtualNode, "gateway");
+    leader
+        .delete(vec![gw.key(), vs.key(), colors.key()], false)
+        .await
+        .unwrap();
+    assert!(store
+        .load_all()
+        .unwrap()
+        .cloud_map
+        .unwrap()
+        .contains_key(&q));
+    assert!(leader.update_cloud_map(Default::default()).await.unwrap());
+    assert!(store.load_all().unwrap().cloud_map.unwrap().is_empty());
+    // Added back: no instances until Cloud Map answers again, on every server.
+    leader.apply(cloud_map_mesh(), false).await.unwrap();
+    assert!(follower.sync_from_store().await.unwrap());
+    assert_eq!(served_ips(&leader), Vec::<String>::new());
+    assert_eq!(served_ips(&follower), Vec::<String>::new());
 }

@@ -99,6 +99,9 @@ impl Etcd {
                 "50",
                 "--election-timeout",
                 "500",
+                // History kept an hour, as a deployment should (every change adds to it).
+                "--auto-compaction-retention",
+                "1",
             ])
             .stdout(Stdio::null())
             .stderr(log)

@@ -351,6 +351,18 @@ impl Process {
         Process::start_on(&dir.join("state.redb"), free_port(), free_port(), args, env)
     }
 
+    /// A server started with `args` (beside its listen addresses and modules, which are
+    /// the test's), its files in `dir`.
+    pub fn start_with_args(dir: &Path, args: Vec<String>) -> Process {
+        Process::start_on(
+            &dir.join("state.redb"),
+            free_port(),
+            free_port(),
+            args,
+            Vec::new(),
+        )
+    }
+
     fn start_on(
         state: &Path,
         xds: u16,
