@@ -54,6 +54,10 @@ pub mod paths {
     pub const HEALTH: &str = "/healthz";
     /// Rollouts.
     pub const ROLLOUTS: &str = "/v1/rollouts";
+    /// What one upstream cluster did, by the stats this server's Envoys sent it
+    /// (`?cluster=&fromMillis=&toMillis=`): the leader's rollout analysis adds up every
+    /// server's.
+    pub const MESH_STATS: &str = "/v1/mesh-stats";
     /// A request header every change (apply, delete, a rollout's actions) must carry, with
     /// the client's name: a browser cannot send it cross-site without a CORS preflight this
     /// server never grants, so another web page cannot make a change (CSRF).
@@ -223,8 +227,8 @@ pub struct StatusAnswer {
     /// does. Absent for a server alone on its store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<LeaderStatus>,
-    /// What this server asks AWS Cloud Map for the mesh's `awsCloudMap` nodes. Absent until
-    /// a node uses Cloud Map (and present from then on: its calls are counted).
+    /// What this server asks AWS Cloud Map for the mesh's `awsCloudMap` nodes. Present
+    /// while a node uses Cloud Map, or once this server has asked it.
     #[serde(default, rename = "cloudMap", skip_serializing_if = "Option::is_none")]
     pub cloud_map: Option<CloudMapStatus>,
 }
@@ -408,6 +412,44 @@ pub struct Sample {
     pub success_rate: Option<f64>,
     /// 99th percentile latency, ms, when there were requests.
     pub p99_millis: Option<f64>,
+}
+
+/// `GET /v1/mesh-stats`: one cluster's requests, 5xx answers and latency histogram over
+/// whole seconds, as one server's Envoys reported them. Windows of several servers add up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsWindow {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of which 5xx.
+    pub errors: u64,
+    /// The latency histogram's upper bounds, ms (empty: no histogram reported).
+    pub bounds: Vec<f64>,
+    /// Its counts, one more than `bounds` (the last: above the last bound).
+    pub buckets: Vec<u64>,
+}
+
+impl StatsWindow {
+    /// Adds `other`'s counts; its histogram only if its bounds are these (or these are
+    /// none yet). Whether the histogram could be added.
+    pub fn add(&mut self, other: &StatsWindow) -> bool {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        if other.buckets.is_empty() {
+            return true;
+        }
+        if self.buckets.is_empty() {
+            self.bounds = other.bounds.clone();
+            self.buckets = vec![0; other.buckets.len()];
+        }
+        if self.bounds != other.bounds || self.buckets.len() != other.buckets.len() {
+            return false;
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        true
+    }
 }
 
 impl Sample {

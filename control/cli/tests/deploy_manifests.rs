@@ -133,6 +133,7 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
             ca_pem: None,
             token_dir: None,
             tls_names: Vec::new(),
+            peer_address: None,
             leader_ttl: std::time::Duration::from_secs(2),
         }))
         .unwrap();
@@ -319,10 +320,10 @@ fn the_kubernetes_manifests_validate_and_their_bootstraps_pass_envoy() {
 }
 
 // The replicated layout: three control servers on a three-member etcd. The manifests are
-// validated, the control servers' store names the etcd members the StatefulSet makes, and
-// the control container's own arguments start real servers here (on a local etcd in the
-// members' place) that share their tokens and CA, elect one leader, and hand out bootstraps
-// naming the one Service.
+// validated; the etcd container's own command starts three members here (loopback ports
+// for their DNS names) that form one cluster; the control container's own arguments start
+// three servers on it that share their tokens and CA, elect one leader, and hand out
+// bootstraps naming the one Service.
 #[test]
 fn the_replicated_kubernetes_manifests_validate_and_their_servers_share_one_state() {
     let root = repo_root();
@@ -357,6 +358,12 @@ fn the_replicated_kubernetes_manifests_validate_and_their_servers_share_one_stat
             .to_owned()
     };
     assert!(!args.iter().any(|a| a.starts_with("--state")), "{args:?}");
+    // Each replica is reached by the others at its own pod's address.
+    assert_eq!(flag("peer-address"), "$(POD_IP)");
+    assert_eq!(
+        pod["containers"][0]["env"][0],
+        serde_json::json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    );
 
     // The store lists every member the StatefulSet makes, on the client port.
     let etcd = find("StatefulSet", "maille-etcd");
@@ -415,8 +422,74 @@ fn the_replicated_kubernetes_manifests_validate_and_their_servers_share_one_stat
 
     // The container's arguments, here: the test's listen ports and modules, a local etcd for
     // the members, a folder of its own for each server's files.
-    let local = maille_testkit::Etcd::start(1);
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // The StatefulSet's etcd command, run here once per member: each pod's name for
+    // `$(POD_NAME)`, loopback ports for the members' DNS names, a folder for the volume.
+    // The three form one cluster.
+    let ports: Vec<(u16, u16)> = (0..members)
+        .map(|_| (maille_testkit::free_port(), maille_testkit::free_port()))
+        .collect();
+    let to_loopback = |a: &str, me: usize| -> String {
+        let mut a = a
+            .replace("$(POD_NAME)", &format!("maille-etcd-{me}"))
+            .replace(
+                "http://0.0.0.0:2379",
+                &format!("http://127.0.0.1:{}", ports[me].0),
+            )
+            .replace(
+                "http://0.0.0.0:2380",
+                &format!("http://127.0.0.1:{}", ports[me].1),
+            );
+        for (j, h) in hosts.iter().enumerate() {
+            a = a
+                .replace(&format!("{h}:2379"), &format!("127.0.0.1:{}", ports[j].0))
+                .replace(&format!("{h}:2380"), &format!("127.0.0.1:{}", ports[j].1));
+        }
+        a
+    };
+    let data = tempfile::tempdir().unwrap();
+    let _members: Vec<Child> = (0..members as usize)
+        .map(|i| {
+            let args: Vec<String> = command[1..]
+                .iter()
+                .map(|a| match a.strip_prefix("--data-dir=") {
+                    Some(_) => format!("--data-dir={}", data.path().join(i.to_string()).display()),
+                    None => to_loopback(a, i),
+                })
+                .collect();
+            assert_eq!(command[0], "etcd");
+            let log = std::fs::File::create(data.path().join(format!("{i}.log"))).unwrap();
+            Child(
+                Command::new(maille_testkit::etcd_bin())
+                    .args(&args)
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let local_store = to_loopback(&store, 0);
+    let endpoints = local_store
+        .trim_start_matches("etcd://")
+        .replace("127.", "http://127.");
+    maille_testkit::eventually(
+        "the three members form a cluster",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &endpoints, "endpoint", "health"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            (
+                out.status.success() && text.matches("is healthy").count() == members as usize,
+                text,
+            )
+        },
+    );
+    let dirs: Vec<tempfile::TempDir> = (0..members).map(|_| tempfile::tempdir().unwrap()).collect();
     let servers: Vec<common::Process> = dirs
         .iter()
         .map(|d| {
@@ -429,7 +502,9 @@ fn the_replicated_kubernetes_manifests_validate_and_their_servers_share_one_stat
                 })
                 .map(|a| {
                     if a.starts_with("--store=") {
-                        format!("--store={}", local.store_url())
+                        format!("--store={local_store}")
+                    } else if a == "--peer-address=$(POD_IP)" {
+                        "--peer-address=127.0.0.1".to_owned()
                     } else if a.starts_with("--token-dir=") {
                         format!("--token-dir={}", d.path().display())
                     } else {
@@ -446,7 +521,9 @@ fn the_replicated_kubernetes_manifests_validate_and_their_servers_share_one_stat
         "maille-bootstrap.token",
         "maille-ca.pem",
     ] {
-        assert_eq!(file(0, f), file(1, f), "{f} is the same on every replica");
+        for i in 1..servers.len() {
+            assert_eq!(file(0, f), file(i, f), "{f} is the same on every replica");
+        }
     }
     maille_testkit::eventually(
         "one server leads",
@@ -499,6 +576,16 @@ fn the_replicated_kubernetes_manifests_validate_and_their_servers_share_one_stat
             "the Service alone: {xds}"
         );
         envoy_validate(&body).unwrap_or_else(|e| panic!("bootstrap: {e}\n{body}"));
+    }
+}
+
+/// A process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -815,23 +815,25 @@ impl Link {
         let (c, k) = (cut.clone(), conns.clone());
         rt.spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                // Under the lock `cut` takes: a connection is either refused or cut.
+                let mut conns = k.lock().unwrap();
                 if c.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: refused
                 }
-                let h = tokio::spawn(async move {
+                conns.push(tokio::spawn(async move {
                     if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                     }
-                });
-                k.lock().unwrap().push(h);
+                }));
             }
         });
         Link { port, cut, conns }
     }
 
     fn cut(&self) {
+        let mut conns = self.conns.lock().unwrap();
         self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        for h in self.conns.lock().unwrap().drain(..) {
+        for h in conns.drain(..) {
             h.abort();
         }
     }
@@ -884,20 +886,25 @@ fn a_leader_cut_off_from_etcd_steps_down_before_another_leads() {
 
     link.cut();
     let cut_at = std::time::Instant::now();
+    // Polled in turn: B is asked only after A, so B seen leading in a later round than A
+    // seen not leading means A stopped first.
     let (mut a_down, mut b_up) = (None, None);
+    let mut round = 0u32;
     while b_up.is_none() && cut_at.elapsed() < Duration::from_secs(ttl * 3) {
+        round += 1;
         if a_down.is_none() && a.get("/v1/status")["leader"]["me"] != true {
-            a_down = Some(cut_at.elapsed());
+            a_down = Some((round, cut_at.elapsed()));
         }
         if b.get("/v1/status")["leader"]["me"] == true {
-            b_up = Some(cut_at.elapsed());
+            b_up = Some((round, cut_at.elapsed()));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (a_down, b_up) = (a_down.expect("A stopped leading"), b_up.expect("B leads"));
+    let ((a_round, a_down), (b_round, b_up)) =
+        (a_down.expect("A stopped leading"), b_up.expect("B leads"));
     assert!(
-        a_down < b_up,
-        "A stopped leading at {a_down:?}, after B led at {b_up:?}"
+        a_round < b_round,
+        "A seen not leading at {a_down:?} (round {a_round}), B leading at {b_up:?} (round {b_round})"
     );
     assert!(
         b_up < Duration::from_secs(ttl + 3),
@@ -956,10 +963,20 @@ fn a_deposed_leader_cannot_write_the_leaders_work() {
     // Not leading yet: refused.
     let e = a.save_rollout_status(&key, Some(b"{}")).unwrap_err();
     assert!(e.0.contains("does not lead"), "{e}");
-    // A leads on a long lease, so that it does not notice what follows for a while.
+    // A leads on a long lease (its campaign looks again every eighth of it, 75 s), so that
+    // it does not notice what follows.
     let _guard = rt.enter();
     let mut la = a
-        .campaign("a", ("a.example".into(), 1, 2), Duration::from_secs(60))
+        .campaign(
+            "a",
+            maille_control::store::ServerEntry {
+                address: "a.example".into(),
+                xds_port: 1,
+                http_port: 2,
+                peer_url: "https://a.example:2".into(),
+            },
+            Duration::from_secs(600),
+        )
         .unwrap();
     rt.block_on(la.wait_for(|l| l.me)).unwrap();
     a.save_rollout_status(&key, Some(b"step 1")).unwrap();
@@ -985,7 +1002,16 @@ fn a_deposed_leader_cannot_write_the_leaders_work() {
         .unwrap();
     ctl(&["lease", "revoke", &format!("{lease:x}")]);
     let mut lb = b
-        .campaign("b", ("b.example".into(), 1, 2), Duration::from_secs(60))
+        .campaign(
+            "b",
+            maille_control::store::ServerEntry {
+                address: "b.example".into(),
+                xds_port: 1,
+                http_port: 2,
+                peer_url: "https://b.example:2".into(),
+            },
+            Duration::from_secs(600),
+        )
         .unwrap();
     rt.block_on(lb.wait_for(|l| l.me)).unwrap();
     b.save_rollout_status(&key, Some(b"step 2")).unwrap();
@@ -1012,4 +1038,123 @@ fn a_deposed_leader_cannot_write_the_leaders_work() {
     // Other writes are anyone's.
     a.commit(version + 1, &[], &[]).unwrap();
     assert_eq!(b.load().unwrap().0, version + 1);
+}
+
+// Each Envoy sends its stats to the server it is connected to; the leader's analysis adds up
+// every server's. The leader here has no Envoy at all: the gateway's Envoy knows only the
+// other server. A canary failing half its requests is still judged on them and rolled back
+// (with the leader's own numbers alone it would hold, for want of data).
+#[test]
+fn the_leader_judges_a_canary_by_the_traffic_of_envoys_on_other_servers() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let rt = runtime();
+    let etcd = Etcd::start(1);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Control::start_on_etcd(&rt, dirs[0].path(), &etcd.store_url());
+    eventually("A leads", Duration::from_secs(10), || {
+        let s = a.get("/v1/status");
+        (s["leader"]["me"] == true, s)
+    });
+    let b = Control::start_on_etcd(&rt, dirs[1].path(), &etcd.store_url());
+    let apps = Apps::start(&rt, &["stable", "canary"]);
+    let f = write_spec(
+        dirs[0].path(),
+        "mesh.json",
+        &colorteller(&apps, &[("stable", 100), ("canary", 0)]),
+    );
+    let (ok, out, err) = a.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+
+    // The gateway's bootstrap from B, less A's endpoints: ADS, modules and stats go to B.
+    let admin = maille_testkit::free_port();
+    let egress = maille_testkit::free_port();
+    let (ok, yaml, err) = b.ctl(&[
+        "bootstrap",
+        "--node",
+        "demo/gateway",
+        "--admin-port",
+        &admin.to_string(),
+        "--egress-port",
+        &egress.to_string(),
+        "--listen-address",
+        "127.0.0.1",
+    ]);
+    assert!(ok, "{err}");
+    let mut boot = maille_import::yaml_documents(&yaml).unwrap().remove(0);
+    let a_ports = [a.xds_port, a.http_port];
+    let mut dropped = 0;
+    for c in boot["static_resources"]["clusters"].as_array_mut().unwrap() {
+        if let Some(eps) = c["load_assignment"]["endpoints"][0]["lb_endpoints"].as_array_mut() {
+            let before = eps.len();
+            eps.retain(|e| {
+                let port = e["endpoint"]["address"]["socket_address"]["port_value"].as_u64();
+                !a_ports.iter().any(|p| Some(u64::from(*p)) == port)
+            });
+            dropped += before - eps.len();
+        }
+    }
+    assert!(dropped >= 1, "the bootstrap listed A: {yaml}");
+    let envoy = maille_testkit::Envoy::start(&boot.to_string(), admin)
+        .unwrap_or_else(|e| panic!("Envoy exited ({}):\n{}", e.status, e.log));
+    eventually("stable answers", Duration::from_secs(30), || {
+        let t = tally(egress, 5);
+        (t.get("stable") == Some(&5), t)
+    });
+    assert_eq!(envoys_on(&a), 0, "no Envoy on the leader");
+    assert_eq!(envoys_on(&b), 1);
+
+    apps.error_every["canary"].store(2, Ordering::Relaxed);
+    let on = std::sync::Arc::new(AtomicBool::new(true));
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let bg = {
+        let (on, sent) = (on.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let agent = maille_testkit::agent();
+            while on.load(Ordering::Relaxed) {
+                let _ = agent
+                    .get(&format!("http://127.0.0.1:{egress}/"))
+                    .header("host", "colorteller.local")
+                    .call();
+                sent.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let doc = serde_json::json!([{"rollout": {"meshName": "demo", "rolloutName": "r", "spec": {
+        "virtualRouterName": "colorteller", "routeName": "color",
+        "stable": "stable", "canary": "canary",
+        "stepWeight": 50, "stepDuration": {"unit": "s", "value": 60},
+        "analysis": {"interval": {"unit": "s", "value": 5}, "minRequests": 10, "failureLimit": 1,
+                     "successRate": {"min": 0.9}}}}}]);
+    let f = write_spec(dirs[1].path(), "rollout.json", &doc);
+    let (ok, out, err) = b.ctl(&["apply", "-f", &f]);
+    assert!(ok, "{out}{err}");
+    let st = eventually("rolled back by A", Duration::from_secs(60), || {
+        let st = a.get("/v1/rollouts/demo/r");
+        (st["phase"] == "RolledBack", st)
+    });
+    on.store(false, Ordering::Relaxed);
+    bg.join().unwrap();
+    let failed: Vec<&Value> = st["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["verdict"] == "fail")
+        .collect();
+    assert!(!failed.is_empty(), "{st}");
+    let rate = failed[0]["canary"]["successRate"].as_f64().unwrap();
+    assert!((0.3..0.7).contains(&rate), "{rate}: {st}");
+    assert!(
+        failed[0]["stable"]["requests"].as_u64().unwrap() > 0,
+        "{st}"
+    );
+    eventually(
+        "the Envoy is back on stable",
+        Duration::from_secs(10),
+        || {
+            let t = tally(egress, 20);
+            (t.get("stable") == Some(&20), t)
+        },
+    );
+    drop(envoy);
 }

@@ -46,6 +46,8 @@ pub struct AppState {
     pub admin_tokens: Arc<crate::auth::AdminTokens>,
     /// Cloud Map polling (its status).
     pub cloud_map: Arc<crate::cloud_map::Polling>,
+    /// The stats this server's Envoys sent it.
+    pub mesh_metrics: Arc<crate::metrics::MeshMetrics>,
 }
 
 /// The router of the admin API.
@@ -66,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(paths::SIGNALS, get(signals))
         .route(paths::ROLLOUTS, get(rollouts))
+        .route(paths::MESH_STATS, get(mesh_stats))
         .route(
             &format!("{}/{{mesh}}/{{name}}", paths::ROLLOUTS),
             get(rollout),
@@ -390,7 +393,13 @@ async fn bootstrap(
             &params,
             &ControlEndpoints {
                 // Every live server sharing the store: Envoy goes to another when one dies.
-                peers: s.mesh.store().servers(),
+                peers: s
+                    .mesh
+                    .store()
+                    .servers()
+                    .into_iter()
+                    .map(|e| (e.address, e.xds_port, e.http_port))
+                    .collect(),
                 ..s.endpoints.clone()
             },
             &bootstrap::Credentials {
@@ -552,6 +561,35 @@ async fn signals(State(s): State<AppState>) -> Response {
         signals: s.signals.list(),
     })
     .into_response()
+}
+
+/// `?cluster=&fromMillis=&toMillis=` of [`paths::MESH_STATS`].
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StatsQuery {
+    cluster: String,
+    from_millis: u64,
+    to_millis: u64,
+}
+
+async fn mesh_stats(
+    State(s): State<AppState>,
+    q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match q {
+        Ok(Query(q)) => Json(
+            s.mesh_metrics
+                .window(&q.cluster, q.from_millis, q.to_millis),
+        )
+        .into_response(),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}: {e} (cluster, fromMillis and toMillis, ms since the epoch)",
+                paths::MESH_STATS
+            ),
+        ),
+    }
 }
 
 async fn rollouts(State(s): State<AppState>) -> Response {

@@ -152,7 +152,7 @@ pub(crate) async fn run(
             }
             polling.set_failing(&failing);
             match mesh.update_cloud_map(served).await {
-                Ok(true) => tracing::info!("Cloud Map instances changed: new snapshot served"),
+                Ok(true) => tracing::info!("Cloud Map's answers changed: a new version served"),
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "serving Cloud Map instances"),
             }

@@ -22,7 +22,7 @@
 //! to it and waited for, bounded by [`OP_TIMEOUT`], so a server whose etcd is gone gets an
 //! error, not a hang.
 
-use crate::store::{Leader, Loaded, Store, StoreError};
+use crate::store::{Leader, Loaded, ServerEntry, Store, StoreError};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
     WatchOptions,
@@ -202,13 +202,14 @@ impl EtcdStore {
         Ok(s)
     }
 
-    /// The compare that holds while this server leads, or why it does not.
-    fn fence(&self) -> Result<Compare, StoreError> {
+    /// The compare that holds while this server leads, and the lease it compares; or why
+    /// it does not lead.
+    fn fence(&self) -> Result<(Compare, i64), StoreError> {
         match self.leading.load(Ordering::SeqCst) {
             0 => Err(StoreError(format!(
                 "etcd: {NOT_LEADING}(the leader's work is refused here)"
             ))),
-            lease => Ok(Compare::lease(LEADER, CompareOp::Equal, lease)),
+            lease => Ok((Compare::lease(LEADER, CompareOp::Equal, lease), lease)),
         }
     }
 
@@ -220,7 +221,13 @@ impl EtcdStore {
         mut ops: Vec<TxnOp>,
         as_leader: bool,
     ) -> Result<(), StoreError> {
-        let fence = if as_leader { Some(self.fence()?) } else { None };
+        let (fence, lease) = match as_leader {
+            true => {
+                let (c, l) = self.fence()?;
+                (Some(c), Some(l))
+            }
+            false => (None, None),
+        };
         ops.push(TxnOp::put(VERSION, version.to_string(), None));
         let id = format!("{version}-{:032x}", rand::random::<u128>());
         ops.push(TxnOp::put(LAST_COMMIT, id.clone(), None));
@@ -230,7 +237,6 @@ impl EtcdStore {
         } else {
             Compare::value(VERSION, CompareOp::Equal, (version - 1).to_string())
         };
-        let lease = fence.is_some().then(|| self.leading.load(Ordering::SeqCst));
         let txn = Txn::new()
             .when(std::iter::once(follows).chain(fence).collect::<Vec<_>>())
             .and_then(ops)
@@ -268,7 +274,8 @@ impl EtcdStore {
 
     /// Runs `f` on the client's thread and waits for it (at most [`OP_TIMEOUT`]), trying
     /// again while etcd is unreachable (every call is one that may be repeated: a commit
-    /// repeated after it went through fails its compare, as a conflict).
+    /// repeated after it went through fails its compare, and finds its own id in
+    /// `last-commit`).
     fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -503,6 +510,14 @@ async fn campaign(
     }
 }
 
+/// Where the answers to `q` are kept.
+fn cloud_map_key(q: &CloudMapQuery) -> Result<String, StoreError> {
+    Ok(format!(
+        "{CLOUD_MAP}{}",
+        serde_json::to_string(q).map_err(|e| StoreError(e.to_string()))?
+    ))
+}
+
 fn parse_version(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
@@ -516,14 +531,18 @@ impl EtcdStore {
         &self,
         upserts: &[Resource],
         deletes: &[Key],
+        unasked: &[CloudMapQuery],
     ) -> Result<Vec<TxnOp>, StoreError> {
-        if upserts.len() + deletes.len() > MAX_CHANGES {
+        let n = upserts.len() + deletes.len() + unasked.len();
+        if n > MAX_CHANGES {
             return Err(StoreError(format!(
-                "etcd: one change may touch at most {MAX_CHANGES} resources (etcd's --max-txn-ops is {MAX_TXN_OPS} by default, two of them the version's); this one touches {}: apply it in parts",
-                upserts.len() + deletes.len()
+                "etcd: one change may touch at most {MAX_CHANGES} resources (etcd's --max-txn-ops is {MAX_TXN_OPS} by default, two of them the version's, one more for each Cloud Map query no node asks after it); this one touches {n}: apply it in parts",
             )));
         }
-        let mut ops = Vec::with_capacity(upserts.len() + deletes.len() + 2);
+        let mut ops = Vec::with_capacity(n + 2);
+        for q in unasked {
+            ops.push(TxnOp::delete(cloud_map_key(q)?, None));
+        }
         for r in upserts {
             let v = serde_json::to_vec(r).map_err(|e| StoreError(e.to_string()))?;
             ops.push(TxnOp::put(
@@ -612,8 +631,7 @@ impl Store for EtcdStore {
         upserts: &[Resource],
         deletes: &[Key],
     ) -> Result<(), StoreError> {
-        let ops = self.resource_ops(upserts, deletes)?;
-        self.commit_ops(version, ops, false)
+        self.commit_dropping(version, upserts, deletes, &[], false)
     }
 
     fn commit_as_leader(
@@ -622,8 +640,19 @@ impl Store for EtcdStore {
         upserts: &[Resource],
         deletes: &[Key],
     ) -> Result<(), StoreError> {
-        let ops = self.resource_ops(upserts, deletes)?;
-        self.commit_ops(version, ops, true)
+        self.commit_dropping(version, upserts, deletes, &[], true)
+    }
+
+    fn commit_dropping(
+        &self,
+        version: u64,
+        upserts: &[Resource],
+        deletes: &[Key],
+        unasked: &[CloudMapQuery],
+        as_leader: bool,
+    ) -> Result<(), StoreError> {
+        let ops = self.resource_ops(upserts, deletes, unasked)?;
+        self.commit_ops(version, ops, as_leader)
     }
 
     fn commit_cloud_map(
@@ -635,10 +664,7 @@ impl Store for EtcdStore {
         let mut ops = Vec::new();
         let mut bytes = 0;
         for (q, instances) in changes.iter().take(MAX_CHANGES) {
-            let key = format!(
-                "{CLOUD_MAP}{}",
-                serde_json::to_string(q).map_err(|e| StoreError(e.to_string()))?
-            );
+            let key = cloud_map_key(q)?;
             let op = match instances {
                 Some(i) => {
                     let v = serde_json::to_vec(i).map_err(|e| StoreError(e.to_string()))?;
@@ -688,7 +714,7 @@ impl Store for EtcdStore {
             None => ("forgetting a rollout status", TxnOp::delete(k, None)),
         };
         let txn = Txn::new()
-            .when([self.fence()?])
+            .when([self.fence()?.0])
             .and_then([op])
             .or_else([TxnOp::get(LEADER, None)]);
         let resp = self.call(what, move |mut c| {
@@ -775,7 +801,7 @@ impl Store for EtcdStore {
             .collect())
     }
 
-    fn servers(&self) -> Vec<(String, u16, u16)> {
+    fn servers(&self) -> Vec<ServerEntry> {
         let got = self.call("listing the servers", |mut c| async move {
             c.get(SERVERS, Some(GetOptions::new().with_prefix())).await
         });
@@ -799,7 +825,7 @@ impl Store for EtcdStore {
     fn campaign(
         &self,
         me: &str,
-        server: (String, u16, u16),
+        server: ServerEntry,
         ttl: Duration,
     ) -> Option<watch::Receiver<Leader>> {
         let (tx, rx) = watch::channel(Leader::default());

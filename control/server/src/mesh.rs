@@ -524,15 +524,31 @@ impl Mesh {
         let stored: Vec<Resource> = upserts.iter().map(|(_, r)| (**r).clone()).collect();
         let deleted = keys.clone();
         let changed: Vec<Key> = upserted.into_iter().chain(keys).collect();
+        // The Cloud Map answers the store keeps for queries no node asks after this change
+        // go with it (from whichever server makes it).
+        let unasked: Vec<CloudMapQuery> = if changed.iter().any(|k| k.kind == Kind::VirtualNode) {
+            let now = maille_translate::cloud_map_queries(&next);
+            let kept = self.kept_queries.lock().unwrap_or_else(|e| e.into_inner());
+            kept.iter()
+                .chain(cur.cloud_map_queries.iter())
+                .filter(|q| !now.contains(*q))
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
         let write = if dry_run {
             Write::DryRun
         } else {
             Write::Commit(move |store: &dyn Store, version| {
-                if as_leader {
-                    store.commit_as_leader(version, &stored, &deleted)
-                } else {
-                    store.commit(version, &stored, &deleted)
+                store.commit_dropping(version, &stored, &deleted, &unasked, as_leader)?;
+                let mut kept = self.kept_queries.lock().unwrap_or_else(|e| e.into_inner());
+                for q in &unasked {
+                    kept.remove(q);
                 }
+                Ok(())
             })
         };
         self.change(cur, next, changed, report, write)
@@ -634,7 +650,7 @@ impl Mesh {
     /// snapshot re-translates the nodes that read them. The leader's answers are kept in the
     /// store for the servers that do not ask Cloud Map, and answers to queries no node asks
     /// any more are dropped there. A store that holds only so much per commit takes the
-    /// changes over several versions. `Ok(false)`: nothing changed.
+    /// changes over several versions. `Ok(false)`: nothing was committed.
     pub async fn update_cloud_map(
         &self,
         answers: BTreeMap<CloudMapQuery, Vec<CloudMapInstance>>,
@@ -671,7 +687,12 @@ impl Mesh {
             let kept = match self.store.commit_cloud_map(version, &changes) {
                 Ok(n) => n.clamp(1, changes.len()),
                 Err(e) if e.is_conflict() && Instant::now() < give_up => {
-                    self.catch_up_locked()?;
+                    if !self.catch_up_locked()? {
+                        // The store says another wrote first, yet holds nothing newer: a
+                        // moment before asking it again.
+                        let ms = 20 + rand::random::<u64>() % 80;
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),

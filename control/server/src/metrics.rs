@@ -8,7 +8,7 @@
 //! `cluster.upstream_rq_time` of the mesh's target clusters (`node/<node>/<port>`), for the
 //! last hour, for at most [`MAX_CLUSTERS`] clusters. Everything else is read and dropped.
 
-use maille_api::Sample;
+use maille_api::{Sample, StatsWindow};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -73,6 +73,11 @@ fn number(p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> u64 {
         Some(number_data_point::Value::AsDouble(d)) if d.is_finite() && d > 0.0 => d as u64,
         _ => 0,
     }
+}
+
+/// A window's sample: its success rate and p99.
+pub fn to_sample(w: &StatsWindow) -> Sample {
+    Sample::from_counts(w.requests, w.errors, p99(&w.bounds, &w.buckets))
 }
 
 /// The p99 of a histogram (upper bounds `bounds`, counts per bucket, the last one open),
@@ -221,29 +226,27 @@ impl MeshMetrics {
     /// `to_ms`'s: the second still filling is left to the next window, so that successive
     /// windows `[a, b)`, `[b, c)` count every delta once.
     pub fn sample(&self, cluster: &str, from_ms: u64, to_ms: u64) -> Sample {
+        to_sample(&self.window(cluster, from_ms, to_ms))
+    }
+
+    /// The counts behind [`MeshMetrics::sample`], which add up across servers.
+    pub fn window(&self, cluster: &str, from_ms: u64, to_ms: u64) -> StatsWindow {
         let g = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
-        let mut s = Sample::default();
+        let mut w = StatsWindow::default();
         let Some(c) = g.get(cluster) else {
-            return s;
+            return w;
         };
-        let mut bounds: Vec<f64> = Vec::new();
-        let mut buckets: Vec<u64> = Vec::new();
         for (_, sec) in c.seconds.range((from_ms / 1000)..(to_ms / 1000)) {
-            s.requests += sec.requests;
-            s.errors += sec.errors;
-            if !sec.buckets.is_empty() {
-                if bounds.is_empty() {
-                    bounds = sec.bounds.clone();
-                    buckets = vec![0; sec.buckets.len()];
-                }
-                if sec.bounds == bounds {
-                    for (a, b) in buckets.iter_mut().zip(&sec.buckets) {
-                        *a += b;
-                    }
-                }
-            }
+            // A second of other bounds than the first (a changed bootstrap) adds its counts
+            // but not its histogram.
+            w.add(&StatsWindow {
+                requests: sec.requests,
+                errors: sec.errors,
+                bounds: sec.bounds.clone(),
+                buckets: sec.buckets.clone(),
+            });
         }
-        Sample::from_counts(s.requests, s.errors, p99(&bounds, &buckets))
+        w
     }
 
     /// The OTLP service that feeds it.
@@ -437,5 +440,112 @@ mod tests {
         assert_eq!(p99(&[10.0], &[0, 0]), None);
         assert_eq!(p99(&[10.0, 20.0], &[100, 0, 0]), Some(9.9));
         assert_eq!(p99(&[10.0], &[0, 5]), Some(10.0));
+    }
+}
+
+/// The mesh's numbers across servers sharing a store: each Envoy sends its stats to the
+/// server it is connected to, so the leader's analysis adds this server's to what every
+/// other live server answers on [`maille_api::paths::MESH_STATS`]. A server that does not
+/// answer makes the sample unavailable (the check counts as no data) rather than judged on
+/// part of the traffic.
+#[derive(Debug)]
+pub struct MeshWide {
+    /// This server's.
+    pub own: Arc<MeshMetrics>,
+    /// Where the live servers are listed.
+    pub store: Arc<dyn crate::store::Store>,
+    /// This server's own `peer_url` (not asked).
+    pub me: String,
+    /// The read token (the same on every server sharing the store).
+    pub token: String,
+    /// Verifies the other servers with the mesh's CA.
+    pub agent: ureq::Agent,
+}
+
+/// Longest wait for another server's stats.
+const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl MeshWide {
+    /// An agent that trusts the CA certificate `ca_pem` only.
+    pub fn agent(ca_pem: &str) -> ureq::Agent {
+        use ureq::tls::{PemItem, RootCerts, TlsConfig};
+        let roots: Vec<_> = ureq::tls::parse_pem(ca_pem.as_bytes())
+            .filter_map(|p| match p {
+                Ok(PemItem::Certificate(c)) => Some(c.to_owned()),
+                _ => None,
+            })
+            .collect();
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(PEER_TIMEOUT))
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::Specific(Arc::new(roots)))
+                    .build(),
+            )
+            .build()
+            .into()
+    }
+}
+
+/// What server `peer` says of `cluster` from `from_ms` to `to_ms`.
+fn ask(
+    agent: &ureq::Agent,
+    token: &str,
+    peer: &str,
+    cluster: &str,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<StatsWindow, String> {
+    {
+        let mut r = agent
+            .get(&format!("{peer}{}", maille_api::paths::MESH_STATS))
+            .query("cluster", cluster)
+            .query("fromMillis", from_ms.to_string())
+            .query("toMillis", to_ms.to_string())
+            .header("authorization", &format!("Bearer {token}"))
+            .call()
+            .map_err(|e| format!("the mesh's stats from {peer}: {e}"))?;
+        let status = r.status();
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(1024 * 1024)
+            .read_to_string()
+            .map_err(|e| format!("the mesh's stats from {peer}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("the mesh's stats from {peer}: {status}: {body}"));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("the mesh's stats from {peer}: {e}"))
+    }
+}
+
+#[tonic::async_trait]
+impl crate::rollouts::MetricSource for MeshWide {
+    async fn sample(&self, cluster: &str, from_ms: u64, to_ms: u64) -> Result<Sample, String> {
+        let mut w = self.own.window(cluster, from_ms, to_ms);
+        let store = self.store.clone();
+        let peers: Vec<String> = tokio::task::spawn_blocking(move || store.servers())
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|e| e.peer_url)
+            .filter(|p| *p != self.me)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut asks = tokio::task::JoinSet::new();
+        for p in peers {
+            let (agent, token, cluster) =
+                (self.agent.clone(), self.token.clone(), cluster.to_owned());
+            asks.spawn_blocking(move || ask(&agent, &token, &p, &cluster, from_ms, to_ms));
+        }
+        while let Some(got) = asks.join_next().await {
+            let theirs = got.map_err(|e| e.to_string())??;
+            if !w.add(&theirs) {
+                tracing::warn!(cluster, "servers report latency histograms of different bounds: the p99 counts the first's only");
+            }
+        }
+        Ok(to_sample(&w))
     }
 }

@@ -69,7 +69,7 @@ struct Running {
 struct Inner {
     mesh: Arc<Mesh>,
     store: Arc<dyn Store>,
-    mesh_metrics: Arc<MeshMetrics>,
+    mesh_metrics: Arc<dyn MetricSource>,
     cloudwatch: Option<Arc<dyn MetricSource>>,
     statuses: Mutex<BTreeMap<Key, RolloutStatus>>,
     tasks: Mutex<BTreeMap<Key, Running>>,
@@ -97,7 +97,7 @@ impl Rollouts {
     pub fn start(
         mesh: Arc<Mesh>,
         store: Arc<dyn Store>,
-        mesh_metrics: Arc<MeshMetrics>,
+        mesh_metrics: Arc<dyn MetricSource>,
         cloudwatch: Option<Arc<dyn MetricSource>>,
         leader: Option<watch::Receiver<Leader>>,
         mut stop: watch::Receiver<bool>,

@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// More names (DNS names or IP addresses) the server's certificate is valid for, beside
     /// the advertise address, `localhost` and `127.0.0.1`.
     pub tls_names: Vec<String>,
+    /// Among servers sharing a store: the address the others reach this one's admin port at
+    /// (the leader gathers the mesh's stats from every server); `None`: the advertise
+    /// address. Servers that all advertise one name (a Kubernetes Service) each give
+    /// their own here (the pod's IP).
+    pub peer_address: Option<String>,
 }
 
 /// Why the server could not start.
@@ -164,7 +169,7 @@ fn tls_names(cfg: &ServerConfig) -> Vec<String> {
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
     ];
-    for n in &cfg.tls_names {
+    for n in cfg.tls_names.iter().chain(&cfg.peer_address) {
         if !names.contains(n) {
             names.push(n.clone());
         }
@@ -189,6 +194,11 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     if let Some(bad) = cfg.tls_names.iter().find(|n| !valid_host(n)) {
         return Err(ServerError::Config(format!(
             "--tls-name {bad:?}: must be an IP address or a DNS name"
+        )));
+    }
+    if let Some(bad) = cfg.peer_address.as_ref().filter(|n| !valid_host(n)) {
+        return Err(ServerError::Config(format!(
+            "--peer-address {bad:?}: must be an IP address or a DNS name"
         )));
     }
     // Both of rustls's providers are in the build (the AWS SDK's is aws-lc): choose one for
@@ -240,11 +250,25 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     let store_changes = store.changes();
     // Among servers sharing the store, one leads (runs the rollouts); named by its admin
     // address, which the others give to a client that asks them for a rollout's action.
+    let peer_url = format!(
+        "https://{}:{http_port}",
+        cfg.peer_address
+            .as_deref()
+            .unwrap_or(&cfg.advertise_address)
+    );
+    // Named by the address the others reach it at: servers behind one advertised name (a
+    // Kubernetes Service) each have their own.
     let leader = store.campaign(
-        &format!("https://{}:{http_port}", cfg.advertise_address),
-        (cfg.advertise_address.clone(), xds_port, http_port),
+        &peer_url,
+        crate::store::ServerEntry {
+            address: cfg.advertise_address.clone(),
+            xds_port,
+            http_port,
+            peer_url: peer_url.clone(),
+        },
         cfg.leader_ttl,
     );
+    let shared = leader.is_some();
     let mesh = Arc::new(Mesh::new(store, modules)?);
     // Servers sharing a store share what each node refused too.
     let clients = Arc::new(match store_changes {
@@ -264,10 +288,23 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     let mut tasks = Vec::new();
 
     let metrics = Arc::new(MeshMetrics::default());
+    // Among servers sharing a store, each Envoy reports to its own server: the leader's
+    // analysis adds up every server's numbers.
+    let mesh_source: Arc<dyn MetricSource> = if shared {
+        Arc::new(crate::metrics::MeshWide {
+            own: metrics.clone(),
+            store: store_for_rollouts.clone(),
+            me: peer_url,
+            token: admin_tokens.read().to_owned(),
+            agent: crate::metrics::MeshWide::agent(ca.trust_bundle()),
+        })
+    } else {
+        metrics.clone()
+    };
     let (rollouts, supervisor) = Rollouts::start(
         mesh.clone(),
         store_for_rollouts,
-        metrics.clone(),
+        mesh_source,
         cfg.cloudwatch.clone(),
         leader.clone(),
         stop_rx.clone(),
@@ -315,6 +352,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         tokens: tokens.clone(),
         admin_tokens: admin_tokens.clone(),
         cloud_map: cloud_map.clone(),
+        mesh_metrics: metrics.clone(),
     });
     tasks.push(tokio::spawn(async move {
         let http = match crate::https::TlsListener::new(http, https) {

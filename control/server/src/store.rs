@@ -53,12 +53,31 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError> {
         self.commit(version, upserts, deletes)
     }
+    /// [`Store::commit`] (or, `as_leader`, [`Store::commit_as_leader`]) of a change after
+    /// which no node asks Cloud Map `unasked` any more: their answers go with it, so that a
+    /// node added back later is not served the instances of then. A store that keeps no
+    /// answers ignores them.
+    fn commit_dropping(
+        &self,
+        version: u64,
+        upserts: &[Resource],
+        deletes: &[Key],
+        unasked: &[CloudMapQuery],
+        as_leader: bool,
+    ) -> Result<(), StoreError> {
+        let _ = unasked;
+        if as_leader {
+            self.commit_as_leader(version, upserts, deletes)
+        } else {
+            self.commit(version, upserts, deletes)
+        }
+    }
     /// Sets the version with no resource changed, keeping `changes` to what Cloud Map answered
     /// (a query's instances; `None`: the query is asked no more) for the other servers
-    /// sharing the store, all or nothing; only while this server leads. A store bounds one
-    /// commit: it may keep only the first of `changes`, and returns how many it kept (at
-    /// least one). A store of one server keeps only the version: its server asks again when
-    /// it starts.
+    /// sharing the store, all or nothing; a shared store takes them only while this server
+    /// leads. A store bounds one commit: it may keep only the first of `changes`, and
+    /// returns how many it kept (at least one, when there are any). A store of one server
+    /// keeps only the version: its server asks again when it starts.
     fn commit_cloud_map(
         &self,
         version: u64,
@@ -81,13 +100,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         None
     }
     /// For a store other servers write too: runs for leader as `me` (work done once:
-    /// rollouts), registers `server` (its address, ADS and HTTP ports) among the live
-    /// servers, and tells who leads, as it changes. `None`: this server is the only one, so
-    /// it leads.
+    /// rollouts), registers `server` among the live servers, and tells who leads, as it
+    /// changes. `None`: this server is the only one, so it leads.
     fn campaign(
         &self,
         me: &str,
-        server: (String, u16, u16),
+        server: ServerEntry,
         ttl: std::time::Duration,
     ) -> Option<tokio::sync::watch::Receiver<Leader>> {
         let _ = (me, server, ttl);
@@ -109,9 +127,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn refusals(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
         Ok(Vec::new())
     }
-    /// The live servers sharing the store, `(address, ADS port, HTTP port)` (none for a
-    /// store of one server).
-    fn servers(&self) -> Vec<(String, u16, u16)> {
+    /// The live servers sharing the store (none for a store of one server).
+    fn servers(&self) -> Vec<ServerEntry> {
         Vec::new()
     }
 }
@@ -125,6 +142,21 @@ pub struct Loaded {
     pub resources: BTreeMap<Key, Resource>,
     /// What Cloud Map last answered the leader, by query (`None`: a store of one server).
     pub cloud_map: Option<CloudMap>,
+}
+
+/// A live server among those sharing a store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerEntry {
+    /// The address Envoys reach it at (bootstraps list it).
+    pub address: String,
+    /// Its ADS port.
+    pub xds_port: u16,
+    /// Its admin port.
+    pub http_port: u16,
+    /// Its admin API as the other servers reach it (`https://HOST:PORT`): the leader asks
+    /// every server for the stats its Envoys sent it.
+    pub peer_url: String,
 }
 
 /// Who does the work done once among servers sharing a store.
@@ -338,6 +370,25 @@ impl Store for MemoryStore {
             resources: g.1.clone(),
             cloud_map: Some(cm.clone()),
         })
+    }
+
+    fn commit_dropping(
+        &self,
+        version: u64,
+        upserts: &[Resource],
+        deletes: &[Key],
+        unasked: &[CloudMapQuery],
+        _as_leader: bool,
+    ) -> Result<(), StoreError> {
+        self.commit(version, upserts, deletes)?;
+        let mut cm = self
+            .cloud_map
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        for q in unasked {
+            cm.remove(q);
+        }
+        Ok(())
     }
 
     fn commit_cloud_map(

@@ -91,6 +91,7 @@ impl Control {
                 ca_pem: None,
                 token_dir: None,
                 tls_names: Vec::new(),
+                peer_address: None,
                 leader_ttl: Duration::from_secs(2),
             }))
             .expect("control server starts");
@@ -122,6 +123,7 @@ impl Control {
                 ca_pem: None,
                 token_dir: Some(dir.to_path_buf()),
                 tls_names: Vec::new(),
+                peer_address: None,
                 leader_ttl: Duration::from_secs(2),
             }))
             .expect("control server starts on etcd");

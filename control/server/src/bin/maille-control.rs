@@ -92,6 +92,13 @@ struct Args {
     /// address, `localhost` and `127.0.0.1`.
     #[arg(long = "tls-name", env = "MAILLE_TLS_NAMES", value_delimiter = ',')]
     tls_names: Vec<String>,
+    /// Among servers sharing `--store`: the address the other servers reach this one's
+    /// admin port at (the leader's rollout analysis gathers the stats each server's Envoys
+    /// send it). Default: the advertise address. Servers that all advertise one name (a
+    /// Kubernetes Service) each give their own here, such as the pod's IP; the server's
+    /// certificate names it.
+    #[arg(long, env = "MAILLE_PEER_ADDRESS", requires = "store")]
+    peer_address: Option<String>,
 }
 
 #[cfg(feature = "cloudwatch")]
@@ -175,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             .token_dir
             .or_else(|| (args.ephemeral || store_given).then(|| PathBuf::from("."))),
         tls_names: args.tls_names,
+        peer_address: args.peer_address,
         leader_ttl: std::time::Duration::from_secs(args.leader_ttl_secs),
     })
     .await?;
