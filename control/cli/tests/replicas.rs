@@ -1158,3 +1158,53 @@ fn the_leader_judges_a_canary_by_the_traffic_of_envoys_on_other_servers() {
     );
     drop(envoy);
 }
+
+// A server taking another's change reads every resource's key but only the resources
+// written since it last read, in one transaction with the version.
+#[test]
+fn a_catch_up_reads_only_what_was_written_since() {
+    use maille_control::etcd_store::{EtcdAddress, EtcdStore, EtcdTls};
+    use maille_control::store::Store;
+    let etcd = Etcd::start(1);
+    let store = EtcdStore::connect(
+        &EtcdAddress::parse(&etcd.store_url()).unwrap(),
+        &EtcdTls::default(),
+    )
+    .unwrap();
+    let path = maille_testkit::repo_root().join("deploy/examples/colorteller/local/colorapp.json");
+    let mut all = maille_import::import_paths(&[path], &Default::default())
+        .unwrap()
+        .resources;
+    assert!(all.len() > 3);
+    store.commit(1, &all, &[]).unwrap();
+    let first = store.load_since(None).unwrap();
+    assert_eq!((first.version, first.changed.len()), (1, all.len()));
+    assert!(first.keys.is_none(), "read from the start: every resource");
+    let since = first.revision.expect("etcd has revisions");
+
+    // One resource changed, one deleted.
+    let gone = all.pop().unwrap().key();
+    let changed = all[0].clone();
+    store
+        .commit(
+            2,
+            std::slice::from_ref(&changed),
+            std::slice::from_ref(&gone),
+        )
+        .unwrap();
+    let d = store.load_since(Some(since)).unwrap();
+    assert_eq!(d.version, 2);
+    assert_eq!(
+        d.changed.keys().cloned().collect::<Vec<_>>(),
+        [changed.key()],
+        "only what was written since"
+    );
+    let keys = d.keys.expect("every key");
+    assert_eq!(keys.len(), all.len());
+    assert!(!keys.contains(&gone));
+    assert!(d.revision.unwrap() > since);
+    // Nothing since: nothing read but the keys.
+    let again = store.load_since(d.revision).unwrap();
+    assert!(again.changed.is_empty());
+    assert_eq!(again.keys.unwrap().len(), all.len());
+}

@@ -22,7 +22,7 @@
 //! to it and waited for, bounded by [`OP_TIMEOUT`], so a server whose etcd is gone gets an
 //! error, not a hang.
 
-use crate::store::{Leader, Loaded, ServerEntry, Store, StoreError};
+use crate::store::{Delta, Leader, Loaded, ServerEntry, Store, StoreError};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
     WatchOptions,
@@ -121,7 +121,12 @@ pub struct EtcdStore {
     address: String,
     /// The lease `leader` is bound to while this server leads (0: it does not).
     leading: Arc<AtomicI64>,
+    /// The live servers as last listed, and when.
+    servers: std::sync::Mutex<Option<(std::time::Instant, Vec<ServerEntry>)>>,
 }
+
+/// How long a listing of the live servers is used before etcd is asked again.
+const SERVERS_KEPT: Duration = Duration::from_secs(1);
 
 fn etcd_err(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("etcd: {what}: {e}"))
@@ -194,6 +199,7 @@ impl EtcdStore {
             version,
             address: shown,
             leading: Arc::new(AtomicI64::new(0)),
+            servers: std::sync::Mutex::new(None),
         };
         // Reachable and answering, or an error now rather than at the first apply.
         s.call("reading the version", |mut c| async move {
@@ -565,23 +571,54 @@ impl Store for EtcdStore {
     }
 
     fn load_all(&self) -> Result<Loaded, StoreError> {
-        // One transaction: the version, the resources and Cloud Map's answers of the same
+        let d = self.load_since(None)?;
+        Ok(Loaded {
+            version: d.version,
+            resources: d.changed,
+            cloud_map: d.cloud_map,
+        })
+    }
+
+    fn load_since(&self, since: Option<u64>) -> Result<Delta, StoreError> {
+        // One transaction: the version, the resources (or, after `since`, every resource's
+        // key and only the resources written since) and Cloud Map's answers of the same
         // revision.
-        let txn = Txn::new().and_then([
-            TxnOp::get(VERSION, None),
-            TxnOp::get(RESOURCES, Some(GetOptions::new().with_prefix())),
-            TxnOp::get(CLOUD_MAP, Some(GetOptions::new().with_prefix())),
-        ]);
+        let resources = GetOptions::new().with_prefix();
+        let mut ops = vec![TxnOp::get(VERSION, None)];
+        match since {
+            None => ops.push(TxnOp::get(RESOURCES, Some(resources))),
+            Some(rev) => {
+                ops.push(TxnOp::get(
+                    RESOURCES,
+                    Some(
+                        resources
+                            .clone()
+                            .with_min_mod_revision(i64::try_from(rev + 1).unwrap_or(i64::MAX)),
+                    ),
+                ));
+                ops.push(TxnOp::get(RESOURCES, Some(resources.with_keys_only())));
+            }
+        }
+        ops.push(TxnOp::get(CLOUD_MAP, Some(GetOptions::new().with_prefix())));
+        let txn = Txn::new().and_then(ops);
         let resp = self.call("loading the state", move |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })?;
-        let mut out = Loaded {
+        let mut out = Delta {
+            revision: resp.header().and_then(|h| u64::try_from(h.revision()).ok()),
+            keys: since.map(|_| Default::default()),
             cloud_map: Some(CloudMap::new()),
             ..Default::default()
         };
+        let last = resp.op_responses().len().saturating_sub(1);
         for (i, op) in resp.op_responses().into_iter().enumerate() {
             let TxnOpResponse::Get(g) = op else { continue };
+            let i = match i {
+                0 => 0,
+                _ if i == last => 3,
+                n => n,
+            };
             for kv in g.kvs() {
                 let name = String::from_utf8_lossy(kv.key()).into_owned();
                 let unreadable =
@@ -596,7 +633,14 @@ impl Store for EtcdStore {
                             serde_json::from_str(&name[RESOURCES.len()..]).map_err(&unreadable)?;
                         let r: Resource =
                             serde_json::from_slice(kv.value()).map_err(&unreadable)?;
-                        out.resources.insert(key, r);
+                        out.changed.insert(key, r);
+                    }
+                    2 => {
+                        let key: Key =
+                            serde_json::from_str(&name[RESOURCES.len()..]).map_err(&unreadable)?;
+                        if let Some(keys) = out.keys.as_mut() {
+                            keys.insert(key);
+                        }
                     }
                     _ => {
                         // One unreadable answer (written by another release?) is asked again
@@ -801,16 +845,28 @@ impl Store for EtcdStore {
             .collect())
     }
 
+    // Asked for every bootstrap and every analysis: etcd is asked at most once per
+    // [`SERVERS_KEPT`].
     fn servers(&self) -> Vec<ServerEntry> {
+        let mut kept = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, list)) = kept.as_ref() {
+            if at.elapsed() < SERVERS_KEPT {
+                return list.clone();
+            }
+        }
         let got = self.call("listing the servers", |mut c| async move {
             c.get(SERVERS, Some(GetOptions::new().with_prefix())).await
         });
         match got {
-            Ok(r) => r
-                .kvs()
-                .iter()
-                .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
-                .collect(),
+            Ok(r) => {
+                let list: Vec<ServerEntry> = r
+                    .kvs()
+                    .iter()
+                    .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+                    .collect();
+                *kept = Some((std::time::Instant::now(), list.clone()));
+                list
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "bootstraps list this server only");
                 Vec::new()

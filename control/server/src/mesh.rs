@@ -308,16 +308,19 @@ pub struct Mesh {
     /// The queries whose answers the store keeps (as last read or written here): the
     /// leader drops those no node asks any more.
     kept_queries: Mutex<BTreeSet<CloudMapQuery>>,
+    /// The store's revision this server has taken everything up to (see
+    /// [`Store::load_since`]): the next catch-up reads only what was written after it.
+    revision: Mutex<Option<u64>>,
 }
 
 impl Mesh {
     /// Loads the resources from `store`, the modules from `modules`, and translates every
     /// virtual node once (to know what each depends on).
     pub fn new(store: Arc<dyn Store>, modules: Modules) -> Result<Mesh, StoreError> {
-        let loaded = store.load_all()?;
+        let loaded = store.load_since(None)?;
         let version = loaded.version;
         let resources: Resources = loaded
-            .resources
+            .changed
             .into_iter()
             .map(|(k, r)| (k, Arc::new(r)))
             .collect();
@@ -351,6 +354,7 @@ impl Mesh {
             translations: Mutex::new(t),
             made: Mutex::new(VecDeque::new()),
             kept_queries: Mutex::new(kept.into_keys().collect()),
+            revision: Mutex::new(loaded.revision),
         })
     }
 
@@ -563,15 +567,37 @@ impl Mesh {
     }
 
     fn catch_up_locked(&self) -> Result<bool, StoreError> {
-        let loaded = self.store.load_all()?;
-        let (version, stored) = (loaded.version, loaded.resources);
+        let since = *self.revision.lock().unwrap_or_else(|e| e.into_inner());
+        let mut loaded = self.store.load_since(since)?;
         let cur = self.current();
+        let version = loaded.version;
         if version <= cur.version {
+            // Everything up to that revision is served here already (this server's own
+            // commits).
+            *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = loaded.revision;
             return Ok(false);
         }
         let mut keys = Vec::new();
         let mut next = Resources::new();
-        for (k, r) in stored {
+        if let Some(all) = loaded.keys.take() {
+            for k in all {
+                if loaded.changed.contains_key(&k) {
+                    continue;
+                }
+                match cur.resources.get(&k) {
+                    Some(old) => {
+                        next.insert(k, old.clone());
+                    }
+                    None => {
+                        // Unchanged since, yet not here: read everything once.
+                        tracing::warn!(key = %k, "catching up: a resource neither changed nor known here; reading the whole state");
+                        *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        return self.catch_up_locked();
+                    }
+                }
+            }
+        }
+        for (k, r) in std::mem::take(&mut loaded.changed) {
             match cur.resources.get(&k) {
                 Some(old) if **old == r => {
                     next.insert(k, old.clone());
@@ -598,7 +624,10 @@ impl Mesh {
         }
         let write = Write::<NoCommit>::Taken(version, loaded.cloud_map);
         match self.change(cur, next, keys, report, write) {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = loaded.revision;
+                Ok(true)
+            }
             Err(ApplyError::Store(e)) => Err(e),
             Err(e) => Err(StoreError(e.to_string())),
         }

@@ -468,23 +468,7 @@ const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 impl MeshWide {
     /// An agent that trusts the CA certificate `ca_pem` only.
     pub fn agent(ca_pem: &str) -> ureq::Agent {
-        use ureq::tls::{PemItem, RootCerts, TlsConfig};
-        let roots: Vec<_> = ureq::tls::parse_pem(ca_pem.as_bytes())
-            .filter_map(|p| match p {
-                Ok(PemItem::Certificate(c)) => Some(c.to_owned()),
-                _ => None,
-            })
-            .collect();
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(PEER_TIMEOUT))
-            .tls_config(
-                TlsConfig::builder()
-                    .root_certs(RootCerts::Specific(Arc::new(roots)))
-                    .build(),
-            )
-            .build()
-            .into()
+        crate::https::agent_trusting(ca_pem, PEER_TIMEOUT)
     }
 }
 
@@ -497,27 +481,26 @@ fn ask(
     from_ms: u64,
     to_ms: u64,
 ) -> Result<StatsWindow, String> {
-    {
-        let mut r = agent
-            .get(&format!("{peer}{}", maille_api::paths::MESH_STATS))
-            .query("cluster", cluster)
-            .query("fromMillis", from_ms.to_string())
-            .query("toMillis", to_ms.to_string())
-            .header("authorization", &format!("Bearer {token}"))
-            .call()
-            .map_err(|e| format!("the mesh's stats from {peer}: {e}"))?;
-        let status = r.status();
-        let body = r
-            .body_mut()
-            .with_config()
-            .limit(1024 * 1024)
-            .read_to_string()
-            .map_err(|e| format!("the mesh's stats from {peer}: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("the mesh's stats from {peer}: {status}: {body}"));
-        }
-        serde_json::from_str(&body).map_err(|e| format!("the mesh's stats from {peer}: {e}"))
+    let failed = |e: &dyn std::fmt::Display| format!("the mesh's stats from {peer}: {e}");
+    let mut r = agent
+        .get(&format!("{peer}{}", maille_api::paths::MESH_STATS))
+        .query("cluster", cluster)
+        .query("fromMillis", from_ms.to_string())
+        .query("toMillis", to_ms.to_string())
+        .header("authorization", &format!("Bearer {token}"))
+        .call()
+        .map_err(|e| failed(&e))?;
+    let status = r.status();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(1024 * 1024)
+        .read_to_string()
+        .map_err(|e| failed(&e))?;
+    if !status.is_success() {
+        return Err(failed(&format!("{status}: {body}")));
     }
+    serde_json::from_str(&body).map_err(|e| failed(&e))
 }
 
 #[tonic::async_trait]

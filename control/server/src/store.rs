@@ -42,6 +42,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             cloud_map: None,
         })
     }
+    /// What changed since `since` (a [`Delta::revision`] an earlier call returned; `None`:
+    /// everything), read at one moment. The default reads everything.
+    fn load_since(&self, since: Option<u64>) -> Result<Delta, StoreError> {
+        let _ = since;
+        let l = self.load_all()?;
+        Ok(Delta {
+            revision: None,
+            version: l.version,
+            keys: None,
+            changed: l.resources,
+            cloud_map: l.cloud_map,
+        })
+    }
     /// [`Store::commit`] of a change the leader makes (a rollout's step): refused once this
     /// server no longer leads, so a server that lost the lease without noticing cannot
     /// undo what the new leader did.
@@ -141,6 +154,21 @@ pub struct Loaded {
     /// Every resource.
     pub resources: BTreeMap<Key, Resource>,
     /// What Cloud Map last answered the leader, by query (`None`: a store of one server).
+    pub cloud_map: Option<CloudMap>,
+}
+
+/// What [`Store::load_since`] read.
+#[derive(Debug, Clone, Default)]
+pub struct Delta {
+    /// Where the next call starts from (`None`: the store reads everything each time).
+    pub revision: Option<u64>,
+    /// The last version.
+    pub version: u64,
+    /// Every resource's key (`None`: `changed` holds every resource).
+    pub keys: Option<std::collections::BTreeSet<Key>>,
+    /// The resources written since (every resource, when read from the start).
+    pub changed: BTreeMap<Key, Resource>,
+    /// What Cloud Map last answered the leader (as [`Loaded::cloud_map`]).
     pub cloud_map: Option<CloudMap>,
 }
 
