@@ -427,14 +427,23 @@ pub struct StatsWindow {
     pub bounds: Vec<f64>,
     /// Its counts, one more than `bounds` (the last: above the last bound).
     pub buckets: Vec<u64>,
+    /// The id of the server that answered (among servers sharing a store).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub server: String,
 }
 
 impl StatsWindow {
-    /// Adds `other`'s counts; its histogram only if its bounds are these (or these are
-    /// none yet). Whether the histogram could be added.
+    /// Whether its histogram is one: as many counts as bounds and one more, or none.
+    pub fn well_formed(&self) -> bool {
+        self.buckets.is_empty() || self.buckets.len() == self.bounds.len() + 1
+    }
+
+    /// Adds `other`'s counts, and its histogram if its bounds are these (or these are none
+    /// yet). `false`: the histograms' bounds differ, so the sum's cannot stand for all the
+    /// requests; the caller judges no p99 on it.
     pub fn add(&mut self, other: &StatsWindow) -> bool {
-        self.requests += other.requests;
-        self.errors += other.errors;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
         if other.buckets.is_empty() {
             return true;
         }
@@ -446,7 +455,7 @@ impl StatsWindow {
             return false;
         }
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
         true
     }
@@ -614,6 +623,32 @@ impl RolloutAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_windows_of_several_servers_add_up_and_mixed_histograms_are_refused() {
+        let w = |requests, errors, bounds: &[f64], buckets: &[u64]| StatsWindow {
+            requests,
+            errors,
+            bounds: bounds.to_vec(),
+            buckets: buckets.to_vec(),
+            server: String::new(),
+        };
+        let mut sum = StatsWindow::default();
+        assert!(sum.add(&w(10, 1, &[5.0, 10.0], &[6, 3, 1])));
+        assert!(sum.add(&w(5, 0, &[], &[])));
+        assert!(sum.add(&w(4, 2, &[5.0, 10.0], &[1, 1, 2])));
+        assert_eq!((sum.requests, sum.errors), (19, 3));
+        assert_eq!(sum.buckets, [7, 4, 3]);
+        assert!(sum.well_formed());
+        // Other bounds: the counts add, the histogram cannot.
+        assert!(!sum.add(&w(1, 0, &[1.0], &[1, 0])));
+        assert_eq!(sum.requests, 20);
+        assert!(!w(1, 0, &[1.0], &[1, 0, 0]).well_formed());
+        // Counts saturate rather than wrap (or panic).
+        let mut big = w(u64::MAX, 0, &[], &[]);
+        assert!(big.add(&w(1, 0, &[], &[])));
+        assert_eq!(big.requests, u64::MAX);
+    }
 
     #[test]
     fn the_breaker_filters_signal_body_reads_as_a_signal() {

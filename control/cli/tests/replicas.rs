@@ -970,6 +970,7 @@ fn a_deposed_leader_cannot_write_the_leaders_work() {
         .campaign(
             "a",
             maille_control::store::ServerEntry {
+                id: "a".into(),
                 address: "a.example".into(),
                 xds_port: 1,
                 http_port: 2,
@@ -1005,6 +1006,7 @@ fn a_deposed_leader_cannot_write_the_leaders_work() {
         .campaign(
             "b",
             maille_control::store::ServerEntry {
+                id: "b".into(),
                 address: "b.example".into(),
                 xds_port: 1,
                 http_port: 2,
@@ -1106,20 +1108,7 @@ fn the_leader_judges_a_canary_by_the_traffic_of_envoys_on_other_servers() {
     apps.error_every["canary"].store(2, Ordering::Relaxed);
     let on = std::sync::Arc::new(AtomicBool::new(true));
     let sent = std::sync::Arc::new(AtomicU64::new(0));
-    let bg = {
-        let (on, sent) = (on.clone(), sent.clone());
-        std::thread::spawn(move || {
-            let agent = maille_testkit::agent();
-            while on.load(Ordering::Relaxed) {
-                let _ = agent
-                    .get(&format!("http://127.0.0.1:{egress}/"))
-                    .header("host", "colorteller.local")
-                    .call();
-                sent.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    let bg = background_traffic(egress, on.clone(), sent.clone());
     let doc = serde_json::json!([{"rollout": {"meshName": "demo", "rolloutName": "r", "spec": {
         "virtualRouterName": "colorteller", "routeName": "color",
         "stable": "stable", "canary": "canary",

@@ -83,18 +83,7 @@ impl Setup {
 
     /// Requests in the background (for the analysis) until the flag drops.
     fn background(&self, on: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
-        let egress = self.egress;
-        std::thread::spawn(move || {
-            let a = maille_testkit::agent();
-            while on.load(Ordering::Relaxed) {
-                let _ = a
-                    .get(&format!("http://127.0.0.1:{egress}/"))
-                    .header("host", "colorteller.local")
-                    .call();
-                sent.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
+        background_traffic(self.egress, on, sent)
     }
 }
 

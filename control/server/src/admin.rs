@@ -48,6 +48,8 @@ pub struct AppState {
     pub cloud_map: Arc<crate::cloud_map::Polling>,
     /// The stats this server's Envoys sent it.
     pub mesh_metrics: Arc<crate::metrics::MeshMetrics>,
+    /// This server's id among those sharing its store.
+    pub server_id: String,
 }
 
 /// The router of the admin API.
@@ -577,11 +579,22 @@ async fn mesh_stats(
     q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     match q {
-        Ok(Query(q)) => Json(
-            s.mesh_metrics
-                .window(&q.cluster, q.from_millis, q.to_millis),
-        )
-        .into_response(),
+        Ok(Query(q)) if q.from_millis > q.to_millis => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}: fromMillis {} is after toMillis {}",
+                paths::MESH_STATS,
+                q.from_millis,
+                q.to_millis
+            ),
+        ),
+        Ok(Query(q)) => {
+            let mut w = s
+                .mesh_metrics
+                .window(&q.cluster, q.from_millis, q.to_millis);
+            w.server = s.server_id.clone();
+            Json(w).into_response()
+        }
         Err(e) => error(
             StatusCode::BAD_REQUEST,
             format!(

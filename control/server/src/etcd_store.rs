@@ -122,8 +122,11 @@ pub struct EtcdStore {
     /// The lease `leader` is bound to while this server leads (0: it does not).
     leading: Arc<AtomicI64>,
     /// The live servers as last listed, and when.
-    servers: std::sync::Mutex<Option<(std::time::Instant, Vec<ServerEntry>)>>,
+    servers: std::sync::Mutex<Option<ServersListed>>,
 }
+
+/// A listing of the live servers (or why there is none), and when it was made.
+type ServersListed = (std::time::Instant, Result<Vec<ServerEntry>, String>);
 
 /// How long a listing of the live servers is used before etcd is asked again.
 const SERVERS_KEPT: Duration = Duration::from_secs(1);
@@ -406,6 +409,7 @@ async fn follow(mut client: Client, tx: watch::Sender<u64>) {
 async fn campaign(
     mut c: Client,
     me: String,
+    id: String,
     server: String,
     ttl: Duration,
     tx: watch::Sender<Leader>,
@@ -423,7 +427,6 @@ async fn campaign(
         });
     };
     let mut held_lease = None;
-    let id = format!("{:032x}", rand::random::<u128>());
     while !tx.is_closed() {
         let lease = match c.lease_grant(secs, None).await {
             Ok(l) => l.id(),
@@ -846,32 +849,40 @@ impl Store for EtcdStore {
     }
 
     // Asked for every bootstrap and every analysis: etcd is asked at most once per
-    // [`SERVERS_KEPT`].
-    fn servers(&self) -> Vec<ServerEntry> {
-        let mut kept = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, list)) = kept.as_ref() {
+    // [`SERVERS_KEPT`] (a failure too), and not under the lock.
+    fn try_servers(&self) -> Result<Vec<ServerEntry>, StoreError> {
+        if let Some((at, got)) = self
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             if at.elapsed() < SERVERS_KEPT {
-                return list.clone();
+                return got.clone().map_err(StoreError);
             }
         }
-        let got = self.call("listing the servers", |mut c| async move {
-            c.get(SERVERS, Some(GetOptions::new().with_prefix())).await
-        });
-        match got {
-            Ok(r) => {
-                let list: Vec<ServerEntry> = r
-                    .kvs()
+        let got = self
+            .call("listing the servers", |mut c| async move {
+                c.get(SERVERS, Some(GetOptions::new().with_prefix())).await
+            })
+            .and_then(|r| {
+                r.kvs()
                     .iter()
-                    .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
-                    .collect();
-                *kept = Some((std::time::Instant::now(), list.clone()));
-                list
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "bootstraps list this server only");
-                Vec::new()
-            }
-        }
+                    .map(|kv| {
+                        serde_json::from_slice::<ServerEntry>(kv.value()).map_err(|e| {
+                            StoreError(format!(
+                                "etcd: {:?} unreadable (a server of another release?): {e}",
+                                String::from_utf8_lossy(kv.key())
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            });
+        *self.servers.lock().unwrap_or_else(|e| e.into_inner()) = Some((
+            std::time::Instant::now(),
+            got.as_ref().map_err(|e| e.0.clone()).cloned(),
+        ));
+        got
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
@@ -886,9 +897,10 @@ impl Store for EtcdStore {
     ) -> Option<watch::Receiver<Leader>> {
         let (tx, rx) = watch::channel(Leader::default());
         let me = me.to_owned();
+        let id = server.id.clone();
         let server = serde_json::to_string(&server).ok()?;
         let leading = self.leading.clone();
-        let job: Job = Box::new(move |c| Box::pin(campaign(c, me, server, ttl, tx, leading)));
+        let job: Job = Box::new(move |c| Box::pin(campaign(c, me, id, server, ttl, tx, leading)));
         self.jobs.send(job).ok()?;
         Some(rx)
     }

@@ -532,14 +532,10 @@ impl Mesh {
         // go with it (from whichever server makes it).
         let unasked: Vec<CloudMapQuery> = if changed.iter().any(|k| k.kind == Kind::VirtualNode) {
             let now = maille_translate::cloud_map_queries(&next);
+            // Only those the store holds (as this server last read or wrote it: a commit
+            // on top of a newer state conflicts, and is made again after reading it).
             let kept = self.kept_queries.lock().unwrap_or_else(|e| e.into_inner());
-            kept.iter()
-                .chain(cur.cloud_map_queries.iter())
-                .filter(|q| !now.contains(*q))
-                .cloned()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect()
+            kept.iter().filter(|q| !now.contains(*q)).cloned().collect()
         } else {
             Vec::new()
         };

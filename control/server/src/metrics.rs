@@ -91,7 +91,11 @@ pub fn p99(bounds: &[f64], buckets: &[u64]) -> Option<f64> {
     let mut seen = 0;
     for (i, n) in buckets.iter().enumerate() {
         if seen + n >= rank && *n > 0 {
-            let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
+            // (A histogram of more counts than bounds and one has no p99.)
+            let lo = match i.checked_sub(1) {
+                None => 0.0,
+                Some(b) => *bounds.get(b)?,
+            };
             let Some(hi) = bounds.get(i).copied() else {
                 return Some(lo);
             };
@@ -233,10 +237,11 @@ impl MeshMetrics {
     pub fn window(&self, cluster: &str, from_ms: u64, to_ms: u64) -> StatsWindow {
         let g = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
         let mut w = StatsWindow::default();
-        let Some(c) = g.get(cluster) else {
+        let (from, to) = (from_ms / 1000, to_ms / 1000);
+        let Some(c) = g.get(cluster).filter(|_| from < to) else {
             return w;
         };
-        for (_, sec) in c.seconds.range((from_ms / 1000)..(to_ms / 1000)) {
+        for (_, sec) in c.seconds.range(from..to) {
             // A second of other bounds than the first (a changed bootstrap) adds its counts
             // but not its histogram.
             w.add(&StatsWindow {
@@ -244,6 +249,7 @@ impl MeshMetrics {
                 errors: sec.errors,
                 bounds: sec.bounds.clone(),
                 buckets: sec.buckets.clone(),
+                server: String::new(),
             });
         }
         w
@@ -454,7 +460,7 @@ pub struct MeshWide {
     pub own: Arc<MeshMetrics>,
     /// Where the live servers are listed.
     pub store: Arc<dyn crate::store::Store>,
-    /// This server's own `peer_url` (not asked).
+    /// This server's own id (not asked).
     pub me: String,
     /// The read token (the same on every server sharing the store).
     pub token: String,
@@ -508,26 +514,58 @@ impl crate::rollouts::MetricSource for MeshWide {
     async fn sample(&self, cluster: &str, from_ms: u64, to_ms: u64) -> Result<Sample, String> {
         let mut w = self.own.window(cluster, from_ms, to_ms);
         let store = self.store.clone();
-        let peers: Vec<String> = tokio::task::spawn_blocking(move || store.servers())
+        let servers = tokio::task::spawn_blocking(move || store.try_servers())
             .await
             .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|e| e.peer_url)
-            .filter(|p| *p != self.me)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+            .map_err(|e| format!("listing the servers: {e}"))?;
+        if !servers.iter().any(|s| s.id == self.me) {
+            return Err("this server is not among the live servers yet".into());
+        }
+        // Each other server once, by its id; two at one address cannot both be asked.
+        let others: Vec<crate::store::ServerEntry> =
+            servers.into_iter().filter(|s| s.id != self.me).collect();
+        for (i, a) in others.iter().enumerate() {
+            if let Some(b) = others[i + 1..].iter().find(|b| b.peer_url == a.peer_url) {
+                return Err(format!(
+                    "servers {} and {} are both at {}: give each its own --peer-address",
+                    a.id, b.id, a.peer_url
+                ));
+            }
+        }
         let mut asks = tokio::task::JoinSet::new();
-        for p in peers {
+        for s in others {
             let (agent, token, cluster) =
                 (self.agent.clone(), self.token.clone(), cluster.to_owned());
-            asks.spawn_blocking(move || ask(&agent, &token, &p, &cluster, from_ms, to_ms));
+            asks.spawn_blocking(move || {
+                let w = ask(&agent, &token, &s.peer_url, &cluster, from_ms, to_ms)?;
+                if w.server != s.id {
+                    return Err(format!(
+                        "asked server {} at {}, and {:?} answered",
+                        s.id, s.peer_url, w.server
+                    ));
+                }
+                if !w.well_formed() {
+                    return Err(format!(
+                        "the mesh's stats from {}: {} histogram counts for {} bounds",
+                        s.peer_url,
+                        w.buckets.len(),
+                        w.bounds.len()
+                    ));
+                }
+                Ok(w)
+            });
         }
+        let mut one_histogram = true;
         while let Some(got) = asks.join_next().await {
             let theirs = got.map_err(|e| e.to_string())??;
-            if !w.add(&theirs) {
-                tracing::warn!(cluster, "servers report latency histograms of different bounds: the p99 counts the first's only");
-            }
+            one_histogram &= w.add(&theirs);
+        }
+        if !one_histogram {
+            tracing::warn!(
+                cluster,
+                "servers report latency histograms of different bounds: no p99 judged"
+            );
+            return Ok(Sample::from_counts(w.requests, w.errors, None));
         }
         Ok(to_sample(&w))
     }

@@ -762,6 +762,8 @@ impl Run {
         let (canary, stable) = match samples {
             (Ok(c), Ok(s)) => (c, s),
             (Err(e), _) | (_, Err(e)) => {
+                // The interval's traffic is judged with the next one's.
+                self.status.last_check_at_millis = from;
                 self.event("no-data", format!("metrics unavailable: {e}"));
                 (Sample::default(), Sample::default())
             }

@@ -177,6 +177,15 @@ fn tls_names(cfg: &ServerConfig) -> Vec<String> {
     names
 }
 
+/// `host` as a URL's host: an IPv6 address in brackets.
+fn url_host(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]").into()
+    } else {
+        host.into()
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
@@ -252,15 +261,19 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     // address, which the others give to a client that asks them for a rollout's action.
     let peer_url = format!(
         "https://{}:{http_port}",
-        cfg.peer_address
-            .as_deref()
-            .unwrap_or(&cfg.advertise_address)
+        url_host(
+            cfg.peer_address
+                .as_deref()
+                .unwrap_or(&cfg.advertise_address)
+        )
     );
+    let server_id = format!("{:032x}", rand::random::<u128>());
     // Named by the address the others reach it at: servers behind one advertised name (a
     // Kubernetes Service) each have their own.
     let leader = store.campaign(
         &peer_url,
         crate::store::ServerEntry {
+            id: server_id.clone(),
             address: cfg.advertise_address.clone(),
             xds_port,
             http_port,
@@ -294,7 +307,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         Arc::new(crate::metrics::MeshWide {
             own: metrics.clone(),
             store: store_for_rollouts.clone(),
-            me: peer_url,
+            me: server_id.clone(),
             token: admin_tokens.read().to_owned(),
             agent: crate::metrics::MeshWide::agent(ca.trust_bundle()),
         })
@@ -353,6 +366,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         admin_tokens: admin_tokens.clone(),
         cloud_map: cloud_map.clone(),
         mesh_metrics: metrics.clone(),
+        server_id,
     });
     tasks.push(tokio::spawn(async move {
         let http = match crate::https::TlsListener::new(http, https) {

@@ -140,9 +140,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn refusals(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
         Ok(Vec::new())
     }
-    /// The live servers sharing the store (none for a store of one server).
+    /// The live servers sharing the store (none for a store of one server), or why they
+    /// could not be listed.
+    fn try_servers(&self) -> Result<Vec<ServerEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// [`Store::try_servers`], none when they could not be listed (logged).
     fn servers(&self) -> Vec<ServerEntry> {
-        Vec::new()
+        self.try_servers().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "bootstraps list this server only");
+            Vec::new()
+        })
     }
 }
 
@@ -176,6 +184,8 @@ pub struct Delta {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerEntry {
+    /// This process's own id among the servers (random, made at start).
+    pub id: String,
     /// The address Envoys reach it at (bootstraps list it).
     pub address: String,
     /// Its ADS port.

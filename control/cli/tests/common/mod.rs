@@ -666,6 +666,27 @@ pub fn ask_host(a: &ureq::Agent, egress: u16, host: &str) -> String {
     }
 }
 
+/// Requests for `colorteller.local` through Envoy's egress port every 10 ms, in the
+/// background (for a rollout's analysis), counted in `sent`, until `on` drops.
+pub fn background_traffic(
+    egress: u16,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let a = maille_testkit::agent();
+        while on.load(Ordering::Relaxed) {
+            let _ = a
+                .get(&format!("http://127.0.0.1:{egress}/"))
+                .header("host", "colorteller.local")
+                .call();
+            sent.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
 /// Sends `n` requests for `colorteller.local` through Envoy's egress port; counts answers.
 pub fn tally(egress: u16, n: usize) -> BTreeMap<String, usize> {
     let a = agent();
