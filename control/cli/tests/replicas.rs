@@ -165,7 +165,8 @@ fn concurrent_changes_through_every_replica_end_in_one_state() {
     let (ok, out, err) = replicas[0].ctl(&["apply", "-f", &f]);
     assert!(ok, "{out}{err}");
     let start = replicas[0].running.as_ref().unwrap().mesh.current().version;
-    // 198 applies, each its own pair of weights, 66 through each replica, all at once.
+    // 200 applies, each its own pair of weights, spread over the replicas (67, 67, 66), all
+    // at once.
     let route = |w: (u64, u64)| -> Value {
         colorteller(&apps, &[("white", w.0 as u32), ("black", w.1 as u32)])
             .as_array()
@@ -175,12 +176,12 @@ fn concurrent_changes_through_every_replica_end_in_one_state() {
             .unwrap()
             .clone()
     };
-    let n = 198u64;
+    let n = 200u64;
     let results: Vec<((u64, u64), Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|i| {
                 let r = &replicas[(i % 3) as usize];
-                let w = (i % 99 + 1, 100 - (i % 99 + 1) + i / 99);
+                let w = (i % 100 + 1, i / 100);
                 let body = serde_json::json!({"resources": [{"route": route(w)}]});
                 s.spawn(move || (w, r.post("/v1/apply", &body)))
             })
