@@ -1026,7 +1026,9 @@ fn a_deposed_leader_cannot_write_the_leaders_work() {
         .unwrap_err();
     assert!(e.0.contains("does not lead any more: b does"), "{e}");
     let version = b.load().unwrap().0;
-    let e = a.commit_as_leader(version + 1, &[], &[]).unwrap_err();
+    let e = a
+        .commit_dropping(version + 1, &[], &[], &[], true)
+        .unwrap_err();
     assert!(
         e.0.contains("does not lead any more: b does") && !e.is_conflict(),
         "{e}"

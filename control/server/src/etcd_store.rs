@@ -681,15 +681,6 @@ impl Store for EtcdStore {
         self.commit_dropping(version, upserts, deletes, &[], false)
     }
 
-    fn commit_as_leader(
-        &self,
-        version: u64,
-        upserts: &[Resource],
-        deletes: &[Key],
-    ) -> Result<(), StoreError> {
-        self.commit_dropping(version, upserts, deletes, &[], true)
-    }
-
     fn commit_dropping(
         &self,
         version: u64,

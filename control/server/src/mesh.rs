@@ -290,7 +290,7 @@ enum Write<F> {
 }
 
 /// The commit of a change that commits nothing.
-type NoCommit = fn(&dyn Store, u64) -> Result<(), StoreError>;
+type NoCommit = fn(&dyn Store, u64, &[CloudMapQuery]) -> Result<(), StoreError>;
 
 /// How long a change (or a version bump) is tried again on top of other servers' before it
 /// is refused.
@@ -430,7 +430,7 @@ impl Mesh {
     }
 
     /// [`Mesh::apply_and_delete`] of a change the leader makes (a rollout's step): refused
-    /// by a shared store once this server no longer leads (see [`Store::commit_as_leader`]).
+    /// by a shared store once this server no longer leads (see [`Store::commit_dropping`]).
     pub async fn apply_as_leader(
         &self,
         resources: Vec<Resource>,
@@ -528,28 +528,14 @@ impl Mesh {
         let stored: Vec<Resource> = upserts.iter().map(|(_, r)| (**r).clone()).collect();
         let deleted = keys.clone();
         let changed: Vec<Key> = upserted.into_iter().chain(keys).collect();
-        // The Cloud Map answers the store keeps for queries no node asks after this change
-        // go with it (from whichever server makes it).
-        let unasked: Vec<CloudMapQuery> = if changed.iter().any(|k| k.kind == Kind::VirtualNode) {
-            let now = maille_translate::cloud_map_queries(&next);
-            // Only those the store holds (as this server last read or wrote it: a commit
-            // on top of a newer state conflicts, and is made again after reading it).
-            let kept = self.kept_queries.lock().unwrap_or_else(|e| e.into_inner());
-            kept.iter().filter(|q| !now.contains(*q)).cloned().collect()
-        } else {
-            Vec::new()
-        };
         let write = if dry_run {
             Write::DryRun
         } else {
-            Write::Commit(move |store: &dyn Store, version| {
-                store.commit_dropping(version, &stored, &deleted, &unasked, as_leader)?;
-                let mut kept = self.kept_queries.lock().unwrap_or_else(|e| e.into_inner());
-                for q in &unasked {
-                    kept.remove(q);
-                }
-                Ok(())
-            })
+            Write::Commit(
+                move |store: &dyn Store, version, unasked: &[CloudMapQuery]| {
+                    store.commit_dropping(version, &stored, &deleted, unasked, as_leader)
+                },
+            )
         };
         self.change(cur, next, changed, report, write)
     }
@@ -756,7 +742,7 @@ impl Mesh {
 
     /// Writes as `write` says and publishes the change from `cur` to `next` of `keys`,
     /// re-translating the nodes it affects; fills in the report's warnings from them.
-    fn change<F: FnOnce(&dyn Store, u64) -> Result<(), StoreError>>(
+    fn change<F: FnOnce(&dyn Store, u64, &[CloudMapQuery]) -> Result<(), StoreError>>(
         &self,
         cur: Arc<Snapshot>,
         next: Resources,
@@ -854,7 +840,25 @@ impl Mesh {
             return Ok(report);
         }
         if let Some(commit) = commit {
-            commit(self.store.as_ref(), version)?;
+            // The Cloud Map answers the store keeps for queries no node asks after this
+            // change go with it (from whichever server makes it). Only those the store holds,
+            // as this server last read or wrote it: a commit on top of a newer state
+            // conflicts, and is made again after reading it.
+            let unasked: Vec<CloudMapQuery> =
+                if Arc::ptr_eq(&snap.cloud_map_queries, &cur.cloud_map_queries) {
+                    Vec::new()
+                } else {
+                    let kept = self.kept_queries.lock().unwrap_or_else(|e| e.into_inner());
+                    kept.iter()
+                        .filter(|q| !snap.cloud_map_queries.contains(*q))
+                        .cloned()
+                        .collect()
+                };
+            commit(self.store.as_ref(), version, &unasked)?;
+            let mut kept = self.kept_queries.lock().unwrap_or_else(|e| e.into_inner());
+            for q in &unasked {
+                kept.remove(q);
+            }
         }
         report.version = version;
         let (n, warnings) = self.publish(snap, &deps, &keys);

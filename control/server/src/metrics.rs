@@ -469,14 +469,7 @@ pub struct MeshWide {
 }
 
 /// Longest wait for another server's stats.
-const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-
-impl MeshWide {
-    /// An agent that trusts the CA certificate `ca_pem` only.
-    pub fn agent(ca_pem: &str) -> ureq::Agent {
-        crate::https::agent_trusting(ca_pem, PEER_TIMEOUT)
-    }
-}
+pub const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What server `peer` says of `cluster` from `from_ms` to `to_ms`.
 fn ask(

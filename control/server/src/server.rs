@@ -309,7 +309,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
             store: store_for_rollouts.clone(),
             me: server_id.clone(),
             token: admin_tokens.read().to_owned(),
-            agent: crate::metrics::MeshWide::agent(ca.trust_bundle()),
+            agent: crate::https::agent_trusting(ca.trust_bundle(), crate::metrics::PEER_TIMEOUT),
         })
     } else {
         metrics.clone()

@@ -55,21 +55,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             cloud_map: l.cloud_map,
         })
     }
-    /// [`Store::commit`] of a change the leader makes (a rollout's step): refused once this
-    /// server no longer leads, so a server that lost the lease without noticing cannot
-    /// undo what the new leader did.
-    fn commit_as_leader(
-        &self,
-        version: u64,
-        upserts: &[Resource],
-        deletes: &[Key],
-    ) -> Result<(), StoreError> {
-        self.commit(version, upserts, deletes)
-    }
-    /// [`Store::commit`] (or, `as_leader`, [`Store::commit_as_leader`]) of a change after
-    /// which no node asks Cloud Map `unasked` any more: their answers go with it, so that a
-    /// node added back later is not served the instances of then. A store that keeps no
-    /// answers ignores them.
+    /// [`Store::commit`] of a change after which no node asks Cloud Map `unasked` any more:
+    /// their answers go with it, so that a node added back later is not served the instances
+    /// of then (a store that keeps no answers ignores them). With `as_leader` (a rollout's
+    /// step), a shared store refuses it once this server no longer leads, so a server that
+    /// lost the lease without noticing cannot undo what the new leader did.
     fn commit_dropping(
         &self,
         version: u64,
@@ -78,12 +68,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         unasked: &[CloudMapQuery],
         as_leader: bool,
     ) -> Result<(), StoreError> {
-        let _ = unasked;
-        if as_leader {
-            self.commit_as_leader(version, upserts, deletes)
-        } else {
-            self.commit(version, upserts, deletes)
-        }
+        let _ = (unasked, as_leader);
+        self.commit(version, upserts, deletes)
     }
     /// Sets the version with no resource changed, keeping `changes` to what Cloud Map answered
     /// (a query's instances; `None`: the query is asked no more) for the other servers
